@@ -1,0 +1,85 @@
+//! An in-memory `ShardState`: the reference backing for unit and property tests of
+//! `apply`, kept deliberately simple (ordered maps, no caching).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+
+use super::apply::{Records, ShardState};
+use super::types::*;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemState {
+    pub clock_ms: u64,
+    pub stock: BTreeMap<String, StockRecord>,
+    pub reservations: BTreeMap<String, Reservation>,
+    pub outcomes: BTreeMap<RequestId, StoredOutcome>,
+    pub timers: BTreeSet<(u64, String)>,
+    pub outcome_ages: BTreeSet<(u64, RequestId)>,
+}
+
+impl Records for MemState {
+    type Error = Infallible;
+
+    fn stock(&mut self, sku: &str) -> Result<Option<StockRecord>, Infallible> {
+        Ok(self.stock.get(sku).copied())
+    }
+
+    fn put_stock(&mut self, sku: &str, record: StockRecord) {
+        self.stock.insert(sku.to_string(), record);
+    }
+
+    fn reservation(&mut self, id: &str) -> Result<Option<Reservation>, Infallible> {
+        Ok(self.reservations.get(id).cloned())
+    }
+
+    fn put_reservation(&mut self, r: &Reservation, old_timer_ms: Option<u64>) {
+        if let Some(old) = old_timer_ms {
+            assert!(self.timers.remove(&(old, r.id.clone())), "no timer ({old}, {}) to move", r.id);
+        }
+        self.timers.insert((r.timer_ms, r.id.clone()));
+        self.reservations.insert(r.id.clone(), r.clone());
+    }
+
+    fn delete_reservation(&mut self, id: &str, timer_ms: u64) {
+        assert!(self.timers.remove(&(timer_ms, id.to_string())));
+        self.reservations.remove(id);
+    }
+
+    fn outcome(&mut self, request_id: &RequestId) -> Result<Option<StoredOutcome>, Infallible> {
+        Ok(self.outcomes.get(request_id).cloned())
+    }
+
+    fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome) {
+        let previous = self.outcomes.insert(*request_id, stored.clone());
+        assert!(previous.is_none(), "request id {request_id:?} stored twice");
+        self.outcome_ages.insert((stored.applied_at_ms, *request_id));
+    }
+}
+
+impl ShardState for MemState {
+    fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    fn set_clock_ms(&mut self, now_ms: u64) {
+        self.clock_ms = now_ms;
+    }
+
+    fn due_timers(&mut self, now_ms: u64, max: usize) -> Result<Vec<(u64, String)>, Infallible> {
+        Ok(self.timers.iter().take_while(|(t, _)| *t <= now_ms).take(max).cloned().collect())
+    }
+
+    fn prune_outcomes(&mut self, applied_before_ms: u64, keep_max: u64, deletes_max: usize) -> Result<u64, Infallible> {
+        let mut deleted = 0u64;
+        while (deleted as usize) < deletes_max {
+            let Some(&(at, id)) = self.outcome_ages.iter().next() else { break };
+            if at >= applied_before_ms && self.outcomes.len() as u64 <= keep_max {
+                break;
+            }
+            self.outcome_ages.remove(&(at, id));
+            self.outcomes.remove(&id);
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+}

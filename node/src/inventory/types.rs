@@ -1,0 +1,195 @@
+//! The inventory's domain types: what a shard stores and what its log carries.
+//!
+//! These are encoded with `storage::codec` into RocksDB and into Raft log entries, so
+//! changing a field is a format change: bump `codec::FORMAT_VERSION` and migrate.
+
+use serde::{Deserialize, Serialize};
+
+/// A client-generated 128-bit id carried by every mutation (DESIGN.md: request id).
+pub type RequestId = [u8; 16];
+
+/// Per-SKU stock (DESIGN.md: stock record). `available = on_hand - reserved`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockRecord {
+    pub on_hand: u64,
+    pub reserved: u64,
+    /// Grows by one on every change, so readers can tell two states apart.
+    pub version: u64,
+}
+
+impl StockRecord {
+    /// Stock that may still be sold or held. `on_hand >= reserved` is an invariant of
+    /// every stored record; saturating keeps a corrupted record from panicking a reader.
+    pub fn available(&self) -> u64 {
+        self.on_hand.saturating_sub(self.reserved)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub sku: String,
+    pub qty: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReservationState {
+    Active,
+    Confirmed,
+    Released,
+    Expired,
+}
+
+impl ReservationState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReservationState::Active => "active",
+            ReservationState::Confirmed => "confirmed",
+            ReservationState::Released => "released",
+            ReservationState::Expired => "expired",
+        }
+    }
+}
+
+/// A hold on stock (DESIGN.md: reservation). Kept after it closes, for
+/// `GetReservation` and retries, until `closed_at_ms + retention_ms` on the shard clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub id: String,
+    pub items: Vec<Item>,
+    pub state: ReservationState,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// When it left `Active` (0 while active).
+    pub closed_at_ms: u64,
+    /// Where it is filed in the shard's timer index: `expires_at_ms` while active, then
+    /// `closed_at_ms + retention_ms` (when it is forgotten). Stored because retention may
+    /// change between entries and the old index key must be found again.
+    pub timer_ms: u64,
+}
+
+/// One mutation as the state machine sees it (already validated by the API layer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    SetStock { sku: String, on_hand: u64 },
+    AdjustStock { sku: String, delta: i64 },
+    Decrement { sku: String, qty: u64 },
+    Reserve { reservation_id: String, items: Vec<Item>, ttl_ms: u64 },
+    Confirm { reservation_id: String },
+    Release { reservation_id: String },
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::SetStock { .. } => "set_stock",
+            Command::AdjustStock { .. } => "adjust_stock",
+            Command::Decrement { .. } => "decrement",
+            Command::Reserve { .. } => "reserve",
+            Command::Confirm { .. } => "confirm",
+            Command::Release { .. } => "release",
+        }
+    }
+}
+
+/// A command with the request id that makes it idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub request_id: RequestId,
+    pub command: Command,
+}
+
+/// Operations applied together: independently, or all-or-nothing when `atomic`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpGroup {
+    pub atomic: bool,
+    pub ops: Vec<Op>,
+}
+
+/// How long a shard keeps what it must remember; part of every log entry so that
+/// pruning depends only on the log and is identical on every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Stored outcomes and closed reservations older than this are pruned.
+    pub retention_ms: u64,
+    /// At most this many stored outcomes per shard; the oldest go first.
+    pub outcomes_max: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { retention_ms: 3_600_000, outcomes_max: 1_000_000 }
+    }
+}
+
+/// The application data of one Raft log entry of a shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRequest {
+    /// The proposing leader's wall clock; the shard clock is `max(previous, now_ms)`.
+    pub now_ms: u64,
+    pub retention: Retention,
+    /// Empty for a tick: an entry proposed only to move the clock and expire holds.
+    pub groups: Vec<OpGroup>,
+}
+
+/// Why a command was refused. Every refusal leaves the shard's stock unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    SkuNotFound { sku: String },
+    InsufficientStock { sku: String, available: u64 },
+    ReservationNotFound { reservation_id: String },
+    ReservationExpired { reservation_id: String },
+    ReservationNotActive { reservation_id: String, state: ReservationState },
+    /// `Reserve` with an id that another request already used.
+    ReservationIdTaken { reservation_id: String },
+    /// The result would not fit the quantity range.
+    QuantityOverflow { sku: String },
+    /// The request id was stored with a different command.
+    RequestIdReused,
+    /// Not applied because another operation of the same atomic group was refused.
+    Aborted { failed_op: u32 },
+}
+
+/// What a command did; stored per request id and returned again to retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Stock { sku: String, record: StockRecord },
+    Reservation { reservation: Reservation, records: Vec<(String, StockRecord)> },
+    Rejected(Rejection),
+}
+
+/// One operation's result as returned to the proposer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpResult {
+    pub outcome: Outcome,
+    /// True when `outcome` is the stored result of an earlier identical request.
+    pub replayed: bool,
+}
+
+/// The application response of one log entry: one result list per group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardResponse {
+    pub groups: Vec<Vec<OpResult>>,
+}
+
+/// An outcome as remembered for idempotency (DESIGN.md storage key 0x03).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredOutcome {
+    /// xxh3-128 of the encoded command: a retry must carry the same command.
+    pub fingerprint: u128,
+    pub applied_at_ms: u64,
+    pub outcome: Outcome,
+}
+
+impl std::fmt::Display for ShardRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ops: usize = self.groups.iter().map(|g| g.ops.len()).sum();
+        write!(f, "ShardRequest(now_ms={}, groups={}, ops={})", self.now_ms, self.groups.len(), ops)
+    }
+}
+
+impl std::fmt::Display for ShardResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ops: usize = self.groups.iter().map(|g| g.len()).sum();
+        write!(f, "ShardResponse(groups={}, ops={})", self.groups.len(), ops)
+    }
+}

@@ -1,0 +1,17 @@
+//! `stockpile-node`: a node of Stockpile, a sharded, Raft-replicated inventory store.
+//!
+//! Layout (DESIGN.md: Node, inside): `api` (gRPC services) → `node`/`shard` (routing,
+//! proposals, reads) → `inventory` (pure domain logic) and `raft` (openraft adapter)
+//! → `storage` (RocksDB: keys, codec, log store, state machine, snapshots).
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod inventory;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod shard;
+pub mod storage;
+
+pub use error::Error;

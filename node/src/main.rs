@@ -1,0 +1,96 @@
+//! `stockpile-node --config FILE --node-id N [--data-dir DIR]`: runs one node until
+//! SIGTERM or SIGINT, then stops cleanly (exit 0).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use stockpile_node::config::ClusterConfig;
+use stockpile_node::node::Node;
+use stockpile_node::server;
+
+#[derive(Parser, Debug)]
+#[command(name = "stockpile-node", version, about = "A Stockpile node: serves the shards the cluster config places on it")]
+struct Args {
+    /// The cluster config (TOML), shared by every node.
+    #[arg(long)]
+    config: PathBuf,
+    /// This node's id in the config.
+    #[arg(long)]
+    node_id: u64,
+    /// Overrides the config's data directory for this node.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    /// Log filter (overrides RUST_LOG), e.g. "info" or "stockpile_node=debug,openraft=warn".
+    #[arg(long)]
+    log: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn init_logging(args: &Args) {
+    let filter = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info,openraft=warn".to_string());
+    let filter = tracing_subscriber::EnvFilter::new(filter);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args);
+    let config = ClusterConfig::load(&args.config)?;
+    let me = config
+        .node(args.node_id)
+        .with_context(|| format!("{}: node {} is not in [[nodes]]", args.config.display(), args.node_id))?
+        .clone();
+    let listener = server::bind(&me.addr).await?;
+    let node = Node::start(config, args.node_id, args.data_dir.clone()).await?;
+    tracing::info!(node_id = node.id, addr = %me.addr, shards = ?node.shards.keys().collect::<Vec<_>>(), data_dir = %node.data_dir.display(), "node started");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(node.clone(), listener, async {
+        let _ = stop_rx.await;
+    }));
+    shutdown_signal().await;
+    let _ = stop_tx.send(());
+    node.stop().await;
+    match tokio::time::timeout(std::time::Duration::from_millis(node.cluster.server.shutdown_grace_ms), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("server did not stop within the grace period"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

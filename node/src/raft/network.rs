@@ -1,0 +1,244 @@
+//! Raft traffic to peers over tonic. The node keeps one lazily connected channel per
+//! peer node (HTTP/2 multiplexes every shard's RPCs over it); each shard's openraft
+//! instance gets a `ShardPeer` per target that stamps its shard id on every message.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::RPCTypes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use stockpile_proto::v1 as pb;
+use stockpile_proto::v1::raft_client::RaftClient;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use crate::storage::codec;
+
+/// Connection attempts give up after this long; openraft backs off and retries.
+const CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// What a peer answers on the Raft service: the openraft result, or the remote
+/// failure as text (a stopped shard, a shard the peer does not hold).
+pub type RemoteResult<T> = Result<T, String>;
+
+/// One channel per peer node, shared by all shards of this node.
+pub struct PeerPool {
+    node_id: NodeId,
+    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    snapshot_chunk_bytes: usize,
+}
+
+impl PeerPool {
+    pub fn new(node_id: NodeId, snapshot_chunk_bytes: usize) -> Arc<Self> {
+        Arc::new(PeerPool { node_id, channels: Mutex::new(HashMap::new()), snapshot_chunk_bytes })
+    }
+
+    /// The channel to `target` at `addr`, made on first use (and again if the
+    /// address changed). Connecting happens lazily, on the first RPC.
+    pub fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().map_err(|_| "peer pool lock poisoned".to_string())?;
+        if let Some((a, ch)) = channels.get(&target)
+            && a == addr
+        {
+            return Ok(ch.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad address {addr}: {e}"))?
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        channels.insert(target, (addr.to_string(), channel.clone()));
+        Ok(channel)
+    }
+}
+
+/// openraft's network factory for one shard.
+pub struct NetworkFactory {
+    pub shard_id: u64,
+    pub pool: Arc<PeerPool>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = ShardPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> ShardPeer {
+        ShardPeer {
+            shard_id: self.shard_id,
+            from: self.pool.node_id,
+            target,
+            channel: self.pool.channel(target, &node.addr),
+            chunk_bytes: self.pool.snapshot_chunk_bytes,
+        }
+    }
+}
+
+/// One shard's view of one peer.
+pub struct ShardPeer {
+    shard_id: u64,
+    from: NodeId,
+    target: NodeId,
+    channel: Result<Channel, String>,
+    chunk_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NetFailure(String);
+
+/// The unary Raft RPCs (openraft's `RPCTypes` has no pre-vote).
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    PreVote,
+    TransferLeader,
+}
+
+impl Rpc {
+    fn rpc_type(self) -> RPCTypes {
+        match self {
+            Rpc::AppendEntries => RPCTypes::AppendEntries,
+            Rpc::Vote | Rpc::PreVote => RPCTypes::Vote,
+            Rpc::TransferLeader => RPCTypes::TransferLeader,
+        }
+    }
+}
+
+impl ShardPeer {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        match &self.channel {
+            Ok(ch) => Ok(RaftClient::new(ch.clone()).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&NetFailure(e.clone())))),
+        }
+    }
+
+    fn status_to_rpc_error(&self, action: RPCTypes, status: tonic::Status, ttl: Duration) -> RPCError<TypeConfig> {
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Timeout(Timeout { action, id: self.from, target: self.target, timeout: ttl })
+            }
+            tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::Unknown => {
+                RPCError::Unreachable(Unreachable::new(&NetFailure(format!("node {}: {}", self.target, status.message()))))
+            }
+            _ => RPCError::Network(NetworkError::new(&NetFailure(format!("node {}: {status}", self.target)))),
+        }
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(pb::RaftMessage { shard_id: self.shard_id, from_node_id: self.from, payload });
+        let ttl = option.hard_ttl();
+        request.set_timeout(ttl);
+        let mut client = self.client()?;
+        let result = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::PreVote => client.pre_vote(request).await,
+            Rpc::TransferLeader => client.transfer_leader(request).await,
+        };
+        let reply = result.map_err(|s| self.status_to_rpc_error(rpc.rpc_type(), s, ttl))?.into_inner();
+        let decoded: RemoteResult<Resp> = codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|msg| RPCError::Unreachable(Unreachable::new(&NetFailure(format!("node {}: {msg}", self.target)))))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for ShardPeer {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::PreVote, &rpc, &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::TransferLeader, &req, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let net = |e: &dyn std::fmt::Display| StreamingError::Network(NetworkError::new(&NetFailure(e.to_string())));
+        let vote_bytes = codec::encode(&vote).map_err(|e| net(&e))?;
+        let meta_bytes = codec::encode(&snapshot.meta).map_err(|e| net(&e))?;
+        let (shard_id, from, chunk_bytes) = (self.shard_id, self.from, self.chunk_bytes);
+        let mut client = match self.client() {
+            Ok(c) => c,
+            Err(e) => return Err(net(&e)),
+        };
+        let target = self.target;
+        // Chunks are read lazily from the snapshot file as the RPC stream is polled.
+        let chunks = futures::stream::unfold(
+            Some((snapshot.snapshot, 0u64, Some((vote_bytes, meta_bytes)))),
+            move |state| async move {
+                let (mut file, offset, header) = state?;
+                let mut data = vec![0u8; chunk_bytes];
+                let mut filled = 0;
+                while filled < data.len() {
+                    match file.read(&mut data[filled..]).await {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) => {
+                            tracing::warn!(shard_id, target, error = %e, "reading snapshot file failed");
+                            return None; // ends the stream without `done`: the receiver rejects it
+                        }
+                    }
+                }
+                data.truncate(filled);
+                let done = filled < chunk_bytes;
+                let (vote, meta) = header.unwrap_or_default();
+                let chunk = pb::SnapshotChunk { shard_id, from_node_id: from, vote, meta, offset, data, done };
+                let next = if done { None } else { Some((file, offset + filled as u64, None)) };
+                Some((chunk, next))
+            },
+        );
+        let mut request = tonic::Request::new(chunks);
+        request.set_timeout(option.hard_ttl());
+        let call = client.install_snapshot(request);
+        let reply = tokio::select! {
+            r = call => r,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let reply = reply.map_err(|s| match s.code() {
+            tonic::Code::DeadlineExceeded => StreamingError::Timeout(Timeout { action: RPCTypes::InstallSnapshot, id: from, target, timeout: option.hard_ttl() }),
+            tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&NetFailure(s.message().to_string()))),
+            _ => net(&s),
+        })?;
+        let decoded: RemoteResult<SnapshotResponse<TypeConfig>> = codec::decode(&reply.into_inner().payload).map_err(|e| net(&e))?;
+        decoded.map_err(|msg| StreamingError::Unreachable(Unreachable::new(&NetFailure(format!("node {target}: {msg}")))))
+    }
+}

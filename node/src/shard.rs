@@ -1,0 +1,246 @@
+//! One shard on this node: its Raft group, a reader of its state machine, and its
+//! proposer, which turns concurrent requests into few log entries.
+//!
+//! The proposer is a task per shard fed by a bounded queue. It takes every request
+//! waiting (up to `entry_ops_max` operations) into one `ShardRequest`, proposes it
+//! as one Raft entry, and hands each request its results. At most
+//! `shard_entries_in_flight_max` entries are in flight; while that bound holds the
+//! proposer back, new requests wait in the queue and join the next entry, so the
+//! busier the shard, the larger its entries. A full queue refuses at once
+//! (RATE_LIMITED) instead of growing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::errors::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+
+use crate::config::{ClusterConfig, ShardConfig};
+use crate::error::Error;
+use crate::inventory::{OpGroup, OpResult, Retention, ShardRequest};
+use crate::raft::Raft;
+use crate::storage::ShardReader;
+
+/// Counters of the proposal path, shared by a node's shards.
+#[derive(Debug, Default)]
+pub struct ProposeStats {
+    /// Requests (groups of operations) handed to proposers.
+    pub requests: AtomicU64,
+    /// Raft entries proposed for them.
+    pub entries: AtomicU64,
+    /// Requests refused because a shard's queue was full.
+    pub queue_full: AtomicU64,
+}
+
+/// What a proposal came back with.
+#[derive(Debug)]
+pub struct Proposed {
+    pub results: Vec<OpResult>,
+    pub log_index: u64,
+}
+
+struct Proposal {
+    group: OpGroup,
+    reply: oneshot::Sender<Result<Proposed, Error>>,
+}
+
+pub struct Shard {
+    pub config: ShardConfig,
+    pub raft: Raft,
+    pub reader: ShardReader,
+    node_id: u64,
+    cluster: Arc<ClusterConfig>,
+    proposals: mpsc::Sender<Proposal>,
+}
+
+/// Milliseconds since the Unix epoch on this node's clock, plus the test-only skew
+/// (`STOCKPILE_TEST_CLOCK_SKEW_MS`, read once at start; see docs/CONFIG.md).
+pub fn wall_clock_ms() -> u64 {
+    static SKEW_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let skew = *SKEW_MS.get_or_init(|| {
+        std::env::var("STOCKPILE_TEST_CLOCK_SKEW_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    now.saturating_add(skew).max(0) as u64
+}
+
+impl Shard {
+    pub fn start(
+        config: ShardConfig,
+        raft: Raft,
+        reader: ShardReader,
+        node_id: u64,
+        cluster: Arc<ClusterConfig>,
+        stats: Arc<ProposeStats>,
+        shutdown: &broadcast::Sender<()>,
+    ) -> Arc<Shard> {
+        let (tx, rx) = mpsc::channel(cluster.server.shard_queue_max);
+        let shard = Arc::new(Shard { config, raft: raft.clone(), reader, node_id, cluster: cluster.clone(), proposals: tx });
+        tokio::spawn(run_proposer(shard.config.id, raft, rx, cluster.clone(), stats, shutdown.subscribe()));
+        tokio::spawn(run_sweeper(Arc::downgrade(&shard), cluster.server.sweep_interval_ms, shutdown.subscribe()));
+        shard
+    }
+
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    /// The leader as this node's Raft instance knows it.
+    pub fn leader_id(&self) -> Option<u64> {
+        crate::raft::current_leader(&self.raft)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader_id() == Some(self.node_id)
+    }
+
+    fn not_leader(&self, leader: Option<u64>) -> Error {
+        let leader = leader.filter(|l| *l != self.node_id).and_then(|id| self.cluster.node(id).map(|n| (id, n.addr.clone())));
+        Error::NotLeader { shard_id: self.id(), leader }
+    }
+
+    /// NOT_LEADER unless this node leads the shard now (as far as it knows).
+    pub fn check_leader(&self) -> Result<(), Error> {
+        match self.leader_id() {
+            Some(l) if l == self.node_id => Ok(()),
+            other => Err(self.not_leader(other)),
+        }
+    }
+
+    /// Proposes `group` and waits for its results. Refuses at once, with nothing
+    /// proposed, when this node is not the leader or the shard's queue is full.
+    pub async fn propose(&self, group: OpGroup) -> Result<Proposed, Error> {
+        self.check_leader()?;
+        let (reply, rx) = oneshot::channel();
+        match self.proposals.try_send(Proposal { group, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(Error::RateLimited { what: format!("shard {} proposal queue is full", self.id()), retry_after_ms: 50 });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Error::ShardUnavailable { shard_id: self.id(), reason: "the shard is shutting down".into() });
+            }
+        }
+        rx.await.map_err(|_| Error::OutcomeUnknown { shard_id: self.id(), reason: "the proposer stopped".into() })?
+    }
+
+    /// Waits until a read of the local state machine is linearizable: this node is
+    /// confirmed leader (read index or lease, per config) and has applied up to the
+    /// read point.
+    pub async fn linearize(&self) -> Result<(), Error> {
+        let timeout = Duration::from_millis(self.cluster.server.read_timeout_ms);
+        let policy = crate::raft::read_policy(&self.cluster);
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable(policy)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f)))) => Err(self.not_leader(f.leader_id)),
+            Ok(Err(RaftError::APIError(openraft::errors::LinearizableReadError::QuorumNotEnough(q)))) => {
+                Err(Error::ShardUnavailable { shard_id: self.id(), reason: format!("leadership not confirmed by a quorum: {q}") })
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(Error::ShardUnavailable { shard_id: self.id(), reason: f.to_string() }),
+            Err(_) => Err(Error::ShardUnavailable {
+                shard_id: self.id(),
+                reason: format!("leadership not confirmed within {} ms", timeout.as_millis()),
+            }),
+        }
+    }
+}
+
+async fn run_proposer(
+    shard_id: u64,
+    raft: Raft,
+    mut rx: mpsc::Receiver<Proposal>,
+    cluster: Arc<ClusterConfig>,
+    stats: Arc<ProposeStats>,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let in_flight = Arc::new(Semaphore::new(cluster.server.shard_entries_in_flight_max));
+    let retention: Retention = cluster.retention.to_retention();
+    let timeout = Duration::from_millis(cluster.server.propose_timeout_ms);
+    let entry_ops_max = cluster.server.entry_ops_max;
+    loop {
+        let first = tokio::select! {
+            p = rx.recv() => match p { Some(p) => p, None => return },
+            _ = shutdown.recv() => return,
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        // Drain after the permit: requests that queued while we waited join this entry.
+        let mut ops = first.group.ops.len();
+        let mut batch = vec![first];
+        while ops < entry_ops_max {
+            match rx.try_recv() {
+                Ok(p) => {
+                    ops += p.group.ops.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (groups, replies): (Vec<OpGroup>, Vec<_>) = batch.into_iter().map(|p| (p.group, p.reply)).unzip();
+        stats.requests.fetch_add(groups.len() as u64, Ordering::Relaxed);
+        stats.entries.fetch_add(1, Ordering::Relaxed);
+        let request = ShardRequest { now_ms: wall_clock_ms(), retention, groups };
+        let raft = raft.clone();
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = tokio::time::timeout(timeout, raft.client_write(request)).await;
+            let outcome: Result<(Vec<Vec<OpResult>>, u64), Error> = match result {
+                Ok(Ok(resp)) => Ok((resp.data.groups, resp.log_id.index)),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    // Rejected before it was appended: certainly not applied.
+                    let leader = f.leader_id.and_then(|id| cluster.node(id).map(|n| (id, n.addr.clone())));
+                    Err(Error::NotLeader { shard_id, leader })
+                }
+                Ok(Err(e)) => Err(Error::OutcomeUnknown { shard_id, reason: e.to_string() }),
+                Err(_) => Err(Error::OutcomeUnknown { shard_id, reason: format!("not applied within {} ms", timeout.as_millis()) }),
+            };
+            match outcome {
+                Ok((groups, log_index)) => {
+                    assert_eq!(groups.len(), replies.len(), "shard {shard_id}: one result list per proposed group");
+                    for (results, reply) in groups.into_iter().zip(replies) {
+                        let _ = reply.send(Ok(Proposed { results, log_index }));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The eager half of reservation expiry: while this node leads the shard, propose
+/// an empty entry (a tick) whenever a reservation timer is due, so that expired
+/// holds return their stock without anyone asking.
+async fn run_sweeper(shard: std::sync::Weak<Shard>, interval_ms: u64, mut shutdown: broadcast::Receiver<()>) {
+    // Spread shards' timers so they do not all fire together.
+    let jitter = rand::random::<u64>() % interval_ms.max(1);
+    tokio::time::sleep(Duration::from_millis(jitter)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.recv() => return,
+        }
+        let Some(shard) = shard.upgrade() else { return };
+        if !shard.is_leader() {
+            continue;
+        }
+        match shard.reader.earliest_timer_ms() {
+            Ok(Some(due)) if due <= wall_clock_ms() => {
+                if let Err(e) = shard.propose(OpGroup { atomic: false, ops: Vec::new() }).await {
+                    tracing::debug!(shard_id = shard.id(), error = %e, "expiry tick not applied");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(shard_id = shard.id(), error = %e, "cannot read the timer index"),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The node's one RocksDB, its column families, and the group-commit syncer that
+//! makes log appends durable.
+//!
+//! Group commit: a log append writes its entries without syncing, then hands its
+//! completion callback to the node's single syncer thread. The syncer takes every
+//! callback waiting (up to `SYNC_BATCH_MAX`), syncs the WAL once, and completes them
+//! all. RocksDB's WAL is one sequential file for all column families, so one sync
+//! makes every earlier write of every shard durable. Appends from all shards share
+//! syncs; there is no thread and no sync per append.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+use tokio::sync::mpsc;
+
+use super::keys;
+use crate::raft::types::IOFlushed;
+
+/// Callbacks completed by one WAL sync at most: bounds the latency a single sync
+/// adds to the last callback of a huge burst.
+pub const SYNC_BATCH_MAX: usize = 4_096;
+/// Appends waiting for a sync at most; an append beyond waits for room (backpressure).
+pub const SYNC_QUEUE_MAX: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open RocksDB at {path}: {source}")]
+    Open { path: String, source: rocksdb::Error },
+    #[error("RocksDB: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("column family {0} is missing")]
+    MissingCf(&'static str),
+}
+
+/// Counters of the write path, read by status and tests (syncs < appends shows
+/// group commit at work).
+#[derive(Debug, Default)]
+pub struct WritePathStats {
+    pub log_appends: AtomicU64,
+    pub log_syncs: AtomicU64,
+    /// Nanoseconds spent in WAL syncs, summed.
+    pub log_sync_nanos: AtomicU64,
+}
+
+pub fn open(path: &Path) -> Result<Arc<DB>, DbError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Two cores: one background job for flushes and one for compactions.
+    opts.set_max_background_jobs(2);
+    opts.set_keep_log_file_num(4);
+    let cfs = keys::ALL_CFS.iter().map(|name| {
+        let mut cf_opts = Options::default();
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        ColumnFamilyDescriptor::new(*name, cf_opts)
+    });
+    let db = DB::open_cf_descriptors(&opts, path, cfs)
+        .map_err(|source| DbError::Open { path: path.display().to_string(), source })?;
+    for name in keys::ALL_CFS {
+        if db.cf_handle(name).is_none() {
+            return Err(DbError::MissingCf(name));
+        }
+    }
+    Ok(Arc::new(db))
+}
+
+/// A column family handle that `open` checked exists.
+pub fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily, DbError> {
+    db.cf_handle(name).ok_or(DbError::MissingCf(name))
+}
+
+/// Sends append callbacks to the syncer thread. Cheap to clone, one per log store.
+#[derive(Clone)]
+pub struct LogSyncer {
+    tx: mpsc::Sender<IOFlushed>,
+    pub stats: Arc<WritePathStats>,
+}
+
+impl LogSyncer {
+    /// Starts the node's syncer thread. It ends when every `LogSyncer` is dropped.
+    pub fn start(db: Arc<DB>, stats: Arc<WritePathStats>) -> std::io::Result<LogSyncer> {
+        let (tx, mut rx) = mpsc::channel::<IOFlushed>(SYNC_QUEUE_MAX);
+        let thread_stats = stats.clone();
+        std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
+            let mut batch = Vec::with_capacity(64);
+            while let Some(first) = rx.blocking_recv() {
+                batch.push(first);
+                while batch.len() < SYNC_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(cb) => batch.push(cb),
+                        Err(_) => break,
+                    }
+                }
+                let started = std::time::Instant::now();
+                let result = db.flush_wal(true);
+                thread_stats.log_sync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                thread_stats.log_syncs.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "WAL sync failed: log appends are not durable");
+                }
+                for cb in batch.drain(..) {
+                    cb.io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+                }
+            }
+        })?;
+        Ok(LogSyncer { tx, stats })
+    }
+
+    /// Queues `callback` to complete after the next WAL sync.
+    pub async fn after_sync(&self, callback: IOFlushed) -> std::io::Result<()> {
+        self.stats.log_appends.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(callback)
+            .await
+            .map_err(|_| std::io::Error::other("the WAL syncer has stopped"))
+    }
+}

@@ -1,0 +1,160 @@
+//! Reads of a shard's state machine for the API, straight from RocksDB (never through
+//! the Raft log). Each call reads from one RocksDB snapshot, so the records it returns
+//! and the applied index it reports belong to the same state.
+
+use std::io;
+use std::sync::Arc;
+
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
+
+use super::codec;
+use super::db::cf;
+use super::keys::{self, CF_SM, SmSpace};
+use super::state_machine::SmMeta;
+use crate::inventory::{Reservation, StockRecord};
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+#[derive(Clone)]
+pub struct ShardReader {
+    shard_id: u64,
+    db: Arc<DB>,
+}
+
+/// Where a List page starts inside a shard.
+#[derive(Clone, Copy, Debug)]
+pub enum ListFrom<'a> {
+    Start,
+    /// The first SKU greater than this.
+    After(&'a str),
+    /// The first SKU greater than or equal to this.
+    AtOrAfter(&'a str),
+}
+
+pub struct ListPage {
+    pub applied_index: u64,
+    pub records: Vec<(String, StockRecord)>,
+    /// True when the shard holds more SKUs after the last returned one.
+    pub more: bool,
+}
+
+impl ShardReader {
+    pub fn new(shard_id: u64, db: Arc<DB>) -> Self {
+        ShardReader { shard_id, db }
+    }
+
+    fn meta_in(&self, snap: &rocksdb::SnapshotWithThreadMode<'_, DB>) -> io::Result<SmMeta> {
+        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+        match snap.get_cf(cf, keys::sm_meta_key(self.shard_id)).map_err(io_err)? {
+            Some(b) => Ok(codec::decode(&b)?),
+            None => Ok(SmMeta::default()),
+        }
+    }
+
+    pub fn meta(&self) -> io::Result<SmMeta> {
+        self.meta_in(&self.db.snapshot())
+    }
+
+    /// The applied index and the stock records of `skus` (None when never set).
+    pub fn get_many(&self, skus: &[&str]) -> io::Result<(u64, Vec<Option<StockRecord>>)> {
+        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+        let snap = self.db.snapshot();
+        let applied = self.meta_in(&snap)?.last_applied.map(|l| l.index).unwrap_or(0);
+        let mut out = Vec::with_capacity(skus.len());
+        for sku in skus {
+            out.push(match snap.get_cf(cf, keys::stock_key(self.shard_id, sku)).map_err(io_err)? {
+                Some(b) => Some(codec::decode(&b)?),
+                None => None,
+            });
+        }
+        Ok((applied, out))
+    }
+
+    pub fn reservation(&self, id: &str) -> io::Result<(u64, Option<Reservation>)> {
+        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+        let snap = self.db.snapshot();
+        let applied = self.meta_in(&snap)?.last_applied.map(|l| l.index).unwrap_or(0);
+        let r = match snap.get_cf(cf, keys::reservation_key(self.shard_id, id)).map_err(io_err)? {
+            Some(b) => Some(codec::decode(&b)?),
+            None => None,
+        };
+        Ok((applied, r))
+    }
+
+    /// Up to `limit` stock records in SKU order from `from`.
+    pub fn list(&self, from: ListFrom<'_>, limit: usize) -> io::Result<ListPage> {
+        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+        let snap = self.db.snapshot();
+        let applied_index = self.meta_in(&snap)?.last_applied.map(|l| l.index).unwrap_or(0);
+        let (space_start, space_end) = keys::sm_space_range(self.shard_id, SmSpace::Stock);
+        let start = match from {
+            ListFrom::Start => space_start.to_vec(),
+            ListFrom::AtOrAfter(sku) => keys::stock_key(self.shard_id, sku),
+            ListFrom::After(sku) => {
+                let mut k = keys::stock_key(self.shard_id, sku);
+                k.push(0);
+                k
+            }
+        };
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(space_end.to_vec());
+        let mut records = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        for item in snap.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item.map_err(io_err)?;
+            if records.len() == limit {
+                more = true;
+                break;
+            }
+            let sku = keys::stock_key_sku(self.shard_id, &k).ok_or_else(|| io_err("malformed stock key"))?;
+            records.push((sku.to_string(), codec::decode(&v)?));
+        }
+        Ok(ListPage { applied_index, records, more })
+    }
+
+    /// The earliest timer of the shard (reservation expiry or forget), if any: the
+    /// leader proposes a tick when it is due.
+    pub fn earliest_timer_ms(&self) -> io::Result<Option<u64>> {
+        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+        let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::Timer);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mut it = self.db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward));
+        match it.next() {
+            Some(item) => {
+                let (k, _) = item.map_err(io_err)?;
+                Ok(keys::parse_timer_key(self.shard_id, &k).map(|(ms, _)| ms))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A digest of the shard's whole state machine except the meta record's
+    /// membership log id, with the applied index: replicas at the same index must
+    /// have the same digest.
+    pub fn digest(&self) -> io::Result<(u64, u64)> {
+        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+        let snap = self.db.snapshot();
+        let meta = self.meta_in(&snap)?;
+        let (start, end) = keys::sm_range(self.shard_id);
+        let meta_key = keys::sm_meta_key(self.shard_id);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for item in snap.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item.map_err(io_err)?;
+            if *k == *meta_key {
+                continue;
+            }
+            h.update(&(k.len() as u64).to_le_bytes());
+            h.update(&k);
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(&v);
+        }
+        h.update(&meta.clock_ms.to_le_bytes());
+        h.update(&meta.outcomes_count.to_le_bytes());
+        Ok((meta.last_applied.map(|l| l.index).unwrap_or(0), h.digest()))
+    }
+}
