@@ -1,0 +1,697 @@
+//! `stockpile-client`: the Rust client of Stockpile.
+//!
+//! A [`Client`] is built from seed addresses. It fetches the shard map, routes each
+//! request to the leader of the shard that owns its SKU, follows `NOT_LEADER` hints,
+//! skips nodes that failed recently, and retries what is safe to retry inside the
+//! caller's deadline. Every mutation gets a request id once and keeps it on every
+//! retry, so the store applies it at most once; when the client cannot learn whether
+//! a mutation happened it says so with [`Error::OutcomeUnknown`], carrying the id to
+//! retry with.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), stockpile_client::Error> {
+//! use stockpile_client::Client;
+//! let client = Client::builder().seeds(["127.0.0.1:7001"]).build().await?;
+//! client.set_stock("sku-1", 10).await?;
+//! let left = client.decrement("sku-1", 3).await?.stock.available;
+//! assert_eq!(left, 7);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod routing;
+mod types;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use stockpile_proto::v1 as pb;
+use stockpile_proto::v1::admin_client::AdminClient;
+use stockpile_proto::v1::inventory_client::InventoryClient;
+use tonic::transport::{Channel, Endpoint};
+
+pub use error::Error;
+pub use routing::{NodeInfo, ShardInfo, ShardMap};
+pub use types::*;
+
+/// The wire types, for callers that need them (cluster status).
+pub use stockpile_proto::v1 as proto;
+
+/// The local 3-node cluster of `cluster-config/local-3node.toml`.
+pub const LOCAL_CLUSTER: [&str; 3] = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"];
+
+/// Builds a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    seeds: Vec<String>,
+    region: Option<String>,
+    request_timeout: Duration,
+    attempt_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            seeds: Vec::new(),
+            region: None,
+            request_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Addresses (`host:port`) of some nodes; any one reachable node is enough.
+    pub fn seeds<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
+        self.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The client's region: nodes there are tried first for discovery and stale reads.
+    /// Default: none (no preference).
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// The deadline of one call, retries included. Default 10 s.
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// The longest one attempt may take before the client tries another node.
+    /// Default 2 s.
+    pub fn attempt_timeout(mut self, t: Duration) -> Self {
+        self.attempt_timeout = t;
+        self
+    }
+
+    /// Connection attempts give up after this long. Default 500 ms.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Connects to the seeds and fetches the shard map.
+    pub async fn build(self) -> Result<Client, Error> {
+        if self.seeds.is_empty() {
+            return Err(Error::Config { message: "no seed addresses given".into() });
+        }
+        for s in &self.seeds {
+            if s.parse::<std::net::SocketAddr>().is_err() && !s.contains(':') {
+                return Err(Error::Config { message: format!("seed {s:?} is not a host:port address") });
+            }
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                cfg: self,
+                routing: Mutex::new(routing::Routing::default()),
+                channels: Mutex::new(HashMap::new()),
+                rpcs: AtomicU64::new(0),
+            }),
+        };
+        client.refresh_map(Instant::now() + client.inner.cfg.request_timeout).await?;
+        Ok(client)
+    }
+}
+
+/// A handle to a Stockpile cluster. Cheap to clone; share it across tasks.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ClientBuilder,
+    routing: Mutex<routing::Routing>,
+    /// One lazily connected channel per node address.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// RPCs sent (attempts, not calls), for tests and tuning.
+    rpcs: AtomicU64,
+}
+
+/// Which replica a call needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Leader,
+    /// Any replica (stale reads); the client's region first.
+    Any,
+}
+
+impl Target {
+    fn of(c: Consistency) -> Target {
+        match c {
+            Consistency::Linearizable => Target::Leader,
+            Consistency::Stale => Target::Any,
+        }
+    }
+}
+
+/// Backoff between attempts: 10 ms doubling, at most 500 ms, full jitter above half.
+fn backoff(attempt: u32) -> Duration {
+    let ms = (10u64 << attempt.min(6)).min(500);
+    Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
+}
+
+fn decode_detail(status: &tonic::Status) -> Option<pb::ErrorDetail> {
+    if status.details().is_empty() {
+        return None;
+    }
+    pb::ErrorDetail::decode(status.details()).ok().filter(|d| d.reason() != pb::Reason::Unspecified)
+}
+
+/// True when a transport error shows the request never left (no connection).
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut text = status.message().to_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        text.push_str(&s.to_string().to_lowercase());
+        source = s.source();
+    }
+    text.contains("connect") || text.contains("refused")
+}
+
+impl Client {
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// RPC attempts this client has sent (every retry counts).
+    pub fn rpcs_sent(&self) -> u64 {
+        self.inner.rpcs.load(Ordering::Relaxed)
+    }
+
+    /// The cached shard map.
+    pub fn shard_map(&self) -> ShardMap {
+        self.routing().map.clone()
+    }
+
+    /// The shard leader the client last saw for `shard_id`.
+    pub fn cached_leader(&self, shard_id: u64) -> Option<u64> {
+        self.routing().leaders.get(&shard_id).copied()
+    }
+
+    fn routing(&self) -> std::sync::MutexGuard<'_, routing::Routing> {
+        // A panic while holding this lock cannot leave the routing cache inconsistent
+        // in a way that matters (it is a cache), so a poisoned lock is still used.
+        self.inner.routing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.cfg.request_timeout
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+        let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::Config { message: format!("bad address {addr:?}: {e}") })?
+            .connect_timeout(self.inner.cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Fetches the shard map from the first node that answers (own region first,
+    /// then the seeds).
+    pub async fn refresh_map(&self, deadline: Instant) -> Result<ShardMap, Error> {
+        let region = self.inner.cfg.region.clone();
+        let mut attempt = 0u32;
+        let mut last_error = String::from("no node answered");
+        loop {
+            let mut addrs: Vec<(Option<u64>, String)> =
+                self.routing().discovery_order(region.as_deref()).into_iter().map(|n| (Some(n.node_id), n.addr)).collect();
+            for s in &self.inner.cfg.seeds {
+                if !addrs.iter().any(|(_, a)| a == s) {
+                    addrs.push((None, s.clone()));
+                }
+            }
+            for (node_id, addr) in addrs {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                let channel = self.channel(&addr)?;
+                let t = remaining.min(self.inner.cfg.attempt_timeout);
+                let mut request = tonic::Request::new(pb::ShardMapRequest {});
+                request.set_timeout(t);
+                self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(t, AdminClient::new(channel).shard_map(request)).await {
+                    Ok(Ok(reply)) => {
+                        let reply = reply.into_inner();
+                        let map = ShardMap::from_pb(&reply);
+                        let mut r = self.routing();
+                        if map.epoch >= r.map.epoch {
+                            r.map = map.clone();
+                        }
+                        for s in &reply.shards {
+                            if s.leader_id != 0 {
+                                r.leaders.insert(s.shard_id, s.leader_id);
+                            }
+                        }
+                        if let Some(id) = node_id.or(Some(reply.node_id)) {
+                            r.node_ok(id);
+                        }
+                        return Ok(map);
+                    }
+                    Ok(Err(s)) => last_error = format!("{addr}: {}", s.message()),
+                    Err(_) => last_error = format!("{addr}: no answer within {} ms", t.as_millis()),
+                }
+                if let Some(id) = node_id {
+                    self.routing().node_failed(id);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable { message: format!("cannot fetch the shard map: {last_error}") });
+            }
+            tokio::time::sleep(backoff(attempt).min(deadline.saturating_duration_since(Instant::now()))).await;
+            attempt += 1;
+        }
+    }
+
+    fn shard_for(&self, sku: &str) -> Result<u64, Error> {
+        self.routing().map.shard_for(sku).map(|s| s.shard_id).ok_or_else(|| Error::Unavailable { message: format!("no shard covers {sku:?}") })
+    }
+
+    /// Sends `call` to a node of `shard_id` and retries what is retryable until
+    /// `deadline`. For a mutation (`request_id` set), any attempt that may have reached
+    /// the store makes an eventual give-up `OutcomeUnknown` instead of `Unavailable`.
+    async fn call<T, F, Fut>(&self, shard_id: u64, target: Target, request_id: Option<RequestId>, deadline: Instant, call: F) -> Result<T, Error>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let region = self.inner.cfg.region.clone();
+        let mut maybe_applied = false;
+        let mut last_error = String::from("no attempt made");
+        let mut attempt = 0u32;
+        let mut tried_in_round: Vec<u64> = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(match (request_id, maybe_applied) {
+                    (Some(request_id), true) => Error::OutcomeUnknown { request_id, message: last_error },
+                    _ => Error::Unavailable { message: format!("shard {shard_id}: {last_error}") },
+                });
+            }
+            let candidates = self.routing().candidates(shard_id, region.as_deref(), target == Target::Leader);
+            if candidates.is_empty() {
+                self.refresh_map(deadline).await?;
+                attempt += 1;
+                continue;
+            }
+            // Walk the candidates in order, starting over when all were tried.
+            let node_id = match candidates.iter().find(|c| !tried_in_round.contains(c)) {
+                Some(&n) => n,
+                None => {
+                    tried_in_round.clear();
+                    tokio::time::sleep(backoff(attempt).min(remaining)).await;
+                    attempt += 1;
+                    continue;
+                }
+            };
+            tried_in_round.push(node_id);
+            let addr = match self.routing().map.nodes.get(&node_id) {
+                Some(n) => n.addr.clone(),
+                None => {
+                    self.refresh_map(deadline).await?;
+                    continue;
+                }
+            };
+            let t = remaining.min(self.inner.cfg.attempt_timeout);
+            self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+            let outcome = tokio::time::timeout(t, call(self.channel(&addr)?, t)).await;
+            let status = match outcome {
+                Ok(Ok(v)) => {
+                    let mut r = self.routing();
+                    r.node_ok(node_id);
+                    if target == Target::Leader {
+                        r.leaders.insert(shard_id, node_id);
+                    }
+                    return Ok(v);
+                }
+                Ok(Err(status)) => status,
+                Err(_) => {
+                    maybe_applied = true;
+                    last_error = format!("node {node_id} gave no answer within {} ms", t.as_millis());
+                    self.routing().node_failed(node_id);
+                    continue;
+                }
+            };
+            let Some(detail) = decode_detail(&status) else {
+                // A transport failure or a status without our detail.
+                if !never_sent(&status) {
+                    maybe_applied = true;
+                }
+                last_error = format!("node {node_id}: {}", status.message());
+                self.routing().node_failed(node_id);
+                continue;
+            };
+            if let Some(definite) = Error::from_detail(&detail, request_id) {
+                return Err(definite);
+            }
+            last_error = format!("node {node_id}: {}", detail.message);
+            match detail.reason() {
+                pb::Reason::NotLeader => {
+                    let mut r = self.routing();
+                    if detail.leader_id != 0 && detail.leader_id != node_id && r.map.nodes.contains_key(&detail.leader_id) {
+                        r.leaders.insert(shard_id, detail.leader_id);
+                        // Follow the hint at once: let the hinted node be tried even if
+                        // it was tried in this round.
+                        tried_in_round.retain(|n| *n != detail.leader_id);
+                    } else {
+                        r.leaders.remove(&shard_id);
+                    }
+                }
+                pb::Reason::ShardUnavailable => {
+                    self.routing().leaders.remove(&shard_id);
+                }
+                pb::Reason::RateLimited => {
+                    let wait = Duration::from_millis(detail.retry_after_ms.max(1));
+                    if Instant::now() + wait >= deadline {
+                        if maybe_applied && let Some(request_id) = request_id {
+                            return Err(Error::OutcomeUnknown { request_id, message: last_error });
+                        }
+                        return Err(Error::RateLimited { message: detail.message, retry_after_ms: detail.retry_after_ms });
+                    }
+                    tokio::time::sleep(wait).await;
+                    tried_in_round.retain(|n| *n != node_id);
+                }
+                pb::Reason::OutcomeUnknown => {
+                    maybe_applied = true;
+                    self.routing().leaders.remove(&shard_id);
+                }
+                pb::Reason::ShardMoved => {
+                    self.refresh_map(deadline).await?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn mutate<T, F, Fut>(&self, sku_for_route: &str, request_id: RequestId, call: F) -> Result<T, Error>
+    where
+        F: Fn(InventoryClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let shard_id = self.shard_for(sku_for_route)?;
+        self.call(shard_id, Target::Leader, Some(request_id), self.deadline(), |ch, t| call(inventory(ch), t)).await
+    }
+
+    /// Sets `sku`'s on-hand stock (creating the SKU if needed).
+    pub async fn set_stock(&self, sku: &str, on_hand: u64) -> Result<StockUpdate, Error> {
+        self.set_stock_with_id(new_request_id(), sku, on_hand).await
+    }
+
+    /// [`set_stock`](Self::set_stock) with a caller-chosen request id (to retry).
+    pub async fn set_stock_with_id(&self, request_id: RequestId, sku: &str, on_hand: u64) -> Result<StockUpdate, Error> {
+        let req = pb::SetStockRequest { request_id: request_id.to_vec(), sku: sku.to_string(), on_hand };
+        let reply = self.mutate(sku, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.set_stock(r).await } }).await?;
+        Ok(stock_update(reply.into_inner(), request_id))
+    }
+
+    /// Adds `delta` (may be negative) to `sku`'s on-hand stock; refused with
+    /// `InsufficientStock` if it would leave on-hand below reserved.
+    pub async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockUpdate, Error> {
+        self.adjust_stock_with_id(new_request_id(), sku, delta).await
+    }
+
+    pub async fn adjust_stock_with_id(&self, request_id: RequestId, sku: &str, delta: i64) -> Result<StockUpdate, Error> {
+        let req = pb::AdjustStockRequest { request_id: request_id.to_vec(), sku: sku.to_string(), delta };
+        let reply = self.mutate(sku, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.adjust_stock(r).await } }).await?;
+        Ok(stock_update(reply.into_inner(), request_id))
+    }
+
+    /// Takes `quantity` units of `sku` if that many are available; otherwise
+    /// `InsufficientStock` and nothing changes. Never goes below zero.
+    pub async fn decrement(&self, sku: &str, quantity: u64) -> Result<StockUpdate, Error> {
+        self.decrement_with_id(new_request_id(), sku, quantity).await
+    }
+
+    pub async fn decrement_with_id(&self, request_id: RequestId, sku: &str, quantity: u64) -> Result<StockUpdate, Error> {
+        let req = pb::DecrementRequest { request_id: request_id.to_vec(), sku: sku.to_string(), quantity };
+        let reply = self.mutate(sku, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.decrement(r).await } }).await?;
+        Ok(stock_update(reply.into_inner(), request_id))
+    }
+
+    /// Holds `items` (all in one shard) for `ttl`; the store picks the id.
+    pub async fn reserve(&self, items: &[Item], ttl: Duration) -> Result<ReservationUpdate, Error> {
+        self.reserve_with_id(new_request_id(), None, items, ttl).await
+    }
+
+    /// [`reserve`](Self::reserve) with a caller-chosen request id and, optionally,
+    /// reservation id.
+    pub async fn reserve_with_id(&self, request_id: RequestId, reservation_id: Option<&str>, items: &[Item], ttl: Duration) -> Result<ReservationUpdate, Error> {
+        let first = items.first().ok_or_else(|| Error::InvalidArgument { field: "items".into(), message: "must hold at least one item".into() })?;
+        let req = pb::ReserveRequest {
+            request_id: request_id.to_vec(),
+            reservation_id: reservation_id.unwrap_or_default().to_string(),
+            items: items.iter().map(|i| pb::Item { sku: i.sku.clone(), quantity: i.quantity }).collect(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        };
+        let reply = self.mutate(&first.sku, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.reserve(r).await } }).await?;
+        let update = reservation_update(reply.into_inner(), request_id);
+        self.remember_reservation(&update.reservation);
+        Ok(update)
+    }
+
+    fn remember_reservation(&self, r: &Reservation) {
+        let mut routing = self.routing();
+        if routing.reservation_shards.len() >= routing::RESERVATIONS_REMEMBERED_MAX {
+            routing.reservation_shards.clear();
+        }
+        routing.reservation_shards.insert(r.reservation_id.clone(), r.shard_id);
+    }
+
+    /// A SKU routing to the reservation's shard: given, remembered, or found by
+    /// asking every shard.
+    async fn reservation_route(&self, reservation_id: &str, sku: Option<&str>) -> Result<String, Error> {
+        if let Some(sku) = sku {
+            return Ok(sku.to_string());
+        }
+        let remembered = {
+            let r = self.routing();
+            r.reservation_shards.get(reservation_id).and_then(|s| r.map.shard(*s)).map(|s| s.routing_sku())
+        };
+        if let Some(sku) = remembered {
+            return Ok(sku);
+        }
+        let shards = self.routing().map.shards.clone();
+        for shard in shards {
+            match self.get_reservation_routed(reservation_id, shard.routing_sku(), Consistency::Linearizable).await {
+                Ok(r) => return Ok(r.items.first().map(|i| i.sku.clone()).unwrap_or_else(|| shard.routing_sku())),
+                Err(Error::ReservationNotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::ReservationNotFound { reservation_id: reservation_id.to_string() })
+    }
+
+    /// Turns an active reservation into a sale. `sku` (any SKU of the reservation)
+    /// saves a lookup when the client did not make the reservation itself.
+    pub async fn confirm(&self, reservation_id: &str, sku: Option<&str>) -> Result<ReservationUpdate, Error> {
+        self.confirm_with_id(new_request_id(), reservation_id, sku).await
+    }
+
+    pub async fn confirm_with_id(&self, request_id: RequestId, reservation_id: &str, sku: Option<&str>) -> Result<ReservationUpdate, Error> {
+        let route = self.reservation_route(reservation_id, sku).await?;
+        let req = pb::ConfirmRequest { request_id: request_id.to_vec(), reservation_id: reservation_id.to_string(), sku: route.clone() };
+        let reply = self.mutate(&route, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.confirm(r).await } }).await?;
+        Ok(reservation_update(reply.into_inner(), request_id))
+    }
+
+    /// Gives an active reservation's stock back.
+    pub async fn release(&self, reservation_id: &str, sku: Option<&str>) -> Result<ReservationUpdate, Error> {
+        self.release_with_id(new_request_id(), reservation_id, sku).await
+    }
+
+    pub async fn release_with_id(&self, request_id: RequestId, reservation_id: &str, sku: Option<&str>) -> Result<ReservationUpdate, Error> {
+        let route = self.reservation_route(reservation_id, sku).await?;
+        let req = pb::ReleaseRequest { request_id: request_id.to_vec(), reservation_id: reservation_id.to_string(), sku: route.clone() };
+        let reply = self.mutate(&route, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.release(r).await } }).await?;
+        Ok(reservation_update(reply.into_inner(), request_id))
+    }
+
+    /// A reservation's items, state and expiry.
+    pub async fn get_reservation(&self, reservation_id: &str, sku: Option<&str>, consistency: Consistency) -> Result<Reservation, Error> {
+        let route = match sku {
+            Some(s) => s.to_string(),
+            None => self.reservation_route(reservation_id, None).await?,
+        };
+        self.get_reservation_routed(reservation_id, route, consistency).await
+    }
+
+    async fn get_reservation_routed(&self, reservation_id: &str, route: String, consistency: Consistency) -> Result<Reservation, Error> {
+        let shard_id = self.shard_for(&route)?;
+        let req = pb::GetReservationRequest { reservation_id: reservation_id.to_string(), sku: route, consistency: consistency.to_pb() };
+        let reply = self
+            .call(shard_id, Target::of(consistency), None, self.deadline(), |ch, t| {
+                let r = with_timeout(req.clone(), t);
+                async move { inventory(ch).get_reservation(r).await }
+            })
+            .await?;
+        reply.into_inner().reservation.map(Reservation::from).ok_or_else(|| Error::Internal { message: "reply without reservation".into() })
+    }
+
+    /// Reads the stock of `skus` (in the order given). SKUs of different shards are
+    /// read from their shards concurrently.
+    pub async fn get(&self, skus: &[&str], consistency: Consistency) -> Result<Vec<Read>, Error> {
+        let mut by_shard: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, sku) in skus.iter().enumerate() {
+            by_shard.entry(self.shard_for(sku)?).or_default().push(i);
+        }
+        let deadline = self.deadline();
+        let calls = by_shard.into_iter().map(|(shard_id, idxs)| {
+            let req = pb::GetRequest { skus: idxs.iter().map(|&i| skus[i].to_string()).collect(), consistency: consistency.to_pb() };
+            async move {
+                let reply = self
+                    .call(shard_id, Target::of(consistency), None, deadline, |ch, t| {
+                        let r = with_timeout(req.clone(), t);
+                        async move { inventory(ch).get(r).await }
+                    })
+                    .await?;
+                Ok::<_, Error>((idxs, reply.into_inner()))
+            }
+        });
+        let mut out: Vec<Option<Read>> = vec![None; skus.len()];
+        for result in futures::future::join_all(calls).await {
+            let (idxs, reply) = result?;
+            let info = |shard_id: u64| reply.shards.iter().find(|s| s.shard_id == shard_id).map(|s| (s.node_id, s.applied_index)).unwrap_or((0, 0));
+            for (i, r) in idxs.into_iter().zip(reply.results.iter()) {
+                let (node_id, applied_index) = info(r.shard_id);
+                out[i] = Some(Read {
+                    sku: r.sku.clone(),
+                    stock: if r.found { r.record.clone().map(Stock::from) } else { None },
+                    shard_id: r.shard_id,
+                    node_id,
+                    applied_index,
+                });
+            }
+        }
+        out.into_iter().map(|r| r.ok_or_else(|| Error::Internal { message: "a SKU got no read result".into() })).collect()
+    }
+
+    /// One SKU's stock (None when never set).
+    pub async fn get_one(&self, sku: &str, consistency: Consistency) -> Result<Option<Stock>, Error> {
+        Ok(self.get(&[sku], consistency).await?.pop().and_then(|r| r.stock))
+    }
+
+    /// Up to `limit` stock records in SKU order, after `start_after` (None = from the
+    /// first SKU), across every shard.
+    pub async fn list(&self, start_after: Option<&str>, limit: usize, consistency: Consistency) -> Result<Vec<Stock>, Error> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        let mut shard_id = self.shard_for(start_after.unwrap_or(""))?;
+        let deadline = self.deadline();
+        while out.len() < limit {
+            let page = u32::try_from((limit - out.len()).min(1_000)).unwrap_or(1_000);
+            let req = pb::ListRequest {
+                page_token: token.clone(),
+                start_after: if token.is_empty() { start_after.unwrap_or_default().to_string() } else { String::new() },
+                limit: page,
+                consistency: consistency.to_pb(),
+            };
+            let reply = self
+                .call(shard_id, Target::of(consistency), None, deadline, |ch, t| {
+                    let r = with_timeout(req.clone(), t);
+                    async move { inventory(ch).list(r).await }
+                })
+                .await?
+                .into_inner();
+            out.extend(reply.records.into_iter().map(Stock::from));
+            if reply.next_page_token.is_empty() {
+                break;
+            }
+            token = reply.next_page_token;
+            shard_id = reply.next_shard_id;
+        }
+        Ok(out)
+    }
+
+    /// Every node's status, gathered by one node.
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusReply, Error> {
+        let deadline = self.deadline();
+        let mut last = String::from("no node answered");
+        loop {
+            let nodes = self.routing().discovery_order(self.inner.cfg.region.as_deref());
+            for n in nodes {
+                let t = deadline.saturating_duration_since(Instant::now()).min(self.inner.cfg.attempt_timeout);
+                if t.is_zero() {
+                    return Err(Error::Unavailable { message: last });
+                }
+                let mut req = tonic::Request::new(pb::ClusterStatusRequest {});
+                req.set_timeout(t);
+                self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(t, AdminClient::new(self.channel(&n.addr)?).cluster_status(req)).await {
+                    Ok(Ok(r)) => return Ok(r.into_inner()),
+                    Ok(Err(s)) => last = format!("node {}: {}", n.node_id, s.message()),
+                    Err(_) => last = format!("node {}: no answer", n.node_id),
+                }
+                self.routing().node_failed(n.node_id);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable { message: last });
+            }
+        }
+    }
+
+    /// One node's own status (its shards' Raft state and write-path counters).
+    pub async fn node_status(&self, node_id: u64) -> Result<pb::NodeStatusReply, Error> {
+        let addr = self.routing().map.nodes.get(&node_id).map(|n| n.addr.clone()).ok_or_else(|| Error::Config { message: format!("no node {node_id}") })?;
+        let t = self.inner.cfg.attempt_timeout;
+        let mut req = tonic::Request::new(pb::NodeStatusRequest {});
+        req.set_timeout(t);
+        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(t, AdminClient::new(self.channel(&addr)?).node_status(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(Error::Unavailable { message: format!("node {node_id}: {}", s.message()) }),
+            Err(_) => Err(Error::Unavailable { message: format!("node {node_id}: no answer") }),
+        }
+    }
+}
+
+fn inventory(ch: Channel) -> InventoryClient<Channel> {
+    InventoryClient::new(ch)
+}
+
+fn with_timeout<T>(msg: T, t: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(t);
+    r
+}
+
+fn stock_update(r: pb::StockReply, request_id: RequestId) -> StockUpdate {
+    StockUpdate { stock: r.record.map(Stock::from).unwrap_or_else(empty_stock), applied: r.applied.into(), request_id }
+}
+
+fn empty_stock() -> Stock {
+    Stock { sku: String::new(), on_hand: 0, reserved: 0, available: 0, version: 0 }
+}
+
+fn reservation_update(r: pb::ReservationReply, request_id: RequestId) -> ReservationUpdate {
+    ReservationUpdate {
+        reservation: r.reservation.map(Reservation::from).unwrap_or(Reservation {
+            reservation_id: String::new(),
+            items: Vec::new(),
+            state: ReservationState::Unknown,
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            shard_id: 0,
+        }),
+        stock: r.records.into_iter().map(Stock::from).collect(),
+        applied: r.applied.into(),
+        request_id,
+    }
+}

@@ -148,4 +148,20 @@ impl Admin for AdminService {
         let nodes = futures::future::join_all(views).await;
         Ok(Response::new(pb::ClusterStatusReply { epoch: SHARD_MAP_EPOCH, nodes }))
     }
+
+    async fn shard_digests(&self, _: Request<pb::ShardDigestsRequest>) -> Result<Response<pb::ShardDigestsReply>, Status> {
+        let node = self.node.clone();
+        let shards = tokio::task::spawn_blocking(move || {
+            node.shards
+                .iter()
+                .map(|(id, shard)| {
+                    shard.reader.digest().map(|(applied_index, digest)| pb::ShardDigest { shard_id: *id, applied_index, digest })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ShardDigestsReply { node_id: self.node.id, shards }))
+    }
 }

@@ -187,16 +187,19 @@ impl Inventory for InventoryService {
             Some(Position::AtOrAfter(s)) => ListFrom::AtOrAfter(s),
         };
         let page = shard.reader.list(from, limit as usize).map_err(|e| to_status(Error::internal(e)))?;
-        let next = if page.more {
-            page.records.last().map(|(sku, _)| page_token::encode(&Position::After(sku.clone()))).unwrap_or_default()
+        let (next, next_shard_id) = if page.more {
+            let token = page.records.last().map(|(sku, _)| page_token::encode(&Position::After(sku.clone()))).unwrap_or_default();
+            (token, shard_cfg.id)
         } else if !shard_cfg.end.is_empty() {
-            page_token::encode(&Position::AtOrAfter(shard_cfg.end.clone()))
+            let next_shard = self.node.cluster.shard_for(&shard_cfg.end).map(|s| s.id).unwrap_or(0);
+            (page_token::encode(&Position::AtOrAfter(shard_cfg.end.clone())), next_shard)
         } else {
-            String::new()
+            (String::new(), 0)
         };
         Ok(Response::new(pb::ListReply {
             records: page.records.iter().map(|(sku, r)| record_to_pb(sku, r)).collect(),
             next_page_token: next,
+            next_shard_id,
             shard: Some(pb::ShardRead { shard_id: shard_cfg.id, node_id: self.node.id, applied_index: page.applied_index }),
         }))
     }

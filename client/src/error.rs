@@ -1,0 +1,131 @@
+//! The client's error type. Every error says whether the operation certainly did
+//! not happen (`is_definite`), and an outcome the client could not establish is its
+//! own kind, `OutcomeUnknown`, carrying the request id to retry with.
+
+use stockpile_proto::v1 as pb;
+
+use crate::types::{RequestId, ReservationState, request_id_hex};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request broke an input rule; `field` names what was wrong. Not applied.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// The SKU was never set. Not applied.
+    #[error("SKU {sku:?} not found")]
+    SkuNotFound { sku: String },
+    /// No reservation with this id. Not applied.
+    #[error("reservation {reservation_id:?} not found")]
+    ReservationNotFound { reservation_id: String },
+    /// Not enough available stock. Not applied.
+    #[error("insufficient stock for {sku:?}: {available} available")]
+    InsufficientStock { sku: String, available: u64 },
+    /// The reservation expired first; its stock went back. Not applied.
+    #[error("reservation expired; its stock was returned")]
+    ReservationExpired { reservation_id: String },
+    /// The reservation was confirmed or released already. Not applied.
+    #[error("reservation is {state:?}, not active")]
+    ReservationNotActive { reservation_id: String, state: ReservationState },
+    /// The request id was used before for a different request. Not applied.
+    #[error("request id {} was used before for a different request", request_id_hex(.request_id))]
+    RequestIdReused { request_id: RequestId },
+    /// The operation's items span shards where one shard is required. Not applied.
+    #[error("{message}")]
+    CrossShard { message: String, shard_ids: Vec<u64> },
+    /// Not applied because another operation of its all-or-nothing batch was refused.
+    #[error("{message}")]
+    Aborted { message: String },
+    /// The store could not be reached or had no leader within the deadline, and the
+    /// operation certainly did not happen.
+    #[error("unavailable: {message}")]
+    Unavailable { message: String },
+    /// The store refused for load and the deadline left no time to wait. Not applied.
+    #[error("rate limited: {message}")]
+    RateLimited { message: String, retry_after_ms: u64 },
+    /// The operation may or may not have happened. Retry it with the same request id
+    /// (`Client::retry`, or the `*_with_id` forms): it is applied at most once.
+    #[error("outcome unknown for request {}: {message}", request_id_hex(.request_id))]
+    OutcomeUnknown { request_id: RequestId, message: String },
+    /// A bug or storage failure on a node; the outcome is unknown.
+    #[error("internal error: {message}")]
+    Internal { message: String },
+    /// The client was built or called wrongly (no seeds, bad address).
+    #[error("client configuration: {message}")]
+    Config { message: String },
+}
+
+impl Error {
+    /// True when the operation certainly did not take effect.
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, Error::OutcomeUnknown { .. } | Error::Internal { .. })
+    }
+
+    /// True for a refusal by the store's rules (not found, insufficient stock, ...),
+    /// as opposed to bad input or unavailability.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::SkuNotFound { .. }
+                | Error::ReservationNotFound { .. }
+                | Error::InsufficientStock { .. }
+                | Error::ReservationExpired { .. }
+                | Error::ReservationNotActive { .. }
+                | Error::Aborted { .. }
+        )
+    }
+
+    /// The machine-readable reason, as the wire names it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Error::SkuNotFound { .. } => "SKU_NOT_FOUND",
+            Error::ReservationNotFound { .. } => "RESERVATION_NOT_FOUND",
+            Error::InsufficientStock { .. } => "INSUFFICIENT_STOCK",
+            Error::ReservationExpired { .. } => "RESERVATION_EXPIRED",
+            Error::ReservationNotActive { .. } => "RESERVATION_NOT_ACTIVE",
+            Error::RequestIdReused { .. } => "REQUEST_ID_REUSED",
+            Error::CrossShard { .. } => "CROSS_SHARD",
+            Error::Aborted { .. } => "ABORTED",
+            Error::Unavailable { .. } => "UNAVAILABLE",
+            Error::RateLimited { .. } => "RATE_LIMITED",
+            Error::OutcomeUnknown { .. } => "OUTCOME_UNKNOWN",
+            Error::Internal { .. } => "INTERNAL",
+            Error::Config { .. } => "CONFIG",
+        }
+    }
+
+    /// The definite error an `ErrorDetail` describes, or None for the reasons the
+    /// client handles by retrying (not leader, unavailable, rate limited, unknown).
+    pub(crate) fn from_detail(d: &pb::ErrorDetail, request_id: Option<RequestId>) -> Option<Error> {
+        use pb::Reason as R;
+        Some(match d.reason() {
+            R::InvalidArgument => {
+                if d.message.starts_with("not applied: operation") {
+                    Error::Aborted { message: d.message.clone() }
+                } else {
+                    Error::InvalidArgument { field: d.field.clone(), message: strip_prefix(&d.message, &d.field) }
+                }
+            }
+            R::SkuNotFound => Error::SkuNotFound { sku: d.sku.clone() },
+            R::ReservationNotFound => Error::ReservationNotFound { reservation_id: reservation_id_of(&d.message) },
+            R::InsufficientStock => Error::InsufficientStock { sku: d.sku.clone(), available: d.available },
+            R::ReservationExpired => Error::ReservationExpired { reservation_id: reservation_id_of(&d.message) },
+            R::ReservationNotActive => Error::ReservationNotActive {
+                reservation_id: reservation_id_of(&d.message),
+                state: ReservationState::from_pb(d.state()),
+            },
+            R::RequestIdReused => Error::RequestIdReused { request_id: request_id.unwrap_or_default() },
+            R::CrossShard => Error::CrossShard { message: d.message.clone(), shard_ids: d.shard_ids.clone() },
+            R::Internal => Error::Internal { message: d.message.clone() },
+            R::NotLeader | R::ShardUnavailable | R::RateLimited | R::OutcomeUnknown | R::ShardMoved | R::Unspecified => return None,
+        })
+    }
+}
+
+fn strip_prefix(message: &str, field: &str) -> String {
+    message.strip_prefix(&format!("invalid {field}: ")).unwrap_or(message).to_string()
+}
+
+fn reservation_id_of(message: &str) -> String {
+    message.split('"').nth(1).unwrap_or_default().to_string()
+}

@@ -1,0 +1,179 @@
+//! The client's picture of the cluster: the shard map (with its epoch), each shard's
+//! last known leader, and which nodes recently failed (skipped until their jittered
+//! backoff runs out, not hammered).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use stockpile_proto::v1 as pb;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    pub addr: String,
+    pub region: String,
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ShardInfo {
+    pub shard_id: u64,
+    /// SKU range [start, end); "" end = unbounded.
+    pub start: String,
+    pub end: String,
+    pub replicas: Vec<u64>,
+}
+
+impl ShardInfo {
+    pub fn contains(&self, sku: &str) -> bool {
+        sku >= self.start.as_str() && (self.end.is_empty() || sku < self.end.as_str())
+    }
+
+    /// A valid SKU inside the shard, to route requests that name no SKU. " " is the
+    /// smallest SKU without control characters.
+    pub fn routing_sku(&self) -> String {
+        if self.start.is_empty() { " ".to_string() } else { self.start.clone() }
+    }
+}
+
+/// The shard map as the client caches it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ShardMap {
+    pub epoch: u64,
+    pub nodes: BTreeMap<u64, NodeInfo>,
+    /// Sorted by `start`.
+    pub shards: Vec<ShardInfo>,
+}
+
+impl ShardMap {
+    pub(crate) fn from_pb(r: &pb::ShardMapReply) -> ShardMap {
+        let nodes = r
+            .nodes
+            .iter()
+            .map(|n| (n.node_id, NodeInfo { node_id: n.node_id, addr: n.addr.clone(), region: n.region.clone(), zone: n.zone.clone() }))
+            .collect();
+        let mut shards: Vec<ShardInfo> = r
+            .shards
+            .iter()
+            .map(|s| ShardInfo { shard_id: s.shard_id, start: s.start.clone(), end: s.end.clone(), replicas: s.replicas.clone() })
+            .collect();
+        shards.sort_by(|a, b| a.start.cmp(&b.start));
+        ShardMap { epoch: r.epoch, nodes, shards }
+    }
+
+    pub fn shard_for(&self, sku: &str) -> Option<&ShardInfo> {
+        self.shards.iter().find(|s| s.contains(sku))
+    }
+
+    pub fn shard(&self, shard_id: u64) -> Option<&ShardInfo> {
+        self.shards.iter().find(|s| s.shard_id == shard_id)
+    }
+}
+
+/// Failure memory of one node address.
+#[derive(Clone, Copy, Debug)]
+struct Health {
+    failures: u32,
+    skip_until: Instant,
+}
+
+/// Backoff before a failed node is tried again: 50 ms doubling per failure, at most
+/// 2 s, with jitter so that many clients do not return at once.
+fn skip_for(failures: u32) -> Duration {
+    let base_ms = (50u64 << failures.min(6)).min(2_000);
+    Duration::from_millis(base_ms / 2 + rand::random::<u64>() % (base_ms / 2 + 1))
+}
+
+#[derive(Default)]
+pub(crate) struct Routing {
+    pub map: ShardMap,
+    pub leaders: HashMap<u64, u64>,
+    health: HashMap<u64, Health>,
+    /// Reservation id → shard, remembered from Reserve replies (bounded).
+    pub reservation_shards: HashMap<String, u64>,
+}
+
+/// Reservations remembered for routing at most; beyond, the memory is cleared (a
+/// forgotten reservation is found again by asking every shard).
+pub(crate) const RESERVATIONS_REMEMBERED_MAX: usize = 100_000;
+
+impl Routing {
+    pub fn node_failed(&mut self, node_id: u64) {
+        let h = self.health.entry(node_id).or_insert(Health { failures: 0, skip_until: Instant::now() });
+        h.failures = h.failures.saturating_add(1);
+        h.skip_until = Instant::now() + skip_for(h.failures);
+    }
+
+    pub fn node_ok(&mut self, node_id: u64) {
+        self.health.remove(&node_id);
+    }
+
+    fn healthy(&self, node_id: u64, now: Instant) -> bool {
+        self.health.get(&node_id).is_none_or(|h| h.skip_until <= now)
+    }
+
+    /// Nodes to try for `shard_id`, best first: the known leader (when `leader_first`),
+    /// then replicas in `region`, then the others; nodes in backoff go last.
+    pub fn candidates(&self, shard_id: u64, region: Option<&str>, leader_first: bool) -> Vec<u64> {
+        let Some(shard) = self.map.shard(shard_id) else { return Vec::new() };
+        let now = Instant::now();
+        let leader = if leader_first { self.leaders.get(&shard_id).copied() } else { None };
+        let mut nodes: Vec<u64> = shard.replicas.clone();
+        let region_of = |id: u64| self.map.nodes.get(&id).map(|n| n.region.as_str());
+        nodes.sort_by_key(|&id| {
+            let is_leader = Some(id) == leader;
+            let in_region = region.is_some() && region_of(id) == region;
+            (!self.healthy(id, now), !is_leader, !in_region, rand::random::<u8>())
+        });
+        nodes
+    }
+
+    /// Every known node, own region first, healthy first: for discovery.
+    pub fn discovery_order(&self, region: Option<&str>) -> Vec<NodeInfo> {
+        let now = Instant::now();
+        let mut nodes: Vec<NodeInfo> = self.map.nodes.values().cloned().collect();
+        nodes.sort_by_key(|n| (!self.healthy(n.node_id, now), region.is_none() || Some(n.region.as_str()) != region, rand::random::<u8>()));
+        nodes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> ShardMap {
+        let node = |id: u64, region: &str| (id, NodeInfo { node_id: id, addr: format!("127.0.0.1:{}", 7000 + id), region: region.into(), zone: "a".into() });
+        ShardMap {
+            epoch: 1,
+            nodes: [node(1, "eu"), node(2, "us"), node(3, "eu")].into_iter().collect(),
+            shards: vec![
+                ShardInfo { shard_id: 1, start: "".into(), end: "m".into(), replicas: vec![1, 2, 3] },
+                ShardInfo { shard_id: 2, start: "m".into(), end: "".into(), replicas: vec![1, 2, 3] },
+            ],
+        }
+    }
+
+    #[test]
+    fn routes_skus_to_ranges() {
+        let m = map();
+        assert_eq!(m.shard_for("apple").unwrap().shard_id, 1);
+        assert_eq!(m.shard_for("m").unwrap().shard_id, 2);
+        assert_eq!(m.shard_for("zebra").unwrap().shard_id, 2);
+        assert_eq!(m.shard(1).unwrap().routing_sku(), " ");
+    }
+
+    #[test]
+    fn prefers_leader_then_region_and_skips_failed_nodes() {
+        let mut r = Routing { map: map(), ..Default::default() };
+        r.leaders.insert(1, 2);
+        assert_eq!(r.candidates(1, Some("eu"), true)[0], 2, "the leader first");
+        let c = r.candidates(1, Some("eu"), false);
+        assert_eq!(c[2], 2, "own region before the others: {c:?}");
+        r.node_failed(1);
+        let c = r.candidates(1, Some("eu"), false);
+        assert_eq!(c, vec![3, 2, 1], "a failed node goes last");
+        r.node_ok(1);
+        assert_ne!(r.candidates(1, Some("eu"), false)[2], 1);
+    }
+}

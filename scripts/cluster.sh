@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Start, stop or inspect a local Stockpile cluster.
+#
+#   scripts/cluster.sh up     [CONFIG]   build if needed, start every node in the background
+#   scripts/cluster.sh down   [CONFIG]   stop the nodes this script started (SIGTERM, then SIGKILL)
+#   scripts/cluster.sh status [CONFIG]   show `stockpile cluster status`
+#   scripts/cluster.sh kill N [CONFIG]   kill -9 node N (for demonstrations)
+#   scripts/cluster.sh start N [CONFIG]  start node N again on its data
+#
+# CONFIG defaults to cluster-config/local-3node.toml. Data and logs live under
+# ./data/ (each node's data_dir from the config; logs in data/logs, PIDs in data/pids).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cmd=${1:-}
+case "$cmd" in
+  kill|start) node_arg=${2:?"usage: $0 $cmd NODE_ID [CONFIG]"}; config=${3:-cluster-config/local-3node.toml} ;;
+  up|down|status) config=${2:-cluster-config/local-3node.toml} ;;
+  *) echo "usage: $0 up|down|status [CONFIG] | kill|start NODE_ID [CONFIG]" >&2; exit 2 ;;
+esac
+[ -f "$config" ] || { echo "no such config: $config" >&2; exit 2; }
+
+bin=target/release
+pids=data/pids
+logs=data/logs
+mkdir -p "$pids" "$logs"
+
+# Node ids and addresses of the config's [[nodes]] tables.
+nodes() {
+  awk '/^\[\[nodes\]\]/{n=1; next} /^\[/{n=0} n && /^id *=/{gsub(/[^0-9]/,"",$3); id=$3} n && /^addr *=/{gsub(/"/,"",$3); print id, $3}' "$config"
+}
+
+build() {
+  if [ ! -x "$bin/stockpile-node" ] || [ ! -x "$bin/stockpile" ] || [ -n "$(find node client proto Cargo.toml -newer "$bin/stockpile-node" -type f 2>/dev/null | head -1)" ]; then
+    echo "building (cargo build --release --workspace; the first build compiles RocksDB, about 10 minutes)..."
+    cargo build --release --workspace --quiet
+  fi
+}
+
+endpoints() { nodes | awk '{print $2}' | paste -sd, -; }
+
+running() { [ -f "$pids/node-$1.pid" ] && kill -0 "$(cat "$pids/node-$1.pid")" 2>/dev/null; }
+
+start_node() {
+  local id=$1
+  if running "$id"; then echo "node $id already running (pid $(cat "$pids/node-$id.pid"))"; return; fi
+  nohup "$bin/stockpile-node" --config "$config" --node-id "$id" >>"$logs/node-$id.log" 2>&1 &
+  echo $! >"$pids/node-$id.pid"
+  echo "node $id started (pid $!, log $logs/node-$id.log)"
+}
+
+wait_ready() {
+  # Ready when every shard has a leader that its replicas agree on.
+  local deadline=$((SECONDS + ${1:-60}))
+  while [ $SECONDS -lt $deadline ]; do
+    if "$bin/stockpile" --endpoints "$(endpoints)" --timeout 2s --json cluster status 2>/dev/null | python3 -c '
+import json,sys
+s=json.load(sys.stdin)
+ok = all(n["up"] for n in s["nodes"]) and all(sh["leader_id"] != 0 for n in s["nodes"] for sh in n["shards"])
+sys.exit(0 if ok else 1)' 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "cluster not ready after ${1:-60}s; see $logs/" >&2
+  return 1
+}
+
+case "$cmd" in
+  up)
+    build
+    while read -r id _; do start_node "$id"; done < <(nodes)
+    wait_ready 90
+    echo "cluster up: every shard has a leader. Endpoints: $(endpoints)"
+    ;;
+  down)
+    while read -r id _; do
+      if running "$id"; then
+        kill -TERM "$(cat "$pids/node-$id.pid")"
+        for _ in $(seq 1 100); do running "$id" || break; sleep 0.1; done
+        if running "$id"; then kill -KILL "$(cat "$pids/node-$id.pid")"; echo "node $id killed (did not stop in 10 s)"; else echo "node $id stopped"; fi
+      fi
+      rm -f "$pids/node-$id.pid"
+    done < <(nodes)
+    ;;
+  status)
+    "$bin/stockpile" --endpoints "$(endpoints)" cluster status
+    ;;
+  kill)
+    if running "$node_arg"; then kill -KILL "$(cat "$pids/node-$node_arg.pid")"; rm -f "$pids/node-$node_arg.pid"; echo "node $node_arg killed (-9)"; else echo "node $node_arg is not running"; fi
+    ;;
+  start)
+    start_node "$node_arg"
+    ;;
+esac
