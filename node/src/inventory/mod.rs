@@ -9,3 +9,5 @@ pub mod validate;
 pub use apply::{PRUNES_PER_ENTRY_MAX, QTY_MAX, Records, ShardState, TIMERS_PER_ENTRY_MAX, apply};
 pub use mem::MemState;
 pub use types::*;
+#[cfg(test)]
+mod model_tests;
