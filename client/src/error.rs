@@ -25,13 +25,19 @@ pub enum Error {
     ReservationExpired { reservation_id: String },
     /// The reservation was confirmed or released already. Not applied.
     #[error("reservation is {state:?}, not active")]
-    ReservationNotActive { reservation_id: String, state: ReservationState },
+    ReservationNotActive {
+        reservation_id: String,
+        state: ReservationState,
+    },
     /// The request id was used before for a different request. Not applied.
     #[error("request id {} was used before for a different request", request_id_hex(.request_id))]
     RequestIdReused { request_id: RequestId },
     /// The operation's items span shards where one shard is required. Not applied.
     #[error("{message}")]
-    CrossShard { message: String, shard_ids: Vec<u64> },
+    CrossShard {
+        message: String,
+        shard_ids: Vec<u64>,
+    },
     /// Not applied because another operation of its all-or-nothing batch was refused.
     #[error("{message}")]
     Aborted { message: String },
@@ -41,11 +47,17 @@ pub enum Error {
     Unavailable { message: String },
     /// The store refused for load and the deadline left no time to wait. Not applied.
     #[error("rate limited: {message}")]
-    RateLimited { message: String, retry_after_ms: u64 },
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
     /// The operation may or may not have happened. Retry it with the same request id
     /// (`Client::retry`, or the `*_with_id` forms): it is applied at most once.
     #[error("outcome unknown for request {}: {message}", request_id_hex(.request_id))]
-    OutcomeUnknown { request_id: RequestId, message: String },
+    OutcomeUnknown {
+        request_id: RequestId,
+        message: String,
+    },
     /// A bug or storage failure on a node; the outcome is unknown.
     #[error("internal error: {message}")]
     Internal { message: String },
@@ -101,29 +113,56 @@ impl Error {
         Some(match d.reason() {
             R::InvalidArgument => {
                 if d.message.starts_with("not applied: operation") {
-                    Error::Aborted { message: d.message.clone() }
+                    Error::Aborted {
+                        message: d.message.clone(),
+                    }
                 } else {
-                    Error::InvalidArgument { field: d.field.clone(), message: strip_prefix(&d.message, &d.field) }
+                    Error::InvalidArgument {
+                        field: d.field.clone(),
+                        message: strip_prefix(&d.message, &d.field),
+                    }
                 }
             }
             R::SkuNotFound => Error::SkuNotFound { sku: d.sku.clone() },
-            R::ReservationNotFound => Error::ReservationNotFound { reservation_id: reservation_id_of(&d.message) },
-            R::InsufficientStock => Error::InsufficientStock { sku: d.sku.clone(), available: d.available },
-            R::ReservationExpired => Error::ReservationExpired { reservation_id: reservation_id_of(&d.message) },
+            R::ReservationNotFound => Error::ReservationNotFound {
+                reservation_id: reservation_id_of(&d.message),
+            },
+            R::InsufficientStock => Error::InsufficientStock {
+                sku: d.sku.clone(),
+                available: d.available,
+            },
+            R::ReservationExpired => Error::ReservationExpired {
+                reservation_id: reservation_id_of(&d.message),
+            },
             R::ReservationNotActive => Error::ReservationNotActive {
                 reservation_id: reservation_id_of(&d.message),
                 state: ReservationState::from_pb(d.state()),
             },
-            R::RequestIdReused => Error::RequestIdReused { request_id: request_id.unwrap_or_default() },
-            R::CrossShard => Error::CrossShard { message: d.message.clone(), shard_ids: d.shard_ids.clone() },
-            R::Internal => Error::Internal { message: d.message.clone() },
-            R::NotLeader | R::ShardUnavailable | R::RateLimited | R::OutcomeUnknown | R::ShardMoved | R::Unspecified => return None,
+            R::RequestIdReused => Error::RequestIdReused {
+                request_id: request_id.unwrap_or_default(),
+            },
+            R::CrossShard => Error::CrossShard {
+                message: d.message.clone(),
+                shard_ids: d.shard_ids.clone(),
+            },
+            R::Internal => Error::Internal {
+                message: d.message.clone(),
+            },
+            R::NotLeader
+            | R::ShardUnavailable
+            | R::RateLimited
+            | R::OutcomeUnknown
+            | R::ShardMoved
+            | R::Unspecified => return None,
         })
     }
 }
 
 fn strip_prefix(message: &str, field: &str) -> String {
-    message.strip_prefix(&format!("invalid {field}: ")).unwrap_or(message).to_string()
+    message
+        .strip_prefix(&format!("invalid {field}: "))
+        .unwrap_or(message)
+        .to_string()
 }
 
 fn reservation_id_of(message: &str) -> String {

@@ -102,11 +102,15 @@ impl ClientBuilder {
     /// Connects to the seeds and fetches the shard map.
     pub async fn build(self) -> Result<Client, Error> {
         if self.seeds.is_empty() {
-            return Err(Error::Config { message: "no seed addresses given".into() });
+            return Err(Error::Config {
+                message: "no seed addresses given".into(),
+            });
         }
         for s in &self.seeds {
             if s.parse::<std::net::SocketAddr>().is_err() && !s.contains(':') {
-                return Err(Error::Config { message: format!("seed {s:?} is not a host:port address") });
+                return Err(Error::Config {
+                    message: format!("seed {s:?} is not a host:port address"),
+                });
             }
         }
         let client = Client {
@@ -117,7 +121,9 @@ impl ClientBuilder {
                 rpcs: AtomicU64::new(0),
             }),
         };
-        client.refresh_map(Instant::now() + client.inner.cfg.request_timeout).await?;
+        client
+            .refresh_map(Instant::now() + client.inner.cfg.request_timeout)
+            .await?;
         Ok(client)
     }
 }
@@ -164,7 +170,9 @@ fn decode_detail(status: &tonic::Status) -> Option<pb::ErrorDetail> {
     if status.details().is_empty() {
         return None;
     }
-    pb::ErrorDetail::decode(status.details()).ok().filter(|d| d.reason() != pb::Reason::Unspecified)
+    pb::ErrorDetail::decode(status.details())
+        .ok()
+        .filter(|d| d.reason() != pb::Reason::Unspecified)
 }
 
 /// True when a transport error shows the request never left (no connection).
@@ -209,12 +217,18 @@ impl Client {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Error> {
-        let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Config { message: format!("bad address {addr:?}: {e}") })?
+            .map_err(|e| Error::Config {
+                message: format!("bad address {addr:?}: {e}"),
+            })?
             .connect_timeout(self.inner.cfg.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -231,8 +245,12 @@ impl Client {
         let mut attempt = 0u32;
         let mut last_error = String::from("no node answered");
         loop {
-            let mut addrs: Vec<(Option<u64>, String)> =
-                self.routing().discovery_order(region.as_deref()).into_iter().map(|n| (Some(n.node_id), n.addr)).collect();
+            let mut addrs: Vec<(Option<u64>, String)> = self
+                .routing()
+                .discovery_order(region.as_deref())
+                .into_iter()
+                .map(|n| (Some(n.node_id), n.addr))
+                .collect();
             for s in &self.inner.cfg.seeds {
                 if !addrs.iter().any(|(_, a)| a == s) {
                     addrs.push((None, s.clone()));
@@ -274,21 +292,39 @@ impl Client {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(Error::Unavailable { message: format!("cannot fetch the shard map: {last_error}") });
+                return Err(Error::Unavailable {
+                    message: format!("cannot fetch the shard map: {last_error}"),
+                });
             }
-            tokio::time::sleep(backoff(attempt).min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(
+                backoff(attempt).min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
             attempt += 1;
         }
     }
 
     fn shard_for(&self, sku: &str) -> Result<u64, Error> {
-        self.routing().map.shard_for(sku).map(|s| s.shard_id).ok_or_else(|| Error::Unavailable { message: format!("no shard covers {sku:?}") })
+        self.routing()
+            .map
+            .shard_for(sku)
+            .map(|s| s.shard_id)
+            .ok_or_else(|| Error::Unavailable {
+                message: format!("no shard covers {sku:?}"),
+            })
     }
 
     /// Sends `call` to a node of `shard_id` and retries what is retryable until
     /// `deadline`. For a mutation (`request_id` set), any attempt that may have reached
     /// the store makes an eventual give-up `OutcomeUnknown` instead of `Unavailable`.
-    async fn call<T, F, Fut>(&self, shard_id: u64, target: Target, request_id: Option<RequestId>, deadline: Instant, call: F) -> Result<T, Error>
+    async fn call<T, F, Fut>(
+        &self,
+        shard_id: u64,
+        target: Target,
+        request_id: Option<RequestId>,
+        deadline: Instant,
+        call: F,
+    ) -> Result<T, Error>
     where
         F: Fn(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -302,11 +338,18 @@ impl Client {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(match (request_id, maybe_applied) {
-                    (Some(request_id), true) => Error::OutcomeUnknown { request_id, message: last_error },
-                    _ => Error::Unavailable { message: format!("shard {shard_id}: {last_error}") },
+                    (Some(request_id), true) => Error::OutcomeUnknown {
+                        request_id,
+                        message: last_error,
+                    },
+                    _ => Error::Unavailable {
+                        message: format!("shard {shard_id}: {last_error}"),
+                    },
                 });
             }
-            let candidates = self.routing().candidates(shard_id, region.as_deref(), target == Target::Leader);
+            let candidates =
+                self.routing()
+                    .candidates(shard_id, region.as_deref(), target == Target::Leader);
             if candidates.is_empty() {
                 self.refresh_map(deadline).await?;
                 attempt += 1;
@@ -323,8 +366,14 @@ impl Client {
                 }
             };
             tried_in_round.push(node_id);
-            let addr = match self.routing().map.nodes.get(&node_id) {
-                Some(n) => n.addr.clone(),
+            let addr = self
+                .routing()
+                .map
+                .nodes
+                .get(&node_id)
+                .map(|n| n.addr.clone());
+            let addr = match addr {
+                Some(a) => a,
                 None => {
                     self.refresh_map(deadline).await?;
                     continue;
@@ -345,7 +394,8 @@ impl Client {
                 Ok(Err(status)) => status,
                 Err(_) => {
                     maybe_applied = true;
-                    last_error = format!("node {node_id} gave no answer within {} ms", t.as_millis());
+                    last_error =
+                        format!("node {node_id} gave no answer within {} ms", t.as_millis());
                     self.routing().node_failed(node_id);
                     continue;
                 }
@@ -366,7 +416,10 @@ impl Client {
             match detail.reason() {
                 pb::Reason::NotLeader => {
                     let mut r = self.routing();
-                    if detail.leader_id != 0 && detail.leader_id != node_id && r.map.nodes.contains_key(&detail.leader_id) {
+                    if detail.leader_id != 0
+                        && detail.leader_id != node_id
+                        && r.map.nodes.contains_key(&detail.leader_id)
+                    {
                         r.leaders.insert(shard_id, detail.leader_id);
                         // Follow the hint at once: let the hinted node be tried even if
                         // it was tried in this round.
@@ -382,9 +435,15 @@ impl Client {
                     let wait = Duration::from_millis(detail.retry_after_ms.max(1));
                     if Instant::now() + wait >= deadline {
                         if maybe_applied && let Some(request_id) = request_id {
-                            return Err(Error::OutcomeUnknown { request_id, message: last_error });
+                            return Err(Error::OutcomeUnknown {
+                                request_id,
+                                message: last_error,
+                            });
                         }
-                        return Err(Error::RateLimited { message: detail.message, retry_after_ms: detail.retry_after_ms });
+                        return Err(Error::RateLimited {
+                            message: detail.message,
+                            retry_after_ms: detail.retry_after_ms,
+                        });
                     }
                     tokio::time::sleep(wait).await;
                     tried_in_round.retain(|n| *n != node_id);
@@ -401,13 +460,25 @@ impl Client {
         }
     }
 
-    async fn mutate<T, F, Fut>(&self, sku_for_route: &str, request_id: RequestId, call: F) -> Result<T, Error>
+    async fn mutate<T, F, Fut>(
+        &self,
+        sku_for_route: &str,
+        request_id: RequestId,
+        call: F,
+    ) -> Result<T, Error>
     where
         F: Fn(InventoryClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let shard_id = self.shard_for(sku_for_route)?;
-        self.call(shard_id, Target::Leader, Some(request_id), self.deadline(), |ch, t| call(inventory(ch), t)).await
+        self.call(
+            shard_id,
+            Target::Leader,
+            Some(request_id),
+            self.deadline(),
+            |ch, t| call(inventory(ch), t),
+        )
+        .await
     }
 
     /// Sets `sku`'s on-hand stock (creating the SKU if needed).
@@ -416,52 +487,117 @@ impl Client {
     }
 
     /// [`set_stock`](Self::set_stock) with a caller-chosen request id (to retry).
-    pub async fn set_stock_with_id(&self, request_id: RequestId, sku: &str, on_hand: u64) -> Result<StockUpdate, Error> {
-        let req = pb::SetStockRequest { request_id: request_id.to_vec(), sku: sku.to_string(), on_hand };
-        let reply = self.mutate(sku, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.set_stock(r).await } }).await?;
+    pub async fn set_stock_with_id(
+        &self,
+        request_id: RequestId,
+        sku: &str,
+        on_hand: u64,
+    ) -> Result<StockUpdate, Error> {
+        let req = pb::SetStockRequest {
+            request_id: request_id.to_vec(),
+            sku: sku.to_string(),
+            on_hand,
+        };
+        let reply = self
+            .mutate(sku, request_id, |mut c, t| {
+                let r = with_timeout(req.clone(), t);
+                async move { c.set_stock(r).await }
+            })
+            .await?;
         Ok(stock_update(reply.into_inner(), request_id))
     }
 
     /// Adds `delta` (may be negative) to `sku`'s on-hand stock; refused with
     /// `InsufficientStock` if it would leave on-hand below reserved.
     pub async fn adjust_stock(&self, sku: &str, delta: i64) -> Result<StockUpdate, Error> {
-        self.adjust_stock_with_id(new_request_id(), sku, delta).await
+        self.adjust_stock_with_id(new_request_id(), sku, delta)
+            .await
     }
 
-    pub async fn adjust_stock_with_id(&self, request_id: RequestId, sku: &str, delta: i64) -> Result<StockUpdate, Error> {
-        let req = pb::AdjustStockRequest { request_id: request_id.to_vec(), sku: sku.to_string(), delta };
-        let reply = self.mutate(sku, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.adjust_stock(r).await } }).await?;
+    pub async fn adjust_stock_with_id(
+        &self,
+        request_id: RequestId,
+        sku: &str,
+        delta: i64,
+    ) -> Result<StockUpdate, Error> {
+        let req = pb::AdjustStockRequest {
+            request_id: request_id.to_vec(),
+            sku: sku.to_string(),
+            delta,
+        };
+        let reply = self
+            .mutate(sku, request_id, |mut c, t| {
+                let r = with_timeout(req.clone(), t);
+                async move { c.adjust_stock(r).await }
+            })
+            .await?;
         Ok(stock_update(reply.into_inner(), request_id))
     }
 
     /// Takes `quantity` units of `sku` if that many are available; otherwise
     /// `InsufficientStock` and nothing changes. Never goes below zero.
     pub async fn decrement(&self, sku: &str, quantity: u64) -> Result<StockUpdate, Error> {
-        self.decrement_with_id(new_request_id(), sku, quantity).await
+        self.decrement_with_id(new_request_id(), sku, quantity)
+            .await
     }
 
-    pub async fn decrement_with_id(&self, request_id: RequestId, sku: &str, quantity: u64) -> Result<StockUpdate, Error> {
-        let req = pb::DecrementRequest { request_id: request_id.to_vec(), sku: sku.to_string(), quantity };
-        let reply = self.mutate(sku, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.decrement(r).await } }).await?;
+    pub async fn decrement_with_id(
+        &self,
+        request_id: RequestId,
+        sku: &str,
+        quantity: u64,
+    ) -> Result<StockUpdate, Error> {
+        let req = pb::DecrementRequest {
+            request_id: request_id.to_vec(),
+            sku: sku.to_string(),
+            quantity,
+        };
+        let reply = self
+            .mutate(sku, request_id, |mut c, t| {
+                let r = with_timeout(req.clone(), t);
+                async move { c.decrement(r).await }
+            })
+            .await?;
         Ok(stock_update(reply.into_inner(), request_id))
     }
 
     /// Holds `items` (all in one shard) for `ttl`; the store picks the id.
     pub async fn reserve(&self, items: &[Item], ttl: Duration) -> Result<ReservationUpdate, Error> {
-        self.reserve_with_id(new_request_id(), None, items, ttl).await
+        self.reserve_with_id(new_request_id(), None, items, ttl)
+            .await
     }
 
     /// [`reserve`](Self::reserve) with a caller-chosen request id and, optionally,
     /// reservation id.
-    pub async fn reserve_with_id(&self, request_id: RequestId, reservation_id: Option<&str>, items: &[Item], ttl: Duration) -> Result<ReservationUpdate, Error> {
-        let first = items.first().ok_or_else(|| Error::InvalidArgument { field: "items".into(), message: "must hold at least one item".into() })?;
+    pub async fn reserve_with_id(
+        &self,
+        request_id: RequestId,
+        reservation_id: Option<&str>,
+        items: &[Item],
+        ttl: Duration,
+    ) -> Result<ReservationUpdate, Error> {
+        let first = items.first().ok_or_else(|| Error::InvalidArgument {
+            field: "items".into(),
+            message: "must hold at least one item".into(),
+        })?;
         let req = pb::ReserveRequest {
             request_id: request_id.to_vec(),
             reservation_id: reservation_id.unwrap_or_default().to_string(),
-            items: items.iter().map(|i| pb::Item { sku: i.sku.clone(), quantity: i.quantity }).collect(),
+            items: items
+                .iter()
+                .map(|i| pb::Item {
+                    sku: i.sku.clone(),
+                    quantity: i.quantity,
+                })
+                .collect(),
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         };
-        let reply = self.mutate(&first.sku, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.reserve(r).await } }).await?;
+        let reply = self
+            .mutate(&first.sku, request_id, |mut c, t| {
+                let r = with_timeout(req.clone(), t);
+                async move { c.reserve(r).await }
+            })
+            .await?;
         let update = reservation_update(reply.into_inner(), request_id);
         self.remember_reservation(&update.reservation);
         Ok(update)
@@ -472,77 +608,166 @@ impl Client {
         if routing.reservation_shards.len() >= routing::RESERVATIONS_REMEMBERED_MAX {
             routing.reservation_shards.clear();
         }
-        routing.reservation_shards.insert(r.reservation_id.clone(), r.shard_id);
+        routing
+            .reservation_shards
+            .insert(r.reservation_id.clone(), r.shard_id);
     }
 
     /// A SKU routing to the reservation's shard: given, remembered, or found by
     /// asking every shard.
-    async fn reservation_route(&self, reservation_id: &str, sku: Option<&str>) -> Result<String, Error> {
+    async fn reservation_route(
+        &self,
+        reservation_id: &str,
+        sku: Option<&str>,
+    ) -> Result<String, Error> {
         if let Some(sku) = sku {
             return Ok(sku.to_string());
         }
         let remembered = {
             let r = self.routing();
-            r.reservation_shards.get(reservation_id).and_then(|s| r.map.shard(*s)).map(|s| s.routing_sku())
+            r.reservation_shards
+                .get(reservation_id)
+                .and_then(|s| r.map.shard(*s))
+                .map(|s| s.routing_sku())
         };
         if let Some(sku) = remembered {
             return Ok(sku);
         }
         let shards = self.routing().map.shards.clone();
         for shard in shards {
-            match self.get_reservation_routed(reservation_id, shard.routing_sku(), Consistency::Linearizable).await {
-                Ok(r) => return Ok(r.items.first().map(|i| i.sku.clone()).unwrap_or_else(|| shard.routing_sku())),
+            match self
+                .get_reservation_routed(
+                    reservation_id,
+                    shard.routing_sku(),
+                    Consistency::Linearizable,
+                )
+                .await
+            {
+                Ok(r) => {
+                    return Ok(r
+                        .items
+                        .first()
+                        .map(|i| i.sku.clone())
+                        .unwrap_or_else(|| shard.routing_sku()));
+                }
                 Err(Error::ReservationNotFound { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::ReservationNotFound { reservation_id: reservation_id.to_string() })
+        Err(Error::ReservationNotFound {
+            reservation_id: reservation_id.to_string(),
+        })
     }
 
     /// Turns an active reservation into a sale. `sku` (any SKU of the reservation)
     /// saves a lookup when the client did not make the reservation itself.
-    pub async fn confirm(&self, reservation_id: &str, sku: Option<&str>) -> Result<ReservationUpdate, Error> {
-        self.confirm_with_id(new_request_id(), reservation_id, sku).await
+    pub async fn confirm(
+        &self,
+        reservation_id: &str,
+        sku: Option<&str>,
+    ) -> Result<ReservationUpdate, Error> {
+        self.confirm_with_id(new_request_id(), reservation_id, sku)
+            .await
     }
 
-    pub async fn confirm_with_id(&self, request_id: RequestId, reservation_id: &str, sku: Option<&str>) -> Result<ReservationUpdate, Error> {
+    pub async fn confirm_with_id(
+        &self,
+        request_id: RequestId,
+        reservation_id: &str,
+        sku: Option<&str>,
+    ) -> Result<ReservationUpdate, Error> {
         let route = self.reservation_route(reservation_id, sku).await?;
-        let req = pb::ConfirmRequest { request_id: request_id.to_vec(), reservation_id: reservation_id.to_string(), sku: route.clone() };
-        let reply = self.mutate(&route, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.confirm(r).await } }).await?;
+        let req = pb::ConfirmRequest {
+            request_id: request_id.to_vec(),
+            reservation_id: reservation_id.to_string(),
+            sku: route.clone(),
+        };
+        let reply = self
+            .mutate(&route, request_id, |mut c, t| {
+                let r = with_timeout(req.clone(), t);
+                async move { c.confirm(r).await }
+            })
+            .await?;
         Ok(reservation_update(reply.into_inner(), request_id))
     }
 
     /// Gives an active reservation's stock back.
-    pub async fn release(&self, reservation_id: &str, sku: Option<&str>) -> Result<ReservationUpdate, Error> {
-        self.release_with_id(new_request_id(), reservation_id, sku).await
+    pub async fn release(
+        &self,
+        reservation_id: &str,
+        sku: Option<&str>,
+    ) -> Result<ReservationUpdate, Error> {
+        self.release_with_id(new_request_id(), reservation_id, sku)
+            .await
     }
 
-    pub async fn release_with_id(&self, request_id: RequestId, reservation_id: &str, sku: Option<&str>) -> Result<ReservationUpdate, Error> {
+    pub async fn release_with_id(
+        &self,
+        request_id: RequestId,
+        reservation_id: &str,
+        sku: Option<&str>,
+    ) -> Result<ReservationUpdate, Error> {
         let route = self.reservation_route(reservation_id, sku).await?;
-        let req = pb::ReleaseRequest { request_id: request_id.to_vec(), reservation_id: reservation_id.to_string(), sku: route.clone() };
-        let reply = self.mutate(&route, request_id, |mut c, t| { let r = with_timeout(req.clone(), t); async move { c.release(r).await } }).await?;
+        let req = pb::ReleaseRequest {
+            request_id: request_id.to_vec(),
+            reservation_id: reservation_id.to_string(),
+            sku: route.clone(),
+        };
+        let reply = self
+            .mutate(&route, request_id, |mut c, t| {
+                let r = with_timeout(req.clone(), t);
+                async move { c.release(r).await }
+            })
+            .await?;
         Ok(reservation_update(reply.into_inner(), request_id))
     }
 
     /// A reservation's items, state and expiry.
-    pub async fn get_reservation(&self, reservation_id: &str, sku: Option<&str>, consistency: Consistency) -> Result<Reservation, Error> {
+    pub async fn get_reservation(
+        &self,
+        reservation_id: &str,
+        sku: Option<&str>,
+        consistency: Consistency,
+    ) -> Result<Reservation, Error> {
         let route = match sku {
             Some(s) => s.to_string(),
             None => self.reservation_route(reservation_id, None).await?,
         };
-        self.get_reservation_routed(reservation_id, route, consistency).await
+        self.get_reservation_routed(reservation_id, route, consistency)
+            .await
     }
 
-    async fn get_reservation_routed(&self, reservation_id: &str, route: String, consistency: Consistency) -> Result<Reservation, Error> {
+    async fn get_reservation_routed(
+        &self,
+        reservation_id: &str,
+        route: String,
+        consistency: Consistency,
+    ) -> Result<Reservation, Error> {
         let shard_id = self.shard_for(&route)?;
-        let req = pb::GetReservationRequest { reservation_id: reservation_id.to_string(), sku: route, consistency: consistency.to_pb() };
+        let req = pb::GetReservationRequest {
+            reservation_id: reservation_id.to_string(),
+            sku: route,
+            consistency: consistency.to_pb(),
+        };
         let reply = self
-            .call(shard_id, Target::of(consistency), None, self.deadline(), |ch, t| {
-                let r = with_timeout(req.clone(), t);
-                async move { inventory(ch).get_reservation(r).await }
-            })
+            .call(
+                shard_id,
+                Target::of(consistency),
+                None,
+                self.deadline(),
+                |ch, t| {
+                    let r = with_timeout(req.clone(), t);
+                    async move { inventory(ch).get_reservation(r).await }
+                },
+            )
             .await?;
-        reply.into_inner().reservation.map(Reservation::from).ok_or_else(|| Error::Internal { message: "reply without reservation".into() })
+        reply
+            .into_inner()
+            .reservation
+            .map(Reservation::from)
+            .ok_or_else(|| Error::Internal {
+                message: "reply without reservation".into(),
+            })
     }
 
     /// Reads the stock of `skus` (in the order given). SKUs of different shards are
@@ -554,13 +779,22 @@ impl Client {
         }
         let deadline = self.deadline();
         let calls = by_shard.into_iter().map(|(shard_id, idxs)| {
-            let req = pb::GetRequest { skus: idxs.iter().map(|&i| skus[i].to_string()).collect(), consistency: consistency.to_pb() };
+            let req = pb::GetRequest {
+                skus: idxs.iter().map(|&i| skus[i].to_string()).collect(),
+                consistency: consistency.to_pb(),
+            };
             async move {
                 let reply = self
-                    .call(shard_id, Target::of(consistency), None, deadline, |ch, t| {
-                        let r = with_timeout(req.clone(), t);
-                        async move { inventory(ch).get(r).await }
-                    })
+                    .call(
+                        shard_id,
+                        Target::of(consistency),
+                        None,
+                        deadline,
+                        |ch, t| {
+                            let r = with_timeout(req.clone(), t);
+                            async move { inventory(ch).get(r).await }
+                        },
+                    )
                     .await?;
                 Ok::<_, Error>((idxs, reply.into_inner()))
             }
@@ -568,29 +802,59 @@ impl Client {
         let mut out: Vec<Option<Read>> = vec![None; skus.len()];
         for result in futures::future::join_all(calls).await {
             let (idxs, reply) = result?;
-            let info = |shard_id: u64| reply.shards.iter().find(|s| s.shard_id == shard_id).map(|s| (s.node_id, s.applied_index)).unwrap_or((0, 0));
+            let info = |shard_id: u64| {
+                reply
+                    .shards
+                    .iter()
+                    .find(|s| s.shard_id == shard_id)
+                    .map(|s| (s.node_id, s.applied_index))
+                    .unwrap_or((0, 0))
+            };
             for (i, r) in idxs.into_iter().zip(reply.results.iter()) {
                 let (node_id, applied_index) = info(r.shard_id);
                 out[i] = Some(Read {
                     sku: r.sku.clone(),
-                    stock: if r.found { r.record.clone().map(Stock::from) } else { None },
+                    stock: if r.found {
+                        r.record.clone().map(Stock::from)
+                    } else {
+                        None
+                    },
                     shard_id: r.shard_id,
                     node_id,
                     applied_index,
                 });
             }
         }
-        out.into_iter().map(|r| r.ok_or_else(|| Error::Internal { message: "a SKU got no read result".into() })).collect()
+        out.into_iter()
+            .map(|r| {
+                r.ok_or_else(|| Error::Internal {
+                    message: "a SKU got no read result".into(),
+                })
+            })
+            .collect()
     }
 
     /// One SKU's stock (None when never set).
-    pub async fn get_one(&self, sku: &str, consistency: Consistency) -> Result<Option<Stock>, Error> {
-        Ok(self.get(&[sku], consistency).await?.pop().and_then(|r| r.stock))
+    pub async fn get_one(
+        &self,
+        sku: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Stock>, Error> {
+        Ok(self
+            .get(&[sku], consistency)
+            .await?
+            .pop()
+            .and_then(|r| r.stock))
     }
 
     /// Up to `limit` stock records in SKU order, after `start_after` (None = from the
     /// first SKU), across every shard.
-    pub async fn list(&self, start_after: Option<&str>, limit: usize, consistency: Consistency) -> Result<Vec<Stock>, Error> {
+    pub async fn list(
+        &self,
+        start_after: Option<&str>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<Stock>, Error> {
         let mut out = Vec::new();
         let mut token = String::new();
         let mut shard_id = self.shard_for(start_after.unwrap_or(""))?;
@@ -599,15 +863,25 @@ impl Client {
             let page = u32::try_from((limit - out.len()).min(1_000)).unwrap_or(1_000);
             let req = pb::ListRequest {
                 page_token: token.clone(),
-                start_after: if token.is_empty() { start_after.unwrap_or_default().to_string() } else { String::new() },
+                start_after: if token.is_empty() {
+                    start_after.unwrap_or_default().to_string()
+                } else {
+                    String::new()
+                },
                 limit: page,
                 consistency: consistency.to_pb(),
             };
             let reply = self
-                .call(shard_id, Target::of(consistency), None, deadline, |ch, t| {
-                    let r = with_timeout(req.clone(), t);
-                    async move { inventory(ch).list(r).await }
-                })
+                .call(
+                    shard_id,
+                    Target::of(consistency),
+                    None,
+                    deadline,
+                    |ch, t| {
+                        let r = with_timeout(req.clone(), t);
+                        async move { inventory(ch).list(r).await }
+                    },
+                )
                 .await?
                 .into_inner();
             out.extend(reply.records.into_iter().map(Stock::from));
@@ -625,16 +899,25 @@ impl Client {
         let deadline = self.deadline();
         let mut last = String::from("no node answered");
         loop {
-            let nodes = self.routing().discovery_order(self.inner.cfg.region.as_deref());
+            let nodes = self
+                .routing()
+                .discovery_order(self.inner.cfg.region.as_deref());
             for n in nodes {
-                let t = deadline.saturating_duration_since(Instant::now()).min(self.inner.cfg.attempt_timeout);
+                let t = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(self.inner.cfg.attempt_timeout);
                 if t.is_zero() {
                     return Err(Error::Unavailable { message: last });
                 }
                 let mut req = tonic::Request::new(pb::ClusterStatusRequest {});
                 req.set_timeout(t);
                 self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-                match tokio::time::timeout(t, AdminClient::new(self.channel(&n.addr)?).cluster_status(req)).await {
+                match tokio::time::timeout(
+                    t,
+                    AdminClient::new(self.channel(&n.addr)?).cluster_status(req),
+                )
+                .await
+                {
                     Ok(Ok(r)) => return Ok(r.into_inner()),
                     Ok(Err(s)) => last = format!("node {}: {}", n.node_id, s.message()),
                     Err(_) => last = format!("node {}: no answer", n.node_id),
@@ -647,17 +930,176 @@ impl Client {
         }
     }
 
+    /// Moves `shard_id`'s leadership to `to_node_id` (a replica); returns the leader
+    /// once the move is seen, or whoever leads when the wait ends.
+    pub async fn transfer_leader(&self, shard_id: u64, to_node_id: u64) -> Result<u64, Error> {
+        let req = pb::TransferLeaderRequest {
+            shard_id,
+            to_node_id,
+            timeout_ms: 5_000,
+        };
+        let reply = self
+            .call(
+                shard_id,
+                Target::Leader,
+                None,
+                Instant::now() + Duration::from_secs(15),
+                |ch, _| {
+                    let r = with_timeout(req.clone(), Duration::from_secs(6));
+                    async move { AdminClient::new(ch).transfer_leader(r).await }
+                },
+            )
+            .await?;
+        let leader = reply.into_inner().leader_id;
+        if leader != 0 {
+            self.routing().leaders.insert(shard_id, leader);
+        }
+        Ok(leader)
+    }
+
+    /// Stale reads of `skus` answered by one given node (which must hold their
+    /// shards): what that replica has applied, for tests and operators.
+    pub async fn get_from_node(&self, node_id: u64, skus: &[&str]) -> Result<Vec<Read>, Error> {
+        let addr = self
+            .routing()
+            .map
+            .nodes
+            .get(&node_id)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Error::Config {
+                message: format!("no node {node_id}"),
+            })?;
+        let t = self.inner.cfg.attempt_timeout;
+        let req = with_timeout(
+            pb::GetRequest {
+                skus: skus.iter().map(|s| s.to_string()).collect(),
+                consistency: Consistency::Stale.to_pb(),
+            },
+            t,
+        );
+        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+        let reply = match tokio::time::timeout(t, inventory(self.channel(&addr)?).get(req)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => {
+                return Err(decode_detail(&s)
+                    .and_then(|d| Error::from_detail(&d, None))
+                    .unwrap_or(Error::Unavailable {
+                        message: format!("node {node_id}: {}", s.message()),
+                    }));
+            }
+            Err(_) => {
+                return Err(Error::Unavailable {
+                    message: format!("node {node_id}: no answer"),
+                });
+            }
+        };
+        Ok(reply
+            .results
+            .iter()
+            .map(|r| {
+                let (node_id, applied_index) = reply
+                    .shards
+                    .iter()
+                    .find(|s| s.shard_id == r.shard_id)
+                    .map(|s| (s.node_id, s.applied_index))
+                    .unwrap_or((0, 0));
+                Read {
+                    sku: r.sku.clone(),
+                    stock: if r.found {
+                        r.record.clone().map(Stock::from)
+                    } else {
+                        None
+                    },
+                    shard_id: r.shard_id,
+                    node_id,
+                    applied_index,
+                }
+            })
+            .collect())
+    }
+
+    /// Repair: asks every node to let the shards it leads rebuild `node_id` from
+    /// scratch once (its data directory was wiped). Returns the shards covered.
+    pub async fn allow_rebuild(&self, node_id: u64) -> Result<Vec<u64>, Error> {
+        let nodes: Vec<NodeInfo> = self.routing().map.nodes.values().cloned().collect();
+        let mut covered = Vec::new();
+        for n in nodes.into_iter().filter(|n| n.node_id != node_id) {
+            let t = self.inner.cfg.attempt_timeout;
+            self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+            let mut admin = AdminClient::new(self.channel(&n.addr)?);
+            if let Ok(Ok(r)) = tokio::time::timeout(
+                t,
+                admin.allow_rebuild(with_timeout(pb::AllowRebuildRequest { node_id }, t)),
+            )
+            .await
+            {
+                covered.extend(r.into_inner().shard_ids);
+            }
+        }
+        covered.sort_unstable();
+        Ok(covered)
+    }
+
+    /// Digests of a node's shard state machines: (shard, applied index, digest).
+    /// Replicas at the same applied index must have the same digest.
+    pub async fn shard_digests(&self, node_id: u64) -> Result<Vec<(u64, u64, u64)>, Error> {
+        let addr = self
+            .routing()
+            .map
+            .nodes
+            .get(&node_id)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Error::Config {
+                message: format!("no node {node_id}"),
+            })?;
+        let t = self.inner.cfg.attempt_timeout;
+        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(
+            t,
+            AdminClient::new(self.channel(&addr)?)
+                .shard_digests(with_timeout(pb::ShardDigestsRequest {}, t)),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r
+                .into_inner()
+                .shards
+                .into_iter()
+                .map(|d| (d.shard_id, d.applied_index, d.digest))
+                .collect()),
+            Ok(Err(s)) => Err(Error::Unavailable {
+                message: format!("node {node_id}: {}", s.message()),
+            }),
+            Err(_) => Err(Error::Unavailable {
+                message: format!("node {node_id}: no answer"),
+            }),
+        }
+    }
+
     /// One node's own status (its shards' Raft state and write-path counters).
     pub async fn node_status(&self, node_id: u64) -> Result<pb::NodeStatusReply, Error> {
-        let addr = self.routing().map.nodes.get(&node_id).map(|n| n.addr.clone()).ok_or_else(|| Error::Config { message: format!("no node {node_id}") })?;
+        let addr = self
+            .routing()
+            .map
+            .nodes
+            .get(&node_id)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Error::Config {
+                message: format!("no node {node_id}"),
+            })?;
         let t = self.inner.cfg.attempt_timeout;
         let mut req = tonic::Request::new(pb::NodeStatusRequest {});
         req.set_timeout(t);
         self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(t, AdminClient::new(self.channel(&addr)?).node_status(req)).await {
+        match tokio::time::timeout(t, AdminClient::new(self.channel(&addr)?).node_status(req)).await
+        {
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(Error::Unavailable { message: format!("node {node_id}: {}", s.message()) }),
-            Err(_) => Err(Error::Unavailable { message: format!("node {node_id}: no answer") }),
+            Ok(Err(s)) => Err(Error::Unavailable {
+                message: format!("node {node_id}: {}", s.message()),
+            }),
+            Err(_) => Err(Error::Unavailable {
+                message: format!("node {node_id}: no answer"),
+            }),
         }
     }
 }
@@ -673,11 +1115,21 @@ fn with_timeout<T>(msg: T, t: Duration) -> tonic::Request<T> {
 }
 
 fn stock_update(r: pb::StockReply, request_id: RequestId) -> StockUpdate {
-    StockUpdate { stock: r.record.map(Stock::from).unwrap_or_else(empty_stock), applied: r.applied.into(), request_id }
+    StockUpdate {
+        stock: r.record.map(Stock::from).unwrap_or_else(empty_stock),
+        applied: r.applied.into(),
+        request_id,
+    }
 }
 
 fn empty_stock() -> Stock {
-    Stock { sku: String::new(), on_hand: 0, reserved: 0, available: 0, version: 0 }
+    Stock {
+        sku: String::new(),
+        on_hand: 0,
+        reserved: 0,
+        available: 0,
+        version: 0,
+    }
 }
 
 fn reservation_update(r: pb::ReservationReply, request_id: RequestId) -> ReservationUpdate {

@@ -33,7 +33,11 @@ impl ShardInfo {
     /// A valid SKU inside the shard, to route requests that name no SKU. " " is the
     /// smallest SKU without control characters.
     pub fn routing_sku(&self) -> String {
-        if self.start.is_empty() { " ".to_string() } else { self.start.clone() }
+        if self.start.is_empty() {
+            " ".to_string()
+        } else {
+            self.start.clone()
+        }
     }
 }
 
@@ -51,15 +55,34 @@ impl ShardMap {
         let nodes = r
             .nodes
             .iter()
-            .map(|n| (n.node_id, NodeInfo { node_id: n.node_id, addr: n.addr.clone(), region: n.region.clone(), zone: n.zone.clone() }))
+            .map(|n| {
+                (
+                    n.node_id,
+                    NodeInfo {
+                        node_id: n.node_id,
+                        addr: n.addr.clone(),
+                        region: n.region.clone(),
+                        zone: n.zone.clone(),
+                    },
+                )
+            })
             .collect();
         let mut shards: Vec<ShardInfo> = r
             .shards
             .iter()
-            .map(|s| ShardInfo { shard_id: s.shard_id, start: s.start.clone(), end: s.end.clone(), replicas: s.replicas.clone() })
+            .map(|s| ShardInfo {
+                shard_id: s.shard_id,
+                start: s.start.clone(),
+                end: s.end.clone(),
+                replicas: s.replicas.clone(),
+            })
             .collect();
         shards.sort_by(|a, b| a.start.cmp(&b.start));
-        ShardMap { epoch: r.epoch, nodes, shards }
+        ShardMap {
+            epoch: r.epoch,
+            nodes,
+            shards,
+        }
     }
 
     pub fn shard_for(&self, sku: &str) -> Option<&ShardInfo> {
@@ -100,7 +123,10 @@ pub(crate) const RESERVATIONS_REMEMBERED_MAX: usize = 100_000;
 
 impl Routing {
     pub fn node_failed(&mut self, node_id: u64) {
-        let h = self.health.entry(node_id).or_insert(Health { failures: 0, skip_until: Instant::now() });
+        let h = self.health.entry(node_id).or_insert(Health {
+            failures: 0,
+            skip_until: Instant::now(),
+        });
         h.failures = h.failures.saturating_add(1);
         h.skip_until = Instant::now() + skip_for(h.failures);
     }
@@ -110,21 +136,34 @@ impl Routing {
     }
 
     fn healthy(&self, node_id: u64, now: Instant) -> bool {
-        self.health.get(&node_id).is_none_or(|h| h.skip_until <= now)
+        self.health
+            .get(&node_id)
+            .is_none_or(|h| h.skip_until <= now)
     }
 
     /// Nodes to try for `shard_id`, best first: the known leader (when `leader_first`),
     /// then replicas in `region`, then the others; nodes in backoff go last.
     pub fn candidates(&self, shard_id: u64, region: Option<&str>, leader_first: bool) -> Vec<u64> {
-        let Some(shard) = self.map.shard(shard_id) else { return Vec::new() };
+        let Some(shard) = self.map.shard(shard_id) else {
+            return Vec::new();
+        };
         let now = Instant::now();
-        let leader = if leader_first { self.leaders.get(&shard_id).copied() } else { None };
+        let leader = if leader_first {
+            self.leaders.get(&shard_id).copied()
+        } else {
+            None
+        };
         let mut nodes: Vec<u64> = shard.replicas.clone();
         let region_of = |id: u64| self.map.nodes.get(&id).map(|n| n.region.as_str());
         nodes.sort_by_key(|&id| {
             let is_leader = Some(id) == leader;
             let in_region = region.is_some() && region_of(id) == region;
-            (!self.healthy(id, now), !is_leader, !in_region, rand::random::<u8>())
+            (
+                !self.healthy(id, now),
+                !is_leader,
+                !in_region,
+                rand::random::<u8>(),
+            )
         });
         nodes
     }
@@ -133,7 +172,13 @@ impl Routing {
     pub fn discovery_order(&self, region: Option<&str>) -> Vec<NodeInfo> {
         let now = Instant::now();
         let mut nodes: Vec<NodeInfo> = self.map.nodes.values().cloned().collect();
-        nodes.sort_by_key(|n| (!self.healthy(n.node_id, now), region.is_none() || Some(n.region.as_str()) != region, rand::random::<u8>()));
+        nodes.sort_by_key(|n| {
+            (
+                !self.healthy(n.node_id, now),
+                region.is_none() || Some(n.region.as_str()) != region,
+                rand::random::<u8>(),
+            )
+        });
         nodes
     }
 }
@@ -143,13 +188,35 @@ mod tests {
     use super::*;
 
     fn map() -> ShardMap {
-        let node = |id: u64, region: &str| (id, NodeInfo { node_id: id, addr: format!("127.0.0.1:{}", 7000 + id), region: region.into(), zone: "a".into() });
+        let node = |id: u64, region: &str| {
+            (
+                id,
+                NodeInfo {
+                    node_id: id,
+                    addr: format!("127.0.0.1:{}", 7000 + id),
+                    region: region.into(),
+                    zone: "a".into(),
+                },
+            )
+        };
         ShardMap {
             epoch: 1,
-            nodes: [node(1, "eu"), node(2, "us"), node(3, "eu")].into_iter().collect(),
+            nodes: [node(1, "eu"), node(2, "us"), node(3, "eu")]
+                .into_iter()
+                .collect(),
             shards: vec![
-                ShardInfo { shard_id: 1, start: "".into(), end: "m".into(), replicas: vec![1, 2, 3] },
-                ShardInfo { shard_id: 2, start: "m".into(), end: "".into(), replicas: vec![1, 2, 3] },
+                ShardInfo {
+                    shard_id: 1,
+                    start: "".into(),
+                    end: "m".into(),
+                    replicas: vec![1, 2, 3],
+                },
+                ShardInfo {
+                    shard_id: 2,
+                    start: "m".into(),
+                    end: "".into(),
+                    replicas: vec![1, 2, 3],
+                },
             ],
         }
     }
@@ -165,7 +232,10 @@ mod tests {
 
     #[test]
     fn prefers_leader_then_region_and_skips_failed_nodes() {
-        let mut r = Routing { map: map(), ..Default::default() };
+        let mut r = Routing {
+            map: map(),
+            ..Default::default()
+        };
         r.leaders.insert(1, 2);
         assert_eq!(r.candidates(1, Some("eu"), true)[0], 2, "the leader first");
         let c = r.candidates(1, Some("eu"), false);

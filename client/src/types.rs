@@ -44,7 +44,13 @@ pub struct Stock {
 
 impl From<pb::StockRecord> for Stock {
     fn from(r: pb::StockRecord) -> Self {
-        Stock { sku: r.sku, on_hand: r.on_hand, reserved: r.reserved, available: r.available, version: r.version }
+        Stock {
+            sku: r.sku,
+            on_hand: r.on_hand,
+            reserved: r.reserved,
+            available: r.available,
+            version: r.version,
+        }
     }
 }
 
@@ -62,8 +68,13 @@ pub struct Applied {
 
 impl From<Option<pb::Applied>> for Applied {
     fn from(a: Option<pb::Applied>) -> Self {
-        a.map(|a| Applied { shard_id: a.shard_id, node_id: a.node_id, log_index: a.log_index, replayed: a.replayed })
-            .unwrap_or_default()
+        a.map(|a| Applied {
+            shard_id: a.shard_id,
+            node_id: a.node_id,
+            log_index: a.log_index,
+            replayed: a.replayed,
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -109,7 +120,10 @@ pub struct Item {
 
 impl Item {
     pub fn new(sku: impl Into<String>, quantity: u64) -> Self {
-        Item { sku: sku.into(), quantity }
+        Item {
+            sku: sku.into(),
+            quantity,
+        }
     }
 }
 
@@ -128,7 +142,14 @@ impl From<pb::Reservation> for Reservation {
         Reservation {
             state: ReservationState::from_pb(r.state()),
             reservation_id: r.reservation_id,
-            items: r.items.into_iter().map(|i| Item { sku: i.sku, quantity: i.quantity }).collect(),
+            items: r
+                .items
+                .into_iter()
+                .map(|i| Item {
+                    sku: i.sku,
+                    quantity: i.quantity,
+                })
+                .collect(),
             created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
             shard_id: r.shard_id,

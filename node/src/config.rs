@@ -15,11 +15,18 @@ use crate::inventory::validate::{self, Limits};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
     #[error("{file}: {field}: {problem}")]
-    Invalid { file: String, field: String, problem: String },
+    Invalid {
+        file: String,
+        field: String,
+        problem: String,
+    },
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -131,13 +138,19 @@ pub struct RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         let r = Retention::default();
-        RetentionConfig { retention_ms: r.retention_ms, outcomes_max: r.outcomes_max }
+        RetentionConfig {
+            retention_ms: r.retention_ms,
+            outcomes_max: r.outcomes_max,
+        }
     }
 }
 
 impl RetentionConfig {
     pub fn to_retention(&self) -> Retention {
-        Retention { retention_ms: self.retention_ms, outcomes_max: self.outcomes_max }
+        Retention {
+            retention_ms: self.retention_ms,
+            outcomes_max: self.outcomes_max,
+        }
     }
 }
 
@@ -178,14 +191,19 @@ impl Default for ServerTuning {
 impl ClusterConfig {
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         Self::parse(&file, &text)
     }
 
     /// Parses and validates `text`; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<ClusterConfig, ConfigError> {
-        let config: ClusterConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { file: file.to_string(), message: e.to_string().trim_end().replace('\n', " ") })?;
+        let config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
         config.validate(file)?;
         Ok(config)
     }
@@ -205,11 +223,17 @@ impl ClusterConfig {
 
     /// Shards with a replica on `node_id`.
     pub fn shards_of(&self, node_id: u64) -> impl Iterator<Item = &ShardConfig> {
-        self.shards.iter().filter(move |s| s.replicas.contains(&node_id))
+        self.shards
+            .iter()
+            .filter(move |s| s.replicas.contains(&node_id))
     }
 
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let bad = |field: String, problem: String| ConfigError::Invalid { file: file.to_string(), field, problem };
+        let bad = |field: String, problem: String| ConfigError::Invalid {
+            file: file.to_string(),
+            field,
+            problem,
+        };
         if self.cluster_name.is_empty() {
             return Err(bad("cluster_name".into(), "must not be empty".into()));
         }
@@ -220,22 +244,40 @@ impl ClusterConfig {
         let mut addrs = BTreeMap::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if n.id == 0 {
-                return Err(bad(format!("nodes[{i}].id"), "node ids start at 1 (0 means \"no node\")".into()));
+                return Err(bad(
+                    format!("nodes[{i}].id"),
+                    "node ids start at 1 (0 means \"no node\")".into(),
+                ));
             }
             if !ids.insert(n.id) {
-                return Err(bad(format!("nodes[{i}].id"), format!("node id {} appears twice", n.id)));
+                return Err(bad(
+                    format!("nodes[{i}].id"),
+                    format!("node id {} appears twice", n.id),
+                ));
             }
             if n.addr.parse::<SocketAddr>().is_err() {
-                return Err(bad(format!("nodes[{i}].addr"), format!("{:?} is not an ip:port address", n.addr)));
+                return Err(bad(
+                    format!("nodes[{i}].addr"),
+                    format!("{:?} is not an ip:port address", n.addr),
+                ));
             }
             if let Some(other) = addrs.insert(n.addr.clone(), n.id) {
-                return Err(bad(format!("nodes[{i}].addr"), format!("{} is also node {other}'s address", n.addr)));
+                return Err(bad(
+                    format!("nodes[{i}].addr"),
+                    format!("{} is also node {other}'s address", n.addr),
+                ));
             }
             if n.region.is_empty() || n.zone.is_empty() {
-                return Err(bad(format!("nodes[{i}]"), "region and zone must not be empty".into()));
+                return Err(bad(
+                    format!("nodes[{i}]"),
+                    "region and zone must not be empty".into(),
+                ));
             }
             if n.data_dir.as_os_str().is_empty() {
-                return Err(bad(format!("nodes[{i}].data_dir"), "must not be empty".into()));
+                return Err(bad(
+                    format!("nodes[{i}].data_dir"),
+                    "must not be empty".into(),
+                ));
             }
         }
         if self.shards.is_empty() {
@@ -244,78 +286,140 @@ impl ClusterConfig {
         let mut shard_ids = BTreeSet::new();
         for (i, s) in self.shards.iter().enumerate() {
             if s.id == 0 || s.id == u64::MAX {
-                return Err(bad(format!("shards[{i}].id"), "shard ids are 1..u64::MAX (0 is the meta shard)".into()));
+                return Err(bad(
+                    format!("shards[{i}].id"),
+                    "shard ids are 1..u64::MAX (0 is the meta shard)".into(),
+                ));
             }
             if !shard_ids.insert(s.id) {
-                return Err(bad(format!("shards[{i}].id"), format!("shard id {} appears twice", s.id)));
+                return Err(bad(
+                    format!("shards[{i}].id"),
+                    format!("shard id {} appears twice", s.id),
+                ));
             }
             if s.replicas.is_empty() {
-                return Err(bad(format!("shards[{i}].replicas"), "at least one replica is needed".into()));
+                return Err(bad(
+                    format!("shards[{i}].replicas"),
+                    "at least one replica is needed".into(),
+                ));
             }
             let mut seen = BTreeSet::new();
             for r in &s.replicas {
                 if !ids.contains(r) {
-                    return Err(bad(format!("shards[{i}].replicas"), format!("node {r} is not in [[nodes]]")));
+                    return Err(bad(
+                        format!("shards[{i}].replicas"),
+                        format!("node {r} is not in [[nodes]]"),
+                    ));
                 }
                 if !seen.insert(r) {
-                    return Err(bad(format!("shards[{i}].replicas"), format!("node {r} appears twice")));
+                    return Err(bad(
+                        format!("shards[{i}].replicas"),
+                        format!("node {r} appears twice"),
+                    ));
                 }
             }
             for (field, bound) in [("start", &s.start), ("end", &s.end)] {
                 if !bound.is_empty() {
-                    validate::sku(&format!("shards[{i}].{field}"), bound)
-                        .map_err(|e| bad(e.field, format!("a range bound must be a valid SKU: {}", e.rule)))?;
+                    validate::sku(&format!("shards[{i}].{field}"), bound).map_err(|e| {
+                        bad(
+                            e.field,
+                            format!("a range bound must be a valid SKU: {}", e.rule),
+                        )
+                    })?;
                 }
             }
             if !s.end.is_empty() && s.start >= s.end {
-                return Err(bad(format!("shards[{i}]"), format!("start {:?} must sort before end {:?}", s.start, s.end)));
+                return Err(bad(
+                    format!("shards[{i}]"),
+                    format!("start {:?} must sort before end {:?}", s.start, s.end),
+                ));
             }
         }
         // The ranges must tile the SKU space: sorted by start, each ends where the next begins.
         let mut sorted: Vec<(usize, &ShardConfig)> = self.shards.iter().enumerate().collect();
         sorted.sort_by(|a, b| a.1.start.cmp(&b.1.start));
         if !sorted[0].1.start.is_empty() {
-            return Err(bad(format!("shards[{}].start", sorted[0].0), "the lowest shard must start at \"\" so every SKU has a shard".into()));
+            return Err(bad(
+                format!("shards[{}].start", sorted[0].0),
+                "the lowest shard must start at \"\" so every SKU has a shard".into(),
+            ));
         }
         for w in sorted.windows(2) {
             let ((ia, a), (ib, b)) = (w[0], w[1]);
             if a.end.is_empty() || a.end != b.start {
                 return Err(bad(
                     format!("shards[{ia}].end"),
-                    format!("ranges must meet: shard {} ends at {:?} but the next shard ({}, shards[{ib}]) starts at {:?}", a.id, a.end, b.id, b.start),
+                    format!(
+                        "ranges must meet: shard {} ends at {:?} but the next shard ({}, shards[{ib}]) starts at {:?}",
+                        a.id, a.end, b.id, b.start
+                    ),
                 ));
             }
         }
         let (il, last) = sorted[sorted.len() - 1];
         if !last.end.is_empty() {
-            return Err(bad(format!("shards[{il}].end"), "the highest shard must end at \"\" (unbounded)".into()));
+            return Err(bad(
+                format!("shards[{il}].end"),
+                "the highest shard must end at \"\" (unbounded)".into(),
+            ));
         }
         let r = &self.raft;
-        if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms * 2 {
-            return Err(bad("raft.election_timeout_min_ms".into(), "must exceed twice raft.heartbeat_interval_ms (and the heartbeat must be > 0)".into()));
+        if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms * 2
+        {
+            return Err(bad(
+                "raft.election_timeout_min_ms".into(),
+                "must exceed twice raft.heartbeat_interval_ms (and the heartbeat must be > 0)"
+                    .into(),
+            ));
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return Err(bad("raft.election_timeout_max_ms".into(), "must exceed raft.election_timeout_min_ms".into()));
+            return Err(bad(
+                "raft.election_timeout_max_ms".into(),
+                "must exceed raft.election_timeout_min_ms".into(),
+            ));
         }
-        if r.snapshot_after_entries == 0 || r.snapshot_chunk_bytes < 1024 || r.append_entries_max == 0 {
+        if r.snapshot_after_entries == 0
+            || r.snapshot_chunk_bytes < 1024
+            || r.append_entries_max == 0
+        {
             return Err(bad("raft".into(), "snapshot_after_entries and append_entries_max must be > 0, snapshot_chunk_bytes >= 1024".into()));
         }
         let l = &self.limits;
-        if l.reservation_items_max == 0 || l.batch_ops_max == 0 || l.get_skus_max == 0 || l.list_limit_max == 0 {
-            return Err(bad("limits".into(), "every limit must be at least 1".into()));
+        if l.reservation_items_max == 0
+            || l.batch_ops_max == 0
+            || l.get_skus_max == 0
+            || l.list_limit_max == 0
+        {
+            return Err(bad(
+                "limits".into(),
+                "every limit must be at least 1".into(),
+            ));
         }
         if l.ttl_ms_min == 0 || l.ttl_ms_min > l.ttl_ms_max {
-            return Err(bad("limits.ttl_ms_min".into(), "must be in 1..=limits.ttl_ms_max".into()));
+            return Err(bad(
+                "limits.ttl_ms_min".into(),
+                "must be in 1..=limits.ttl_ms_max".into(),
+            ));
         }
         if self.retention.outcomes_max == 0 || self.retention.retention_ms == 0 {
-            return Err(bad("retention".into(), "retention_ms and outcomes_max must be at least 1".into()));
+            return Err(bad(
+                "retention".into(),
+                "retention_ms and outcomes_max must be at least 1".into(),
+            ));
         }
         let s = &self.server;
         if s.entry_ops_max == 0 || s.shard_queue_max == 0 || s.shard_entries_in_flight_max == 0 {
-            return Err(bad("server".into(), "entry_ops_max, shard_queue_max and shard_entries_in_flight_max must be at least 1".into()));
+            return Err(bad(
+                "server".into(),
+                "entry_ops_max, shard_queue_max and shard_entries_in_flight_max must be at least 1"
+                    .into(),
+            ));
         }
         if s.propose_timeout_ms == 0 || s.read_timeout_ms == 0 || s.sweep_interval_ms == 0 {
-            return Err(bad("server".into(), "timeouts and sweep_interval_ms must be at least 1 ms".into()));
+            return Err(bad(
+                "server".into(),
+                "timeouts and sweep_interval_ms must be at least 1 ms".into(),
+            ));
         }
         Ok(())
     }
@@ -348,7 +452,9 @@ replicas = [2, 1]
 "#;
 
     fn must_fail_with(text: &str, expected: &str) {
-        let err = ClusterConfig::parse("test.toml", text).unwrap_err().to_string();
+        let err = ClusterConfig::parse("test.toml", text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(expected), "expected {expected:?} in {err:?}");
         assert!(err.starts_with("test.toml"), "errors name the file: {err}");
     }
@@ -367,23 +473,55 @@ replicas = [2, 1]
     #[test]
     fn the_shipped_configs_are_valid() {
         for f in ["dev.toml", "local-3node.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config").join(f);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../cluster-config")
+                .join(f);
             ClusterConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
         }
     }
 
     #[test]
     fn names_file_field_and_problem() {
-        must_fail_with(&GOOD.replace("end = \"m\"", "end = \"n\""), "shards[0].end: ranges must meet");
-        must_fail_with(&GOOD.replace("replicas = [1, 2]", "replicas = [1, 3]"), "shards[0].replicas: node 3 is not in [[nodes]]");
-        must_fail_with(&GOOD.replace("replicas = [1, 2]", "replicas = [1, 1]"), "node 1 appears twice");
-        must_fail_with(&GOOD.replace("127.0.0.1:7002", "127.0.0.1:7001"), "nodes[1].addr");
-        must_fail_with(&GOOD.replace("127.0.0.1:7002", "localhost"), "not an ip:port");
+        must_fail_with(
+            &GOOD.replace("end = \"m\"", "end = \"n\""),
+            "shards[0].end: ranges must meet",
+        );
+        must_fail_with(
+            &GOOD.replace("replicas = [1, 2]", "replicas = [1, 3]"),
+            "shards[0].replicas: node 3 is not in [[nodes]]",
+        );
+        must_fail_with(
+            &GOOD.replace("replicas = [1, 2]", "replicas = [1, 1]"),
+            "node 1 appears twice",
+        );
+        must_fail_with(
+            &GOOD.replace("127.0.0.1:7002", "127.0.0.1:7001"),
+            "nodes[1].addr",
+        );
+        must_fail_with(
+            &GOOD.replace("127.0.0.1:7002", "localhost"),
+            "not an ip:port",
+        );
         must_fail_with(&GOOD.replace("id = 2\naddr", "id = 0\naddr"), "nodes[1].id");
-        must_fail_with(&GOOD.replace("start = \"m\"", "start = \"m\"\ncolour = 1"), "unknown field `colour`");
-        must_fail_with(&GOOD.replace("end = \"\"", "end = \"z\""), "the highest shard must end");
-        must_fail_with(&format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 50\n"), "raft.election_timeout_min_ms");
-        must_fail_with(&GOOD.replace("cluster_name = \"t\"", ""), "missing field `cluster_name`");
-        must_fail_with(&GOOD.replace("id = 2\nstart", "id = 1\nstart"), "shard id 1 appears twice");
+        must_fail_with(
+            &GOOD.replace("start = \"m\"", "start = \"m\"\ncolour = 1"),
+            "unknown field `colour`",
+        );
+        must_fail_with(
+            &GOOD.replace("end = \"\"", "end = \"z\""),
+            "the highest shard must end",
+        );
+        must_fail_with(
+            &format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 50\n"),
+            "raft.election_timeout_min_ms",
+        );
+        must_fail_with(
+            &GOOD.replace("cluster_name = \"t\"", ""),
+            "missing field `cluster_name`",
+        );
+        must_fail_with(
+            &GOOD.replace("id = 2\nstart", "id = 1\nstart"),
+            "shard id 1 appears twice",
+        );
     }
 }

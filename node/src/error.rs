@@ -17,9 +17,15 @@ pub enum Error {
     #[error("reservation {reservation_id:?} expired; its stock was returned")]
     ReservationExpired { reservation_id: String },
     #[error("reservation {reservation_id:?} is {}, not active", state.as_str())]
-    ReservationNotActive { reservation_id: String, state: ReservationState },
+    ReservationNotActive {
+        reservation_id: String,
+        state: ReservationState,
+    },
     #[error("node does not lead shard {shard_id}{}", leader_hint(.leader))]
-    NotLeader { shard_id: u64, leader: Option<(u64, String)> },
+    NotLeader {
+        shard_id: u64,
+        leader: Option<(u64, String)>,
+    },
     #[error("shard {shard_id} unavailable: {reason}")]
     ShardUnavailable { shard_id: u64, reason: String },
     #[error("rate limited ({what}); retry after {retry_after_ms} ms")]
@@ -45,13 +51,18 @@ fn leader_hint(leader: &Option<(u64, String)>) -> String {
 
 impl From<Invalid> for Error {
     fn from(e: Invalid) -> Self {
-        Error::InvalidArgument { field: e.field, rule: e.rule }
+        Error::InvalidArgument {
+            field: e.field,
+            rule: e.rule,
+        }
     }
 }
 
 impl Error {
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        Error::Internal { message: e.to_string() }
+        Error::Internal {
+            message: e.to_string(),
+        }
     }
 
     /// True when the operation certainly did not take effect.
@@ -64,17 +75,32 @@ impl From<Rejection> for Error {
     fn from(r: Rejection) -> Self {
         match r {
             Rejection::SkuNotFound { sku } => Error::SkuNotFound { sku },
-            Rejection::InsufficientStock { sku, available } => Error::InsufficientStock { sku, available },
-            Rejection::ReservationNotFound { reservation_id } => Error::ReservationNotFound { reservation_id },
-            Rejection::ReservationExpired { reservation_id } => Error::ReservationExpired { reservation_id },
-            Rejection::ReservationNotActive { reservation_id, state } => Error::ReservationNotActive { reservation_id, state },
+            Rejection::InsufficientStock { sku, available } => {
+                Error::InsufficientStock { sku, available }
+            }
+            Rejection::ReservationNotFound { reservation_id } => {
+                Error::ReservationNotFound { reservation_id }
+            }
+            Rejection::ReservationExpired { reservation_id } => {
+                Error::ReservationExpired { reservation_id }
+            }
+            Rejection::ReservationNotActive {
+                reservation_id,
+                state,
+            } => Error::ReservationNotActive {
+                reservation_id,
+                state,
+            },
             Rejection::ReservationIdTaken { reservation_id } => Error::InvalidArgument {
                 field: "reservation_id".into(),
                 rule: format!("{reservation_id:?} is already used by another reservation"),
             },
             Rejection::QuantityOverflow { sku } => Error::InvalidArgument {
                 field: "quantity".into(),
-                rule: format!("the result for {sku:?} would exceed the maximum quantity {}", crate::inventory::QTY_MAX),
+                rule: format!(
+                    "the result for {sku:?} would exceed the maximum quantity {}",
+                    crate::inventory::QTY_MAX
+                ),
             },
             Rejection::RequestIdReused => Error::RequestIdReused,
             Rejection::Aborted { failed_op } => Error::Aborted { failed_op },

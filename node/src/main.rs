@@ -10,7 +10,11 @@ use stockpile_node::node::Node;
 use stockpile_node::server;
 
 #[derive(Parser, Debug)]
-#[command(name = "stockpile-node", version, about = "A Stockpile node: serves the shards the cluster config places on it")]
+#[command(
+    name = "stockpile-node",
+    version,
+    about = "A Stockpile node: serves the shards the cluster config places on it"
+)]
 struct Args {
     /// The cluster config (TOML), shared by every node.
     #[arg(long)]
@@ -40,7 +44,7 @@ fn init_logging(args: &Args) {
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info,openraft=warn".to_string());
+        .unwrap_or_else(|| "info,openraft=error".to_string());
     let filter = tracing_subscriber::EnvFilter::new(filter);
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
@@ -77,7 +81,13 @@ async fn main() -> anyhow::Result<()> {
     let config = ClusterConfig::load(&args.config)?;
     let me = config
         .node(args.node_id)
-        .with_context(|| format!("{}: node {} is not in [[nodes]]", args.config.display(), args.node_id))?
+        .with_context(|| {
+            format!(
+                "{}: node {} is not in [[nodes]]",
+                args.config.display(),
+                args.node_id
+            )
+        })?
         .clone();
     let listener = server::bind(&me.addr).await?;
     let node = Node::start(config, args.node_id, args.data_dir.clone()).await?;
@@ -89,7 +99,12 @@ async fn main() -> anyhow::Result<()> {
     shutdown_signal().await;
     let _ = stop_tx.send(());
     node.stop().await;
-    match tokio::time::timeout(std::time::Duration::from_millis(node.cluster.server.shutdown_grace_ms), server).await {
+    match tokio::time::timeout(
+        std::time::Duration::from_millis(node.cluster.server.shutdown_grace_ms),
+        server,
+    )
+    .await
+    {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),

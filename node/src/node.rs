@@ -15,7 +15,9 @@ use crate::raft::network::{NetworkFactory, PeerPool};
 use crate::raft::{Raft, shard_raft_config};
 use crate::shard::{ProposeStats, Shard};
 use crate::storage::node_meta::{self, NodeIdentity, ShardDescriptor};
-use crate::storage::{ApplyStats, Db, LogStore, LogSyncer, ShardReader, StateMachineStore, WritePathStats, db};
+use crate::storage::{
+    ApplyStats, Db, LogStore, LogSyncer, ShardReader, StateMachineStore, WritePathStats, db,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -24,7 +26,10 @@ pub enum StartError {
     #[error(transparent)]
     Db(#[from] db::DbError),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("refusing to start: {0}")]
     Mismatch(String),
     #[error(transparent)]
@@ -56,11 +61,21 @@ pub struct Node {
 impl Node {
     /// Opens the node's data and starts its shards. The gRPC server is started by the
     /// caller (`server::serve`) so that peers can reach the Raft service.
-    pub async fn start(cluster: ClusterConfig, node_id: u64, data_dir: Option<PathBuf>) -> Result<Arc<Node>, StartError> {
+    pub async fn start(
+        cluster: ClusterConfig,
+        node_id: u64,
+        data_dir: Option<PathBuf>,
+    ) -> Result<Arc<Node>, StartError> {
         let cluster = Arc::new(cluster);
-        let me = cluster.node(node_id).cloned().ok_or(StartError::UnknownNode(node_id))?;
+        let me = cluster
+            .node(node_id)
+            .cloned()
+            .ok_or(StartError::UnknownNode(node_id))?;
         let data_dir = data_dir.unwrap_or_else(|| me.data_dir.clone());
-        std::fs::create_dir_all(&data_dir).map_err(io(format!("cannot create data directory {}", data_dir.display())))?;
+        std::fs::create_dir_all(&data_dir).map_err(io(format!(
+            "cannot create data directory {}",
+            data_dir.display()
+        )))?;
         let db = db::open(&data_dir.join("db"))?;
         check_identity(&db, &cluster, node_id)?;
 
@@ -70,7 +85,8 @@ impl Node {
         let write_stats = Arc::new(WritePathStats::default());
         let apply_stats = Arc::new(ApplyStats::default());
         let propose_stats = Arc::new(ProposeStats::default());
-        let syncer = LogSyncer::start(db.clone(), write_stats.clone()).map_err(io("cannot start the WAL syncer"))?;
+        let syncer = LogSyncer::start(db.clone(), write_stats.clone())
+            .map_err(io("cannot start the WAL syncer"))?;
         let peers = PeerPool::new(node_id, cluster.raft.snapshot_chunk_bytes as usize);
         let (shutdown, _) = broadcast::channel(1);
         let snapshot_dir = data_dir.join("snapshots");
@@ -79,13 +95,34 @@ impl Node {
         for sc in my_shards {
             let shard_id = sc.id;
             let log_store = LogStore::new(shard_id, db.clone(), syncer.clone());
-            let pristine = log_store.is_pristine().map_err(io(format!("shard {shard_id}: cannot read its log")))?;
-            let sm = StateMachineStore::open(shard_id, db.clone(), snapshot_dir.clone(), apply_stats.clone())
-                .map_err(io(format!("shard {shard_id}: cannot open its state machine")))?;
-            let network = NetworkFactory { shard_id, pool: peers.clone() };
-            let raft = Raft::new(node_id, shard_raft_config(&cluster, shard_id)?, network, log_store, sm)
-                .await
-                .map_err(|e| StartError::Raft { shard_id, message: e.to_string() })?;
+            let pristine = log_store
+                .is_pristine()
+                .map_err(io(format!("shard {shard_id}: cannot read its log")))?;
+            let sm = StateMachineStore::open(
+                shard_id,
+                db.clone(),
+                snapshot_dir.clone(),
+                apply_stats.clone(),
+            )
+            .map_err(io(format!(
+                "shard {shard_id}: cannot open its state machine"
+            )))?;
+            let network = NetworkFactory {
+                shard_id,
+                pool: peers.clone(),
+            };
+            let raft = Raft::new(
+                node_id,
+                shard_raft_config(&cluster, shard_id)?,
+                network,
+                log_store,
+                sm,
+            )
+            .await
+            .map_err(|e| StartError::Raft {
+                shard_id,
+                message: e.to_string(),
+            })?;
             check_membership(&raft, &sc.replicas, shard_id)?;
             // Exactly one node initializes a fresh shard: the lowest replica id, and only
             // when it has never stored anything for the shard. Restarts never re-initialize.
@@ -94,13 +131,36 @@ impl Node {
                 let members: BTreeMap<u64, openraft::BasicNode> = sc
                     .replicas
                     .iter()
-                    .map(|id| (*id, openraft::BasicNode::new(cluster.node(*id).map(|n| n.addr.clone()).unwrap_or_default())))
+                    .map(|id| {
+                        (
+                            *id,
+                            openraft::BasicNode::new(
+                                cluster
+                                    .node(*id)
+                                    .map(|n| n.addr.clone())
+                                    .unwrap_or_default(),
+                            ),
+                        )
+                    })
                     .collect();
-                raft.initialize(members).await.map_err(|e| StartError::Raft { shard_id, message: format!("initialize: {e}") })?;
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| StartError::Raft {
+                        shard_id,
+                        message: format!("initialize: {e}"),
+                    })?;
                 tracing::info!(shard_id, replicas = ?sc.replicas, "initialized fresh shard");
             }
             let reader = ShardReader::new(shard_id, db.clone());
-            let shard = Shard::start(sc, raft, reader, node_id, cluster.clone(), propose_stats.clone(), &shutdown);
+            let shard = Shard::start(
+                sc,
+                raft,
+                reader,
+                node_id,
+                cluster.clone(),
+                propose_stats.clone(),
+                &shutdown,
+            );
             shards.insert(shard_id, shard);
         }
         Ok(Arc::new(Node {
@@ -122,7 +182,10 @@ impl Node {
     /// The local shard that owns `sku`, or NOT_LEADER pointing at a replica that
     /// holds it when this node holds no replica of it.
     pub fn shard_for(&self, sku: &str) -> Result<&Arc<Shard>, Error> {
-        let sc = self.cluster.shard_for(sku).ok_or_else(|| Error::internal(format!("no shard covers {sku:?}")))?;
+        let sc = self
+            .cluster
+            .shard_for(sku)
+            .ok_or_else(|| Error::internal(format!("no shard covers {sku:?}")))?;
         self.local_shard(sc.id)
     }
 
@@ -130,11 +193,17 @@ impl Node {
         if let Some(s) = self.shards.get(&shard_id) {
             return Ok(s);
         }
-        let sc = self.cluster.shard(shard_id).ok_or_else(|| Error::InvalidArgument {
-            field: "shard_id".into(),
-            rule: format!("no shard {shard_id} in the cluster"),
-        })?;
-        let leader = sc.replicas.first().and_then(|id| self.cluster.node(*id).map(|n| (*id, n.addr.clone())));
+        let sc = self
+            .cluster
+            .shard(shard_id)
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "shard_id".into(),
+                rule: format!("no shard {shard_id} in the cluster"),
+            })?;
+        let leader = sc
+            .replicas
+            .first()
+            .and_then(|id| self.cluster.node(*id).map(|n| (*id, n.addr.clone())));
         Err(Error::NotLeader { shard_id, leader })
     }
 
@@ -153,7 +222,10 @@ impl Node {
 }
 
 fn check_identity(db: &Db, cluster: &ClusterConfig, node_id: u64) -> Result<(), StartError> {
-    let wanted = NodeIdentity { cluster_name: cluster.cluster_name.clone(), node_id };
+    let wanted = NodeIdentity {
+        cluster_name: cluster.cluster_name.clone(),
+        node_id,
+    };
     match node_meta::read_identity(db).map_err(io("cannot read the node identity"))? {
         Some(stored) if stored == wanted => Ok(()),
         Some(stored) => Err(StartError::Mismatch(format!(
@@ -163,7 +235,9 @@ fn check_identity(db: &Db, cluster: &ClusterConfig, node_id: u64) -> Result<(), 
         None => {
             let stored = node_meta::stored_shards(db).map_err(io("cannot list stored shards"))?;
             if !stored.is_empty() {
-                return Err(StartError::Mismatch(format!("the data directory holds shards {stored:?} but no node identity")));
+                return Err(StartError::Mismatch(format!(
+                    "the data directory holds shards {stored:?} but no node identity"
+                )));
             }
             node_meta::write_identity(db, &wanted).map_err(io("cannot write the node identity"))
         }
@@ -180,8 +254,14 @@ fn check_shards(db: &Db, cluster: &ClusterConfig, node_id: u64) -> Result<(), St
         }
     }
     for sc in cluster.shards_of(node_id) {
-        let wanted = ShardDescriptor { start: sc.start.clone(), end: sc.end.clone(), replicas: sc.replicas.clone() };
-        match node_meta::read_descriptor(db, sc.id).map_err(io(format!("shard {}: cannot read its descriptor", sc.id)))? {
+        let wanted = ShardDescriptor {
+            start: sc.start.clone(),
+            end: sc.end.clone(),
+            replicas: sc.replicas.clone(),
+        };
+        match node_meta::read_descriptor(db, sc.id)
+            .map_err(io(format!("shard {}: cannot read its descriptor", sc.id)))?
+        {
             Some(stored) if stored.start != wanted.start || stored.end != wanted.end => {
                 return Err(StartError::Mismatch(format!(
                     "the config says shard {} covers [{:?}, {:?}) but this node stored [{:?}, {:?})",
@@ -189,7 +269,8 @@ fn check_shards(db: &Db, cluster: &ClusterConfig, node_id: u64) -> Result<(), St
                 )));
             }
             Some(_) => {}
-            None => node_meta::write_descriptor(db, sc.id, &wanted).map_err(io(format!("shard {}: cannot write its descriptor", sc.id)))?,
+            None => node_meta::write_descriptor(db, sc.id, &wanted)
+                .map_err(io(format!("shard {}: cannot write its descriptor", sc.id)))?,
         }
     }
     Ok(())

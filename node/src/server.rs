@@ -21,9 +21,15 @@ pub const MESSAGE_BYTES_MAX: usize = 256 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("bad listen address {addr}: {source}")]
-    Addr { addr: String, source: std::net::AddrParseError },
+    Addr {
+        addr: String,
+        source: std::net::AddrParseError,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -31,11 +37,23 @@ pub enum ServeError {
 /// Binds the node's address. Separate from `serve` so a caller knows the port is
 /// taken before it starts anything else.
 pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
-    let sock: SocketAddr = addr.parse().map_err(|source| ServeError::Addr { addr: addr.to_string(), source })?;
-    TcpListener::bind(sock).await.map_err(|source| ServeError::Bind { addr: addr.to_string(), source })
+    let sock: SocketAddr = addr.parse().map_err(|source| ServeError::Addr {
+        addr: addr.to_string(),
+        source,
+    })?;
+    TcpListener::bind(sock)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
-pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), ServeError> {
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let inventory = InventoryServer::new(InventoryService::new(node.clone()))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);

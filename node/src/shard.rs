@@ -59,7 +59,10 @@ pub struct Shard {
 pub fn wall_clock_ms() -> u64 {
     static SKEW_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     let skew = *SKEW_MS.get_or_init(|| {
-        std::env::var("STOCKPILE_TEST_CLOCK_SKEW_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+        std::env::var("STOCKPILE_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     });
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -79,9 +82,27 @@ impl Shard {
         shutdown: &broadcast::Sender<()>,
     ) -> Arc<Shard> {
         let (tx, rx) = mpsc::channel(cluster.server.shard_queue_max);
-        let shard = Arc::new(Shard { config, raft: raft.clone(), reader, node_id, cluster: cluster.clone(), proposals: tx });
-        tokio::spawn(run_proposer(shard.config.id, raft, rx, cluster.clone(), stats, shutdown.subscribe()));
-        tokio::spawn(run_sweeper(Arc::downgrade(&shard), cluster.server.sweep_interval_ms, shutdown.subscribe()));
+        let shard = Arc::new(Shard {
+            config,
+            raft: raft.clone(),
+            reader,
+            node_id,
+            cluster: cluster.clone(),
+            proposals: tx,
+        });
+        tokio::spawn(run_proposer(
+            shard.config.id,
+            raft,
+            rx,
+            cluster.clone(),
+            stats,
+            shutdown.subscribe(),
+        ));
+        tokio::spawn(run_sweeper(
+            Arc::downgrade(&shard),
+            cluster.server.sweep_interval_ms,
+            shutdown.subscribe(),
+        ));
         shard
     }
 
@@ -99,8 +120,13 @@ impl Shard {
     }
 
     fn not_leader(&self, leader: Option<u64>) -> Error {
-        let leader = leader.filter(|l| *l != self.node_id).and_then(|id| self.cluster.node(id).map(|n| (id, n.addr.clone())));
-        Error::NotLeader { shard_id: self.id(), leader }
+        let leader = leader
+            .filter(|l| *l != self.node_id)
+            .and_then(|id| self.cluster.node(id).map(|n| (id, n.addr.clone())));
+        Error::NotLeader {
+            shard_id: self.id(),
+            leader,
+        }
     }
 
     /// NOT_LEADER unless this node leads the shard now (as far as it knows).
@@ -119,13 +145,52 @@ impl Shard {
         match self.proposals.try_send(Proposal { group, reply }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(Error::RateLimited { what: format!("shard {} proposal queue is full", self.id()), retry_after_ms: 50 });
+                return Err(Error::RateLimited {
+                    what: format!("shard {} proposal queue is full", self.id()),
+                    retry_after_ms: 50,
+                });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(Error::ShardUnavailable { shard_id: self.id(), reason: "the shard is shutting down".into() });
+                return Err(Error::ShardUnavailable {
+                    shard_id: self.id(),
+                    reason: "the shard is shutting down".into(),
+                });
             }
         }
-        rx.await.map_err(|_| Error::OutcomeUnknown { shard_id: self.id(), reason: "the proposer stopped".into() })?
+        rx.await.map_err(|_| Error::OutcomeUnknown {
+            shard_id: self.id(),
+            reason: "the proposer stopped".into(),
+        })?
+    }
+
+    /// Asks the Raft group to hand leadership to `to` and waits (up to `timeout`) until
+    /// this node sees `to` as leader. Returns the leader seen last. NOT_LEADER when this
+    /// node is not the leader.
+    pub async fn transfer_leadership(
+        &self,
+        to: u64,
+        timeout: Duration,
+    ) -> Result<Option<u64>, Error> {
+        if self.leader_id() == Some(to) {
+            return Ok(Some(to));
+        }
+        self.check_leader()?;
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Error::ShardUnavailable {
+                shard_id: self.id(),
+                reason: e.to_string(),
+            })?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.leader_id() == Some(to) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(self.leader_id())
     }
 
     /// Waits until a read of the local state machine is linearizable: this node is
@@ -136,11 +201,19 @@ impl Shard {
         let policy = crate::raft::read_policy(&self.cluster);
         match tokio::time::timeout(timeout, self.raft.ensure_linearizable(policy)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f)))) => Err(self.not_leader(f.leader_id)),
-            Ok(Err(RaftError::APIError(openraft::errors::LinearizableReadError::QuorumNotEnough(q)))) => {
-                Err(Error::ShardUnavailable { shard_id: self.id(), reason: format!("leadership not confirmed by a quorum: {q}") })
-            }
-            Ok(Err(RaftError::Fatal(f))) => Err(Error::ShardUnavailable { shard_id: self.id(), reason: f.to_string() }),
+            Ok(Err(RaftError::APIError(
+                openraft::errors::LinearizableReadError::ForwardToLeader(f),
+            ))) => Err(self.not_leader(f.leader_id)),
+            Ok(Err(RaftError::APIError(
+                openraft::errors::LinearizableReadError::QuorumNotEnough(q),
+            ))) => Err(Error::ShardUnavailable {
+                shard_id: self.id(),
+                reason: format!("leadership not confirmed by a quorum: {q}"),
+            }),
+            Ok(Err(RaftError::Fatal(f))) => Err(Error::ShardUnavailable {
+                shard_id: self.id(),
+                reason: f.to_string(),
+            }),
             Err(_) => Err(Error::ShardUnavailable {
                 shard_id: self.id(),
                 reason: format!("leadership not confirmed within {} ms", timeout.as_millis()),
@@ -166,7 +239,9 @@ async fn run_proposer(
             p = rx.recv() => match p { Some(p) => p, None => return },
             _ = shutdown.recv() => return,
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         // Drain after the permit: requests that queued while we waited join this entry.
         let mut ops = first.group.ops.len();
         let mut batch = vec![first];
@@ -179,10 +254,17 @@ async fn run_proposer(
                 Err(_) => break,
             }
         }
-        let (groups, replies): (Vec<OpGroup>, Vec<_>) = batch.into_iter().map(|p| (p.group, p.reply)).unzip();
-        stats.requests.fetch_add(groups.len() as u64, Ordering::Relaxed);
+        let (groups, replies): (Vec<OpGroup>, Vec<_>) =
+            batch.into_iter().map(|p| (p.group, p.reply)).unzip();
+        stats
+            .requests
+            .fetch_add(groups.len() as u64, Ordering::Relaxed);
         stats.entries.fetch_add(1, Ordering::Relaxed);
-        let request = ShardRequest { now_ms: wall_clock_ms(), retention, groups };
+        let request = ShardRequest {
+            now_ms: wall_clock_ms(),
+            retention,
+            groups,
+        };
         let raft = raft.clone();
         let cluster = cluster.clone();
         tokio::spawn(async move {
@@ -192,15 +274,27 @@ async fn run_proposer(
                 Ok(Ok(resp)) => Ok((resp.data.groups, resp.log_id.index)),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                     // Rejected before it was appended: certainly not applied.
-                    let leader = f.leader_id.and_then(|id| cluster.node(id).map(|n| (id, n.addr.clone())));
+                    let leader = f
+                        .leader_id
+                        .and_then(|id| cluster.node(id).map(|n| (id, n.addr.clone())));
                     Err(Error::NotLeader { shard_id, leader })
                 }
-                Ok(Err(e)) => Err(Error::OutcomeUnknown { shard_id, reason: e.to_string() }),
-                Err(_) => Err(Error::OutcomeUnknown { shard_id, reason: format!("not applied within {} ms", timeout.as_millis()) }),
+                Ok(Err(e)) => Err(Error::OutcomeUnknown {
+                    shard_id,
+                    reason: e.to_string(),
+                }),
+                Err(_) => Err(Error::OutcomeUnknown {
+                    shard_id,
+                    reason: format!("not applied within {} ms", timeout.as_millis()),
+                }),
             };
             match outcome {
                 Ok((groups, log_index)) => {
-                    assert_eq!(groups.len(), replies.len(), "shard {shard_id}: one result list per proposed group");
+                    assert_eq!(
+                        groups.len(),
+                        replies.len(),
+                        "shard {shard_id}: one result list per proposed group"
+                    );
                     for (results, reply) in groups.into_iter().zip(replies) {
                         let _ = reply.send(Ok(Proposed { results, log_index }));
                     }
@@ -218,7 +312,11 @@ async fn run_proposer(
 /// The eager half of reservation expiry: while this node leads the shard, propose
 /// an empty entry (a tick) whenever a reservation timer is due, so that expired
 /// holds return their stock without anyone asking.
-async fn run_sweeper(shard: std::sync::Weak<Shard>, interval_ms: u64, mut shutdown: broadcast::Receiver<()>) {
+async fn run_sweeper(
+    shard: std::sync::Weak<Shard>,
+    interval_ms: u64,
+    mut shutdown: broadcast::Receiver<()>,
+) {
     // Spread shards' timers so they do not all fire together.
     let jitter = rand::random::<u64>() % interval_ms.max(1);
     tokio::time::sleep(Duration::from_millis(jitter)).await;
@@ -235,12 +333,20 @@ async fn run_sweeper(shard: std::sync::Weak<Shard>, interval_ms: u64, mut shutdo
         }
         match shard.reader.earliest_timer_ms() {
             Ok(Some(due)) if due <= wall_clock_ms() => {
-                if let Err(e) = shard.propose(OpGroup { atomic: false, ops: Vec::new() }).await {
+                if let Err(e) = shard
+                    .propose(OpGroup {
+                        atomic: false,
+                        ops: Vec::new(),
+                    })
+                    .await
+                {
                     tracing::debug!(shard_id = shard.id(), error = %e, "expiry tick not applied");
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(shard_id = shard.id(), error = %e, "cannot read the timer index"),
+            Err(e) => {
+                tracing::warn!(shard_id = shard.id(), error = %e, "cannot read the timer index")
+            }
         }
     }
 }

@@ -7,23 +7,36 @@ use std::sync::Arc;
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use stockpile_node::raft::types::TypeConfig;
-use stockpile_node::storage::{ApplyStats, LogStore, LogSyncer, StateMachineStore, WritePathStats, db};
+use stockpile_node::storage::{
+    ApplyStats, LogStore, LogSyncer, StateMachineStore, WritePathStats, db,
+};
 use tempfile::TempDir;
 
 struct RocksBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBuilder {
-    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = TempDir::new().expect("temp dir");
         let db = db::open(&dir.path().join("db")).expect("open rocksdb");
-        let syncer = LogSyncer::start(db.clone(), Arc::new(WritePathStats::default())).expect("syncer");
+        let syncer =
+            LogSyncer::start(db.clone(), Arc::new(WritePathStats::default())).expect("syncer");
         let log = LogStore::new(1, db.clone(), syncer);
-        let sm = StateMachineStore::open(1, db, dir.path().join("snapshots"), Arc::new(ApplyStats::default())).expect("state machine");
+        let sm = StateMachineStore::open(
+            1,
+            db,
+            dir.path().join("snapshots"),
+            Arc::new(ApplyStats::default()),
+        )
+        .expect("state machine");
         Ok((dir, log, sm))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes_over_rocksdb() {
-    Suite::test_all(RocksBuilder).await.expect("openraft storage suite");
+    Suite::test_all(RocksBuilder)
+        .await
+        .expect("openraft storage suite");
 }

@@ -10,13 +10,25 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use stockpile_client::{Client, Consistency, Error, Item, LOCAL_CLUSTER, RequestId, new_request_id, parse_request_id, proto as pb, request_id_hex};
+use stockpile_client::{
+    Client, Consistency, Error, Item, LOCAL_CLUSTER, RequestId, new_request_id, parse_request_id,
+    proto as pb, request_id_hex,
+};
 
 #[derive(Parser, Debug)]
-#[command(name = "stockpile", version, about = "Command-line client of the Stockpile inventory store")]
+#[command(
+    name = "stockpile",
+    version,
+    about = "Command-line client of the Stockpile inventory store"
+)]
 struct Cli {
     /// Node addresses to start from (default: $STOCKPILE_ENDPOINTS, then the local 3-node cluster).
-    #[arg(long, global = true, value_delimiter = ',', env = "STOCKPILE_ENDPOINTS")]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        env = "STOCKPILE_ENDPOINTS"
+    )]
     endpoints: Vec<String>,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
@@ -154,7 +166,9 @@ enum ClusterCmd {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 5m, 1h"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 5m, 1h"))?;
     let ms = match unit {
         "ms" => n,
         "s" | "" => n.saturating_mul(1_000),
@@ -166,8 +180,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_item(s: &str) -> Result<Item, String> {
-    let (sku, qty) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not SKU:QUANTITY"))?;
-    let qty: u64 = qty.parse().map_err(|_| format!("{s:?}: quantity {qty:?} is not a whole number"))?;
+    let (sku, qty) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not SKU:QUANTITY"))?;
+    let qty: u64 = qty
+        .parse()
+        .map_err(|_| format!("{s:?}: quantity {qty:?} is not a whole number"))?;
     Ok(Item::new(sku, qty))
 }
 
@@ -178,7 +196,10 @@ fn parse_rid(s: &str) -> Result<RequestId, String> {
 fn exit_code(e: &Error) -> u8 {
     match e {
         e if e.is_refusal() => 1,
-        Error::InvalidArgument { .. } | Error::RequestIdReused { .. } | Error::CrossShard { .. } | Error::Config { .. } => 2,
+        Error::InvalidArgument { .. }
+        | Error::RequestIdReused { .. }
+        | Error::CrossShard { .. }
+        | Error::Config { .. } => 2,
         _ => 3,
     }
 }
@@ -188,12 +209,22 @@ fn print_json(v: &serde_json::Value) {
 }
 
 fn consistency(stale: bool) -> Consistency {
-    if stale { Consistency::Stale } else { Consistency::Linearizable }
+    if stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let endpoints = if cli.endpoints.is_empty() { LOCAL_CLUSTER.iter().map(|s| s.to_string()).collect() } else { cli.endpoints.clone() };
-    let mut builder = Client::builder().seeds(endpoints).request_timeout(cli.timeout);
+    let endpoints = if cli.endpoints.is_empty() {
+        LOCAL_CLUSTER.iter().map(|s| s.to_string()).collect()
+    } else {
+        cli.endpoints.clone()
+    };
+    let mut builder = Client::builder()
+        .seeds(endpoints)
+        .request_timeout(cli.timeout);
     if let Some(r) = &cli.region {
         builder = builder.region(r.clone());
     }
@@ -201,49 +232,103 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let json = cli.json;
     match cli.command {
         Command::Stock(cmd) => match cmd {
-            StockCmd::Set { sku, on_hand, rid } => show_update(json, &client.set_stock_with_id(rid.get(), &sku, on_hand).await?),
-            StockCmd::Adjust { sku, delta, rid } => show_update(json, &client.adjust_stock_with_id(rid.get(), &sku, delta).await?),
-            StockCmd::Decrement { sku, qty, rid } => show_update(json, &client.decrement_with_id(rid.get(), &sku, qty).await?),
+            StockCmd::Set { sku, on_hand, rid } => show_update(
+                json,
+                &client.set_stock_with_id(rid.get(), &sku, on_hand).await?,
+            ),
+            StockCmd::Adjust { sku, delta, rid } => show_update(
+                json,
+                &client.adjust_stock_with_id(rid.get(), &sku, delta).await?,
+            ),
+            StockCmd::Decrement { sku, qty, rid } => {
+                show_update(json, &client.decrement_with_id(rid.get(), &sku, qty).await?)
+            }
             StockCmd::Get { skus, stale } => {
                 let skus: Vec<&str> = skus.iter().map(String::as_str).collect();
                 let reads = client.get(&skus, consistency(stale)).await?;
                 if json {
                     print_json(&json!(reads));
                 } else {
-                    println!("{:<24} {:>14} {:>14} {:>14} {:>8}  {}", "SKU", "ON_HAND", "RESERVED", "AVAILABLE", "VERSION", "READ FROM");
+                    println!(
+                        "{:<24} {:>14} {:>14} {:>14} {:>8}  {}",
+                        "SKU", "ON_HAND", "RESERVED", "AVAILABLE", "VERSION", "READ FROM"
+                    );
                     for r in reads {
-                        let from = format!("shard {} node {} @{}", r.shard_id, r.node_id, r.applied_index);
+                        let from = format!(
+                            "shard {} node {} @{}",
+                            r.shard_id, r.node_id, r.applied_index
+                        );
                         match r.stock {
-                            Some(s) => println!("{:<24} {:>14} {:>14} {:>14} {:>8}  {from}", s.sku, s.on_hand, s.reserved, s.available, s.version),
-                            None => println!("{:<24} {:>14} {:>14} {:>14} {:>8}  {from}", r.sku, "-", "-", "-", "-"),
+                            Some(s) => println!(
+                                "{:<24} {:>14} {:>14} {:>14} {:>8}  {from}",
+                                s.sku, s.on_hand, s.reserved, s.available, s.version
+                            ),
+                            None => println!(
+                                "{:<24} {:>14} {:>14} {:>14} {:>8}  {from}",
+                                r.sku, "-", "-", "-", "-"
+                            ),
                         }
                     }
                 }
             }
-            StockCmd::List { start_after, limit, stale } => {
-                let records = client.list(start_after.as_deref(), limit, consistency(stale)).await?;
+            StockCmd::List {
+                start_after,
+                limit,
+                stale,
+            } => {
+                let records = client
+                    .list(start_after.as_deref(), limit, consistency(stale))
+                    .await?;
                 if json {
                     print_json(&json!(records));
                 } else {
-                    println!("{:<24} {:>14} {:>14} {:>14} {:>8}", "SKU", "ON_HAND", "RESERVED", "AVAILABLE", "VERSION");
+                    println!(
+                        "{:<24} {:>14} {:>14} {:>14} {:>8}",
+                        "SKU", "ON_HAND", "RESERVED", "AVAILABLE", "VERSION"
+                    );
                     for s in records {
-                        println!("{:<24} {:>14} {:>14} {:>14} {:>8}", s.sku, s.on_hand, s.reserved, s.available, s.version);
+                        println!(
+                            "{:<24} {:>14} {:>14} {:>14} {:>8}",
+                            s.sku, s.on_hand, s.reserved, s.available, s.version
+                        );
                     }
                 }
             }
         },
-        Command::Reserve { items, ttl, id, rid } => {
-            let u = client.reserve_with_id(rid.get(), id.as_deref(), &items, ttl).await?;
+        Command::Reserve {
+            items,
+            ttl,
+            id,
+            rid,
+        } => {
+            let u = client
+                .reserve_with_id(rid.get(), id.as_deref(), &items, ttl)
+                .await?;
             show_reservation_update(json, &u);
         }
-        Command::Confirm { id, sku, rid } => show_reservation_update(json, &client.confirm_with_id(rid.get(), &id, sku.as_deref()).await?),
-        Command::Release { id, sku, rid } => show_reservation_update(json, &client.release_with_id(rid.get(), &id, sku.as_deref()).await?),
+        Command::Confirm { id, sku, rid } => show_reservation_update(
+            json,
+            &client
+                .confirm_with_id(rid.get(), &id, sku.as_deref())
+                .await?,
+        ),
+        Command::Release { id, sku, rid } => show_reservation_update(
+            json,
+            &client
+                .release_with_id(rid.get(), &id, sku.as_deref())
+                .await?,
+        ),
         Command::Reservation(ReservationCmd::Get { id, sku, stale }) => {
-            let r = client.get_reservation(&id, sku.as_deref(), consistency(stale)).await?;
+            let r = client
+                .get_reservation(&id, sku.as_deref(), consistency(stale))
+                .await?;
             if json {
                 print_json(&json!(r));
             } else {
-                println!("reservation {} ({:?}) on shard {}, expires at {} ms", r.reservation_id, r.state, r.shard_id, r.expires_at_ms);
+                println!(
+                    "reservation {} ({:?}) on shard {}, expires at {} ms",
+                    r.reservation_id, r.state, r.shard_id, r.expires_at_ms
+                );
                 for i in r.items {
                     println!("  {} x{}", i.sku, i.quantity);
                 }
@@ -256,10 +341,16 @@ async fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 println!("epoch {}", map.epoch);
                 for n in map.nodes.values() {
-                    println!("node {:<3} {:<22} region {:<10} zone {}", n.node_id, n.addr, n.region, n.zone);
+                    println!(
+                        "node {:<3} {:<22} region {:<10} zone {}",
+                        n.node_id, n.addr, n.region, n.zone
+                    );
                 }
                 for s in &map.shards {
-                    println!("shard {:<3} [{:?}, {:?}) replicas {:?}", s.shard_id, s.start, s.end, s.replicas);
+                    println!(
+                        "shard {:<3} [{:?}, {:?}) replicas {:?}",
+                        s.shard_id, s.start, s.end, s.replicas
+                    );
                 }
             }
         }
@@ -280,10 +371,20 @@ fn show_update(json: bool, u: &stockpile_client::StockUpdate) {
         print_json(&json!(u));
     } else {
         let s = &u.stock;
-        let replay = if u.applied.replayed { " (replayed: an earlier attempt applied it)" } else { "" };
+        let replay = if u.applied.replayed {
+            " (replayed: an earlier attempt applied it)"
+        } else {
+            ""
+        };
         println!(
             "{}: on_hand {} reserved {} available {} (version {}; shard {} index {}){replay}",
-            s.sku, s.on_hand, s.reserved, s.available, s.version, u.applied.shard_id, u.applied.log_index
+            s.sku,
+            s.on_hand,
+            s.reserved,
+            s.available,
+            s.version,
+            u.applied.shard_id,
+            u.applied.log_index
         );
     }
 }
@@ -293,10 +394,20 @@ fn show_reservation_update(json: bool, u: &stockpile_client::ReservationUpdate) 
         print_json(&json!(u));
     } else {
         let r = &u.reservation;
-        let replay = if u.applied.replayed { " (replayed)" } else { "" };
-        println!("reservation {} {:?}, expires at {} ms (shard {}){replay}", r.reservation_id, r.state, r.expires_at_ms, r.shard_id);
+        let replay = if u.applied.replayed {
+            " (replayed)"
+        } else {
+            ""
+        };
+        println!(
+            "reservation {} {:?}, expires at {} ms (shard {}){replay}",
+            r.reservation_id, r.state, r.expires_at_ms, r.shard_id
+        );
         for s in &u.stock {
-            println!("  {}: on_hand {} reserved {} available {}", s.sku, s.on_hand, s.reserved, s.available);
+            println!(
+                "  {}: on_hand {} reserved {} available {}",
+                s.sku, s.on_hand, s.reserved, s.available
+            );
         }
     }
 }
@@ -336,42 +447,107 @@ fn status_json(s: &pb::ClusterStatusReply) -> serde_json::Value {
 }
 
 fn print_status(s: &pb::ClusterStatusReply) {
-    println!("{:<5} {:<22} {:<12} {:<6} {:<12}", "NODE", "ADDRESS", "REGION", "ZONE", "STATE");
+    println!(
+        "{:<5} {:<22} {:<12} {:<6} {:<12}",
+        "NODE", "ADDRESS", "REGION", "ZONE", "STATE"
+    );
     for v in &s.nodes {
         let n = v.node.clone().unwrap_or_default();
-        let state = if v.reachable { "up".to_string() } else { format!("unreachable ({})", v.error) };
-        println!("{:<5} {:<22} {:<12} {:<6} {}", n.node_id, n.addr, n.region, n.zone, state);
+        let state = if v.reachable {
+            "up".to_string()
+        } else {
+            format!("unreachable ({})", v.error)
+        };
+        println!(
+            "{:<5} {:<22} {:<12} {:<6} {}",
+            n.node_id, n.addr, n.region, n.zone, state
+        );
     }
     println!();
     // One row per shard: the leader's view, and every replica's applied index and lag.
-    let mut shard_ids: Vec<u64> = s.nodes.iter().filter_map(|v| v.status.as_ref()).flat_map(|st| st.shards.iter().map(|sh| sh.shard_id)).collect();
+    let mut shard_ids: Vec<u64> = s
+        .nodes
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .flat_map(|st| st.shards.iter().map(|sh| sh.shard_id))
+        .collect();
     shard_ids.sort_unstable();
     shard_ids.dedup();
-    println!("{:<6} {:<16} {:<7} {:>5} {:>9} {:>9} {:>9}  {}", "SHARD", "RANGE", "LEADER", "TERM", "LAST_LOG", "COMMIT", "APPLIED", "REPLICAS (node:applied/lag)");
+    println!(
+        "{:<6} {:<16} {:<7} {:>5} {:>9} {:>9} {:>9}  {}",
+        "SHARD",
+        "RANGE",
+        "LEADER",
+        "TERM",
+        "LAST_LOG",
+        "COMMIT",
+        "APPLIED",
+        "REPLICAS (node:applied/lag)"
+    );
     for id in shard_ids {
         let views: Vec<(u64, &pb::ShardStatus)> = s
             .nodes
             .iter()
-            .filter_map(|v| v.status.as_ref().map(|st| (v.node.as_ref().map(|n| n.node_id).unwrap_or(0), st)))
-            .filter_map(|(nid, st)| st.shards.iter().find(|sh| sh.shard_id == id).map(|sh| (nid, sh)))
+            .filter_map(|v| {
+                v.status
+                    .as_ref()
+                    .map(|st| (v.node.as_ref().map(|n| n.node_id).unwrap_or(0), st))
+            })
+            .filter_map(|(nid, st)| {
+                st.shards
+                    .iter()
+                    .find(|sh| sh.shard_id == id)
+                    .map(|sh| (nid, sh))
+            })
             .collect();
-        let Some((_, any)) = views.first() else { continue };
-        let leader = views.iter().find(|(_, sh)| sh.role == "leader").map(|(_, sh)| *sh);
+        let Some((_, any)) = views.first() else {
+            continue;
+        };
+        let leader = views
+            .iter()
+            .find(|(_, sh)| sh.role == "leader")
+            .map(|(_, sh)| *sh);
         let head = leader.unwrap_or(any);
-        let range = format!("[{},{})", if any.start.is_empty() { "-inf" } else { &any.start }, if any.end.is_empty() { "+inf" } else { &any.end });
+        let range = format!(
+            "[{},{})",
+            if any.start.is_empty() {
+                "-inf"
+            } else {
+                &any.start
+            },
+            if any.end.is_empty() { "+inf" } else { &any.end }
+        );
         let replicas: Vec<String> = any
             .replicas
             .iter()
             .map(|r| {
-                let applied = views.iter().find(|(nid, _)| nid == r).map(|(_, sh)| sh.applied_index.to_string()).unwrap_or_else(|| "?".into());
-                let lag = leader.and_then(|l| l.replication.iter().find(|p| p.node_id == *r)).map(|p| p.lag.to_string()).unwrap_or_else(|| "?".into());
+                let applied = views
+                    .iter()
+                    .find(|(nid, _)| nid == r)
+                    .map(|(_, sh)| sh.applied_index.to_string())
+                    .unwrap_or_else(|| "?".into());
+                let lag = leader
+                    .and_then(|l| l.replication.iter().find(|p| p.node_id == *r))
+                    .map(|p| p.lag.to_string())
+                    .unwrap_or_else(|| "?".into());
                 format!("{r}:{applied}/{lag}")
             })
             .collect();
-        let leader_txt = if head.leader_id == 0 { "none".to_string() } else { head.leader_id.to_string() };
+        let leader_txt = if head.leader_id == 0 {
+            "none".to_string()
+        } else {
+            head.leader_id.to_string()
+        };
         println!(
             "{:<6} {:<16} {:<7} {:>5} {:>9} {:>9} {:>9}  {}",
-            id, range, leader_txt, head.term, head.last_log_index, head.commit_index, head.applied_index, replicas.join(" ")
+            id,
+            range,
+            leader_txt,
+            head.term,
+            head.last_log_index,
+            head.commit_index,
+            head.applied_index,
+            replicas.join(" ")
         );
     }
 }

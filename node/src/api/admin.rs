@@ -11,6 +11,8 @@ use stockpile_proto::v1::admin_client::AdminClient;
 use stockpile_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
+use super::status::to_status;
+use crate::error::Error;
 use crate::node::Node;
 
 /// How long ClusterStatus waits for each other node.
@@ -30,7 +32,12 @@ impl AdminService {
 }
 
 pub fn node_info(n: &crate::config::NodeConfig) -> pb::NodeInfo {
-    pb::NodeInfo { node_id: n.id, addr: n.addr.clone(), region: n.region.clone(), zone: n.zone.clone() }
+    pb::NodeInfo {
+        node_id: n.id,
+        addr: n.addr.clone(),
+        region: n.region.clone(),
+        zone: n.zone.clone(),
+    }
 }
 
 fn role(s: ServerState) -> &'static str {
@@ -56,7 +63,11 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
                 r.iter()
                     .map(|(peer, matched)| {
                         let matched = matched.map(|l| l.index).unwrap_or(0);
-                        pb::ReplicaProgress { node_id: *peer, matched_index: matched, lag: last.saturating_sub(matched) }
+                        pb::ReplicaProgress {
+                            node_id: *peer,
+                            matched_index: matched,
+                            lag: last.saturating_sub(matched),
+                        }
                     })
                     .collect()
             })
@@ -94,7 +105,10 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn shard_map(&self, _: Request<pb::ShardMapRequest>) -> Result<Response<pb::ShardMapReply>, Status> {
+    async fn shard_map(
+        &self,
+        _: Request<pb::ShardMapRequest>,
+    ) -> Result<Response<pb::ShardMapReply>, Status> {
         let c = &self.node.cluster;
         let shards = c
             .shards
@@ -107,7 +121,14 @@ impl Admin for AdminService {
                     }
                     None => (0, 0),
                 };
-                pb::ShardInfo { shard_id: s.id, start: s.start.clone(), end: s.end.clone(), replicas: s.replicas.clone(), leader_id, term }
+                pb::ShardInfo {
+                    shard_id: s.id,
+                    start: s.start.clone(),
+                    end: s.end.clone(),
+                    replicas: s.replicas.clone(),
+                    leader_id,
+                    term,
+                }
             })
             .collect();
         Ok(Response::new(pb::ShardMapReply {
@@ -118,22 +139,38 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn node_status(&self, _: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatusReply>, Status> {
+    async fn node_status(
+        &self,
+        _: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusReply>, Status> {
         Ok(Response::new(node_status(&self.node)))
     }
 
-    async fn cluster_status(&self, _: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusReply>, Status> {
+    async fn cluster_status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusReply>, Status> {
         let node = &self.node;
         let views = node.cluster.nodes.iter().map(|n| async move {
             if n.id == node.id {
-                return pb::NodeView { node: Some(node_info(n)), reachable: true, error: String::new(), status: Some(node_status(node)) };
+                return pb::NodeView {
+                    node: Some(node_info(n)),
+                    reachable: true,
+                    error: String::new(),
+                    status: Some(node_status(node)),
+                };
             }
             let result = async {
                 let channel = node.peers.channel(n.id, &n.addr)?;
                 let mut request = Request::new(pb::NodeStatusRequest {});
                 request.set_timeout(Duration::from_millis(PEER_STATUS_TIMEOUT_MS));
                 let mut client = AdminClient::new(channel);
-                match tokio::time::timeout(Duration::from_millis(PEER_STATUS_TIMEOUT_MS), client.node_status(request)).await {
+                match tokio::time::timeout(
+                    Duration::from_millis(PEER_STATUS_TIMEOUT_MS),
+                    client.node_status(request),
+                )
+                .await
+                {
                     Ok(Ok(r)) => Ok(r.into_inner()),
                     Ok(Err(s)) => Err(s.message().to_string()),
                     Err(_) => Err(format!("no answer within {PEER_STATUS_TIMEOUT_MS} ms")),
@@ -141,27 +178,113 @@ impl Admin for AdminService {
             }
             .await;
             match result {
-                Ok(status) => pb::NodeView { node: Some(node_info(n)), reachable: true, error: String::new(), status: Some(status) },
-                Err(e) => pb::NodeView { node: Some(node_info(n)), reachable: false, error: e, status: None },
+                Ok(status) => pb::NodeView {
+                    node: Some(node_info(n)),
+                    reachable: true,
+                    error: String::new(),
+                    status: Some(status),
+                },
+                Err(e) => pb::NodeView {
+                    node: Some(node_info(n)),
+                    reachable: false,
+                    error: e,
+                    status: None,
+                },
             }
         });
         let nodes = futures::future::join_all(views).await;
-        Ok(Response::new(pb::ClusterStatusReply { epoch: SHARD_MAP_EPOCH, nodes }))
+        Ok(Response::new(pb::ClusterStatusReply {
+            epoch: SHARD_MAP_EPOCH,
+            nodes,
+        }))
     }
 
-    async fn shard_digests(&self, _: Request<pb::ShardDigestsRequest>) -> Result<Response<pb::ShardDigestsReply>, Status> {
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderReply>, Status> {
+        let req = request.into_inner();
+        let shard = self.node.local_shard(req.shard_id).map_err(to_status)?;
+        if !shard.config.replicas.contains(&req.to_node_id) {
+            return Err(to_status(Error::InvalidArgument {
+                field: "to_node_id".into(),
+                rule: format!(
+                    "node {} holds no replica of shard {}",
+                    req.to_node_id, req.shard_id
+                ),
+            }));
+        }
+        let leader = shard
+            .transfer_leadership(
+                req.to_node_id,
+                Duration::from_millis(if req.timeout_ms == 0 {
+                    5_000
+                } else {
+                    req.timeout_ms
+                }),
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::TransferLeaderReply {
+            leader_id: leader.unwrap_or(0),
+        }))
+    }
+
+    async fn allow_rebuild(
+        &self,
+        request: Request<pb::AllowRebuildRequest>,
+    ) -> Result<Response<pb::AllowRebuildReply>, Status> {
+        let target = request.into_inner().node_id;
+        let mut shard_ids = Vec::new();
+        for (id, shard) in &self.node.shards {
+            if !shard.is_leader()
+                || !shard.config.replicas.contains(&target)
+                || target == self.node.id
+            {
+                continue;
+            }
+            match shard.raft.trigger().allow_next_revert(&target, true).await {
+                Ok(Ok(())) => shard_ids.push(*id),
+                Ok(Err(e)) => {
+                    tracing::warn!(shard_id = id, target, error = %e, "allow_next_revert refused")
+                }
+                Err(e) => return Err(Status::unavailable(format!("shard {id}: {e}"))),
+            }
+        }
+        tracing::warn!(
+            target,
+            ?shard_ids,
+            "allowed the next log reversion of a replica (rebuild after wipe)"
+        );
+        Ok(Response::new(pb::AllowRebuildReply { shard_ids }))
+    }
+
+    async fn shard_digests(
+        &self,
+        _: Request<pb::ShardDigestsRequest>,
+    ) -> Result<Response<pb::ShardDigestsReply>, Status> {
         let node = self.node.clone();
         let shards = tokio::task::spawn_blocking(move || {
             node.shards
                 .iter()
                 .map(|(id, shard)| {
-                    shard.reader.digest().map(|(applied_index, digest)| pb::ShardDigest { shard_id: *id, applied_index, digest })
+                    shard
+                        .reader
+                        .digest()
+                        .map(|(applied_index, digest)| pb::ShardDigest {
+                            shard_id: *id,
+                            applied_index,
+                            digest,
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::ShardDigestsReply { node_id: self.node.id, shards }))
+        Ok(Response::new(pb::ShardDigestsReply {
+            node_id: self.node.id,
+            shards,
+        }))
     }
 }

@@ -8,7 +8,13 @@ use crate::inventory::validate::{self, Limits};
 use crate::inventory::{Command, Item, Op, Reservation, ReservationState, StockRecord};
 
 pub fn record_to_pb(sku: &str, r: &StockRecord) -> pb::StockRecord {
-    pb::StockRecord { sku: sku.to_string(), on_hand: r.on_hand, reserved: r.reserved, available: r.available(), version: r.version }
+    pb::StockRecord {
+        sku: sku.to_string(),
+        on_hand: r.on_hand,
+        reserved: r.reserved,
+        available: r.available(),
+        version: r.version,
+    }
 }
 
 pub fn state_to_pb(s: ReservationState) -> pb::ReservationState {
@@ -23,7 +29,14 @@ pub fn state_to_pb(s: ReservationState) -> pb::ReservationState {
 pub fn reservation_to_pb(r: &Reservation, shard_id: u64) -> pb::Reservation {
     pb::Reservation {
         reservation_id: r.id.clone(),
-        items: r.items.iter().map(|i| pb::Item { sku: i.sku.clone(), quantity: i.qty }).collect(),
+        items: r
+            .items
+            .iter()
+            .map(|i| pb::Item {
+                sku: i.sku.clone(),
+                quantity: i.qty,
+            })
+            .collect(),
         state: state_to_pb(r.state) as i32,
         created_at_ms: r.created_at_ms,
         expires_at_ms: r.expires_at_ms,
@@ -39,7 +52,10 @@ pub struct Decoded {
 }
 
 fn prefixed(prefix: &str, e: validate::Invalid) -> Error {
-    Error::InvalidArgument { field: format!("{prefix}{}", e.field), rule: e.rule }
+    Error::InvalidArgument {
+        field: format!("{prefix}{}", e.field),
+        rule: e.rule,
+    }
 }
 
 /// The store-assigned reservation id when the client gives none.
@@ -59,41 +75,105 @@ pub fn decode_op(op: pb::operation::Op, limits: &Limits, prefix: &str) -> Result
             let request_id = validate::request_id("request_id", &r.request_id).map_err(p)?;
             validate::sku("sku", &r.sku).map_err(p)?;
             validate::on_hand("on_hand", r.on_hand).map_err(p)?;
-            Decoded { op: Op { request_id, command: Command::SetStock { sku: r.sku.clone(), on_hand: r.on_hand } }, skus: vec![r.sku] }
+            Decoded {
+                op: Op {
+                    request_id,
+                    command: Command::SetStock {
+                        sku: r.sku.clone(),
+                        on_hand: r.on_hand,
+                    },
+                },
+                skus: vec![r.sku],
+            }
         }
         pb::operation::Op::AdjustStock(r) => {
             let request_id = validate::request_id("request_id", &r.request_id).map_err(p)?;
             validate::sku("sku", &r.sku).map_err(p)?;
             validate::delta("delta", r.delta).map_err(p)?;
-            Decoded { op: Op { request_id, command: Command::AdjustStock { sku: r.sku.clone(), delta: r.delta } }, skus: vec![r.sku] }
+            Decoded {
+                op: Op {
+                    request_id,
+                    command: Command::AdjustStock {
+                        sku: r.sku.clone(),
+                        delta: r.delta,
+                    },
+                },
+                skus: vec![r.sku],
+            }
         }
         pb::operation::Op::Decrement(r) => {
             let request_id = validate::request_id("request_id", &r.request_id).map_err(p)?;
             validate::sku("sku", &r.sku).map_err(p)?;
             validate::quantity("quantity", r.quantity).map_err(p)?;
-            Decoded { op: Op { request_id, command: Command::Decrement { sku: r.sku.clone(), qty: r.quantity } }, skus: vec![r.sku] }
+            Decoded {
+                op: Op {
+                    request_id,
+                    command: Command::Decrement {
+                        sku: r.sku.clone(),
+                        qty: r.quantity,
+                    },
+                },
+                skus: vec![r.sku],
+            }
         }
         pb::operation::Op::Reserve(r) => {
             let request_id = validate::request_id("request_id", &r.request_id).map_err(p)?;
-            let items: Vec<Item> = r.items.into_iter().map(|i| Item { sku: i.sku, qty: i.quantity }).collect();
+            let items: Vec<Item> = r
+                .items
+                .into_iter()
+                .map(|i| Item {
+                    sku: i.sku,
+                    qty: i.quantity,
+                })
+                .collect();
             validate::items("items", &items, limits).map_err(p)?;
             validate::ttl_ms("ttl_ms", r.ttl_ms, limits).map_err(p)?;
-            let reservation_id = if r.reservation_id.is_empty() { default_reservation_id(&request_id) } else { r.reservation_id };
+            let reservation_id = if r.reservation_id.is_empty() {
+                default_reservation_id(&request_id)
+            } else {
+                r.reservation_id
+            };
             validate::reservation_id("reservation_id", &reservation_id).map_err(p)?;
             let skus = items.iter().map(|i| i.sku.clone()).collect();
-            Decoded { op: Op { request_id, command: Command::Reserve { reservation_id, items, ttl_ms: r.ttl_ms } }, skus }
+            Decoded {
+                op: Op {
+                    request_id,
+                    command: Command::Reserve {
+                        reservation_id,
+                        items,
+                        ttl_ms: r.ttl_ms,
+                    },
+                },
+                skus,
+            }
         }
         pb::operation::Op::Confirm(r) => {
             let request_id = validate::request_id("request_id", &r.request_id).map_err(p)?;
             validate::reservation_id("reservation_id", &r.reservation_id).map_err(p)?;
             validate::sku("sku", &r.sku).map_err(p)?;
-            Decoded { op: Op { request_id, command: Command::Confirm { reservation_id: r.reservation_id } }, skus: vec![r.sku] }
+            Decoded {
+                op: Op {
+                    request_id,
+                    command: Command::Confirm {
+                        reservation_id: r.reservation_id,
+                    },
+                },
+                skus: vec![r.sku],
+            }
         }
         pb::operation::Op::Release(r) => {
             let request_id = validate::request_id("request_id", &r.request_id).map_err(p)?;
             validate::reservation_id("reservation_id", &r.reservation_id).map_err(p)?;
             validate::sku("sku", &r.sku).map_err(p)?;
-            Decoded { op: Op { request_id, command: Command::Release { reservation_id: r.reservation_id } }, skus: vec![r.sku] }
+            Decoded {
+                op: Op {
+                    request_id,
+                    command: Command::Release {
+                        reservation_id: r.reservation_id,
+                    },
+                },
+                skus: vec![r.sku],
+            }
         }
     })
 }

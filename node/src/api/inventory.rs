@@ -31,7 +31,12 @@ impl InventoryService {
     fn single_shard(&self, skus: &[String], what: &str) -> Result<u64, Error> {
         let mut ids: Vec<u64> = Vec::new();
         for sku in skus {
-            let id = self.node.cluster.shard_for(sku).map(|s| s.id).ok_or_else(|| Error::internal(format!("no shard covers {sku:?}")))?;
+            let id = self
+                .node
+                .cluster
+                .shard_for(sku)
+                .map(|s| s.id)
+                .ok_or_else(|| Error::internal(format!("no shard covers {sku:?}")))?;
             if !ids.contains(&id) {
                 ids.push(id);
             }
@@ -40,7 +45,10 @@ impl InventoryService {
             [one] => Ok(*one),
             _ => {
                 ids.sort_unstable();
-                Err(Error::CrossShard { what: what.to_string(), shard_ids: ids })
+                Err(Error::CrossShard {
+                    what: what.to_string(),
+                    shard_ids: ids,
+                })
             }
         }
     }
@@ -50,101 +58,194 @@ impl InventoryService {
         let Decoded { op, skus } = decode_op(op, &self.node.cluster.limits, "")?;
         let shard_id = self.single_shard(&skus, "the reservation's items")?;
         let shard = self.node.local_shard(shard_id)?;
-        let proposed = shard.propose(OpGroup { atomic: false, ops: vec![op] }).await?;
-        let result = proposed.results.into_iter().next().ok_or_else(|| Error::internal("no result for the operation"))?;
-        let applied = pb::Applied { shard_id, node_id: self.node.id, log_index: proposed.log_index, replayed: result.replayed };
+        let proposed = shard
+            .propose(OpGroup {
+                atomic: false,
+                ops: vec![op],
+            })
+            .await?;
+        let result = proposed
+            .results
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("no result for the operation"))?;
+        let applied = pb::Applied {
+            shard_id,
+            node_id: self.node.id,
+            log_index: proposed.log_index,
+            replayed: result.replayed,
+        };
         Ok((result, applied))
     }
 
-    async fn linearize_if(&self, shard: &crate::shard::Shard, consistency: i32) -> Result<(), Error> {
+    async fn linearize_if(
+        &self,
+        shard: &crate::shard::Shard,
+        consistency: i32,
+    ) -> Result<(), Error> {
         match pb::Consistency::try_from(consistency) {
             Ok(pb::Consistency::Linearizable) => shard.linearize().await,
             Ok(pb::Consistency::Stale) => Ok(()),
-            Err(_) => Err(Error::InvalidArgument { field: "consistency".into(), rule: format!("unknown value {consistency}") }),
+            Err(_) => Err(Error::InvalidArgument {
+                field: "consistency".into(),
+                rule: format!("unknown value {consistency}"),
+            }),
         }
     }
 }
 
 /// The reply a successful operation result turns into, or its error.
-pub fn result_to_pb(result: OpResult, applied: pb::Applied) -> Result<pb::operation_result::Result, Error> {
+pub fn result_to_pb(
+    result: OpResult,
+    applied: pb::Applied,
+) -> Result<pb::operation_result::Result, Error> {
     match result.outcome {
         Outcome::Stock { sku, record } => Ok(pb::operation_result::Result::Stock(pb::StockReply {
             record: Some(record_to_pb(&sku, &record)),
             applied: Some(applied),
         })),
-        Outcome::Reservation { reservation, records } => Ok(pb::operation_result::Result::Reservation(pb::ReservationReply {
-            reservation: Some(reservation_to_pb(&reservation, applied.shard_id)),
-            records: records.iter().map(|(sku, r)| record_to_pb(sku, r)).collect(),
-            applied: Some(applied),
-        })),
+        Outcome::Reservation {
+            reservation,
+            records,
+        } => Ok(pb::operation_result::Result::Reservation(
+            pb::ReservationReply {
+                reservation: Some(reservation_to_pb(&reservation, applied.shard_id)),
+                records: records
+                    .iter()
+                    .map(|(sku, r)| record_to_pb(sku, r))
+                    .collect(),
+                applied: Some(applied),
+            },
+        )),
         Outcome::Rejected(r) => Err(r.into()),
     }
 }
 
-fn stock_reply(r: Result<(OpResult, pb::Applied), Error>) -> Result<Response<pb::StockReply>, Status> {
+fn stock_reply(
+    r: Result<(OpResult, pb::Applied), Error>,
+) -> Result<Response<pb::StockReply>, Status> {
     let (result, applied) = r.map_err(to_status)?;
     match result_to_pb(result, applied).map_err(to_status)? {
         pb::operation_result::Result::Stock(s) => Ok(Response::new(s)),
-        _ => Err(to_status(Error::internal("a stock command produced a non-stock outcome"))),
+        _ => Err(to_status(Error::internal(
+            "a stock command produced a non-stock outcome",
+        ))),
     }
 }
 
-fn reservation_reply(r: Result<(OpResult, pb::Applied), Error>) -> Result<Response<pb::ReservationReply>, Status> {
+fn reservation_reply(
+    r: Result<(OpResult, pb::Applied), Error>,
+) -> Result<Response<pb::ReservationReply>, Status> {
     let (result, applied) = r.map_err(to_status)?;
     match result_to_pb(result, applied).map_err(to_status)? {
         pb::operation_result::Result::Reservation(s) => Ok(Response::new(s)),
-        _ => Err(to_status(Error::internal("a reservation command produced a non-reservation outcome"))),
+        _ => Err(to_status(Error::internal(
+            "a reservation command produced a non-reservation outcome",
+        ))),
     }
 }
 
 #[tonic::async_trait]
 impl Inventory for InventoryService {
-    async fn set_stock(&self, request: Request<pb::SetStockRequest>) -> Result<Response<pb::StockReply>, Status> {
-        stock_reply(self.mutate(pb::operation::Op::SetStock(request.into_inner())).await)
+    async fn set_stock(
+        &self,
+        request: Request<pb::SetStockRequest>,
+    ) -> Result<Response<pb::StockReply>, Status> {
+        stock_reply(
+            self.mutate(pb::operation::Op::SetStock(request.into_inner()))
+                .await,
+        )
     }
 
-    async fn adjust_stock(&self, request: Request<pb::AdjustStockRequest>) -> Result<Response<pb::StockReply>, Status> {
-        stock_reply(self.mutate(pb::operation::Op::AdjustStock(request.into_inner())).await)
+    async fn adjust_stock(
+        &self,
+        request: Request<pb::AdjustStockRequest>,
+    ) -> Result<Response<pb::StockReply>, Status> {
+        stock_reply(
+            self.mutate(pb::operation::Op::AdjustStock(request.into_inner()))
+                .await,
+        )
     }
 
-    async fn decrement(&self, request: Request<pb::DecrementRequest>) -> Result<Response<pb::StockReply>, Status> {
-        stock_reply(self.mutate(pb::operation::Op::Decrement(request.into_inner())).await)
+    async fn decrement(
+        &self,
+        request: Request<pb::DecrementRequest>,
+    ) -> Result<Response<pb::StockReply>, Status> {
+        stock_reply(
+            self.mutate(pb::operation::Op::Decrement(request.into_inner()))
+                .await,
+        )
     }
 
-    async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReservationReply>, Status> {
-        reservation_reply(self.mutate(pb::operation::Op::Reserve(request.into_inner())).await)
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
+        reservation_reply(
+            self.mutate(pb::operation::Op::Reserve(request.into_inner()))
+                .await,
+        )
     }
 
-    async fn confirm(&self, request: Request<pb::ConfirmRequest>) -> Result<Response<pb::ReservationReply>, Status> {
-        reservation_reply(self.mutate(pb::operation::Op::Confirm(request.into_inner())).await)
+    async fn confirm(
+        &self,
+        request: Request<pb::ConfirmRequest>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
+        reservation_reply(
+            self.mutate(pb::operation::Op::Confirm(request.into_inner()))
+                .await,
+        )
     }
 
-    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReservationReply>, Status> {
-        reservation_reply(self.mutate(pb::operation::Op::Release(request.into_inner())).await)
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
+        reservation_reply(
+            self.mutate(pb::operation::Op::Release(request.into_inner()))
+                .await,
+        )
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetReply>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetReply>, Status> {
         let req = request.into_inner();
         let limits = &self.node.cluster.limits;
         if req.skus.is_empty() || req.skus.len() > limits.get_skus_max {
             return Err(to_status(Error::InvalidArgument {
                 field: "skus".into(),
-                rule: format!("must name 1..={} SKUs, got {}", limits.get_skus_max, req.skus.len()),
+                rule: format!(
+                    "must name 1..={} SKUs, got {}",
+                    limits.get_skus_max,
+                    req.skus.len()
+                ),
             }));
         }
         let mut by_shard: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
         for (i, sku) in req.skus.iter().enumerate() {
             validate::sku(&format!("skus[{i}]"), sku).map_err(|e| to_status(e.into()))?;
-            let id = self.node.cluster.shard_for(sku).map(|s| s.id).ok_or_else(|| to_status(Error::internal("no shard")))?;
+            let id = self
+                .node
+                .cluster
+                .shard_for(sku)
+                .map(|s| s.id)
+                .ok_or_else(|| to_status(Error::internal("no shard")))?;
             by_shard.entry(id).or_default().push(i);
         }
         let mut results: Vec<Option<pb::GetResult>> = vec![None; req.skus.len()];
         let mut shards = Vec::with_capacity(by_shard.len());
         for (shard_id, idxs) in by_shard {
             let shard = self.node.local_shard(shard_id).map_err(to_status)?;
-            self.linearize_if(shard, req.consistency).await.map_err(to_status)?;
+            self.linearize_if(shard, req.consistency)
+                .await
+                .map_err(to_status)?;
             let skus: Vec<&str> = idxs.iter().map(|&i| req.skus[i].as_str()).collect();
-            let (applied_index, records) = shard.reader.get_many(&skus).map_err(|e| to_status(Error::internal(e)))?;
+            let (applied_index, records) = shard
+                .reader
+                .get_many(&skus)
+                .map_err(|e| to_status(Error::internal(e)))?;
             for (&i, record) in idxs.iter().zip(records) {
                 results[i] = Some(pb::GetResult {
                     sku: req.skus[i].clone(),
@@ -153,18 +254,33 @@ impl Inventory for InventoryService {
                     shard_id,
                 });
             }
-            shards.push(pb::ShardRead { shard_id, node_id: self.node.id, applied_index });
+            shards.push(pb::ShardRead {
+                shard_id,
+                node_id: self.node.id,
+                applied_index,
+            });
         }
-        Ok(Response::new(pb::GetReply { results: results.into_iter().flatten().collect(), shards }))
+        Ok(Response::new(pb::GetReply {
+            results: results.into_iter().flatten().collect(),
+            shards,
+        }))
     }
 
-    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListReply>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListReply>, Status> {
         let req = request.into_inner();
         let max = self.node.cluster.limits.list_limit_max;
         let limit = match req.limit {
             0 => 100.min(max),
             n if n <= max => n,
-            n => return Err(to_status(Error::InvalidArgument { field: "limit".into(), rule: format!("{n} exceeds the page size limit {max}") })),
+            n => {
+                return Err(to_status(Error::InvalidArgument {
+                    field: "limit".into(),
+                    rule: format!("{n} exceeds the page size limit {max}"),
+                }));
+            }
         };
         let position = if !req.page_token.is_empty() {
             Some(page_token::decode(&req.page_token).map_err(to_status)?)
@@ -178,52 +294,106 @@ impl Inventory for InventoryService {
             Some(Position::After(s)) | Some(Position::AtOrAfter(s)) => s.as_str(),
             None => "",
         };
-        let shard_cfg = self.node.cluster.shard_for(route).ok_or_else(|| to_status(Error::internal("no shard")))?.clone();
+        let shard_cfg = self
+            .node
+            .cluster
+            .shard_for(route)
+            .ok_or_else(|| to_status(Error::internal("no shard")))?
+            .clone();
         let shard = self.node.local_shard(shard_cfg.id).map_err(to_status)?;
-        self.linearize_if(shard, req.consistency).await.map_err(to_status)?;
+        self.linearize_if(shard, req.consistency)
+            .await
+            .map_err(to_status)?;
         let from = match &position {
             None => ListFrom::Start,
             Some(Position::After(s)) => ListFrom::After(s),
             Some(Position::AtOrAfter(s)) => ListFrom::AtOrAfter(s),
         };
-        let page = shard.reader.list(from, limit as usize).map_err(|e| to_status(Error::internal(e)))?;
+        let page = shard
+            .reader
+            .list(from, limit as usize)
+            .map_err(|e| to_status(Error::internal(e)))?;
         let (next, next_shard_id) = if page.more {
-            let token = page.records.last().map(|(sku, _)| page_token::encode(&Position::After(sku.clone()))).unwrap_or_default();
+            let token = page
+                .records
+                .last()
+                .map(|(sku, _)| page_token::encode(&Position::After(sku.clone())))
+                .unwrap_or_default();
             (token, shard_cfg.id)
         } else if !shard_cfg.end.is_empty() {
-            let next_shard = self.node.cluster.shard_for(&shard_cfg.end).map(|s| s.id).unwrap_or(0);
-            (page_token::encode(&Position::AtOrAfter(shard_cfg.end.clone())), next_shard)
+            let next_shard = self
+                .node
+                .cluster
+                .shard_for(&shard_cfg.end)
+                .map(|s| s.id)
+                .unwrap_or(0);
+            (
+                page_token::encode(&Position::AtOrAfter(shard_cfg.end.clone())),
+                next_shard,
+            )
         } else {
             (String::new(), 0)
         };
         Ok(Response::new(pb::ListReply {
-            records: page.records.iter().map(|(sku, r)| record_to_pb(sku, r)).collect(),
+            records: page
+                .records
+                .iter()
+                .map(|(sku, r)| record_to_pb(sku, r))
+                .collect(),
             next_page_token: next,
             next_shard_id,
-            shard: Some(pb::ShardRead { shard_id: shard_cfg.id, node_id: self.node.id, applied_index: page.applied_index }),
+            shard: Some(pb::ShardRead {
+                shard_id: shard_cfg.id,
+                node_id: self.node.id,
+                applied_index: page.applied_index,
+            }),
         }))
     }
 
-    async fn get_reservation(&self, request: Request<pb::GetReservationRequest>) -> Result<Response<pb::ReservationReply>, Status> {
+    async fn get_reservation(
+        &self,
+        request: Request<pb::GetReservationRequest>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
         let req = request.into_inner();
-        validate::reservation_id("reservation_id", &req.reservation_id).map_err(|e| to_status(e.into()))?;
+        validate::reservation_id("reservation_id", &req.reservation_id)
+            .map_err(|e| to_status(e.into()))?;
         validate::sku("sku", &req.sku).map_err(|e| to_status(e.into()))?;
         let shard = self.node.shard_for(&req.sku).map_err(to_status)?;
-        self.linearize_if(shard, req.consistency).await.map_err(to_status)?;
-        let (applied_index, r) = shard.reader.reservation(&req.reservation_id).map_err(|e| to_status(Error::internal(e)))?;
-        let r = r.ok_or_else(|| to_status(Error::ReservationNotFound { reservation_id: req.reservation_id.clone() }))?;
+        self.linearize_if(shard, req.consistency)
+            .await
+            .map_err(to_status)?;
+        let (applied_index, r) = shard
+            .reader
+            .reservation(&req.reservation_id)
+            .map_err(|e| to_status(Error::internal(e)))?;
+        let r = r.ok_or_else(|| {
+            to_status(Error::ReservationNotFound {
+                reservation_id: req.reservation_id.clone(),
+            })
+        })?;
         Ok(Response::new(pb::ReservationReply {
             reservation: Some(reservation_to_pb(&r, shard.id())),
-            applied: Some(pb::Applied { shard_id: shard.id(), node_id: self.node.id, log_index: applied_index, replayed: false }),
+            applied: Some(pb::Applied {
+                shard_id: shard.id(),
+                node_id: self.node.id,
+                log_index: applied_index,
+                replayed: false,
+            }),
             records: Vec::new(),
         }))
     }
 
-    async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchReply>, Status> {
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchReply>, Status> {
         let req = request.into_inner();
         let max = self.node.cluster.limits.batch_ops_max;
         if req.ops.is_empty() || req.ops.len() > max {
-            return Err(to_status(Error::InvalidArgument { field: "ops".into(), rule: format!("must hold 1..={max} operations, got {}", req.ops.len()) }));
+            return Err(to_status(Error::InvalidArgument {
+                field: "ops".into(),
+                rule: format!("must hold 1..={max} operations, got {}", req.ops.len()),
+            }));
         }
         let n = req.ops.len();
         let mut results: Vec<Option<pb::operation_result::Result>> = vec![None; n];
@@ -232,7 +402,10 @@ impl Inventory for InventoryService {
             let prefix = format!("ops[{i}].");
             let decoded = op
                 .op
-                .ok_or_else(|| Error::InvalidArgument { field: format!("ops[{i}]"), rule: "names no operation".into() })
+                .ok_or_else(|| Error::InvalidArgument {
+                    field: format!("ops[{i}]"),
+                    rule: "names no operation".into(),
+                })
                 .and_then(|op| decode_op(op, &self.node.cluster.limits, &prefix))
                 .and_then(|d| Ok((self.single_shard(&d.skus, &format!("ops[{i}]"))?, d.op)));
             match decoded {
@@ -246,23 +419,43 @@ impl Inventory for InventoryService {
             }
         }
         if req.atomic && by_shard.len() > 1 {
-            return Err(to_status(Error::CrossShard { what: "an all-or-nothing batch".into(), shard_ids: by_shard.keys().copied().collect() }));
+            return Err(to_status(Error::CrossShard {
+                what: "an all-or-nothing batch".into(),
+                shard_ids: by_shard.keys().copied().collect(),
+            }));
         }
         // Each shard's operations become one group, proposed concurrently.
         let node = &self.node;
-        let proposals = by_shard.into_iter().map(|(shard_id, (idxs, ops))| async move {
-            let outcome = match node.local_shard(shard_id) {
-                Ok(shard) => shard.propose(OpGroup { atomic: req.atomic, ops }).await,
-                Err(e) => Err(e),
-            };
-            (shard_id, idxs, outcome)
-        });
+        let proposals = by_shard
+            .into_iter()
+            .map(|(shard_id, (idxs, ops))| async move {
+                let outcome = match node.local_shard(shard_id) {
+                    Ok(shard) => {
+                        shard
+                            .propose(OpGroup {
+                                atomic: req.atomic,
+                                ops,
+                            })
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                (shard_id, idxs, outcome)
+            });
         for (shard_id, idxs, outcome) in futures::future::join_all(proposals).await {
             match outcome {
                 Ok(proposed) => {
                     for (i, r) in idxs.into_iter().zip(proposed.results) {
-                        let applied = pb::Applied { shard_id, node_id: node.id, log_index: proposed.log_index, replayed: r.replayed };
-                        results[i] = Some(result_to_pb(r, applied).unwrap_or_else(|e| pb::operation_result::Result::Error(detail(&e))));
+                        let applied = pb::Applied {
+                            shard_id,
+                            node_id: node.id,
+                            log_index: proposed.log_index,
+                            replayed: r.replayed,
+                        };
+                        results[i] =
+                            Some(result_to_pb(r, applied).unwrap_or_else(|e| {
+                                pb::operation_result::Result::Error(detail(&e))
+                            }));
                     }
                 }
                 Err(e) => {
@@ -276,7 +469,10 @@ impl Inventory for InventoryService {
             }
         }
         Ok(Response::new(pb::BatchReply {
-            results: results.into_iter().map(|r| pb::OperationResult { result: r }).collect(),
+            results: results
+                .into_iter()
+                .map(|r| pb::OperationResult { result: r })
+                .collect(),
         }))
     }
 }

@@ -31,12 +31,18 @@ pub fn encode(p: &Position) -> String {
 }
 
 pub fn decode(token: &str) -> Result<Position, Error> {
-    let bad = |rule: &str| Error::InvalidArgument { field: "page_token".into(), rule: rule.into() };
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad("is not a token this service issued (bad encoding)"))?;
+    let bad = |rule: &str| Error::InvalidArgument {
+        field: "page_token".into(),
+        rule: rule.into(),
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad("is not a token this service issued (bad encoding)"))?;
     if bytes.len() < 2 || bytes[0] != VERSION {
         return Err(bad("is not a token this service issued (unknown version)"));
     }
-    let sku = String::from_utf8(bytes[2..].to_vec()).map_err(|_| bad("is corrupt (SKU is not UTF-8)"))?;
+    let sku =
+        String::from_utf8(bytes[2..].to_vec()).map_err(|_| bad("is corrupt (SKU is not UTF-8)"))?;
     validate::sku("page_token", &sku).map_err(|_| bad("is corrupt (bad SKU)"))?;
     match bytes[1] {
         0 => Ok(Position::After(sku)),
@@ -51,12 +57,19 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        for p in [Position::After("sku-1".into()), Position::AtOrAfter("g".into()), Position::After("é/ü".into())] {
+        for p in [
+            Position::After("sku-1".into()),
+            Position::AtOrAfter("g".into()),
+            Position::After("é/ü".into()),
+        ] {
             assert_eq!(decode(&encode(&p)).unwrap(), p);
         }
         for bad in ["!!!", "", "AA", &URL_SAFE_NO_PAD.encode([9u8, 0, b'a'])] {
             let e = decode(bad).unwrap_err();
-            assert!(matches!(&e, Error::InvalidArgument { field, .. } if field == "page_token"), "{bad}: {e}");
+            assert!(
+                matches!(&e, Error::InvalidArgument { field, .. } if field == "page_token"),
+                "{bad}: {e}"
+            );
         }
     }
 }

@@ -28,38 +28,60 @@ impl RaftService {
     }
 
     fn shard(&self, shard_id: u64, from: u64) -> Result<&Arc<Shard>, Status> {
-        let shard = self
-            .node
-            .shards
-            .get(&shard_id)
-            .ok_or_else(|| Status::not_found(format!("node {} holds no replica of shard {shard_id}", self.node.id)))?;
+        let shard = self.node.shards.get(&shard_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "node {} holds no replica of shard {shard_id}",
+                self.node.id
+            ))
+        })?;
         if !shard.config.replicas.contains(&from) {
-            return Err(Status::permission_denied(format!("node {from} is not a replica of shard {shard_id}")));
+            return Err(Status::permission_denied(format!(
+                "node {from} is not a replica of shard {shard_id}"
+            )));
         }
         Ok(shard)
     }
 }
 
-fn reply<T: Serialize>(shard_id: u64, from: u64, result: &RemoteResult<T>) -> Result<Response<pb::RaftMessage>, Status> {
+fn reply<T: Serialize>(
+    shard_id: u64,
+    from: u64,
+    result: &RemoteResult<T>,
+) -> Result<Response<pb::RaftMessage>, Status> {
     let payload = codec::encode(result).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(pb::RaftMessage { shard_id, from_node_id: from, payload }))
+    Ok(Response::new(pb::RaftMessage {
+        shard_id,
+        from_node_id: from,
+        payload,
+    }))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
-    codec::decode(bytes).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    codec::decode(bytes)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
 #[tonic::async_trait]
 impl RaftApi for RaftService {
-    async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
         let shard = self.shard(m.shard_id, m.from_node_id)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
-        let result = shard.raft.append_entries(rpc).await.map_err(|e| e.to_string());
+        let result = shard
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| e.to_string());
         reply(m.shard_id, self.node.id, &result)
     }
 
-    async fn vote(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn vote(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
         let shard = self.shard(m.shard_id, m.from_node_id)?;
         let rpc: VoteRequest<TypeConfig> = decode(&m.payload)?;
@@ -67,7 +89,10 @@ impl RaftApi for RaftService {
         reply(m.shard_id, self.node.id, &result)
     }
 
-    async fn pre_vote(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn pre_vote(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
         let shard = self.shard(m.shard_id, m.from_node_id)?;
         let rpc: VoteRequest<TypeConfig> = decode(&m.payload)?;
@@ -75,24 +100,42 @@ impl RaftApi for RaftService {
         reply(m.shard_id, self.node.id, &result)
     }
 
-    async fn transfer_leader(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
         let shard = self.shard(m.shard_id, m.from_node_id)?;
         let rpc: TransferLeaderRequest<TypeConfig> = decode(&m.payload)?;
-        let result = shard.raft.handle_transfer_leader(rpc).await.map_err(|e| e.to_string());
+        let result = shard
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| e.to_string());
         reply(m.shard_id, self.node.id, &result)
     }
 
-    async fn install_snapshot(&self, request: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let mut stream = request.into_inner();
-        let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let (shard_id, from) = (first.shard_id, first.from_node_id);
         let shard = self.shard(shard_id, from)?.clone();
         let vote: Vote = decode(&first.vote)?;
         let meta: SnapshotMeta = decode(&first.meta)?;
         let dir = self.node.data_dir.join("snapshots");
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| Status::internal(e.to_string()))?;
-        let path = dir.join(format!("incoming-shard-{shard_id}-{:016x}", rand::random::<u64>()));
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let path = dir.join(format!(
+            "incoming-shard-{shard_id}-{:016x}",
+            rand::random::<u64>()
+        ));
         let result = async {
             let mut file = tokio::fs::File::create(&path).await.map_err(|e| Status::internal(e.to_string()))?;
             let mut expected_offset = 0u64;

@@ -28,20 +28,28 @@ pub fn reason(e: &Error) -> pb::Reason {
 
 pub fn code(e: &Error) -> Code {
     match e {
-        Error::InvalidArgument { .. } | Error::RequestIdReused | Error::CrossShard { .. } => Code::InvalidArgument,
-        Error::SkuNotFound { .. } | Error::ReservationNotFound { .. } => Code::NotFound,
-        Error::InsufficientStock { .. } | Error::ReservationExpired { .. } | Error::ReservationNotActive { .. } => {
-            Code::FailedPrecondition
+        Error::InvalidArgument { .. } | Error::RequestIdReused | Error::CrossShard { .. } => {
+            Code::InvalidArgument
         }
+        Error::SkuNotFound { .. } | Error::ReservationNotFound { .. } => Code::NotFound,
+        Error::InsufficientStock { .. }
+        | Error::ReservationExpired { .. }
+        | Error::ReservationNotActive { .. } => Code::FailedPrecondition,
         Error::Aborted { .. } => Code::Aborted,
-        Error::NotLeader { .. } | Error::ShardUnavailable { .. } | Error::OutcomeUnknown { .. } => Code::Unavailable,
+        Error::NotLeader { .. } | Error::ShardUnavailable { .. } | Error::OutcomeUnknown { .. } => {
+            Code::Unavailable
+        }
         Error::RateLimited { .. } => Code::ResourceExhausted,
         Error::Internal { .. } => Code::Internal,
     }
 }
 
 pub fn detail(e: &Error) -> pb::ErrorDetail {
-    let mut d = pb::ErrorDetail { reason: reason(e) as i32, message: e.to_string(), ..Default::default() };
+    let mut d = pb::ErrorDetail {
+        reason: reason(e) as i32,
+        message: e.to_string(),
+        ..Default::default()
+    };
     match e {
         Error::InvalidArgument { field, .. } => d.field = field.clone(),
         Error::SkuNotFound { sku } => d.sku = sku.clone(),
@@ -57,11 +65,16 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
                 d.leader_addr = addr.clone();
             }
         }
-        Error::ShardUnavailable { shard_id, .. } | Error::OutcomeUnknown { shard_id, .. } => d.shard_id = *shard_id,
+        Error::ShardUnavailable { shard_id, .. } | Error::OutcomeUnknown { shard_id, .. } => {
+            d.shard_id = *shard_id
+        }
         Error::RateLimited { retry_after_ms, .. } => d.retry_after_ms = *retry_after_ms,
         Error::CrossShard { shard_ids, .. } => d.shard_ids = shard_ids.clone(),
         Error::RequestIdReused => d.field = "request_id".into(),
-        Error::ReservationNotFound { .. } | Error::ReservationExpired { .. } | Error::Aborted { .. } | Error::Internal { .. } => {}
+        Error::ReservationNotFound { .. }
+        | Error::ReservationExpired { .. }
+        | Error::Aborted { .. }
+        | Error::Internal { .. } => {}
     }
     d
 }
@@ -77,15 +90,27 @@ mod tests {
 
     #[test]
     fn statuses_carry_a_decodable_detail() {
-        let s = to_status(Error::InsufficientStock { sku: "a".into(), available: 3 });
+        let s = to_status(Error::InsufficientStock {
+            sku: "a".into(),
+            available: 3,
+        });
         assert_eq!(s.code(), Code::FailedPrecondition);
         let d = pb::ErrorDetail::decode(s.details()).unwrap();
         assert_eq!(d.reason(), pb::Reason::InsufficientStock);
         assert_eq!(d.available, 3);
-        let s = to_status(Error::NotLeader { shard_id: 2, leader: Some((3, "127.0.0.1:7003".into())) });
+        let s = to_status(Error::NotLeader {
+            shard_id: 2,
+            leader: Some((3, "127.0.0.1:7003".into())),
+        });
         let d = pb::ErrorDetail::decode(s.details()).unwrap();
-        assert_eq!((d.reason(), d.shard_id, d.leader_id, d.leader_addr.as_str()), (pb::Reason::NotLeader, 2, 3, "127.0.0.1:7003"));
-        let s = to_status(Error::InvalidArgument { field: "sku".into(), rule: "must not be empty".into() });
+        assert_eq!(
+            (d.reason(), d.shard_id, d.leader_id, d.leader_addr.as_str()),
+            (pb::Reason::NotLeader, 2, 3, "127.0.0.1:7003")
+        );
+        let s = to_status(Error::InvalidArgument {
+            field: "sku".into(),
+            rule: "must not be empty".into(),
+        });
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "invalid sku: must not be empty");
         assert_eq!(pb::ErrorDetail::decode(s.details()).unwrap().field, "sku");

@@ -45,7 +45,12 @@ pub trait ShardState: Records {
     fn due_timers(&mut self, now_ms: u64, max: usize) -> Result<Vec<(u64, String)>, Self::Error>;
     /// Deletes stored outcomes applied before `applied_before_ms`, then the oldest
     /// while more than `keep_max` remain; at most `deletes_max` in all.
-    fn prune_outcomes(&mut self, applied_before_ms: u64, keep_max: u64, deletes_max: usize) -> Result<u64, Self::Error>;
+    fn prune_outcomes(
+        &mut self,
+        applied_before_ms: u64,
+        keep_max: u64,
+        deletes_max: usize,
+    ) -> Result<u64, Self::Error>;
 }
 
 /// Applies one log entry's request at the shard clock `max(previous, req.now_ms)`.
@@ -77,15 +82,25 @@ pub fn apply<S: ShardState>(state: &mut S, req: &ShardRequest) -> Result<ShardRe
 
 /// Expires active reservations past their expiry and forgets closed ones past
 /// retention: the eager half of expiry (the lazy half is in `confirm`/`release`).
-fn fire_due_timers<S: ShardState>(state: &mut S, now_ms: u64, retention: Retention) -> Result<(), S::Error> {
+fn fire_due_timers<S: ShardState>(
+    state: &mut S,
+    now_ms: u64,
+    retention: Retention,
+) -> Result<(), S::Error> {
     for (timer_ms, id) in state.due_timers(now_ms, TIMERS_PER_ENTRY_MAX)? {
         match state.reservation(&id)? {
             Some(r) if r.state == ReservationState::Active => {
-                assert!(r.expires_at_ms <= now_ms, "active reservation {id} filed under a timer before its expiry");
+                assert!(
+                    r.expires_at_ms <= now_ms,
+                    "active reservation {id} filed under a timer before its expiry"
+                );
                 expire(state, r, now_ms, retention)?;
             }
             Some(r) => {
-                assert_eq!(r.timer_ms, timer_ms, "reservation {id} filed under a stale timer");
+                assert_eq!(
+                    r.timer_ms, timer_ms,
+                    "reservation {id} filed under a stale timer"
+                );
                 state.delete_reservation(&id, timer_ms);
             }
             None => panic!("timer index names reservation {id}, which does not exist"),
@@ -94,24 +109,50 @@ fn fire_due_timers<S: ShardState>(state: &mut S, now_ms: u64, retention: Retenti
     Ok(())
 }
 
-fn apply_op<R: Records>(state: &mut R, op: &Op, now_ms: u64, retention: Retention) -> Result<OpResult, R::Error> {
+fn apply_op<R: Records>(
+    state: &mut R,
+    op: &Op,
+    now_ms: u64,
+    retention: Retention,
+) -> Result<OpResult, R::Error> {
     let fp = fingerprint(&op.command);
     if let Some(stored) = state.outcome(&op.request_id)? {
         if stored.fingerprint == fp {
-            return Ok(OpResult { outcome: stored.outcome, replayed: true });
+            return Ok(OpResult {
+                outcome: stored.outcome,
+                replayed: true,
+            });
         }
-        return Ok(OpResult { outcome: Outcome::Rejected(Rejection::RequestIdReused), replayed: false });
+        return Ok(OpResult {
+            outcome: Outcome::Rejected(Rejection::RequestIdReused),
+            replayed: false,
+        });
     }
     let outcome = execute(state, &op.command, now_ms, retention)?;
-    state.put_outcome(&op.request_id, &StoredOutcome { fingerprint: fp, applied_at_ms: now_ms, outcome: outcome.clone() });
-    Ok(OpResult { outcome, replayed: false })
+    state.put_outcome(
+        &op.request_id,
+        &StoredOutcome {
+            fingerprint: fp,
+            applied_at_ms: now_ms,
+            outcome: outcome.clone(),
+        },
+    );
+    Ok(OpResult {
+        outcome,
+        replayed: false,
+    })
 }
 
 /// All-or-nothing: runs the ops against a staging layer and keeps their effects only
 /// if none was refused. When one is refused, it keeps its refusal and every other
 /// new op is refused as `Aborted`; those outcomes are stored, so a retry of the group
 /// gets the same answer.
-fn apply_atomic<S: ShardState>(state: &mut S, ops: &[Op], now_ms: u64, retention: Retention) -> Result<Vec<OpResult>, S::Error> {
+fn apply_atomic<S: ShardState>(
+    state: &mut S,
+    ops: &[Op],
+    now_ms: u64,
+    retention: Retention,
+) -> Result<Vec<OpResult>, S::Error> {
     let mut staged = Staged::new(state);
     let mut results = Vec::with_capacity(ops.len());
     let mut failed: Option<usize> = None;
@@ -137,7 +178,11 @@ fn apply_atomic<S: ShardState>(state: &mut S, ops: &[Op], now_ms: u64, retention
         }
         state.put_outcome(
             &op.request_id,
-            &StoredOutcome { fingerprint: fingerprint(&op.command), applied_at_ms: now_ms, outcome: r.outcome.clone() },
+            &StoredOutcome {
+                fingerprint: fingerprint(&op.command),
+                applied_at_ms: now_ms,
+                outcome: r.outcome.clone(),
+            },
         );
     }
     Ok(results)
@@ -147,19 +192,38 @@ fn rejected(r: Rejection) -> Outcome {
     Outcome::Rejected(r)
 }
 
-fn must_exist<R: Records>(state: &mut R, sku: &str) -> Result<Result<StockRecord, Rejection>, R::Error> {
-    Ok(state.stock(sku)?.ok_or_else(|| Rejection::SkuNotFound { sku: sku.to_string() }))
+fn must_exist<R: Records>(
+    state: &mut R,
+    sku: &str,
+) -> Result<Result<StockRecord, Rejection>, R::Error> {
+    Ok(state.stock(sku)?.ok_or_else(|| Rejection::SkuNotFound {
+        sku: sku.to_string(),
+    }))
 }
 
 fn store_stock<R: Records>(state: &mut R, sku: &str, mut record: StockRecord) -> StockRecord {
-    assert!(record.on_hand >= record.reserved, "{sku}: on_hand {} < reserved {}", record.on_hand, record.reserved);
-    assert!(record.on_hand <= QTY_MAX, "{sku}: on_hand {} over QTY_MAX", record.on_hand);
+    assert!(
+        record.on_hand >= record.reserved,
+        "{sku}: on_hand {} < reserved {}",
+        record.on_hand,
+        record.reserved
+    );
+    assert!(
+        record.on_hand <= QTY_MAX,
+        "{sku}: on_hand {} over QTY_MAX",
+        record.on_hand
+    );
     record.version += 1;
     state.put_stock(sku, record);
     record
 }
 
-fn execute<R: Records>(state: &mut R, command: &Command, now_ms: u64, retention: Retention) -> Result<Outcome, R::Error> {
+fn execute<R: Records>(
+    state: &mut R,
+    command: &Command,
+    now_ms: u64,
+    retention: Retention,
+) -> Result<Outcome, R::Error> {
     Ok(match command {
         Command::SetStock { sku, on_hand } => {
             let mut record = state.stock(sku)?.unwrap_or_default();
@@ -167,10 +231,16 @@ fn execute<R: Records>(state: &mut R, command: &Command, now_ms: u64, retention:
                 return Ok(rejected(Rejection::QuantityOverflow { sku: sku.clone() }));
             }
             if *on_hand < record.reserved {
-                return Ok(rejected(Rejection::InsufficientStock { sku: sku.clone(), available: record.available() }));
+                return Ok(rejected(Rejection::InsufficientStock {
+                    sku: sku.clone(),
+                    available: record.available(),
+                }));
             }
             record.on_hand = *on_hand;
-            Outcome::Stock { sku: sku.clone(), record: store_stock(state, sku, record) }
+            Outcome::Stock {
+                sku: sku.clone(),
+                record: store_stock(state, sku, record),
+            }
         }
         Command::AdjustStock { sku, delta } => {
             let mut record = match must_exist(state, sku)? {
@@ -185,11 +255,17 @@ fn execute<R: Records>(state: &mut R, command: &Command, now_ms: u64, retention:
                 }
             } else {
                 if magnitude > record.available() {
-                    return Ok(rejected(Rejection::InsufficientStock { sku: sku.clone(), available: record.available() }));
+                    return Ok(rejected(Rejection::InsufficientStock {
+                        sku: sku.clone(),
+                        available: record.available(),
+                    }));
                 }
                 record.on_hand -= magnitude;
             }
-            Outcome::Stock { sku: sku.clone(), record: store_stock(state, sku, record) }
+            Outcome::Stock {
+                sku: sku.clone(),
+                record: store_stock(state, sku, record),
+            }
         }
         Command::Decrement { sku, qty } => {
             let mut record = match must_exist(state, sku)? {
@@ -197,14 +273,26 @@ fn execute<R: Records>(state: &mut R, command: &Command, now_ms: u64, retention:
                 Err(e) => return Ok(rejected(e)),
             };
             if *qty > record.available() {
-                return Ok(rejected(Rejection::InsufficientStock { sku: sku.clone(), available: record.available() }));
+                return Ok(rejected(Rejection::InsufficientStock {
+                    sku: sku.clone(),
+                    available: record.available(),
+                }));
             }
             record.on_hand -= qty;
-            Outcome::Stock { sku: sku.clone(), record: store_stock(state, sku, record) }
+            Outcome::Stock {
+                sku: sku.clone(),
+                record: store_stock(state, sku, record),
+            }
         }
-        Command::Reserve { reservation_id, items, ttl_ms } => {
+        Command::Reserve {
+            reservation_id,
+            items,
+            ttl_ms,
+        } => {
             if state.reservation(reservation_id)?.is_some() {
-                return Ok(rejected(Rejection::ReservationIdTaken { reservation_id: reservation_id.clone() }));
+                return Ok(rejected(Rejection::ReservationIdTaken {
+                    reservation_id: reservation_id.clone(),
+                }));
             }
             // Check every item before touching any: all or none.
             let mut records = Vec::with_capacity(items.len());
@@ -214,7 +302,10 @@ fn execute<R: Records>(state: &mut R, command: &Command, now_ms: u64, retention:
                     Err(e) => return Ok(rejected(e)),
                 };
                 if item.qty > record.available() {
-                    return Ok(rejected(Rejection::InsufficientStock { sku: item.sku.clone(), available: record.available() }));
+                    return Ok(rejected(Rejection::InsufficientStock {
+                        sku: item.sku.clone(),
+                        available: record.available(),
+                    }));
                 }
                 records.push(record);
             }
@@ -234,12 +325,17 @@ fn execute<R: Records>(state: &mut R, command: &Command, now_ms: u64, retention:
                 timer_ms: expires_at_ms,
             };
             state.put_reservation(&reservation, None);
-            Outcome::Reservation { reservation, records: after }
+            Outcome::Reservation {
+                reservation,
+                records: after,
+            }
         }
         Command::Confirm { reservation_id } | Command::Release { reservation_id } => {
             let confirm = matches!(command, Command::Confirm { .. });
             let Some(r) = state.reservation(reservation_id)? else {
-                return Ok(rejected(Rejection::ReservationNotFound { reservation_id: reservation_id.clone() }));
+                return Ok(rejected(Rejection::ReservationNotFound {
+                    reservation_id: reservation_id.clone(),
+                }));
             };
             let r = if r.state == ReservationState::Active && r.expires_at_ms <= now_ms {
                 // Lazy expiry: its timer has not fired yet, but its time has come.
@@ -250,16 +346,29 @@ fn execute<R: Records>(state: &mut R, command: &Command, now_ms: u64, retention:
             match r.state {
                 ReservationState::Active => {}
                 ReservationState::Expired => {
-                    return Ok(rejected(Rejection::ReservationExpired { reservation_id: reservation_id.clone() }));
+                    return Ok(rejected(Rejection::ReservationExpired {
+                        reservation_id: reservation_id.clone(),
+                    }));
                 }
                 other => {
-                    return Ok(rejected(Rejection::ReservationNotActive { reservation_id: reservation_id.clone(), state: other }));
+                    return Ok(rejected(Rejection::ReservationNotActive {
+                        reservation_id: reservation_id.clone(),
+                        state: other,
+                    }));
                 }
             }
             let mut after = Vec::with_capacity(r.items.len());
             for item in &r.items {
-                let mut record = state.stock(&item.sku)?.unwrap_or_else(|| panic!("reserved SKU {} has no record", item.sku));
-                assert!(record.reserved >= item.qty, "{}: reserved {} < held {}", item.sku, record.reserved, item.qty);
+                let mut record = state
+                    .stock(&item.sku)?
+                    .unwrap_or_else(|| panic!("reserved SKU {} has no record", item.sku));
+                assert!(
+                    record.reserved >= item.qty,
+                    "{}: reserved {} < held {}",
+                    item.sku,
+                    record.reserved,
+                    item.qty
+                );
                 record.reserved -= item.qty;
                 if confirm {
                     record.on_hand -= item.qty;
@@ -268,23 +377,43 @@ fn execute<R: Records>(state: &mut R, command: &Command, now_ms: u64, retention:
             }
             let old_timer = r.timer_ms;
             let closed = Reservation {
-                state: if confirm { ReservationState::Confirmed } else { ReservationState::Released },
+                state: if confirm {
+                    ReservationState::Confirmed
+                } else {
+                    ReservationState::Released
+                },
                 closed_at_ms: now_ms,
                 timer_ms: now_ms.saturating_add(retention.retention_ms),
                 ..r
             };
             state.put_reservation(&closed, Some(old_timer));
-            Outcome::Reservation { reservation: closed, records: after }
+            Outcome::Reservation {
+                reservation: closed,
+                records: after,
+            }
         }
     })
 }
 
 /// Returns an active reservation's stock and marks it expired.
-fn expire<R: Records>(state: &mut R, r: Reservation, now_ms: u64, retention: Retention) -> Result<Reservation, R::Error> {
+fn expire<R: Records>(
+    state: &mut R,
+    r: Reservation,
+    now_ms: u64,
+    retention: Retention,
+) -> Result<Reservation, R::Error> {
     assert_eq!(r.state, ReservationState::Active);
     for item in &r.items {
-        let mut record = state.stock(&item.sku)?.unwrap_or_else(|| panic!("reserved SKU {} has no record", item.sku));
-        assert!(record.reserved >= item.qty, "{}: reserved {} < held {}", item.sku, record.reserved, item.qty);
+        let mut record = state
+            .stock(&item.sku)?
+            .unwrap_or_else(|| panic!("reserved SKU {} has no record", item.sku));
+        assert!(
+            record.reserved >= item.qty,
+            "{}: reserved {} < held {}",
+            item.sku,
+            record.reserved,
+            item.qty
+        );
         record.reserved -= item.qty;
         store_stock(state, &item.sku, record);
     }
@@ -351,7 +480,8 @@ impl<R: Records> Records for Staged<'_, R> {
 
     fn put_stock(&mut self, sku: &str, record: StockRecord) {
         self.stock.insert(sku.to_string(), record);
-        self.writes.push(StagedWrite::Stock(sku.to_string(), record));
+        self.writes
+            .push(StagedWrite::Stock(sku.to_string(), record));
     }
 
     fn reservation(&mut self, id: &str) -> Result<Option<Reservation>, Self::Error> {
@@ -363,12 +493,14 @@ impl<R: Records> Records for Staged<'_, R> {
 
     fn put_reservation(&mut self, r: &Reservation, old_timer_ms: Option<u64>) {
         self.reservations.insert(r.id.clone(), Some(r.clone()));
-        self.writes.push(StagedWrite::Reservation(r.clone(), old_timer_ms));
+        self.writes
+            .push(StagedWrite::Reservation(r.clone(), old_timer_ms));
     }
 
     fn delete_reservation(&mut self, id: &str, timer_ms: u64) {
         self.reservations.insert(id.to_string(), None);
-        self.writes.push(StagedWrite::DeleteReservation(id.to_string(), timer_ms));
+        self.writes
+            .push(StagedWrite::DeleteReservation(id.to_string(), timer_ms));
     }
 
     fn outcome(&mut self, request_id: &RequestId) -> Result<Option<StoredOutcome>, Self::Error> {
@@ -380,6 +512,7 @@ impl<R: Records> Records for Staged<'_, R> {
 
     fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome) {
         self.outcomes.insert(*request_id, stored.clone());
-        self.writes.push(StagedWrite::Outcome(*request_id, stored.clone()));
+        self.writes
+            .push(StagedWrite::Outcome(*request_id, stored.clone()));
     }
 }

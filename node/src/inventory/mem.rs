@@ -34,7 +34,11 @@ impl Records for MemState {
 
     fn put_reservation(&mut self, r: &Reservation, old_timer_ms: Option<u64>) {
         if let Some(old) = old_timer_ms {
-            assert!(self.timers.remove(&(old, r.id.clone())), "no timer ({old}, {}) to move", r.id);
+            assert!(
+                self.timers.remove(&(old, r.id.clone())),
+                "no timer ({old}, {}) to move",
+                r.id
+            );
         }
         self.timers.insert((r.timer_ms, r.id.clone()));
         self.reservations.insert(r.id.clone(), r.clone());
@@ -52,7 +56,8 @@ impl Records for MemState {
     fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome) {
         let previous = self.outcomes.insert(*request_id, stored.clone());
         assert!(previous.is_none(), "request id {request_id:?} stored twice");
-        self.outcome_ages.insert((stored.applied_at_ms, *request_id));
+        self.outcome_ages
+            .insert((stored.applied_at_ms, *request_id));
     }
 }
 
@@ -66,13 +71,26 @@ impl ShardState for MemState {
     }
 
     fn due_timers(&mut self, now_ms: u64, max: usize) -> Result<Vec<(u64, String)>, Infallible> {
-        Ok(self.timers.iter().take_while(|(t, _)| *t <= now_ms).take(max).cloned().collect())
+        Ok(self
+            .timers
+            .iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .take(max)
+            .cloned()
+            .collect())
     }
 
-    fn prune_outcomes(&mut self, applied_before_ms: u64, keep_max: u64, deletes_max: usize) -> Result<u64, Infallible> {
+    fn prune_outcomes(
+        &mut self,
+        applied_before_ms: u64,
+        keep_max: u64,
+        deletes_max: usize,
+    ) -> Result<u64, Infallible> {
         let mut deleted = 0u64;
         while (deleted as usize) < deletes_max {
-            let Some(&(at, id)) = self.outcome_ages.iter().next() else { break };
+            let Some(&(at, id)) = self.outcome_ages.iter().next() else {
+                break;
+            };
             if at >= applied_before_ms && self.outcomes.len() as u64 <= keep_max {
                 break;
             }

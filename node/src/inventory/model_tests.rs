@@ -25,11 +25,19 @@ impl Model {
     fn bump(&mut self, sku: &str, on_hand: u64, reserved: u64) -> StockRecord {
         let e = self.stock.get_mut(sku).expect("bumped SKU exists");
         *e = (on_hand, reserved, e.2 + 1);
-        StockRecord { on_hand, reserved, version: e.2 }
+        StockRecord {
+            on_hand,
+            reserved,
+            version: e.2,
+        }
     }
 
     fn expire(&mut self, id: &str, now: u64, retention: &Retention) {
-        let r = self.res.get(id).cloned().expect("expiring reservation exists");
+        let r = self
+            .res
+            .get(id)
+            .cloned()
+            .expect("expiring reservation exists");
         for i in &r.items {
             let (oh, rs, _) = self.stock[&i.sku];
             self.bump(&i.sku, oh, rs - i.qty);
@@ -44,7 +52,12 @@ impl Model {
         let now = self.clock.max(req.now_ms);
         self.clock = now;
         let ret = req.retention;
-        let due: Vec<String> = self.res.values().filter(|r| r.timer_ms <= now).map(|r| r.id.clone()).collect();
+        let due: Vec<String> = self
+            .res
+            .values()
+            .filter(|r| r.timer_ms <= now)
+            .map(|r| r.id.clone())
+            .collect();
         for id in due {
             if self.res[&id].state == ReservationState::Active {
                 self.expire(&id, now, &ret);
@@ -55,15 +68,23 @@ impl Model {
         let cutoff = now.saturating_sub(ret.retention_ms);
         self.outcomes.retain(|_, (_, at, _)| *at >= cutoff);
         while self.outcomes.len() as u64 > ret.outcomes_max {
-            let oldest = *self.outcomes.iter().min_by_key(|(id, (_, at, _))| (*at, **id)).map(|(id, _)| id).expect("non-empty");
+            let oldest = *self
+                .outcomes
+                .iter()
+                .min_by_key(|(id, (_, at, _))| (*at, **id))
+                .map(|(id, _)| id)
+                .expect("non-empty");
             self.outcomes.remove(&oldest);
         }
         let mut out = Vec::new();
         for g in &req.groups {
             if g.atomic {
                 let mut trial = self.clone();
-                let results: Vec<OpResult> = g.ops.iter().map(|op| trial.op(op, now, &ret)).collect();
-                let failed = results.iter().position(|r| !r.replayed && matches!(r.outcome, Outcome::Rejected(_)));
+                let results: Vec<OpResult> =
+                    g.ops.iter().map(|op| trial.op(op, now, &ret)).collect();
+                let failed = results
+                    .iter()
+                    .position(|r| !r.replayed && matches!(r.outcome, Outcome::Rejected(_)));
                 match failed {
                     None => {
                         *self = trial;
@@ -72,13 +93,20 @@ impl Model {
                     Some(f) => {
                         let mut results = results;
                         for (i, (op, r)) in g.ops.iter().zip(results.iter_mut()).enumerate() {
-                            if r.replayed || r.outcome == Outcome::Rejected(Rejection::RequestIdReused) {
+                            if r.replayed
+                                || r.outcome == Outcome::Rejected(Rejection::RequestIdReused)
+                            {
                                 continue;
                             }
                             if i != f {
-                                r.outcome = Outcome::Rejected(Rejection::Aborted { failed_op: f as u32 });
+                                r.outcome = Outcome::Rejected(Rejection::Aborted {
+                                    failed_op: f as u32,
+                                });
                             }
-                            self.outcomes.insert(op.request_id, (fingerprint(&op.command), now, r.outcome.clone()));
+                            self.outcomes.insert(
+                                op.request_id,
+                                (fingerprint(&op.command), now, r.outcome.clone()),
+                            );
                         }
                         out.push(results);
                     }
@@ -94,13 +122,23 @@ impl Model {
         let fp = fingerprint(&op.command);
         if let Some((f, _, o)) = self.outcomes.get(&op.request_id) {
             if *f == fp {
-                return OpResult { outcome: o.clone(), replayed: true };
+                return OpResult {
+                    outcome: o.clone(),
+                    replayed: true,
+                };
             }
-            return OpResult { outcome: Outcome::Rejected(Rejection::RequestIdReused), replayed: false };
+            return OpResult {
+                outcome: Outcome::Rejected(Rejection::RequestIdReused),
+                replayed: false,
+            };
         }
         let outcome = self.exec(&op.command, now, ret);
-        self.outcomes.insert(op.request_id, (fp, now, outcome.clone()));
-        OpResult { outcome, replayed: false }
+        self.outcomes
+            .insert(op.request_id, (fp, now, outcome.clone()));
+        OpResult {
+            outcome,
+            replayed: false,
+        }
     }
 
     fn exec(&mut self, c: &Command, now: u64, ret: &Retention) -> Outcome {
@@ -110,36 +148,69 @@ impl Model {
                 let (_, rs, _) = *self.stock.entry(sku.clone()).or_insert((0, 0, 0));
                 if *on_hand < rs {
                     let (oh, rs, _) = self.stock[sku];
-                    return rej(Rejection::InsufficientStock { sku: sku.clone(), available: oh - rs });
+                    return rej(Rejection::InsufficientStock {
+                        sku: sku.clone(),
+                        available: oh - rs,
+                    });
                 }
-                Outcome::Stock { sku: sku.clone(), record: self.bump(sku, *on_hand, rs) }
+                Outcome::Stock {
+                    sku: sku.clone(),
+                    record: self.bump(sku, *on_hand, rs),
+                }
             }
             Command::AdjustStock { sku, delta } => {
-                let Some(&(oh, rs, _)) = self.stock.get(sku) else { return rej(Rejection::SkuNotFound { sku: sku.clone() }) };
+                let Some(&(oh, rs, _)) = self.stock.get(sku) else {
+                    return rej(Rejection::SkuNotFound { sku: sku.clone() });
+                };
                 let new = oh as i128 + *delta as i128;
                 if new < rs as i128 {
-                    return rej(Rejection::InsufficientStock { sku: sku.clone(), available: oh - rs });
+                    return rej(Rejection::InsufficientStock {
+                        sku: sku.clone(),
+                        available: oh - rs,
+                    });
                 }
                 if new > QTY_MAX as i128 {
                     return rej(Rejection::QuantityOverflow { sku: sku.clone() });
                 }
-                Outcome::Stock { sku: sku.clone(), record: self.bump(sku, new as u64, rs) }
+                Outcome::Stock {
+                    sku: sku.clone(),
+                    record: self.bump(sku, new as u64, rs),
+                }
             }
             Command::Decrement { sku, qty } => {
-                let Some(&(oh, rs, _)) = self.stock.get(sku) else { return rej(Rejection::SkuNotFound { sku: sku.clone() }) };
+                let Some(&(oh, rs, _)) = self.stock.get(sku) else {
+                    return rej(Rejection::SkuNotFound { sku: sku.clone() });
+                };
                 if oh - rs < *qty {
-                    return rej(Rejection::InsufficientStock { sku: sku.clone(), available: oh - rs });
+                    return rej(Rejection::InsufficientStock {
+                        sku: sku.clone(),
+                        available: oh - rs,
+                    });
                 }
-                Outcome::Stock { sku: sku.clone(), record: self.bump(sku, oh - qty, rs) }
+                Outcome::Stock {
+                    sku: sku.clone(),
+                    record: self.bump(sku, oh - qty, rs),
+                }
             }
-            Command::Reserve { reservation_id, items, ttl_ms } => {
+            Command::Reserve {
+                reservation_id,
+                items,
+                ttl_ms,
+            } => {
                 if self.res.contains_key(reservation_id) {
-                    return rej(Rejection::ReservationIdTaken { reservation_id: reservation_id.clone() });
+                    return rej(Rejection::ReservationIdTaken {
+                        reservation_id: reservation_id.clone(),
+                    });
                 }
                 for i in items {
-                    let Some(&(oh, rs, _)) = self.stock.get(&i.sku) else { return rej(Rejection::SkuNotFound { sku: i.sku.clone() }) };
+                    let Some(&(oh, rs, _)) = self.stock.get(&i.sku) else {
+                        return rej(Rejection::SkuNotFound { sku: i.sku.clone() });
+                    };
                     if oh - rs < i.qty {
-                        return rej(Rejection::InsufficientStock { sku: i.sku.clone(), available: oh - rs });
+                        return rej(Rejection::InsufficientStock {
+                            sku: i.sku.clone(),
+                            available: oh - rs,
+                        });
                     }
                 }
                 let records = items
@@ -159,12 +230,17 @@ impl Model {
                     timer_ms: now + ttl_ms,
                 };
                 self.res.insert(reservation_id.clone(), r.clone());
-                Outcome::Reservation { reservation: r, records }
+                Outcome::Reservation {
+                    reservation: r,
+                    records,
+                }
             }
             Command::Confirm { reservation_id } | Command::Release { reservation_id } => {
                 let confirm = matches!(c, Command::Confirm { .. });
                 let Some(r) = self.res.get(reservation_id).cloned() else {
-                    return rej(Rejection::ReservationNotFound { reservation_id: reservation_id.clone() });
+                    return rej(Rejection::ReservationNotFound {
+                        reservation_id: reservation_id.clone(),
+                    });
                 };
                 if r.state == ReservationState::Active && r.expires_at_ms <= now {
                     self.expire(reservation_id, now, ret);
@@ -172,8 +248,17 @@ impl Model {
                 let r = self.res[reservation_id].clone();
                 match r.state {
                     ReservationState::Active => {}
-                    ReservationState::Expired => return rej(Rejection::ReservationExpired { reservation_id: reservation_id.clone() }),
-                    s => return rej(Rejection::ReservationNotActive { reservation_id: reservation_id.clone(), state: s }),
+                    ReservationState::Expired => {
+                        return rej(Rejection::ReservationExpired {
+                            reservation_id: reservation_id.clone(),
+                        });
+                    }
+                    s => {
+                        return rej(Rejection::ReservationNotActive {
+                            reservation_id: reservation_id.clone(),
+                            state: s,
+                        });
+                    }
                 }
                 let records = r
                     .items
@@ -185,10 +270,17 @@ impl Model {
                     })
                     .collect();
                 let r = self.res.get_mut(reservation_id).expect("exists");
-                r.state = if confirm { ReservationState::Confirmed } else { ReservationState::Released };
+                r.state = if confirm {
+                    ReservationState::Confirmed
+                } else {
+                    ReservationState::Released
+                };
                 r.closed_at_ms = now;
                 r.timer_ms = now + ret.retention_ms;
-                Outcome::Reservation { reservation: r.clone(), records }
+                Outcome::Reservation {
+                    reservation: r.clone(),
+                    records,
+                }
             }
         }
     }
@@ -201,16 +293,30 @@ fn command() -> impl Strategy<Value = Command> {
     let rid = (0u8..4).prop_map(|i| format!("r{i}"));
     prop_oneof![
         (sku.clone(), 0u64..20).prop_map(|(sku, on_hand)| Command::SetStock { sku, on_hand }),
-        (sku.clone(), -10i64..10).prop_filter("non-zero", |(_, d)| *d != 0).prop_map(|(sku, delta)| Command::AdjustStock { sku, delta }),
+        (sku.clone(), -10i64..10)
+            .prop_filter("non-zero", |(_, d)| *d != 0)
+            .prop_map(|(sku, delta)| Command::AdjustStock { sku, delta }),
         (sku.clone(), 1u64..8).prop_map(|(sku, qty)| Command::Decrement { sku, qty }),
-        (rid.clone(), prop::sample::subsequence(SKUS.to_vec(), 1..=3), prop::collection::vec(1u64..5, 3), 1u64..120).prop_map(
-            |(reservation_id, skus, qtys, ttl_ms)| Command::Reserve {
+        (
+            rid.clone(),
+            prop::sample::subsequence(SKUS.to_vec(), 1..=3),
+            prop::collection::vec(1u64..5, 3),
+            1u64..120
+        )
+            .prop_map(|(reservation_id, skus, qtys, ttl_ms)| Command::Reserve {
                 reservation_id,
-                items: skus.iter().zip(qtys).map(|(s, q)| Item { sku: s.to_string(), qty: q }).collect(),
+                items: skus
+                    .iter()
+                    .zip(qtys)
+                    .map(|(s, q)| Item {
+                        sku: s.to_string(),
+                        qty: q
+                    })
+                    .collect(),
                 ttl_ms,
-            }
-        ),
-        rid.clone().prop_map(|reservation_id| Command::Confirm { reservation_id }),
+            }),
+        rid.clone()
+            .prop_map(|reservation_id| Command::Confirm { reservation_id }),
         rid.prop_map(|reservation_id| Command::Release { reservation_id }),
     ]
 }
@@ -249,12 +355,31 @@ fn check_invariants(s: &MemState) -> Result<(), TestCaseError> {
                 *held.entry(i.sku.as_str()).or_default() += i.qty;
             }
         }
-        prop_assert!(s.timers.contains(&(r.timer_ms, r.id.clone())), "reservation {} not filed under its timer", r.id);
+        prop_assert!(
+            s.timers.contains(&(r.timer_ms, r.id.clone())),
+            "reservation {} not filed under its timer",
+            r.id
+        );
     }
-    prop_assert_eq!(s.timers.len(), s.reservations.len(), "timer index and reservations disagree");
+    prop_assert_eq!(
+        s.timers.len(),
+        s.reservations.len(),
+        "timer index and reservations disagree"
+    );
     for (sku, rec) in &s.stock {
-        prop_assert!(rec.on_hand >= rec.reserved, "{}: on_hand {} < reserved {}", sku, rec.on_hand, rec.reserved);
-        prop_assert_eq!(rec.reserved, held.get(sku.as_str()).copied().unwrap_or(0), "{}: reserved != Σ active holds", sku);
+        prop_assert!(
+            rec.on_hand >= rec.reserved,
+            "{}: on_hand {} < reserved {}",
+            sku,
+            rec.on_hand,
+            rec.reserved
+        );
+        prop_assert_eq!(
+            rec.reserved,
+            held.get(sku.as_str()).copied().unwrap_or(0),
+            "{}: reserved != Σ active holds",
+            sku
+        );
     }
     prop_assert_eq!(s.outcome_ages.len(), s.outcomes.len());
     Ok(())
@@ -273,36 +398,83 @@ fn run(entries: Vec<EntryGen>, retention: Retention) -> Result<(), TestCaseError
                 .into_iter()
                 .map(|g| match g {
                     OpGen::Retry(k) if !history.is_empty() => history[k % history.len()].clone(),
-                    OpGen::Retry(_) => Op { request_id: [200; 16], command: Command::Decrement { sku: "a".into(), qty: 1 } },
-                    OpGen::New(r, command) => Op { request_id: [r + 1; 16], command },
+                    OpGen::Retry(_) => Op {
+                        request_id: [200; 16],
+                        command: Command::Decrement {
+                            sku: "a".into(),
+                            qty: 1,
+                        },
+                    },
+                    OpGen::New(r, command) => Op {
+                        request_id: [r + 1; 16],
+                        command,
+                    },
                 })
                 .collect();
             history.extend(ops.iter().cloned());
             groups.push(OpGroup { atomic, ops });
         }
-        let req = ShardRequest { now_ms: clock as u64, retention, groups };
+        let req = ShardRequest {
+            now_ms: clock as u64,
+            retention,
+            groups,
+        };
         // What survives this entry's pruning: a tick (no ops) at the same clock.
         let mut probe = state.clone();
-        apply(&mut probe, &ShardRequest { now_ms: req.now_ms, retention, groups: vec![] }).expect("tick");
+        apply(
+            &mut probe,
+            &ShardRequest {
+                now_ms: req.now_ms,
+                retention,
+                groups: vec![],
+            },
+        )
+        .expect("tick");
         let mut retained: BTreeSet<RequestId> = probe.outcomes.keys().copied().collect();
         let got = apply(&mut state, &req).expect("in-memory apply cannot fail");
         let want = model.entry(&req);
-        prop_assert_eq!(&got.groups, &want, "outcomes differ from the model for {:?}", req);
+        prop_assert_eq!(
+            &got.groups,
+            &want,
+            "outcomes differ from the model for {:?}",
+            req
+        );
         // A request id is executed (not replayed) only when no stored outcome had it.
         for (g, results) in req.groups.iter().zip(&got.groups) {
             for (op, r) in g.ops.iter().zip(results) {
                 if !r.replayed && r.outcome != Outcome::Rejected(Rejection::RequestIdReused) {
-                    prop_assert!(retained.insert(op.request_id), "request id applied twice while its outcome was retained");
+                    prop_assert!(
+                        retained.insert(op.request_id),
+                        "request id applied twice while its outcome was retained"
+                    );
                 }
             }
         }
         prop_assert_eq!(state.clock_ms, model.clock);
         check_invariants(&state)?;
-        let model_stock: BTreeMap<String, StockRecord> =
-            model.stock.iter().map(|(k, (o, r, v))| (k.clone(), StockRecord { on_hand: *o, reserved: *r, version: *v })).collect();
+        let model_stock: BTreeMap<String, StockRecord> = model
+            .stock
+            .iter()
+            .map(|(k, (o, r, v))| {
+                (
+                    k.clone(),
+                    StockRecord {
+                        on_hand: *o,
+                        reserved: *r,
+                        version: *v,
+                    },
+                )
+            })
+            .collect();
         prop_assert_eq!(&state.stock, &model_stock);
-        prop_assert_eq!(&state.reservations.values().cloned().collect::<Vec<_>>(), &model.res.values().cloned().collect::<Vec<_>>());
-        prop_assert_eq!(state.outcomes.keys().collect::<Vec<_>>(), model.outcomes.keys().collect::<Vec<_>>());
+        prop_assert_eq!(
+            &state.reservations.values().cloned().collect::<Vec<_>>(),
+            &model.res.values().cloned().collect::<Vec<_>>()
+        );
+        prop_assert_eq!(
+            state.outcomes.keys().collect::<Vec<_>>(),
+            model.outcomes.keys().collect::<Vec<_>>()
+        );
     }
     Ok(())
 }
@@ -325,16 +497,41 @@ proptest! {
 fn a_retry_returns_the_first_outcome_and_changes_nothing() {
     let mut s = MemState::default();
     let ret = Retention::default();
-    let set = Op { request_id: [1; 16], command: Command::SetStock { sku: "a".into(), on_hand: 5 } };
-    let dec = Op { request_id: [2; 16], command: Command::Decrement { sku: "a".into(), qty: 2 } };
-    let entry = |ops: Vec<Op>, now_ms| ShardRequest { now_ms, retention: ret, groups: vec![OpGroup { atomic: false, ops }] };
+    let set = Op {
+        request_id: [1; 16],
+        command: Command::SetStock {
+            sku: "a".into(),
+            on_hand: 5,
+        },
+    };
+    let dec = Op {
+        request_id: [2; 16],
+        command: Command::Decrement {
+            sku: "a".into(),
+            qty: 2,
+        },
+    };
+    let entry = |ops: Vec<Op>, now_ms| ShardRequest {
+        now_ms,
+        retention: ret,
+        groups: vec![OpGroup { atomic: false, ops }],
+    };
     apply(&mut s, &entry(vec![set, dec.clone()], 10)).unwrap();
     let again = apply(&mut s, &entry(vec![dec.clone()], 20)).unwrap();
     assert!(again.groups[0][0].replayed);
     assert_eq!(s.stock["a"].on_hand, 3, "the retry did not decrement again");
-    let reused = Op { request_id: [2; 16], command: Command::Decrement { sku: "a".into(), qty: 1 } };
+    let reused = Op {
+        request_id: [2; 16],
+        command: Command::Decrement {
+            sku: "a".into(),
+            qty: 1,
+        },
+    };
     let r = apply(&mut s, &entry(vec![reused], 30)).unwrap();
-    assert_eq!(r.groups[0][0].outcome, Outcome::Rejected(Rejection::RequestIdReused));
+    assert_eq!(
+        r.groups[0][0].outcome,
+        Outcome::Rejected(Rejection::RequestIdReused)
+    );
     assert_eq!(s.stock["a"].on_hand, 3);
 }
 
@@ -342,20 +539,96 @@ fn a_retry_returns_the_first_outcome_and_changes_nothing() {
 fn expiry_returns_stock_eagerly_and_lazily() {
     let mut s = MemState::default();
     let ret = Retention::default();
-    let entry = |ops: Vec<Op>, now_ms| ShardRequest { now_ms, retention: ret, groups: vec![OpGroup { atomic: false, ops }] };
-    let op = |i: u8, command| Op { request_id: [i; 16], command };
-    apply(&mut s, &entry(vec![op(1, Command::SetStock { sku: "a".into(), on_hand: 5 })], 0)).unwrap();
-    let items = vec![Item { sku: "a".into(), qty: 4 }];
-    apply(&mut s, &entry(vec![op(2, Command::Reserve { reservation_id: "r".into(), items: items.clone(), ttl_ms: 100 })], 0)).unwrap();
+    let entry = |ops: Vec<Op>, now_ms| ShardRequest {
+        now_ms,
+        retention: ret,
+        groups: vec![OpGroup { atomic: false, ops }],
+    };
+    let op = |i: u8, command| Op {
+        request_id: [i; 16],
+        command,
+    };
+    apply(
+        &mut s,
+        &entry(
+            vec![op(
+                1,
+                Command::SetStock {
+                    sku: "a".into(),
+                    on_hand: 5,
+                },
+            )],
+            0,
+        ),
+    )
+    .unwrap();
+    let items = vec![Item {
+        sku: "a".into(),
+        qty: 4,
+    }];
+    apply(
+        &mut s,
+        &entry(
+            vec![op(
+                2,
+                Command::Reserve {
+                    reservation_id: "r".into(),
+                    items: items.clone(),
+                    ttl_ms: 100,
+                },
+            )],
+            0,
+        ),
+    )
+    .unwrap();
     assert_eq!(s.stock["a"].reserved, 4);
     // A tick (empty entry) past the expiry returns the stock.
-    apply(&mut s, &ShardRequest { now_ms: 100, retention: ret, groups: vec![] }).unwrap();
+    apply(
+        &mut s,
+        &ShardRequest {
+            now_ms: 100,
+            retention: ret,
+            groups: vec![],
+        },
+    )
+    .unwrap();
     assert_eq!(s.stock["a"].reserved, 0);
     assert_eq!(s.reservations["r"].state, ReservationState::Expired);
-    let late = apply(&mut s, &entry(vec![op(3, Command::Confirm { reservation_id: "r".into() })], 150)).unwrap();
-    assert_eq!(late.groups[0][0].outcome, Outcome::Rejected(Rejection::ReservationExpired { reservation_id: "r".into() }));
+    let late = apply(
+        &mut s,
+        &entry(
+            vec![op(
+                3,
+                Command::Confirm {
+                    reservation_id: "r".into(),
+                },
+            )],
+            150,
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        late.groups[0][0].outcome,
+        Outcome::Rejected(Rejection::ReservationExpired {
+            reservation_id: "r".into()
+        })
+    );
     // The clock never goes back: an entry from a leader whose clock is behind still
     // sees the reservation expired.
-    apply(&mut s, &entry(vec![op(4, Command::Reserve { reservation_id: "q".into(), items, ttl_ms: 1_000 })], 10)).unwrap();
+    apply(
+        &mut s,
+        &entry(
+            vec![op(
+                4,
+                Command::Reserve {
+                    reservation_id: "q".into(),
+                    items,
+                    ttl_ms: 1_000,
+                },
+            )],
+            10,
+        ),
+    )
+    .unwrap();
     assert_eq!(s.reservations["q"].expires_at_ms, 1_150);
 }

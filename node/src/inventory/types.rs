@@ -70,12 +70,29 @@ pub struct Reservation {
 /// One mutation as the state machine sees it (already validated by the API layer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    SetStock { sku: String, on_hand: u64 },
-    AdjustStock { sku: String, delta: i64 },
-    Decrement { sku: String, qty: u64 },
-    Reserve { reservation_id: String, items: Vec<Item>, ttl_ms: u64 },
-    Confirm { reservation_id: String },
-    Release { reservation_id: String },
+    SetStock {
+        sku: String,
+        on_hand: u64,
+    },
+    AdjustStock {
+        sku: String,
+        delta: i64,
+    },
+    Decrement {
+        sku: String,
+        qty: u64,
+    },
+    Reserve {
+        reservation_id: String,
+        items: Vec<Item>,
+        ttl_ms: u64,
+    },
+    Confirm {
+        reservation_id: String,
+    },
+    Release {
+        reservation_id: String,
+    },
 }
 
 impl Command {
@@ -117,7 +134,10 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { retention_ms: 3_600_000, outcomes_max: 1_000_000 }
+        Retention {
+            retention_ms: 3_600_000,
+            outcomes_max: 1_000_000,
+        }
     }
 }
 
@@ -134,26 +154,50 @@ pub struct ShardRequest {
 /// Why a command was refused. Every refusal leaves the shard's stock unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
-    SkuNotFound { sku: String },
-    InsufficientStock { sku: String, available: u64 },
-    ReservationNotFound { reservation_id: String },
-    ReservationExpired { reservation_id: String },
-    ReservationNotActive { reservation_id: String, state: ReservationState },
+    SkuNotFound {
+        sku: String,
+    },
+    InsufficientStock {
+        sku: String,
+        available: u64,
+    },
+    ReservationNotFound {
+        reservation_id: String,
+    },
+    ReservationExpired {
+        reservation_id: String,
+    },
+    ReservationNotActive {
+        reservation_id: String,
+        state: ReservationState,
+    },
     /// `Reserve` with an id that another request already used.
-    ReservationIdTaken { reservation_id: String },
+    ReservationIdTaken {
+        reservation_id: String,
+    },
     /// The result would not fit the quantity range.
-    QuantityOverflow { sku: String },
+    QuantityOverflow {
+        sku: String,
+    },
     /// The request id was stored with a different command.
     RequestIdReused,
     /// Not applied because another operation of the same atomic group was refused.
-    Aborted { failed_op: u32 },
+    Aborted {
+        failed_op: u32,
+    },
 }
 
 /// What a command did; stored per request id and returned again to retries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Stock { sku: String, record: StockRecord },
-    Reservation { reservation: Reservation, records: Vec<(String, StockRecord)> },
+    Stock {
+        sku: String,
+        record: StockRecord,
+    },
+    Reservation {
+        reservation: Reservation,
+        records: Vec<(String, StockRecord)>,
+    },
     Rejected(Rejection),
 }
 
@@ -183,13 +227,24 @@ pub struct StoredOutcome {
 impl std::fmt::Display for ShardRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ops: usize = self.groups.iter().map(|g| g.ops.len()).sum();
-        write!(f, "ShardRequest(now_ms={}, groups={}, ops={})", self.now_ms, self.groups.len(), ops)
+        write!(
+            f,
+            "ShardRequest(now_ms={}, groups={}, ops={})",
+            self.now_ms,
+            self.groups.len(),
+            ops
+        )
     }
 }
 
 impl std::fmt::Display for ShardResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ops: usize = self.groups.iter().map(|g| g.len()).sum();
-        write!(f, "ShardResponse(groups={}, ops={})", self.groups.len(), ops)
+        write!(
+            f,
+            "ShardResponse(groups={}, ops={})",
+            self.groups.len(),
+            ops
+        )
     }
 }

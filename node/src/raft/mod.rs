@@ -20,7 +20,10 @@ pub struct RaftConfigError {
 }
 
 /// openraft's configuration for one shard, from the cluster config.
-pub fn shard_raft_config(cluster: &ClusterConfig, shard_id: u64) -> Result<Arc<openraft::Config>, RaftConfigError> {
+pub fn shard_raft_config(
+    cluster: &ClusterConfig,
+    shard_id: u64,
+) -> Result<Arc<openraft::Config>, RaftConfigError> {
     let t = &cluster.raft;
     let config = openraft::Config {
         cluster_name: format!("{}-shard-{shard_id}", cluster.cluster_name),
@@ -34,9 +37,15 @@ pub fn shard_raft_config(cluster: &ClusterConfig, shard_id: u64) -> Result<Arc<o
         // Pre-vote keeps a node that was partitioned away from disrupting the leader
         // when it comes back with a higher term.
         enable_pre_vote: Some(true),
+        // A restarted leader must win an election again: our state machine does not
+        // sync before `apply` returns, which openraft's leader restore would require.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
-    config.validate().map(Arc::new).map_err(|source| RaftConfigError { shard_id, source })
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|source| RaftConfigError { shard_id, source })
 }
 
 /// openraft's read policy from the config.

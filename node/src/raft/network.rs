@@ -7,12 +7,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::RPCTypes;
+use openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::RPCTypes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stockpile_proto::v1 as pb;
@@ -39,13 +42,20 @@ pub struct PeerPool {
 
 impl PeerPool {
     pub fn new(node_id: NodeId, snapshot_chunk_bytes: usize) -> Arc<Self> {
-        Arc::new(PeerPool { node_id, channels: Mutex::new(HashMap::new()), snapshot_chunk_bytes })
+        Arc::new(PeerPool {
+            node_id,
+            channels: Mutex::new(HashMap::new()),
+            snapshot_chunk_bytes,
+        })
     }
 
     /// The channel to `target` at `addr`, made on first use (and again if the
     /// address changed). Connecting happens lazily, on the first RPC.
     pub fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().map_err(|_| "peer pool lock poisoned".to_string())?;
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| "peer pool lock poisoned".to_string())?;
         if let Some((a, ch)) = channels.get(&target)
             && a == addr
         {
@@ -118,20 +128,39 @@ impl Rpc {
 impl ShardPeer {
     fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
         match &self.channel {
-            Ok(ch) => Ok(RaftClient::new(ch.clone()).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)),
-            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&NetFailure(e.clone())))),
+            Ok(ch) => Ok(RaftClient::new(ch.clone())
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20)),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&NetFailure(
+                e.clone(),
+            )))),
         }
     }
 
-    fn status_to_rpc_error(&self, action: RPCTypes, status: tonic::Status, ttl: Duration) -> RPCError<TypeConfig> {
+    fn status_to_rpc_error(
+        &self,
+        action: RPCTypes,
+        status: tonic::Status,
+        ttl: Duration,
+    ) -> RPCError<TypeConfig> {
         match status.code() {
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                RPCError::Timeout(Timeout { action, id: self.from, target: self.target, timeout: ttl })
-            }
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
+                action,
+                id: self.from,
+                target: self.target,
+                timeout: ttl,
+            }),
             tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::Unknown => {
-                RPCError::Unreachable(Unreachable::new(&NetFailure(format!("node {}: {}", self.target, status.message()))))
+                RPCError::Unreachable(Unreachable::new(&NetFailure(format!(
+                    "node {}: {}",
+                    self.target,
+                    status.message()
+                ))))
             }
-            _ => RPCError::Network(NetworkError::new(&NetFailure(format!("node {}: {status}", self.target)))),
+            _ => RPCError::Network(NetworkError::new(&NetFailure(format!(
+                "node {}: {status}",
+                self.target
+            )))),
         }
     }
 
@@ -142,7 +171,11 @@ impl ShardPeer {
         option: &RPCOption,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(pb::RaftMessage { shard_id: self.shard_id, from_node_id: self.from, payload });
+        let mut request = tonic::Request::new(pb::RaftMessage {
+            shard_id: self.shard_id,
+            from_node_id: self.from,
+            payload,
+        });
         let ttl = option.hard_ttl();
         request.set_timeout(ttl);
         let mut client = self.client()?;
@@ -152,9 +185,17 @@ impl ShardPeer {
             Rpc::PreVote => client.pre_vote(request).await,
             Rpc::TransferLeader => client.transfer_leader(request).await,
         };
-        let reply = result.map_err(|s| self.status_to_rpc_error(rpc.rpc_type(), s, ttl))?.into_inner();
-        let decoded: RemoteResult<Resp> = codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        decoded.map_err(|msg| RPCError::Unreachable(Unreachable::new(&NetFailure(format!("node {}: {msg}", self.target)))))
+        let reply = result
+            .map_err(|s| self.status_to_rpc_error(rpc.rpc_type(), s, ttl))?
+            .into_inner();
+        let decoded: RemoteResult<Resp> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|msg| {
+            RPCError::Unreachable(Unreachable::new(&NetFailure(format!(
+                "node {}: {msg}",
+                self.target
+            ))))
+        })
     }
 }
 
@@ -169,11 +210,19 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         self.call(Rpc::AppendEntries, &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Rpc::Vote, &rpc, &option).await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Rpc::PreVote, &rpc, &option).await
     }
 
@@ -192,7 +241,9 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let net = |e: &dyn std::fmt::Display| StreamingError::Network(NetworkError::new(&NetFailure(e.to_string())));
+        let net = |e: &dyn std::fmt::Display| {
+            StreamingError::Network(NetworkError::new(&NetFailure(e.to_string())))
+        };
         let vote_bytes = codec::encode(&vote).map_err(|e| net(&e))?;
         let meta_bytes = codec::encode(&snapshot.meta).map_err(|e| net(&e))?;
         let (shard_id, from, chunk_bytes) = (self.shard_id, self.from, self.chunk_bytes);
@@ -221,8 +272,20 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                 data.truncate(filled);
                 let done = filled < chunk_bytes;
                 let (vote, meta) = header.unwrap_or_default();
-                let chunk = pb::SnapshotChunk { shard_id, from_node_id: from, vote, meta, offset, data, done };
-                let next = if done { None } else { Some((file, offset + filled as u64, None)) };
+                let chunk = pb::SnapshotChunk {
+                    shard_id,
+                    from_node_id: from,
+                    vote,
+                    meta,
+                    offset,
+                    data,
+                    done,
+                };
+                let next = if done {
+                    None
+                } else {
+                    Some((file, offset + filled as u64, None))
+                };
                 Some((chunk, next))
             },
         );
@@ -234,11 +297,23 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
         let reply = reply.map_err(|s| match s.code() {
-            tonic::Code::DeadlineExceeded => StreamingError::Timeout(Timeout { action: RPCTypes::InstallSnapshot, id: from, target, timeout: option.hard_ttl() }),
-            tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&NetFailure(s.message().to_string()))),
+            tonic::Code::DeadlineExceeded => StreamingError::Timeout(Timeout {
+                action: RPCTypes::InstallSnapshot,
+                id: from,
+                target,
+                timeout: option.hard_ttl(),
+            }),
+            tonic::Code::Unavailable => {
+                StreamingError::Unreachable(Unreachable::new(&NetFailure(s.message().to_string())))
+            }
             _ => net(&s),
         })?;
-        let decoded: RemoteResult<SnapshotResponse<TypeConfig>> = codec::decode(&reply.into_inner().payload).map_err(|e| net(&e))?;
-        decoded.map_err(|msg| StreamingError::Unreachable(Unreachable::new(&NetFailure(format!("node {target}: {msg}")))))
+        let decoded: RemoteResult<SnapshotResponse<TypeConfig>> =
+            codec::decode(&reply.into_inner().payload).map_err(|e| net(&e))?;
+        decoded.map_err(|msg| {
+            StreamingError::Unreachable(Unreachable::new(&NetFailure(format!(
+                "node {target}: {msg}"
+            ))))
+        })
     }
 }

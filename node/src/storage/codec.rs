@@ -48,7 +48,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
     let (value, read) = bincode::serde::decode_from_slice(body, config())?;
     if read != body.len() {
-        return Err(CodecError::Trailing { trailing: body.len() - read });
+        return Err(CodecError::Trailing {
+            trailing: body.len() - read,
+        });
     }
     Ok(value)
 }
@@ -72,11 +74,22 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let rec = StockRecord { on_hand: 10, reserved: 3, version: 9 };
+        let rec = StockRecord {
+            on_hand: 10,
+            reserved: 3,
+            version: 9,
+        };
         let bytes = encode(&rec).unwrap();
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(decode::<StockRecord>(&bytes).unwrap(), rec);
-        let cmd = Command::Reserve { reservation_id: "r".into(), items: vec![Item { sku: "a".into(), qty: 2 }], ttl_ms: 5 };
+        let cmd = Command::Reserve {
+            reservation_id: "r".into(),
+            items: vec![Item {
+                sku: "a".into(),
+                qty: 2,
+            }],
+            ttl_ms: 5,
+        };
         assert_eq!(decode::<Command>(&encode(&cmd).unwrap()).unwrap(), cmd);
     }
 
@@ -85,24 +98,41 @@ mod tests {
         let mut bytes = encode(&StockRecord::default()).unwrap();
         bytes[0] = FORMAT_VERSION + 1;
         let err = decode::<StockRecord>(&bytes).unwrap_err();
-        assert!(matches!(err, CodecError::UnknownFormatVersion { found } if found == FORMAT_VERSION + 1), "{err}");
+        assert!(
+            matches!(err, CodecError::UnknownFormatVersion { found } if found == FORMAT_VERSION + 1),
+            "{err}"
+        );
         assert!(err.to_string().contains("unknown format version"));
         assert!(matches!(decode::<StockRecord>(&[]), Err(CodecError::Empty)));
     }
 
     #[test]
     fn rejects_trailing_and_truncated_bytes() {
-        let mut bytes = encode(&StockRecord { on_hand: 1, reserved: 0, version: 1 }).unwrap();
+        let mut bytes = encode(&StockRecord {
+            on_hand: 1,
+            reserved: 0,
+            version: 1,
+        })
+        .unwrap();
         bytes.push(0);
-        assert!(matches!(decode::<StockRecord>(&bytes), Err(CodecError::Trailing { trailing: 1 })));
+        assert!(matches!(
+            decode::<StockRecord>(&bytes),
+            Err(CodecError::Trailing { trailing: 1 })
+        ));
         let bytes = encode(&"a long enough string".to_string()).unwrap();
         assert!(decode::<String>(&bytes[..5]).is_err());
     }
 
     #[test]
     fn fingerprints_differ_by_command() {
-        let a = Command::Decrement { sku: "a".into(), qty: 1 };
-        let b = Command::Decrement { sku: "a".into(), qty: 2 };
+        let a = Command::Decrement {
+            sku: "a".into(),
+            qty: 1,
+        };
+        let b = Command::Decrement {
+            sku: "a".into(),
+            qty: 2,
+        };
         assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
         assert_ne!(fingerprint(&a), fingerprint(&b));
     }

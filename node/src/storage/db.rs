@@ -27,7 +27,10 @@ pub const SYNC_QUEUE_MAX: usize = 16_384;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot open RocksDB at {path}: {source}")]
-    Open { path: String, source: rocksdb::Error },
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
     #[error("RocksDB: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("column family {0} is missing")]
@@ -56,8 +59,10 @@ pub fn open(path: &Path) -> Result<Arc<DB>, DbError> {
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         ColumnFamilyDescriptor::new(*name, cf_opts)
     });
-    let db = DB::open_cf_descriptors(&opts, path, cfs)
-        .map_err(|source| DbError::Open { path: path.display().to_string(), source })?;
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| DbError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
     for name in keys::ALL_CFS {
         if db.cf_handle(name).is_none() {
             return Err(DbError::MissingCf(name));
@@ -83,28 +88,37 @@ impl LogSyncer {
     pub fn start(db: Arc<DB>, stats: Arc<WritePathStats>) -> std::io::Result<LogSyncer> {
         let (tx, mut rx) = mpsc::channel::<IOFlushed>(SYNC_QUEUE_MAX);
         let thread_stats = stats.clone();
-        std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
-            let mut batch = Vec::with_capacity(64);
-            while let Some(first) = rx.blocking_recv() {
-                batch.push(first);
-                while batch.len() < SYNC_BATCH_MAX {
-                    match rx.try_recv() {
-                        Ok(cb) => batch.push(cb),
-                        Err(_) => break,
+        std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(64);
+                while let Some(first) = rx.blocking_recv() {
+                    batch.push(first);
+                    while batch.len() < SYNC_BATCH_MAX {
+                        match rx.try_recv() {
+                            Ok(cb) => batch.push(cb),
+                            Err(_) => break,
+                        }
+                    }
+                    let started = std::time::Instant::now();
+                    let result = db.flush_wal(true);
+                    thread_stats
+                        .log_sync_nanos
+                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    thread_stats.log_syncs.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "WAL sync failed: log appends are not durable");
+                    }
+                    for cb in batch.drain(..) {
+                        cb.io_completed(
+                            result
+                                .as_ref()
+                                .map(|_| ())
+                                .map_err(|e| std::io::Error::other(e.to_string())),
+                        );
                     }
                 }
-                let started = std::time::Instant::now();
-                let result = db.flush_wal(true);
-                thread_stats.log_sync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                thread_stats.log_syncs.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "WAL sync failed: log appends are not durable");
-                }
-                for cb in batch.drain(..) {
-                    cb.io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
-                }
-            }
-        })?;
+            })?;
         Ok(LogSyncer { tx, stats })
     }
 

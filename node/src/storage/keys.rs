@@ -117,7 +117,8 @@ pub fn stock_key(shard_id: u64, sku: &str) -> Vec<u8> {
 /// The SKU of a stock key of `shard_id`.
 pub fn stock_key_sku(shard_id: u64, key: &[u8]) -> Option<&str> {
     let (start, _) = sm_space_range(shard_id, SmSpace::Stock);
-    key.strip_prefix(&start[..]).and_then(|s| std::str::from_utf8(s).ok())
+    key.strip_prefix(&start[..])
+        .and_then(|s| std::str::from_utf8(s).ok())
 }
 
 pub fn reservation_key(shard_id: u64, reservation_id: &str) -> Vec<u8> {
@@ -129,7 +130,11 @@ pub fn outcome_key(shard_id: u64, request_id: &RequestId) -> Vec<u8> {
 }
 
 pub fn timer_key(shard_id: u64, timer_ms: u64, reservation_id: &str) -> Vec<u8> {
-    sm_key(shard_id, SmSpace::Timer, &[&timer_ms.to_be_bytes(), reservation_id.as_bytes()])
+    sm_key(
+        shard_id,
+        SmSpace::Timer,
+        &[&timer_ms.to_be_bytes(), reservation_id.as_bytes()],
+    )
 }
 
 /// (timer ms, reservation id) of a timer key of `shard_id`.
@@ -145,7 +150,11 @@ pub fn parse_timer_key(shard_id: u64, key: &[u8]) -> Option<(u64, String)> {
 }
 
 pub fn outcome_age_key(shard_id: u64, applied_at_ms: u64, request_id: &RequestId) -> Vec<u8> {
-    sm_key(shard_id, SmSpace::OutcomeAge, &[&applied_at_ms.to_be_bytes(), request_id])
+    sm_key(
+        shard_id,
+        SmSpace::OutcomeAge,
+        &[&applied_at_ms.to_be_bytes(), request_id],
+    )
 }
 
 /// (applied ms, request id) of an outcome age key of `shard_id`.
@@ -167,8 +176,14 @@ mod tests {
     #[test]
     fn log_keys_order_by_shard_then_index() {
         assert!(log_key(1, 5) < log_key(1, 6));
-        assert!(log_key(1, 255) < log_key(1, 256), "big-endian keeps numeric order across bytes");
-        assert!(log_key(1, u64::MAX) < log_key(2, 0), "a shard's log never interleaves with the next");
+        assert!(
+            log_key(1, 255) < log_key(1, 256),
+            "big-endian keeps numeric order across bytes"
+        );
+        assert!(
+            log_key(1, u64::MAX) < log_key(2, 0),
+            "a shard's log never interleaves with the next"
+        );
         assert_eq!(log_key_index(7, &log_key(7, 42)), Some(42));
         assert_eq!(log_key_index(8, &log_key(7, 42)), None);
     }
@@ -176,13 +191,25 @@ mod tests {
     #[test]
     fn sm_keys_stay_inside_their_shard_and_space() {
         let (start, end) = sm_range(3);
-        for key in [sm_meta_key(3), stock_key(3, "zzz"), reservation_key(3, "r"), outcome_key(3, &[0xff; 16]), timer_key(3, u64::MAX, "x")] {
-            assert!(key.as_slice() >= &start[..] && key.as_slice() < &end[..], "{key:?} outside shard 3");
+        for key in [
+            sm_meta_key(3),
+            stock_key(3, "zzz"),
+            reservation_key(3, "r"),
+            outcome_key(3, &[0xff; 16]),
+            timer_key(3, u64::MAX, "x"),
+        ] {
+            assert!(
+                key.as_slice() >= &start[..] && key.as_slice() < &end[..],
+                "{key:?} outside shard 3"
+            );
         }
         let (s, e) = sm_space_range(3, SmSpace::Stock);
         let k = stock_key(3, "\u{10FFFF}");
         assert!(k.as_slice() >= &s[..] && k.as_slice() < &e[..]);
-        assert!(stock_key(3, "a") < stock_key(3, "ab"), "SKU order is byte order");
+        assert!(
+            stock_key(3, "a") < stock_key(3, "ab"),
+            "SKU order is byte order"
+        );
         assert!(stock_key(3, "ab") < stock_key(3, "b"));
         assert_eq!(stock_key_sku(3, &stock_key(3, "sku-1")), Some("sku-1"));
         assert_eq!(stock_key_sku(4, &stock_key(3, "sku-1")), None);
@@ -191,9 +218,18 @@ mod tests {
     #[test]
     fn index_keys_order_by_time_and_parse_back() {
         assert!(timer_key(1, 9, "zzz") < timer_key(1, 10, "a"));
-        assert_eq!(parse_timer_key(1, &timer_key(1, 77, "res-1")), Some((77, "res-1".to_string())));
+        assert_eq!(
+            parse_timer_key(1, &timer_key(1, 77, "res-1")),
+            Some((77, "res-1".to_string()))
+        );
         assert!(outcome_age_key(1, 9, &[0xff; 16]) < outcome_age_key(1, 10, &[0; 16]));
-        assert_eq!(parse_outcome_age_key(1, &outcome_age_key(1, 5, &[7; 16])), Some((5, [7; 16])));
-        assert_eq!(parse_outcome_age_key(2, &outcome_age_key(1, 5, &[7; 16])), None);
+        assert_eq!(
+            parse_outcome_age_key(1, &outcome_age_key(1, 5, &[7; 16])),
+            Some((5, [7; 16]))
+        );
+        assert_eq!(
+            parse_outcome_age_key(2, &outcome_age_key(1, 5, &[7; 16])),
+            None
+        );
     }
 }

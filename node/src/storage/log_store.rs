@@ -37,23 +37,41 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 
 impl LogStore {
     pub fn new(shard_id: u64, db: Arc<DB>, syncer: LogSyncer) -> Self {
-        LogStore { shard_id, db, syncer }
+        LogStore {
+            shard_id,
+            db,
+            syncer,
+        }
     }
 
     fn get_state<T: serde::de::DeserializeOwned>(&self, tag: StateTag) -> io::Result<Option<T>> {
         let cf = cf(&self.db, CF_RAFT_STATE).map_err(io_err)?;
-        match self.db.get_pinned_cf(cf, keys::raft_state_key(self.shard_id, tag)).map_err(io_err)? {
+        match self
+            .db
+            .get_pinned_cf(cf, keys::raft_state_key(self.shard_id, tag))
+            .map_err(io_err)?
+        {
             Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
             None => Ok(None),
         }
     }
 
-    fn put_state<T: serde::Serialize>(&self, tag: StateTag, value: &T, sync: bool) -> io::Result<()> {
+    fn put_state<T: serde::Serialize>(
+        &self,
+        tag: StateTag,
+        value: &T,
+        sync: bool,
+    ) -> io::Result<()> {
         let cf = cf(&self.db, CF_RAFT_STATE).map_err(io_err)?;
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.db
-            .put_cf_opt(cf, keys::raft_state_key(self.shard_id, tag), codec::encode(value)?, &opts)
+            .put_cf_opt(
+                cf,
+                keys::raft_state_key(self.shard_id, tag),
+                codec::encode(value)?,
+                &opts,
+            )
             .map_err(io_err)
     }
 
@@ -99,7 +117,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         self.read_range(start, end)
     }
 
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
         self.read_range(start, end.min(start.saturating_add(READ_ENTRIES_MAX)))
     }
 
@@ -120,15 +142,29 @@ impl LogStore {
         opts.set_iterate_upper_bound(keys::log_key(self.shard_id, end).to_vec());
         let from = keys::log_key(self.shard_id, start);
         let mut entries = Vec::with_capacity((end - start).min(256) as usize);
-        for item in self.db.iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward))
+        {
             let (key, value) = item.map_err(io_err)?;
-            let Some(index) = keys::log_key_index(self.shard_id, &key) else { break };
+            let Some(index) = keys::log_key_index(self.shard_id, &key) else {
+                break;
+            };
             let entry: Entry = codec::decode(&value)?;
-            assert_eq!(entry.index(), index, "shard {}: entry under key {index} has index {}", self.shard_id, entry.index());
+            assert_eq!(
+                entry.index(),
+                index,
+                "shard {}: entry under key {index} has index {}",
+                self.shard_id,
+                entry.index()
+            );
             if let Some(prev) = entries.last().map(|e: &Entry| e.index())
                 && prev + 1 != index
             {
-                return Err(io_err(format!("shard {}: hole in the log between {prev} and {index}", self.shard_id)));
+                return Err(io_err(format!(
+                    "shard {}: hole in the log between {prev} and {index}",
+                    self.shard_id
+                )));
             }
             entries.push(entry);
         }
@@ -142,7 +178,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_state(StateTag::LastPurged)?;
         let last_log_id = self.last_log_id_in_log()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -160,7 +199,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.get_state::<Option<LogId>>(StateTag::Committed)?.flatten())
+        Ok(self
+            .get_state::<Option<LogId>>(StateTag::Committed)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed) -> Result<(), io::Error>
@@ -171,7 +212,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = cf(&self.db, CF_RAFT_LOG).map_err(io_err)?;
         let mut batch = WriteBatch::default();
         for entry in entries {
-            batch.put_cf(cf, keys::log_key(self.shard_id, entry.index()), codec::encode(&entry)?);
+            batch.put_cf(
+                cf,
+                keys::log_key(self.shard_id, entry.index()),
+                codec::encode(&entry)?,
+            );
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
@@ -184,7 +229,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = cf(&self.db, CF_RAFT_LOG).map_err(io_err)?;
         // Later appends are synced after this write, which makes it durable first.
         self.db
-            .delete_range_cf(cf, keys::log_key(self.shard_id, from), keys::log_key(self.shard_id + 1, 0))
+            .delete_range_cf(
+                cf,
+                keys::log_key(self.shard_id, from),
+                keys::log_key(self.shard_id + 1, 0),
+            )
             .map_err(io_err)
     }
 
@@ -195,7 +244,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_state(StateTag::LastPurged, &log_id, true)?;
         let cf = cf(&self.db, CF_RAFT_LOG).map_err(io_err)?;
         self.db
-            .delete_range_cf(cf, keys::log_key(self.shard_id, 0), keys::log_key(self.shard_id, log_id.index() + 1))
+            .delete_range_cf(
+                cf,
+                keys::log_key(self.shard_id, 0),
+                keys::log_key(self.shard_id, log_id.index() + 1),
+            )
             .map_err(io_err)
     }
 }

@@ -40,12 +40,16 @@ pub fn write_identity(db: &DB, identity: &NodeIdentity) -> io::Result<()> {
     let cf = cf(db, CF_NODE_META).map_err(io_err)?;
     let mut opts = rocksdb::WriteOptions::default();
     opts.set_sync(true);
-    db.put_cf_opt(cf, keys::NODE_IDENTITY_KEY, codec::encode(identity)?, &opts).map_err(io_err)
+    db.put_cf_opt(cf, keys::NODE_IDENTITY_KEY, codec::encode(identity)?, &opts)
+        .map_err(io_err)
 }
 
 pub fn read_descriptor(db: &DB, shard_id: u64) -> io::Result<Option<ShardDescriptor>> {
     let cf = cf(db, CF_RAFT_STATE).map_err(io_err)?;
-    match db.get_cf(cf, keys::raft_state_key(shard_id, StateTag::Descriptor)).map_err(io_err)? {
+    match db
+        .get_cf(cf, keys::raft_state_key(shard_id, StateTag::Descriptor))
+        .map_err(io_err)?
+    {
         Some(b) => Ok(Some(codec::decode(&b)?)),
         None => Ok(None),
     }
@@ -55,8 +59,13 @@ pub fn write_descriptor(db: &DB, shard_id: u64, d: &ShardDescriptor) -> io::Resu
     let cf = cf(db, CF_RAFT_STATE).map_err(io_err)?;
     let mut opts = rocksdb::WriteOptions::default();
     opts.set_sync(true);
-    db.put_cf_opt(cf, keys::raft_state_key(shard_id, StateTag::Descriptor), codec::encode(d)?, &opts)
-        .map_err(io_err)
+    db.put_cf_opt(
+        cf,
+        keys::raft_state_key(shard_id, StateTag::Descriptor),
+        codec::encode(d)?,
+        &opts,
+    )
+    .map_err(io_err)
 }
 
 /// Ids of every shard with a descriptor on this node.

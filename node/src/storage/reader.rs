@@ -47,7 +47,10 @@ impl ShardReader {
 
     fn meta_in(&self, snap: &rocksdb::SnapshotWithThreadMode<'_, DB>) -> io::Result<SmMeta> {
         let cf = cf(&self.db, CF_SM).map_err(io_err)?;
-        match snap.get_cf(cf, keys::sm_meta_key(self.shard_id)).map_err(io_err)? {
+        match snap
+            .get_cf(cf, keys::sm_meta_key(self.shard_id))
+            .map_err(io_err)?
+        {
             Some(b) => Ok(codec::decode(&b)?),
             None => Ok(SmMeta::default()),
         }
@@ -61,13 +64,22 @@ impl ShardReader {
     pub fn get_many(&self, skus: &[&str]) -> io::Result<(u64, Vec<Option<StockRecord>>)> {
         let cf = cf(&self.db, CF_SM).map_err(io_err)?;
         let snap = self.db.snapshot();
-        let applied = self.meta_in(&snap)?.last_applied.map(|l| l.index).unwrap_or(0);
+        let applied = self
+            .meta_in(&snap)?
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
         let mut out = Vec::with_capacity(skus.len());
         for sku in skus {
-            out.push(match snap.get_cf(cf, keys::stock_key(self.shard_id, sku)).map_err(io_err)? {
-                Some(b) => Some(codec::decode(&b)?),
-                None => None,
-            });
+            out.push(
+                match snap
+                    .get_cf(cf, keys::stock_key(self.shard_id, sku))
+                    .map_err(io_err)?
+                {
+                    Some(b) => Some(codec::decode(&b)?),
+                    None => None,
+                },
+            );
         }
         Ok((applied, out))
     }
@@ -75,8 +87,15 @@ impl ShardReader {
     pub fn reservation(&self, id: &str) -> io::Result<(u64, Option<Reservation>)> {
         let cf = cf(&self.db, CF_SM).map_err(io_err)?;
         let snap = self.db.snapshot();
-        let applied = self.meta_in(&snap)?.last_applied.map(|l| l.index).unwrap_or(0);
-        let r = match snap.get_cf(cf, keys::reservation_key(self.shard_id, id)).map_err(io_err)? {
+        let applied = self
+            .meta_in(&snap)?
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        let r = match snap
+            .get_cf(cf, keys::reservation_key(self.shard_id, id))
+            .map_err(io_err)?
+        {
             Some(b) => Some(codec::decode(&b)?),
             None => None,
         };
@@ -87,7 +106,11 @@ impl ShardReader {
     pub fn list(&self, from: ListFrom<'_>, limit: usize) -> io::Result<ListPage> {
         let cf = cf(&self.db, CF_SM).map_err(io_err)?;
         let snap = self.db.snapshot();
-        let applied_index = self.meta_in(&snap)?.last_applied.map(|l| l.index).unwrap_or(0);
+        let applied_index = self
+            .meta_in(&snap)?
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
         let (space_start, space_end) = keys::sm_space_range(self.shard_id, SmSpace::Stock);
         let start = match from {
             ListFrom::Start => space_start.to_vec(),
@@ -108,10 +131,15 @@ impl ShardReader {
                 more = true;
                 break;
             }
-            let sku = keys::stock_key_sku(self.shard_id, &k).ok_or_else(|| io_err("malformed stock key"))?;
+            let sku = keys::stock_key_sku(self.shard_id, &k)
+                .ok_or_else(|| io_err("malformed stock key"))?;
             records.push((sku.to_string(), codec::decode(&v)?));
         }
-        Ok(ListPage { applied_index, records, more })
+        Ok(ListPage {
+            applied_index,
+            records,
+            more,
+        })
     }
 
     /// The earliest timer of the shard (reservation expiry or forget), if any: the
@@ -121,7 +149,9 @@ impl ShardReader {
         let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::Timer);
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(end.to_vec());
-        let mut it = self.db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward));
+        let mut it =
+            self.db
+                .iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward));
         match it.next() {
             Some(item) => {
                 let (k, _) = item.map_err(io_err)?;

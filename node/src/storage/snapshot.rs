@@ -44,7 +44,10 @@ pub fn current_path(dir: &Path, shard_id: u64) -> PathBuf {
 }
 
 fn temp_path(dir: &Path, shard_id: u64, what: &str) -> PathBuf {
-    dir.join(format!("shard-{shard_id}.snap.{what}-{:016x}", rand::random::<u64>()))
+    dir.join(format!(
+        "shard-{shard_id}.snap.{what}-{:016x}",
+        rand::random::<u64>()
+    ))
 }
 
 /// Removes half-written files a crash left behind.
@@ -98,7 +101,9 @@ fn read_u32<R: Read>(r: &mut R) -> io::Result<u32> {
 
 fn read_bytes<R: Read>(r: &mut R, len: u32, max: u32, what: &str) -> io::Result<Vec<u8>> {
     if len > max {
-        return Err(invalid(format!("snapshot {what} of {len} bytes exceeds {max}")));
+        return Err(invalid(format!(
+            "snapshot {what} of {len} bytes exceeds {max}"
+        )));
     }
     let mut v = vec![0u8; len as usize];
     r.read_exact(&mut v)?;
@@ -114,23 +119,39 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn build(db: &DB, shard_id: u64, dir: &Path) -> io::Result<(SnapshotMeta, File)> {
     let cf = cf(db, CF_SM).map_err(io_err)?;
     let snap = db.snapshot();
-    let sm_meta: SmMeta = match snap.get_cf(cf, keys::sm_meta_key(shard_id)).map_err(io_err)? {
+    let sm_meta: SmMeta = match snap
+        .get_cf(cf, keys::sm_meta_key(shard_id))
+        .map_err(io_err)?
+    {
         Some(bytes) => codec::decode(&bytes)?,
         None => SmMeta::default(),
     };
-    let meta = SnapshotMeta { last_log_id: sm_meta.last_applied, last_membership: sm_meta.membership.clone() };
+    let meta = SnapshotMeta {
+        last_log_id: sm_meta.last_applied,
+        last_membership: sm_meta.membership.clone(),
+    };
     let tmp = temp_path(dir, shard_id, "build");
     let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-    let mut w = Crc { inner: BufWriter::with_capacity(1 << 20, file), hasher: crc32fast::Hasher::new() };
+    let mut w = Crc {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: crc32fast::Hasher::new(),
+    };
     w.write_all(MAGIC)?;
     write_chunk(&mut w, &codec::encode(&meta)?)?;
     let (start, end) = keys::sm_range(shard_id);
     let mut opts = ReadOptions::default();
     opts.set_iterate_upper_bound(end.to_vec());
-    for item in snap.iterator_cf_opt(cf, opts, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+    for item in snap.iterator_cf_opt(
+        cf,
+        opts,
+        IteratorMode::From(&start, rocksdb::Direction::Forward),
+    ) {
         let (key, value) = item.map_err(io_err)?;
         let suffix = &key[8..];
-        assert!(!suffix.is_empty(), "sm keys always have a space byte after the shard prefix");
+        assert!(
+            !suffix.is_empty(),
+            "sm keys always have a space byte after the shard prefix"
+        );
         write_chunk(&mut w, suffix)?;
         write_chunk(&mut w, &value)?;
     }
@@ -173,7 +194,13 @@ fn read_header<R: Read>(r: &mut R) -> io::Result<SnapshotMeta> {
 /// Replaces `shard_id`'s state machine with the snapshot in `file`, atomically (one
 /// synced write batch: range delete plus every record), after checking its checksum
 /// and that it is the snapshot `meta` describes. Keeps the file as the current snapshot.
-pub fn install(db: &DB, shard_id: u64, dir: &Path, meta: &SnapshotMeta, mut file: File) -> io::Result<SmMeta> {
+pub fn install(
+    db: &DB,
+    shard_id: u64,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    mut file: File,
+) -> io::Result<SmMeta> {
     // Keep a copy as the current snapshot (the received file may live elsewhere).
     file.rewind()?;
     let tmp = temp_path(dir, shard_id, "install");
@@ -183,10 +210,15 @@ pub fn install(db: &DB, shard_id: u64, dir: &Path, meta: &SnapshotMeta, mut file
         out.sync_all()?;
     }
     let cf = cf(db, CF_SM).map_err(io_err)?;
-    let mut r = Crc { inner: BufReader::with_capacity(1 << 20, File::open(&tmp)?), hasher: crc32fast::Hasher::new() };
+    let mut r = Crc {
+        inner: BufReader::with_capacity(1 << 20, File::open(&tmp)?),
+        hasher: crc32fast::Hasher::new(),
+    };
     let file_meta = read_header(&mut r)?;
     if &file_meta != meta {
-        return Err(invalid(format!("snapshot file holds {file_meta:?}, expected {meta:?}")));
+        return Err(invalid(format!(
+            "snapshot file holds {file_meta:?}, expected {meta:?}"
+        )));
     }
     let mut batch = WriteBatch::default();
     let (start, end) = keys::sm_range(shard_id);
@@ -212,7 +244,9 @@ pub fn install(db: &DB, shard_id: u64, dir: &Path, meta: &SnapshotMeta, mut file
     let computed = r.hasher.clone().finalize();
     let stored = read_u32(&mut r.inner)?;
     if computed != stored {
-        return Err(invalid(format!("snapshot checksum mismatch: computed {computed:08x}, stored {stored:08x}")));
+        return Err(invalid(format!(
+            "snapshot checksum mismatch: computed {computed:08x}, stored {stored:08x}"
+        )));
     }
     let sm_meta = sm_meta.unwrap_or_else(|| SmMeta {
         last_applied: meta.last_log_id,

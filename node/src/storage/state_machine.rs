@@ -23,8 +23,12 @@ use super::codec;
 use super::db::cf;
 use super::keys::{self, CF_SM, SmSpace};
 use super::snapshot;
-use crate::inventory::{self, Records, RequestId, Reservation, ShardResponse, ShardState, StockRecord, StoredOutcome};
-use crate::raft::types::{EntryResponder, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::inventory::{
+    self, Records, RequestId, Reservation, ShardResponse, ShardState, StockRecord, StoredOutcome,
+};
+use crate::raft::types::{
+    EntryResponder, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 /// What a shard's state machine knows about itself (key `shard ‖ 0x00`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,18 +67,32 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 
 pub fn read_meta(db: &DB, shard_id: u64) -> io::Result<SmMeta> {
     let cf = cf(db, CF_SM).map_err(io_err)?;
-    match db.get_pinned_cf(cf, keys::sm_meta_key(shard_id)).map_err(io_err)? {
+    match db
+        .get_pinned_cf(cf, keys::sm_meta_key(shard_id))
+        .map_err(io_err)?
+    {
         Some(bytes) => Ok(codec::decode(&bytes)?),
         None => Ok(SmMeta::default()),
     }
 }
 
 impl StateMachineStore {
-    pub fn open(shard_id: u64, db: Arc<DB>, snapshot_dir: PathBuf, stats: Arc<ApplyStats>) -> io::Result<Self> {
+    pub fn open(
+        shard_id: u64,
+        db: Arc<DB>,
+        snapshot_dir: PathBuf,
+        stats: Arc<ApplyStats>,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         snapshot::remove_leftovers(&snapshot_dir, shard_id)?;
         let meta = read_meta(&db, shard_id)?;
-        Ok(StateMachineStore { shard_id, db, snapshot_dir, meta, stats })
+        Ok(StateMachineStore {
+            shard_id,
+            db,
+            snapshot_dir,
+            meta,
+            stats,
+        })
     }
 }
 
@@ -87,7 +105,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: Stream<Item = Result<EntryResponder, io::Error>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = Result<EntryResponder, io::Error>> + Unpin + OptionalSend,
+    {
         let db = self.db.clone();
         let cf = cf(&db, CF_SM).map_err(io_err)?;
         let mut batch = WriteBatch::default();
@@ -99,7 +119,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             while let Some(item) = entries.next().await {
                 let (entry, responder) = item?;
                 if let Some(prev) = overlay.meta.last_applied {
-                    assert!(entry.log_id > prev, "shard {}: applying {} after {}", self.shard_id, entry.log_id, prev);
+                    assert!(
+                        entry.log_id > prev,
+                        "shard {}: applying {} after {}",
+                        self.shard_id,
+                        entry.log_id,
+                        prev
+                    );
                 }
                 overlay.meta.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
@@ -109,7 +135,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         let response = inventory::apply(&mut overlay, &request)?;
                         overlay.take_error()?;
                         for r in response.groups.iter().flatten() {
-                            if r.replayed { replayed += 1 } else { applied += 1 }
+                            if r.replayed {
+                                replayed += 1
+                            } else {
+                                applied += 1
+                            }
                         }
                         response
                     }
@@ -130,8 +160,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         db.write_opt(batch, &opts).map_err(io_err)?;
         self.meta = meta;
         self.stats.ops_applied.fetch_add(applied, Ordering::Relaxed);
-        self.stats.ops_replayed.fetch_add(replayed, Ordering::Relaxed);
-        self.stats.entries_applied.fetch_add(normal, Ordering::Relaxed);
+        self.stats
+            .ops_replayed
+            .fetch_add(replayed, Ordering::Relaxed);
+        self.stats
+            .entries_applied
+            .fetch_add(normal, Ordering::Relaxed);
         for (responder, response) in replies {
             responder.send(response);
         }
@@ -139,15 +173,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { shard_id: self.shard_id, db: self.db.clone(), snapshot_dir: self.snapshot_dir.clone() }
+        SnapshotBuilder {
+            shard_id: self.shard_id,
+            db: self.db.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+        }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let (db, shard_id, dir, meta_c) = (self.db.clone(), self.shard_id, self.snapshot_dir.clone(), meta.clone());
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let (db, shard_id, dir, meta_c) = (
+            self.db.clone(),
+            self.shard_id,
+            self.snapshot_dir.clone(),
+            meta.clone(),
+        );
         let file = snapshot.into_std().await;
-        let sm_meta = tokio::task::spawn_blocking(move || snapshot::install(&db, shard_id, &dir, &meta_c, file))
-            .await
-            .map_err(io_err)??;
+        let sm_meta = tokio::task::spawn_blocking(move || {
+            snapshot::install(&db, shard_id, &dir, &meta_c, file)
+        })
+        .await
+        .map_err(io_err)??;
         tracing::info!(shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         self.meta = sm_meta;
         Ok(())
@@ -158,7 +207,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let current = tokio::task::spawn_blocking(move || snapshot::open_current(&dir, shard_id))
             .await
             .map_err(io_err)??;
-        Ok(current.map(|(meta, file)| Snapshot { meta, snapshot: tokio::fs::File::from_std(file) }))
+        Ok(current.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: tokio::fs::File::from_std(file),
+        }))
     }
 }
 
@@ -173,11 +225,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (db, shard_id, dir) = (self.db.clone(), self.shard_id, self.snapshot_dir.clone());
-        let (meta, file) = tokio::task::spawn_blocking(move || snapshot::build(&db, shard_id, &dir))
-            .await
-            .map_err(io_err)??;
+        let (meta, file) =
+            tokio::task::spawn_blocking(move || snapshot::build(&db, shard_id, &dir))
+                .await
+                .map_err(io_err)??;
         tracing::info!(shard_id, last_log_id = ?meta.last_log_id, "built snapshot");
-        Ok(Snapshot { meta, snapshot: tokio::fs::File::from_std(file) })
+        Ok(Snapshot {
+            meta,
+            snapshot: tokio::fs::File::from_std(file),
+        })
     }
 }
 
@@ -196,8 +252,22 @@ struct Overlay<'a> {
 }
 
 impl<'a> Overlay<'a> {
-    fn new(shard_id: u64, db: &'a DB, cf: &'a ColumnFamily, batch: &'a mut WriteBatch, meta: &'a mut SmMeta) -> Self {
-        Overlay { shard_id, db, cf, batch, meta, pending: BTreeMap::new(), error: None }
+    fn new(
+        shard_id: u64,
+        db: &'a DB,
+        cf: &'a ColumnFamily,
+        batch: &'a mut WriteBatch,
+        meta: &'a mut SmMeta,
+    ) -> Self {
+        Overlay {
+            shard_id,
+            db,
+            cf,
+            batch,
+            meta,
+            pending: BTreeMap::new(),
+            error: None,
+        }
     }
 
     fn take_error(&mut self) -> io::Result<()> {
@@ -247,7 +317,11 @@ impl<'a> Overlay<'a> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(end.to_vec());
         let mut found = std::collections::BTreeSet::new();
-        for item in self.db.iterator_cf_opt(self.cf, opts, IteratorMode::From(start, Direction::Forward)).take(max + deleted) {
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf, opts, IteratorMode::From(start, Direction::Forward))
+            .take(max + deleted)
+        {
             let (k, _) = item.map_err(io_err)?;
             found.insert(k.to_vec());
         }
@@ -296,7 +370,10 @@ impl Records for Overlay<'_> {
 
     fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome) {
         self.put(keys::outcome_key(self.shard_id, request_id), stored);
-        self.put(keys::outcome_age_key(self.shard_id, stored.applied_at_ms, request_id), &());
+        self.put(
+            keys::outcome_age_key(self.shard_id, stored.applied_at_ms, request_id),
+            &(),
+        );
         self.meta.outcomes_count += 1;
     }
 }
@@ -307,7 +384,10 @@ impl ShardState for Overlay<'_> {
     }
 
     fn set_clock_ms(&mut self, now_ms: u64) {
-        assert!(now_ms >= self.meta.clock_ms, "the shard clock never goes back");
+        assert!(
+            now_ms >= self.meta.clock_ms,
+            "the shard clock never goes back"
+        );
         self.meta.clock_ms = now_ms;
     }
 
@@ -316,11 +396,18 @@ impl ShardState for Overlay<'_> {
         let end = keys::timer_key(self.shard_id, now_ms.saturating_add(1), "");
         let keys = self.scan_keys(&start, &end, max)?;
         keys.iter()
-            .map(|k| keys::parse_timer_key(self.shard_id, k).ok_or_else(|| io_err("malformed timer key")))
+            .map(|k| {
+                keys::parse_timer_key(self.shard_id, k).ok_or_else(|| io_err("malformed timer key"))
+            })
             .collect()
     }
 
-    fn prune_outcomes(&mut self, applied_before_ms: u64, keep_max: u64, deletes_max: usize) -> io::Result<u64> {
+    fn prune_outcomes(
+        &mut self,
+        applied_before_ms: u64,
+        keep_max: u64,
+        deletes_max: usize,
+    ) -> io::Result<u64> {
         const CHUNK: usize = 64;
         let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
         let mut deleted = 0u64;
@@ -330,7 +417,8 @@ impl ShardState for Overlay<'_> {
                 break;
             }
             for key in chunk {
-                let (at, id) = keys::parse_outcome_age_key(self.shard_id, &key).ok_or_else(|| io_err("malformed outcome age key"))?;
+                let (at, id) = keys::parse_outcome_age_key(self.shard_id, &key)
+                    .ok_or_else(|| io_err("malformed outcome age key"))?;
                 if at >= applied_before_ms && self.meta.outcomes_count <= keep_max {
                     break 'scan;
                 }

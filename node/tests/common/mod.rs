@@ -1,0 +1,335 @@
+//! A test harness that runs real `stockpile-node` processes on loopback, each with
+//! its own data directory under a temporary directory, and drives them through the
+//! client library. Clusters of different tests never run at once (a process-wide
+//! lock): the machines are small and the timings would interfere.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use stockpile_client::{Client, Consistency, Error, Stock};
+use tempfile::TempDir;
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// SKUs that land on each of the four standard shards (boundaries g, n, t).
+pub const SHARD_SKUS: [(u64, &str); 4] =
+    [(1, "apple"), (2, "grape"), (3, "nectarine"), (4, "tomato")];
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: u64,
+    /// Regions of the nodes by id (default: all "local").
+    pub regions: BTreeMap<u64, String>,
+    pub extra_toml: String,
+    pub snapshot_after_entries: u64,
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            regions: BTreeMap::new(),
+            extra_toml: String::new(),
+            snapshot_after_entries: 20_000,
+            logs_kept_after_snapshot: 5_000,
+        }
+    }
+}
+
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub addrs: BTreeMap<u64, String>,
+    children: BTreeMap<u64, Child>,
+    _lock: MutexGuard<'static, ()>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl TestCluster {
+    pub fn start(opts: Options) -> TestCluster {
+        let lock = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let dir = TempDir::new().expect("temp dir");
+        let addrs: BTreeMap<u64, String> = (1..=opts.nodes)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let replicas: Vec<String> = addrs.keys().map(|id| id.to_string()).collect();
+        let mut toml = String::from("cluster_name = \"test\"\n");
+        for (id, addr) in &addrs {
+            let region = opts
+                .regions
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| "local".into());
+            toml += &format!(
+                "[[nodes]]\nid = {id}\naddr = \"{addr}\"\nregion = \"{region}\"\nzone = \"z{id}\"\ndata_dir = \"{}\"\n",
+                dir.path().join(format!("node-{id}")).display()
+            );
+        }
+        for (id, (start, end)) in [("", "g"), ("g", "n"), ("n", "t"), ("t", "")]
+            .iter()
+            .enumerate()
+        {
+            toml += &format!(
+                "[[shards]]\nid = {}\nstart = \"{start}\"\nend = \"{end}\"\nreplicas = [{}]\n",
+                id + 1,
+                replicas.join(", ")
+            );
+        }
+        toml += &format!(
+            "[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\nsnapshot_after_entries = {}\nlogs_kept_after_snapshot = {}\n",
+            opts.snapshot_after_entries, opts.logs_kept_after_snapshot
+        );
+        toml += &opts.extra_toml;
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let mut cluster = TestCluster {
+            dir,
+            config,
+            addrs,
+            children: BTreeMap::new(),
+            _lock: lock,
+        };
+        for id in cluster.addrs.keys().copied().collect::<Vec<_>>() {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        assert!(!self.children.contains_key(&id), "node {id} is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_stockpile-node"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node-id")
+            .arg(id.to_string())
+            .env("RUST_LOG", "info,openraft=error")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stockpile-node");
+        self.children.insert(id, child);
+    }
+
+    /// `kill -9`: no chance to clean up.
+    pub fn kill9(&mut self, id: u64) {
+        let mut child = self.children.remove(&id).expect("node running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(&mut self, id: u64) -> Option<i32> {
+        let mut child = self.children.remove(&id).expect("node running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wipe(&self, id: u64) {
+        let path = self.dir.path().join(format!("node-{id}"));
+        if path.exists() {
+            std::fs::remove_dir_all(path).expect("wipe data dir");
+        }
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.children.keys().copied().collect()
+    }
+
+    pub async fn client(&self) -> Client {
+        self.client_in(None).await
+    }
+
+    pub async fn client_in(&self, region: Option<&str>) -> Client {
+        let mut b = Client::builder()
+            .seeds(self.addrs.values().cloned())
+            .request_timeout(Duration::from_secs(20));
+        if let Some(r) = region {
+            b = b.region(r);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match b.clone().build().await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("client not ready yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("cannot build a client: {e}"),
+            }
+        }
+    }
+
+    /// Waits until every shard has a leader that the running nodes agree on; returns
+    /// shard → leader.
+    pub async fn wait_leaders(&self, client: &Client) -> BTreeMap<u64, u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let running = self.running();
+        loop {
+            if let Ok(status) = client.cluster_status().await {
+                let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
+                let mut agree = true;
+                for v in status
+                    .nodes
+                    .iter()
+                    .filter(|v| running.contains(&v.node.as_ref().map(|n| n.node_id).unwrap_or(0)))
+                {
+                    let Some(st) = &v.status else {
+                        agree = false;
+                        continue;
+                    };
+                    for sh in &st.shards {
+                        if sh.leader_id == 0 || !running.contains(&sh.leader_id) {
+                            agree = false;
+                        }
+                        if *leaders.entry(sh.shard_id).or_insert(sh.leader_id) != sh.leader_id {
+                            agree = false;
+                        }
+                    }
+                }
+                if agree && leaders.len() == 4 {
+                    return leaders;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shards did not settle on leaders within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn leader_of(&self, client: &Client, shard_id: u64) -> u64 {
+        self.wait_leaders(client).await[&shard_id]
+    }
+
+    /// Waits until every running replica of every shard has applied the same index
+    /// and holds the same state (digest), and returns the digests.
+    pub async fn wait_converged(&self, client: &Client) -> BTreeMap<u64, (u64, u64)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut views: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+            let mut ok = true;
+            for id in self.running() {
+                match client.shard_digests(id).await {
+                    Ok(ds) => {
+                        for (shard, applied, digest) in ds {
+                            views.entry(shard).or_default().push((applied, digest));
+                        }
+                    }
+                    Err(_) => ok = false,
+                }
+            }
+            if ok
+                && views
+                    .values()
+                    .all(|v| v.len() == self.running().len() && v.windows(2).all(|w| w[0] == w[1]))
+            {
+                return views.into_iter().map(|(s, v)| (s, v[0])).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge within 30 s: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn print_logs(&self) {
+        for id in self.addrs.keys() {
+            if let Ok(text) = std::fs::read_to_string(self.log_path(*id)) {
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!("--- node {id} log (last lines) ---");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        for (_, mut c) in std::mem::take(&mut self.children) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Reads `sku` linearizably; panics on error.
+pub async fn must_get(client: &Client, sku: &str) -> Option<Stock> {
+    client
+        .get_one(sku, Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("get {sku}: {e}"))
+}
+
+/// Asserts `result` failed with the given reason.
+pub fn must_fail_with<T: std::fmt::Debug>(result: Result<T, Error>, reason: &str) -> Error {
+    match result {
+        Ok(v) => panic!("expected {reason}, got success: {v:?}"),
+        Err(e) => {
+            assert_eq!(e.reason(), reason, "expected {reason}, got {e}");
+            e
+        }
+    }
+}
+
+/// Retries `f` until it succeeds or `within` passes; returns the value and the time taken.
+pub async fn eventually<T, F, Fut>(within: Duration, mut f: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return (v, start.elapsed()),
+            Err(e) => {
+                assert!(start.elapsed() < within, "not done within {within:?}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
