@@ -50,20 +50,11 @@ start_node() {
 }
 
 wait_ready() {
-  # Ready when every shard has a leader that its replicas agree on.
-  local deadline=$((SECONDS + ${1:-60}))
-  while [ $SECONDS -lt $deadline ]; do
-    if "$bin/stockpile" --endpoints "$(endpoints)" --timeout 2s --json cluster status 2>/dev/null | python3 -c '
-import json,sys
-s=json.load(sys.stdin)
-ok = all(n["up"] for n in s["nodes"]) and all(sh["leader_id"] != 0 for n in s["nodes"] for sh in n["shards"])
-sys.exit(0 if ok else 1)' 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.5
-  done
-  echo "cluster not ready after ${1:-60}s; see $logs/" >&2
-  return 1
+  # Ready when every node answers and every shard has a leader.
+  if ! "$bin/stockpile" --endpoints "$(endpoints)" --timeout 3s cluster wait --within "${1:-60}s" >/dev/null; then
+    echo "cluster not ready after ${1:-60}s; see $logs/" >&2
+    return 1
+  fi
 }
 
 case "$cmd" in

@@ -945,7 +945,7 @@ impl Client {
                 None,
                 Instant::now() + Duration::from_secs(15),
                 |ch, _| {
-                    let r = with_timeout(req.clone(), Duration::from_secs(6));
+                    let r = with_timeout(req, Duration::from_secs(6));
                     async move { AdminClient::new(ch).transfer_leader(r).await }
                 },
             )

@@ -82,9 +82,20 @@ enum Command {
     /// Reservations: get.
     #[command(subcommand)]
     Reservation(ReservationCmd),
-    /// The cluster: status, map.
+    /// The cluster: status, map, leaders, repair.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Many concurrent decrements of one SKU until it runs out: shows that exactly the
+    /// stock is sold, never more.
+    Rush {
+        sku: String,
+        /// Concurrent tasks.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Attempts in all (each decrements 1).
+        #[arg(long, default_value_t = 200)]
+        attempts: usize,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -131,6 +142,9 @@ enum StockCmd {
         /// Read from the nearest replica, possibly behind.
         #[arg(long)]
         stale: bool,
+        /// Read what this node's replicas hold (a stale read answered by that node).
+        #[arg(long, conflicts_with = "stale")]
+        from_node: Option<u64>,
     },
     /// List stock records in SKU order.
     List {
@@ -161,6 +175,18 @@ enum ClusterCmd {
     Status,
     /// The shard map.
     Map,
+    /// Wait until every node answers and every shard has a leader.
+    Wait {
+        /// How long to wait.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        within: Duration,
+    },
+    /// Print the node id leading a shard.
+    Leader { shard: u64 },
+    /// Move a shard's leadership to another replica.
+    TransferLeader { shard: u64, to: u64 },
+    /// Repair: let the leaders rebuild NODE from empty once (after its data was wiped).
+    AllowRebuild { node: u64 },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -243,15 +269,22 @@ async fn run(cli: Cli) -> Result<(), Error> {
             StockCmd::Decrement { sku, qty, rid } => {
                 show_update(json, &client.decrement_with_id(rid.get(), &sku, qty).await?)
             }
-            StockCmd::Get { skus, stale } => {
+            StockCmd::Get {
+                skus,
+                stale,
+                from_node,
+            } => {
                 let skus: Vec<&str> = skus.iter().map(String::as_str).collect();
-                let reads = client.get(&skus, consistency(stale)).await?;
+                let reads = match from_node {
+                    Some(n) => client.get_from_node(n, &skus).await?,
+                    None => client.get(&skus, consistency(stale)).await?,
+                };
                 if json {
                     print_json(&json!(reads));
                 } else {
                     println!(
-                        "{:<24} {:>14} {:>14} {:>14} {:>8}  {}",
-                        "SKU", "ON_HAND", "RESERVED", "AVAILABLE", "VERSION", "READ FROM"
+                        "{:<24} {:>14} {:>14} {:>14} {:>8}  READ FROM",
+                        "SKU", "ON_HAND", "RESERVED", "AVAILABLE", "VERSION"
                     );
                     for r in reads {
                         let from = format!(
@@ -352,6 +385,141 @@ async fn run(cli: Cli) -> Result<(), Error> {
                         s.shard_id, s.start, s.end, s.replicas
                     );
                 }
+            }
+        }
+        Command::Cluster(ClusterCmd::Wait { within }) => {
+            let deadline = std::time::Instant::now() + within;
+            loop {
+                let ready = match client.cluster_status().await {
+                    Ok(s) => s.nodes.iter().all(|v| {
+                        v.reachable
+                            && v.status
+                                .as_ref()
+                                .is_some_and(|st| st.shards.iter().all(|sh| sh.leader_id != 0))
+                    }),
+                    Err(_) => false,
+                };
+                if ready {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(Error::Unavailable {
+                        message: format!("cluster not ready within {} s", within.as_secs()),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if json {
+                print_json(&json!({"ready": true}));
+            } else {
+                println!("cluster ready: every node up, every shard has a leader");
+            }
+        }
+        Command::Cluster(ClusterCmd::Leader { shard }) => {
+            let status = client.cluster_status().await?;
+            let leader = status
+                .nodes
+                .iter()
+                .filter_map(|v| v.status.as_ref())
+                .flat_map(|st| st.shards.iter())
+                .find(|sh| sh.shard_id == shard && sh.role == "leader")
+                .map(|sh| sh.leader_id)
+                .ok_or_else(|| Error::Unavailable {
+                    message: format!("shard {shard} has no leader right now"),
+                })?;
+            if json {
+                print_json(&json!({"shard_id": shard, "leader_id": leader}));
+            } else {
+                println!("{leader}");
+            }
+        }
+        Command::Cluster(ClusterCmd::TransferLeader { shard, to }) => {
+            let leader = client.transfer_leader(shard, to).await?;
+            if json {
+                print_json(&json!({"shard_id": shard, "leader_id": leader}));
+            } else {
+                println!("shard {shard} is led by node {leader}");
+            }
+        }
+        Command::Cluster(ClusterCmd::AllowRebuild { node }) => {
+            let shards = client.allow_rebuild(node).await?;
+            if json {
+                print_json(&json!({"node_id": node, "shard_ids": shards}));
+            } else {
+                println!("leaders of shards {shards:?} will rebuild node {node} from empty once");
+            }
+        }
+        Command::Rush {
+            sku,
+            clients,
+            attempts,
+        } => {
+            let before = client
+                .get_one(&sku, Consistency::Linearizable)
+                .await?
+                .ok_or_else(|| Error::SkuNotFound { sku: sku.clone() })?;
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let started = std::time::Instant::now();
+            let tasks: Vec<_> = (0..clients.max(1))
+                .map(|_| {
+                    let (client, sku, next) = (client.clone(), sku.clone(), next.clone());
+                    tokio::spawn(async move {
+                        let (mut sold, mut refused, mut other) = (0u64, 0u64, Vec::new());
+                        while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < attempts {
+                            match client.decrement(&sku, 1).await {
+                                Ok(_) => sold += 1,
+                                Err(Error::InsufficientStock { .. }) => refused += 1,
+                                Err(e) => other.push(e.to_string()),
+                            }
+                        }
+                        (sold, refused, other)
+                    })
+                })
+                .collect();
+            let (mut sold, mut refused, mut other) = (0u64, 0u64, Vec::new());
+            for t in tasks {
+                if let Ok((s, r, o)) = t.await {
+                    sold += s;
+                    refused += r;
+                    other.extend(o);
+                }
+            }
+            let after = client
+                .get_one(&sku, Consistency::Linearizable)
+                .await?
+                .ok_or_else(|| Error::SkuNotFound { sku: sku.clone() })?;
+            // Every acknowledged sale took a unit; unknown outcomes may or may not have.
+            let taken = before.on_hand.saturating_sub(after.on_hand);
+            let ok = after.on_hand <= before.on_hand
+                && taken >= sold
+                && taken <= sold + other.len() as u64;
+            if json {
+                print_json(
+                    &json!({"sku": sku, "attempts": attempts, "sold": sold, "insufficient_stock": refused, "other_errors": other.len(),
+                    "available_before": before.available, "available_after": after.available, "conserved": ok, "elapsed_ms": started.elapsed().as_millis() as u64}),
+                );
+            } else {
+                println!(
+                    "{attempts} concurrent decrements of {sku} ({} tasks): {sold} sold, {refused} refused (insufficient stock), {} other errors, in {} ms",
+                    clients,
+                    other.len(),
+                    started.elapsed().as_millis()
+                );
+                println!(
+                    "on hand before {} -> after {}: {} units left the shelf for {sold} acknowledged sales ({})",
+                    before.on_hand,
+                    after.on_hand,
+                    taken,
+                    if ok { "conserved" } else { "NOT CONSERVED" }
+                );
+                for e in other.iter().take(5) {
+                    println!("  error: {e}");
+                }
+            }
+            if !ok {
+                return Err(Error::Internal {
+                    message: "stock not conserved".into(),
+                });
             }
         }
         Command::Cluster(ClusterCmd::Status) => {
@@ -474,15 +642,8 @@ fn print_status(s: &pb::ClusterStatusReply) {
     shard_ids.sort_unstable();
     shard_ids.dedup();
     println!(
-        "{:<6} {:<16} {:<7} {:>5} {:>9} {:>9} {:>9}  {}",
-        "SHARD",
-        "RANGE",
-        "LEADER",
-        "TERM",
-        "LAST_LOG",
-        "COMMIT",
-        "APPLIED",
-        "REPLICAS (node:applied/lag)"
+        "{:<6} {:<16} {:<7} {:>5} {:>9} {:>9} {:>9}  REPLICAS (node:applied/lag)",
+        "SHARD", "RANGE", "LEADER", "TERM", "LAST_LOG", "COMMIT", "APPLIED",
     );
     for id in shard_ids {
         let views: Vec<(u64, &pb::ShardStatus)> = s

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every test layer Stockpile has, in one command (what CI runs):
+#   1. setup: the Debian packages the build and tests need
+#   2. format and lint: cargo fmt --check, cargo clippy -D warnings
+#   3. unit and property tests: keys, codec, config, validation, apply vs a model
+#   4. storage conformance: openraft's storage suite over our RocksDB stores
+#   5. integration: real stockpile-node processes on loopback, through the client
+# Everything builds with one profile (release) into one target directory, so
+# RocksDB's C++ build happens once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=$SECONDS
+section() { printf '\n==> %s (%ds elapsed)\n' "$*" "$((SECONDS - started))"; }
+
+section "setup"
+scripts/setup.sh
+
+section "format"
+cargo fmt --all -- --check
+
+section "build (release profile, whole workspace)"
+cargo build --release --workspace --all-targets
+
+section "lint"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+section "tests: unit, property, storage conformance, integration"
+cargo test --release --workspace 2>&1 | tee /tmp/stockpile-test.log
+
+section "all tests passed"
