@@ -233,6 +233,25 @@ async fn concurrent_decrements_never_oversell() {
     assert_eq!((ok, insufficient), (100, 100));
     let s = must_get(&client, "tomato-hot").await.expect("present");
     assert_eq!((s.on_hand, s.available), (0, 0));
+    // The write path shared work: concurrent requests became fewer Raft entries, and
+    // log appends of all nodes shared WAL syncs.
+    let (mut requests, mut entries, mut appends, mut syncs) = (0, 0, 0, 0);
+    for id in 1..=3 {
+        let st = client.node_status(id).await.expect("status");
+        requests += st.proposals_total;
+        entries += st.raft_entries_proposed_total;
+        appends += st.log_appends_total;
+        syncs += st.log_syncs_total;
+    }
+    eprintln!("proposals {requests} in {entries} entries; {appends} log appends in {syncs} syncs");
+    assert!(
+        entries < requests,
+        "concurrent proposals were coalesced: {entries} entries for {requests} requests"
+    );
+    assert!(
+        syncs < appends,
+        "appends shared syncs: {syncs} syncs for {appends} appends"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
