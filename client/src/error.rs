@@ -6,64 +6,107 @@ use stockpile_proto::v1 as pb;
 
 use crate::types::{RequestId, ReservationState, request_id_hex};
 
+/// Why a call failed. See docs/ERRORS.md for the reasons and what to do.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The request broke an input rule; `field` names what was wrong. Not applied.
     #[error("invalid {field}: {message}")]
-    InvalidArgument { field: String, message: String },
+    InvalidArgument {
+        /// The offending field.
+        field: String,
+        /// What happened, for humans.
+        message: String,
+    },
     /// The SKU was never set. Not applied.
     #[error("SKU {sku:?} not found")]
-    SkuNotFound { sku: String },
+    SkuNotFound {
+        /// The SKU concerned.
+        sku: String,
+    },
     /// No reservation with this id. Not applied.
     #[error("reservation {reservation_id:?} not found")]
-    ReservationNotFound { reservation_id: String },
+    ReservationNotFound {
+        /// The reservation id.
+        reservation_id: String,
+    },
     /// Not enough available stock. Not applied.
     #[error("insufficient stock for {sku:?}: {available} available")]
-    InsufficientStock { sku: String, available: u64 },
+    InsufficientStock {
+        /// The SKU concerned.
+        sku: String,
+        /// Units that may still be sold or held (`on_hand - reserved`).
+        available: u64,
+    },
     /// The reservation expired first; its stock went back. Not applied.
     #[error("reservation expired; its stock was returned")]
-    ReservationExpired { reservation_id: String },
+    ReservationExpired {
+        /// The reservation id.
+        reservation_id: String,
+    },
     /// The reservation was confirmed or released already. Not applied.
     #[error("reservation is {state:?}, not active")]
     ReservationNotActive {
+        /// The reservation id.
         reservation_id: String,
+        /// The reservation state.
         state: ReservationState,
     },
     /// The request id was used before for a different request. Not applied.
     #[error("request id {} was used before for a different request", request_id_hex(.request_id))]
-    RequestIdReused { request_id: RequestId },
+    RequestIdReused {
+        /// The request id the mutation was sent with: retry with it.
+        request_id: RequestId,
+    },
     /// The operation's items span shards where one shard is required. Not applied.
     #[error("{message}")]
     CrossShard {
+        /// What happened, for humans.
         message: String,
+        /// The shards involved.
         shard_ids: Vec<u64>,
     },
     /// Not applied because another operation of its all-or-nothing batch was refused.
     #[error("{message}")]
-    Aborted { message: String },
+    Aborted {
+        /// What happened, for humans.
+        message: String,
+    },
     /// The store could not be reached or had no leader within the deadline, and the
     /// operation certainly did not happen.
     #[error("unavailable: {message}")]
-    Unavailable { message: String },
+    Unavailable {
+        /// What happened, for humans.
+        message: String,
+    },
     /// The store refused for load and the deadline left no time to wait. Not applied.
     #[error("rate limited: {message}")]
     RateLimited {
+        /// What happened, for humans.
         message: String,
+        /// How long the store asked to wait, in ms.
         retry_after_ms: u64,
     },
     /// The operation may or may not have happened. Retry it with the same request id
-    /// (`Client::retry`, or the `*_with_id` forms): it is applied at most once.
+    /// (the `*_with_id` methods of `Client`): it is applied at most once.
     #[error("outcome unknown for request {}: {message}", request_id_hex(.request_id))]
     OutcomeUnknown {
+        /// The request id the mutation was sent with: retry with it.
         request_id: RequestId,
+        /// What happened, for humans.
         message: String,
     },
     /// A bug or storage failure on a node; the outcome is unknown.
     #[error("internal error: {message}")]
-    Internal { message: String },
+    Internal {
+        /// What happened, for humans.
+        message: String,
+    },
     /// The client was built or called wrongly (no seeds, bad address).
     #[error("client configuration: {message}")]
-    Config { message: String },
+    Config {
+        /// What happened, for humans.
+        message: String,
+    },
 }
 
 impl Error {

@@ -18,7 +18,11 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
+mod coalesce;
 mod error;
+mod mutation;
 mod routing;
 mod types;
 
@@ -34,7 +38,9 @@ use stockpile_proto::v1::admin_client::AdminClient;
 use stockpile_proto::v1::inventory_client::InventoryClient;
 use tonic::transport::{Channel, Endpoint};
 
+pub use coalesce::CoalesceConfig;
 pub use error::Error;
+pub use mutation::{Mutation, MutationOutcome};
 pub use routing::{NodeInfo, ShardInfo, ShardMap};
 pub use types::*;
 
@@ -52,6 +58,7 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     attempt_timeout: Duration,
     connect_timeout: Duration,
+    coalesce: CoalesceConfig,
 }
 
 impl Default for ClientBuilder {
@@ -62,6 +69,7 @@ impl Default for ClientBuilder {
             request_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_millis(500),
+            coalesce: CoalesceConfig::default(),
         }
     }
 }
@@ -99,6 +107,25 @@ impl ClientBuilder {
         self
     }
 
+    /// Coalesce concurrent mutations of one shard into Batch RPCs (default on):
+    /// `linger` is how long a mutation may wait for others (default 0: only what is
+    /// already waiting joins), `batch_max` the most mutations per RPC (default 1000).
+    pub fn coalesce(mut self, linger: Duration, batch_max: usize) -> Self {
+        self.coalesce = CoalesceConfig {
+            enabled: true,
+            linger,
+            batch_max: batch_max.max(1),
+            ..self.coalesce
+        };
+        self
+    }
+
+    /// Send every mutation as its own RPC.
+    pub fn no_coalescing(mut self) -> Self {
+        self.coalesce.enabled = false;
+        self
+    }
+
     /// Connects to the seeds and fetches the shard map.
     pub async fn build(self) -> Result<Client, Error> {
         if self.seeds.is_empty() {
@@ -119,6 +146,7 @@ impl ClientBuilder {
                 routing: Mutex::new(routing::Routing::default()),
                 channels: Mutex::new(HashMap::new()),
                 rpcs: AtomicU64::new(0),
+                coalescers: coalesce::Coalescers::default(),
             }),
         };
         client
@@ -141,11 +169,13 @@ struct Inner {
     channels: Mutex<HashMap<String, Channel>>,
     /// RPCs sent (attempts, not calls), for tests and tuning.
     rpcs: AtomicU64,
+    /// One coalescing queue per shard, made on first use.
+    coalescers: coalesce::Coalescers,
 }
 
 /// Which replica a call needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
+pub(crate) enum Target {
     Leader,
     /// Any replica (stale reads); the client's region first.
     Any,
@@ -187,6 +217,7 @@ fn never_sent(status: &tonic::Status) -> bool {
 }
 
 impl Client {
+    /// A builder with the documented defaults; give it seeds, then `build()`.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
@@ -317,7 +348,7 @@ impl Client {
     /// Sends `call` to a node of `shard_id` and retries what is retryable until
     /// `deadline`. For a mutation (`request_id` set), any attempt that may have reached
     /// the store makes an eventual give-up `OutcomeUnknown` instead of `Unavailable`.
-    async fn call<T, F, Fut>(
+    pub(crate) async fn call<T, F, Fut>(
         &self,
         shard_id: u64,
         target: Target,
@@ -460,25 +491,62 @@ impl Client {
         }
     }
 
-    async fn mutate<T, F, Fut>(
+    /// Applies one mutation with `request_id`: through the shard's coalescer when
+    /// coalescing is on, else as its own RPC.
+    pub async fn execute(
         &self,
-        sku_for_route: &str,
         request_id: RequestId,
-        call: F,
-    ) -> Result<T, Error>
-    where
-        F: Fn(InventoryClient<Channel>, Duration) -> Fut,
-        Fut: Future<Output = Result<T, tonic::Status>>,
-    {
-        let shard_id = self.shard_for(sku_for_route)?;
-        self.call(
-            shard_id,
-            Target::Leader,
-            Some(request_id),
-            self.deadline(),
-            |ch, t| call(inventory(ch), t),
-        )
-        .await
+        mutation: Mutation,
+    ) -> Result<MutationOutcome, Error> {
+        let shard_id = self.shard_for(mutation.route_sku())?;
+        let op = mutation.to_pb(&request_id);
+        let deadline = self.deadline();
+        let result = if self.inner.cfg.coalesce.enabled {
+            coalesce::submit(self, shard_id, request_id, op, deadline).await?
+        } else {
+            self.call(
+                shard_id,
+                Target::Leader,
+                Some(request_id),
+                deadline,
+                |ch, t| unary(ch, t, op.clone()),
+            )
+            .await?
+        };
+        let outcome =
+            MutationOutcome::from_pb(result, request_id).ok_or_else(|| Error::Internal {
+                message: "a reply without an outcome".into(),
+            })?;
+        if let MutationOutcome::Reservation(r) = &outcome {
+            self.remember_reservation(&r.reservation);
+        }
+        Ok(outcome)
+    }
+
+    async fn execute_stock(
+        &self,
+        request_id: RequestId,
+        mutation: Mutation,
+    ) -> Result<StockUpdate, Error> {
+        self.execute(request_id, mutation)
+            .await?
+            .stock()
+            .ok_or_else(|| Error::Internal {
+                message: "a stock command produced no stock record".into(),
+            })
+    }
+
+    async fn execute_reservation(
+        &self,
+        request_id: RequestId,
+        mutation: Mutation,
+    ) -> Result<ReservationUpdate, Error> {
+        self.execute(request_id, mutation)
+            .await?
+            .reservation()
+            .ok_or_else(|| Error::Internal {
+                message: "a reservation command produced no reservation".into(),
+            })
     }
 
     /// Sets `sku`'s on-hand stock (creating the SKU if needed).
@@ -493,18 +561,14 @@ impl Client {
         sku: &str,
         on_hand: u64,
     ) -> Result<StockUpdate, Error> {
-        let req = pb::SetStockRequest {
-            request_id: request_id.to_vec(),
-            sku: sku.to_string(),
-            on_hand,
-        };
-        let reply = self
-            .mutate(sku, request_id, |mut c, t| {
-                let r = with_timeout(req.clone(), t);
-                async move { c.set_stock(r).await }
-            })
-            .await?;
-        Ok(stock_update(reply.into_inner(), request_id))
+        self.execute_stock(
+            request_id,
+            Mutation::SetStock {
+                sku: sku.to_string(),
+                on_hand,
+            },
+        )
+        .await
     }
 
     /// Adds `delta` (may be negative) to `sku`'s on-hand stock; refused with
@@ -514,24 +578,21 @@ impl Client {
             .await
     }
 
+    /// [`adjust_stock`](Self::adjust_stock) with a caller-chosen request id (to retry).
     pub async fn adjust_stock_with_id(
         &self,
         request_id: RequestId,
         sku: &str,
         delta: i64,
     ) -> Result<StockUpdate, Error> {
-        let req = pb::AdjustStockRequest {
-            request_id: request_id.to_vec(),
-            sku: sku.to_string(),
-            delta,
-        };
-        let reply = self
-            .mutate(sku, request_id, |mut c, t| {
-                let r = with_timeout(req.clone(), t);
-                async move { c.adjust_stock(r).await }
-            })
-            .await?;
-        Ok(stock_update(reply.into_inner(), request_id))
+        self.execute_stock(
+            request_id,
+            Mutation::AdjustStock {
+                sku: sku.to_string(),
+                delta,
+            },
+        )
+        .await
     }
 
     /// Takes `quantity` units of `sku` if that many are available; otherwise
@@ -541,27 +602,38 @@ impl Client {
             .await
     }
 
+    /// [`decrement`](Self::decrement) with a caller-chosen request id (to retry).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: stockpile_client::Client) -> Result<(), stockpile_client::Error> {
+    /// use stockpile_client::{new_request_id, Error};
+    /// let id = new_request_id();
+    /// match client.decrement_with_id(id, "sku-1", 1).await {
+    ///     Ok(sold) => println!("{} left", sold.stock.available),
+    ///     // Not known whether it happened: the same id later applies it at most once.
+    ///     Err(Error::OutcomeUnknown { request_id, .. }) => { client.decrement_with_id(request_id, "sku-1", 1).await?; }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn decrement_with_id(
         &self,
         request_id: RequestId,
         sku: &str,
         quantity: u64,
     ) -> Result<StockUpdate, Error> {
-        let req = pb::DecrementRequest {
-            request_id: request_id.to_vec(),
-            sku: sku.to_string(),
-            quantity,
-        };
-        let reply = self
-            .mutate(sku, request_id, |mut c, t| {
-                let r = with_timeout(req.clone(), t);
-                async move { c.decrement(r).await }
-            })
-            .await?;
-        Ok(stock_update(reply.into_inner(), request_id))
+        self.execute_stock(
+            request_id,
+            Mutation::Decrement {
+                sku: sku.to_string(),
+                quantity,
+            },
+        )
+        .await
     }
 
-    /// Holds `items` (all in one shard) for `ttl`; the store picks the id.
+    /// Holds `items` (all in one shard) for `ttl`; the store picks the id. For items
+    /// across shards, see [`reserve_cart`](Self::reserve_cart).
     pub async fn reserve(&self, items: &[Item], ttl: Duration) -> Result<ReservationUpdate, Error> {
         self.reserve_with_id(new_request_id(), None, items, ttl)
             .await
@@ -576,34 +648,24 @@ impl Client {
         items: &[Item],
         ttl: Duration,
     ) -> Result<ReservationUpdate, Error> {
-        let first = items.first().ok_or_else(|| Error::InvalidArgument {
-            field: "items".into(),
-            message: "must hold at least one item".into(),
-        })?;
-        let req = pb::ReserveRequest {
-            request_id: request_id.to_vec(),
-            reservation_id: reservation_id.unwrap_or_default().to_string(),
-            items: items
-                .iter()
-                .map(|i| pb::Item {
-                    sku: i.sku.clone(),
-                    quantity: i.quantity,
-                })
-                .collect(),
-            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        if items.is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "items".into(),
+                message: "must hold at least one item".into(),
+            });
+        }
+        let m = Mutation::Reserve {
+            reservation_id: reservation_id.map(str::to_string),
+            items: items.to_vec(),
+            ttl,
         };
-        let reply = self
-            .mutate(&first.sku, request_id, |mut c, t| {
-                let r = with_timeout(req.clone(), t);
-                async move { c.reserve(r).await }
-            })
-            .await?;
-        let update = reservation_update(reply.into_inner(), request_id);
-        self.remember_reservation(&update.reservation);
-        Ok(update)
+        self.execute_reservation(request_id, m).await
     }
 
     fn remember_reservation(&self, r: &Reservation) {
+        if r.reservation_id.is_empty() {
+            return;
+        }
         let mut routing = self.routing();
         if routing.reservation_shards.len() >= routing::RESERVATIONS_REMEMBERED_MAX {
             routing.reservation_shards.clear();
@@ -670,25 +732,22 @@ impl Client {
             .await
     }
 
+    /// [`confirm`](Self::confirm) with a caller-chosen request id (to retry).
     pub async fn confirm_with_id(
         &self,
         request_id: RequestId,
         reservation_id: &str,
         sku: Option<&str>,
     ) -> Result<ReservationUpdate, Error> {
-        let route = self.reservation_route(reservation_id, sku).await?;
-        let req = pb::ConfirmRequest {
-            request_id: request_id.to_vec(),
-            reservation_id: reservation_id.to_string(),
-            sku: route.clone(),
-        };
-        let reply = self
-            .mutate(&route, request_id, |mut c, t| {
-                let r = with_timeout(req.clone(), t);
-                async move { c.confirm(r).await }
-            })
-            .await?;
-        Ok(reservation_update(reply.into_inner(), request_id))
+        let sku = self.reservation_route(reservation_id, sku).await?;
+        self.execute_reservation(
+            request_id,
+            Mutation::Confirm {
+                reservation_id: reservation_id.to_string(),
+                sku,
+            },
+        )
+        .await
     }
 
     /// Gives an active reservation's stock back.
@@ -701,25 +760,300 @@ impl Client {
             .await
     }
 
+    /// [`release`](Self::release) with a caller-chosen request id (to retry).
     pub async fn release_with_id(
         &self,
         request_id: RequestId,
         reservation_id: &str,
         sku: Option<&str>,
     ) -> Result<ReservationUpdate, Error> {
-        let route = self.reservation_route(reservation_id, sku).await?;
-        let req = pb::ReleaseRequest {
-            request_id: request_id.to_vec(),
-            reservation_id: reservation_id.to_string(),
-            sku: route.clone(),
+        let sku = self.reservation_route(reservation_id, sku).await?;
+        self.execute_reservation(
+            request_id,
+            Mutation::Release {
+                reservation_id: reservation_id.to_string(),
+                sku,
+            },
+        )
+        .await
+    }
+
+    /// Holds `items` that may span shards: one reservation per shard, named
+    /// `{cart_id}.{shard_id}`, made concurrently. If any shard refuses, every part that
+    /// was held is released and the refusal is returned.
+    ///
+    /// What this guarantees and what it does not (it is **not** atomic):
+    /// - each part is atomic within its shard, and nothing is ever oversold;
+    /// - on success every item is held until `ttl` passes or the cart is confirmed or
+    ///   released;
+    /// - while the cart is being reserved, and while a failed cart is being released, a
+    ///   reader may see some parts held and others not: stock of one shard may be
+    ///   briefly unavailable to others even though the cart as a whole fails;
+    /// - if the client dies midway, or a release fails, the held parts return at their
+    ///   TTL; a part whose outcome was unknown is released if it exists, and if it is
+    ///   applied later still, it expires at its TTL.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: stockpile_client::Client) -> Result<(), stockpile_client::Error> {
+    /// use std::time::Duration;
+    /// use stockpile_client::Item;
+    /// let cart = client.reserve_cart(&[Item::new("apple", 2), Item::new("zucchini", 1)], Duration::from_secs(300)).await?;
+    /// for part in client.confirm_cart(&cart).await {
+    ///     part?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn reserve_cart(&self, items: &[Item], ttl: Duration) -> Result<Cart, Error> {
+        let cart_id = format!("cart-{}", &request_id_hex(&new_request_id())[..16]);
+        self.reserve_cart_with_id(&cart_id, items, ttl).await
+    }
+
+    /// [`reserve_cart`](Self::reserve_cart) with a caller-chosen cart id (1..=40 of
+    /// `[A-Za-z0-9._:-]`).
+    pub async fn reserve_cart_with_id(
+        &self,
+        cart_id: &str,
+        items: &[Item],
+        ttl: Duration,
+    ) -> Result<Cart, Error> {
+        if cart_id.is_empty()
+            || cart_id.len() > 40
+            || !cart_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+        {
+            return Err(Error::InvalidArgument {
+                field: "cart_id".into(),
+                message: "must be 1..=40 of A-Z a-z 0-9 . _ : -".into(),
+            });
+        }
+        if items.is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "items".into(),
+                message: "must hold at least one item".into(),
+            });
+        }
+        let mut by_shard: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
+        for item in items {
+            by_shard
+                .entry(self.shard_for(&item.sku)?)
+                .or_default()
+                .push(item.clone());
+        }
+        let attempts = by_shard.into_iter().map(|(shard_id, items)| async move {
+            let reservation_id = format!("{cart_id}.{shard_id}");
+            let result = self
+                .reserve_with_id(new_request_id(), Some(&reservation_id), &items, ttl)
+                .await;
+            (
+                CartPart {
+                    shard_id,
+                    sku: items[0].sku.clone(),
+                    reservation_id,
+                    items,
+                },
+                result,
+            )
+        });
+        let results = futures::future::join_all(attempts).await;
+        let failure = results
+            .iter()
+            .find_map(|(_, r)| r.as_ref().err().filter(|e| e.is_definite()).cloned())
+            .or_else(|| results.iter().find_map(|(_, r)| r.as_ref().err().cloned()));
+        match failure {
+            None => {
+                let expires_at_ms = results
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .map(|u| u.reservation.expires_at_ms)
+                    .min()
+                    .unwrap_or(0);
+                Ok(Cart {
+                    cart_id: cart_id.to_string(),
+                    parts: results.into_iter().map(|(p, _)| p).collect(),
+                    expires_at_ms,
+                })
+            }
+            Some(e) => {
+                // Give back what was (or may have been) held.
+                for (part, r) in &results {
+                    let held_or_unknown = match r {
+                        Ok(_) => true,
+                        Err(e) => !e.is_definite(),
+                    };
+                    if held_or_unknown {
+                        match self.release(&part.reservation_id, Some(&part.sku)).await {
+                            Ok(_)
+                            | Err(Error::ReservationNotFound { .. })
+                            | Err(Error::ReservationExpired { .. })
+                            | Err(Error::ReservationNotActive { .. }) => {}
+                            Err(re) => {
+                                tracing::warn!(reservation = %part.reservation_id, error = %re, "cart part not released; it expires at its TTL")
+                            }
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Confirms every part of a cart; one result per part. Parts are independent: one
+    /// may fail (say, expired) while others succeed, and the caller decides.
+    pub async fn confirm_cart(&self, cart: &Cart) -> Vec<Result<ReservationUpdate, Error>> {
+        futures::future::join_all(
+            cart.parts
+                .iter()
+                .map(|p| self.confirm(&p.reservation_id, Some(&p.sku))),
+        )
+        .await
+    }
+
+    /// Releases every part of a cart; one result per part.
+    pub async fn release_cart(&self, cart: &Cart) -> Vec<Result<ReservationUpdate, Error>> {
+        futures::future::join_all(
+            cart.parts
+                .iter()
+                .map(|p| self.release(&p.reservation_id, Some(&p.sku))),
+        )
+        .await
+    }
+
+    /// Finds a cart's parts by asking every shard for `{cart_id}.{shard_id}`.
+    pub async fn find_cart(&self, cart_id: &str) -> Result<(Cart, Vec<Reservation>), Error> {
+        let shards = self.routing().map.shards.clone();
+        let mut parts = Vec::new();
+        let mut found = Vec::new();
+        for shard in shards {
+            let id = format!("{cart_id}.{}", shard.shard_id);
+            match self
+                .get_reservation_routed(&id, shard.routing_sku(), Consistency::Linearizable)
+                .await
+            {
+                Ok(r) => {
+                    parts.push(CartPart {
+                        shard_id: shard.shard_id,
+                        reservation_id: id,
+                        sku: r
+                            .items
+                            .first()
+                            .map(|i| i.sku.clone())
+                            .unwrap_or_else(|| shard.routing_sku()),
+                        items: r.items.clone(),
+                    });
+                    found.push(r);
+                }
+                Err(Error::ReservationNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if parts.is_empty() {
+            return Err(Error::ReservationNotFound {
+                reservation_id: cart_id.to_string(),
+            });
+        }
+        let expires_at_ms = found.iter().map(|r| r.expires_at_ms).min().unwrap_or(0);
+        Ok((
+            Cart {
+                cart_id: cart_id.to_string(),
+                parts,
+                expires_at_ms,
+            },
+            found,
+        ))
+    }
+
+    /// Applies many mutations (new request ids each), grouped by shard into one Batch
+    /// RPC per shard (in chunks of the coalescing batch size), all shards at once.
+    /// Returns one result per mutation, in order; one may fail while others succeed.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: stockpile_client::Client) -> Result<(), stockpile_client::Error> {
+    /// use stockpile_client::Mutation;
+    /// let results = client
+    ///     .batch(vec![
+    ///         Mutation::SetStock { sku: "apple".into(), on_hand: 10 },
+    ///         Mutation::Decrement { sku: "kiwi".into(), quantity: 1 },
+    ///     ])
+    ///     .await?;
+    /// assert_eq!(results.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch(
+        &self,
+        mutations: Vec<Mutation>,
+    ) -> Result<Vec<Result<MutationOutcome, Error>>, Error> {
+        let ops = mutations
+            .into_iter()
+            .map(|m| (new_request_id(), m))
+            .collect();
+        self.batch_with_ids(ops, false).await
+    }
+
+    /// [`batch`](Self::batch) with caller-chosen request ids. With `atomic`, every
+    /// mutation applies or none does; all must then live in one shard (else
+    /// `CrossShard`).
+    pub async fn batch_with_ids(
+        &self,
+        ops: Vec<(RequestId, Mutation)>,
+        atomic: bool,
+    ) -> Result<Vec<Result<MutationOutcome, Error>>, Error> {
+        let mut by_shard: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, (_, m)) in ops.iter().enumerate() {
+            by_shard
+                .entry(self.shard_for(m.route_sku())?)
+                .or_default()
+                .push(i);
+        }
+        if atomic && by_shard.len() > 1 {
+            let shard_ids: Vec<u64> = by_shard.keys().copied().collect();
+            return Err(Error::CrossShard {
+                message: format!("an all-or-nothing batch spans shards {shard_ids:?}"),
+                shard_ids,
+            });
+        }
+        let chunk = if atomic {
+            usize::MAX
+        } else {
+            self.inner.cfg.coalesce.batch_max.max(1)
         };
-        let reply = self
-            .mutate(&route, request_id, |mut c, t| {
-                let r = with_timeout(req.clone(), t);
-                async move { c.release(r).await }
+        let deadline = self.deadline();
+        let mut calls = Vec::new();
+        for (shard_id, idxs) in by_shard {
+            for part in idxs.chunks(chunk.min(idxs.len()).max(1)) {
+                let part: Vec<usize> = part.to_vec();
+                let wire: Vec<(RequestId, pb::operation::Op)> = part
+                    .iter()
+                    .map(|&i| (ops[i].0, ops[i].1.to_pb(&ops[i].0)))
+                    .collect();
+                calls.push(async move {
+                    let results =
+                        coalesce::send_batch(self, shard_id, wire, atomic, deadline).await;
+                    (part, results)
+                });
+            }
+        }
+        let mut out: Vec<Option<Result<MutationOutcome, Error>>> = vec![None; ops.len()];
+        for (part, results) in futures::future::join_all(calls).await {
+            for (i, r) in part.into_iter().zip(results) {
+                let rid = ops[i].0;
+                out[i] = Some(r.and_then(|r| {
+                    MutationOutcome::from_pb(r, rid).ok_or_else(|| Error::Internal {
+                        message: "a reply without an outcome".into(),
+                    })
+                }));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Internal {
+                        message: "no result".into(),
+                    })
+                })
             })
-            .await?;
-        Ok(reservation_update(reply.into_inner(), request_id))
+            .collect())
     }
 
     /// A reservation's items, state and expiry.
@@ -1104,17 +1438,36 @@ impl Client {
     }
 }
 
+/// One operation as its own unary RPC.
+async fn unary(
+    ch: Channel,
+    t: Duration,
+    op: pb::operation::Op,
+) -> Result<pb::operation_result::Result, tonic::Status> {
+    use pb::operation::Op;
+    use pb::operation_result::Result as R;
+    let mut c = inventory(ch);
+    Ok(match op {
+        Op::SetStock(r) => R::Stock(c.set_stock(with_timeout(r, t)).await?.into_inner()),
+        Op::AdjustStock(r) => R::Stock(c.adjust_stock(with_timeout(r, t)).await?.into_inner()),
+        Op::Decrement(r) => R::Stock(c.decrement(with_timeout(r, t)).await?.into_inner()),
+        Op::Reserve(r) => R::Reservation(c.reserve(with_timeout(r, t)).await?.into_inner()),
+        Op::Confirm(r) => R::Reservation(c.confirm(with_timeout(r, t)).await?.into_inner()),
+        Op::Release(r) => R::Reservation(c.release(with_timeout(r, t)).await?.into_inner()),
+    })
+}
+
 fn inventory(ch: Channel) -> InventoryClient<Channel> {
     InventoryClient::new(ch)
 }
 
-fn with_timeout<T>(msg: T, t: Duration) -> tonic::Request<T> {
+pub(crate) fn with_timeout<T>(msg: T, t: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(t);
     r
 }
 
-fn stock_update(r: pb::StockReply, request_id: RequestId) -> StockUpdate {
+pub(crate) fn stock_update(r: pb::StockReply, request_id: RequestId) -> StockUpdate {
     StockUpdate {
         stock: r.record.map(Stock::from).unwrap_or_else(empty_stock),
         applied: r.applied.into(),
@@ -1132,7 +1485,10 @@ fn empty_stock() -> Stock {
     }
 }
 
-fn reservation_update(r: pb::ReservationReply, request_id: RequestId) -> ReservationUpdate {
+pub(crate) fn reservation_update(
+    r: pb::ReservationReply,
+    request_id: RequestId,
+) -> ReservationUpdate {
     ReservationUpdate {
         reservation: r.reservation.map(Reservation::from).unwrap_or(Reservation {
             reservation_id: String::new(),

@@ -8,24 +8,34 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use stockpile_proto::v1 as pb;
 
+/// A node as the shard map describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeInfo {
+    /// The node id.
     pub node_id: u64,
+    /// The node's gRPC address (`host:port`).
     pub addr: String,
+    /// The node's region.
     pub region: String,
+    /// The node's zone (failure domain in its region).
     pub zone: String,
 }
 
+/// A shard as the shard map describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ShardInfo {
+    /// The shard it lives in.
     pub shard_id: u64,
     /// SKU range [start, end); "" end = unbounded.
     pub start: String,
+    /// End of the range (exclusive); "" means unbounded.
     pub end: String,
+    /// Node ids holding a replica.
     pub replicas: Vec<u64>,
 }
 
 impl ShardInfo {
+    /// True when `sku` falls in the shard's range.
     pub fn contains(&self, sku: &str) -> bool {
         sku >= self.start.as_str() && (self.end.is_empty() || sku < self.end.as_str())
     }
@@ -44,7 +54,9 @@ impl ShardInfo {
 /// The shard map as the client caches it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ShardMap {
+    /// Grows on every change of the map.
     pub epoch: u64,
+    /// Every node, by id.
     pub nodes: BTreeMap<u64, NodeInfo>,
     /// Sorted by `start`.
     pub shards: Vec<ShardInfo>,
@@ -85,10 +97,12 @@ impl ShardMap {
         }
     }
 
+    /// The shard whose range holds `sku`.
     pub fn shard_for(&self, sku: &str) -> Option<&ShardInfo> {
         self.shards.iter().find(|s| s.contains(sku))
     }
 
+    /// The shard with this id.
     pub fn shard(&self, shard_id: u64) -> Option<&ShardInfo> {
         self.shards.iter().find(|s| s.shard_id == shard_id)
     }

@@ -17,6 +17,7 @@ pub fn new_request_id() -> RequestId {
     }
 }
 
+/// A request id as 32 lowercase hex digits.
 pub fn request_id_hex(id: &RequestId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -33,12 +34,18 @@ pub fn parse_request_id(hex: &str) -> Option<RequestId> {
     Some(id)
 }
 
+/// A SKU's stock record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Stock {
+    /// The SKU concerned.
     pub sku: String,
+    /// Units in stock, held ones included.
     pub on_hand: u64,
+    /// Units held by active reservations.
     pub reserved: u64,
+    /// Units that may still be sold or held (`on_hand - reserved`).
     pub available: u64,
+    /// Grows by one on every change of the record.
     pub version: u64,
 }
 
@@ -57,6 +64,7 @@ impl From<pb::StockRecord> for Stock {
 /// Where a mutation was applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Applied {
+    /// The shard it lives in.
     pub shard_id: u64,
     /// The node that answered (the shard's leader).
     pub node_id: u64,
@@ -78,10 +86,15 @@ impl From<Option<pb::Applied>> for Applied {
     }
 }
 
+/// The result of a stock mutation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StockUpdate {
+    /// The stock record after the mutation.
     pub stock: Stock,
+    /// Where the mutation was applied.
     pub applied: Applied,
+    /// The request id the mutation was sent with: retry with it.
+    /// The request id the mutation was sent with: retry with it.
     #[serde(serialize_with = "ser_hex")]
     pub request_id: RequestId,
 }
@@ -92,11 +105,17 @@ fn ser_hex<S: serde::Serializer>(id: &RequestId, s: S) -> Result<S::Ok, S::Error
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+/// Where a reservation is in its life.
 pub enum ReservationState {
+    /// Holding stock.
     Active,
+    /// Turned into a sale.
     Confirmed,
+    /// Given back by a release.
     Released,
+    /// Given back because its TTL passed.
     Expired,
+    /// A state this client version does not know.
     Unknown,
 }
 
@@ -112,13 +131,17 @@ impl ReservationState {
     }
 }
 
+/// A SKU and a quantity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Item {
+    /// The SKU concerned.
     pub sku: String,
+    /// Units.
     pub quantity: u64,
 }
 
 impl Item {
+    /// `quantity` units of `sku`.
     pub fn new(sku: impl Into<String>, quantity: u64) -> Self {
         Item {
             sku: sku.into(),
@@ -127,13 +150,20 @@ impl Item {
     }
 }
 
+/// A hold on stock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Reservation {
+    /// The reservation id.
     pub reservation_id: String,
+    /// The items (SKU and quantity).
     pub items: Vec<Item>,
+    /// The reservation state.
     pub state: ReservationState,
+    /// When it was made (shard clock, ms since the Unix epoch).
     pub created_at_ms: u64,
+    /// When it expires unless confirmed or released (shard clock, ms since the Unix epoch).
     pub expires_at_ms: u64,
+    /// The shard it lives in.
     pub shard_id: u64,
 }
 
@@ -157,12 +187,16 @@ impl From<pb::Reservation> for Reservation {
     }
 }
 
+/// The result of a reservation mutation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ReservationUpdate {
+    /// The reservation after the command.
     pub reservation: Reservation,
     /// The stock records of the items after the command.
     pub stock: Vec<Stock>,
+    /// Where the mutation was applied.
     pub applied: Applied,
+    /// The request id the mutation was sent with: retry with it.
     #[serde(serialize_with = "ser_hex")]
     pub request_id: RequestId,
 }
@@ -190,12 +224,15 @@ impl Consistency {
 /// One SKU's read result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Read {
+    /// The SKU concerned.
     pub sku: String,
     /// None when the SKU was never set.
     pub stock: Option<Stock>,
+    /// The shard it lives in.
     pub shard_id: u64,
     /// The node that answered and how far it had applied the shard's log.
     pub node_id: u64,
+    /// How far the answering replica had applied the shard's log.
     pub applied_index: u64,
 }
 
@@ -210,4 +247,29 @@ mod tests {
         assert_eq!(parse_request_id("xyz"), None);
         assert_eq!(parse_request_id(&"g".repeat(32)), None);
     }
+}
+
+/// A reservation across shards, made by `Client::reserve_cart`: one reservation per
+/// shard, each named `{cart_id}.{shard_id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cart {
+    /// The cart id; its parts are named `{cart_id}.{shard_id}`.
+    pub cart_id: String,
+    /// One reservation per shard.
+    pub parts: Vec<CartPart>,
+    /// The earliest expiry of its parts.
+    pub expires_at_ms: u64,
+}
+
+/// One shard's part of a cart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CartPart {
+    /// The shard it lives in.
+    pub shard_id: u64,
+    /// The reservation id.
+    pub reservation_id: String,
+    /// A SKU of the part, to route to its shard.
+    pub sku: String,
+    /// The items (SKU and quantity).
+    pub items: Vec<Item>,
 }

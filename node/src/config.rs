@@ -472,7 +472,7 @@ replicas = [2, 1]
 
     #[test]
     fn the_shipped_configs_are_valid() {
-        for f in ["dev.toml", "local-3node.toml"] {
+        for f in ["dev.toml", "local-3node.toml", "three-region-5node.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../cluster-config")
                 .join(f);

@@ -36,6 +36,9 @@ struct Cli {
     /// This client's region: its nodes are tried first.
     #[arg(long, global = true)]
     region: Option<String>,
+    /// Send every mutation as its own RPC instead of coalescing concurrent ones.
+    #[arg(long, global = true)]
+    no_coalescing: bool,
     /// Deadline of each operation, retries included (e.g. 10s, 500ms).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
@@ -82,6 +85,9 @@ enum Command {
     /// Reservations: get.
     #[command(subcommand)]
     Reservation(ReservationCmd),
+    /// Carts: reservations across shards (one per shard; not atomic, see the docs).
+    #[command(subcommand)]
+    Cart(CartCmd),
     /// The cluster: status, map, leaders, repair.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -170,6 +176,26 @@ enum ReservationCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum CartCmd {
+    /// Hold items that may span shards; releases what it held if any shard refuses.
+    Reserve {
+        #[arg(required = true, value_parser = parse_item)]
+        items: Vec<Item>,
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Duration,
+        /// Cart id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Confirm every part of a cart.
+    Confirm { id: String },
+    /// Release every part of a cart.
+    Release { id: String },
+    /// Show a cart's parts.
+    Get { id: String },
+}
+
+#[derive(Subcommand, Debug)]
 enum ClusterCmd {
     /// Nodes (region, zone, up or not) and shards (leader, term, indexes, lag).
     Status,
@@ -253,6 +279,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
         .request_timeout(cli.timeout);
     if let Some(r) = &cli.region {
         builder = builder.region(r.clone());
+    }
+    if cli.no_coalescing {
+        builder = builder.no_coalescing();
     }
     let client = builder.build().await?;
     let json = cli.json;
@@ -367,6 +396,90 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
         }
+        Command::Cart(cmd) => match cmd {
+            CartCmd::Reserve { items, ttl, id } => {
+                let cart = match id {
+                    Some(id) => client.reserve_cart_with_id(&id, &items, ttl).await?,
+                    None => client.reserve_cart(&items, ttl).await?,
+                };
+                if json {
+                    print_json(&json!(cart));
+                } else {
+                    println!(
+                        "cart {} held in {} part(s), expires at {} ms",
+                        cart.cart_id,
+                        cart.parts.len(),
+                        cart.expires_at_ms
+                    );
+                    for p in &cart.parts {
+                        let items: Vec<String> = p
+                            .items
+                            .iter()
+                            .map(|i| format!("{}:{}", i.sku, i.quantity))
+                            .collect();
+                        println!(
+                            "  shard {} reservation {}: {}",
+                            p.shard_id,
+                            p.reservation_id,
+                            items.join(" ")
+                        );
+                    }
+                }
+            }
+            CartCmd::Confirm { ref id } | CartCmd::Release { ref id } => {
+                let confirm = matches!(cmd, CartCmd::Confirm { .. });
+                let id = id.clone();
+                let (cart, _) = client.find_cart(&id).await?;
+                let results = if confirm {
+                    client.confirm_cart(&cart).await
+                } else {
+                    client.release_cart(&cart).await
+                };
+                let mut first_error = None;
+                let mut out = Vec::new();
+                for (p, r) in cart.parts.iter().zip(results) {
+                    match r {
+                        Ok(u) => out.push(json!({"reservation_id": p.reservation_id, "state": u.reservation.state})),
+                        Err(e) => {
+                            out.push(json!({"reservation_id": p.reservation_id, "error": e.reason(), "message": e.to_string()}));
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                if json {
+                    print_json(&json!({"cart_id": id, "parts": out}));
+                } else {
+                    for o in &out {
+                        println!("  {}", o);
+                    }
+                }
+                if let Some(e) = first_error {
+                    return Err(e);
+                }
+            }
+            CartCmd::Get { id } => {
+                let (_, parts) = client.find_cart(&id).await?;
+                if json {
+                    print_json(&json!(parts));
+                } else {
+                    for r in parts {
+                        let items: Vec<String> = r
+                            .items
+                            .iter()
+                            .map(|i| format!("{}:{}", i.sku, i.quantity))
+                            .collect();
+                        println!(
+                            "{} {:?} (shard {}, expires at {} ms): {}",
+                            r.reservation_id,
+                            r.state,
+                            r.shard_id,
+                            r.expires_at_ms,
+                            items.join(" ")
+                        );
+                    }
+                }
+            }
+        },
         Command::Cluster(ClusterCmd::Map) => {
             let map = client.shard_map();
             if json {

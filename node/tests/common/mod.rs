@@ -29,6 +29,8 @@ pub struct Options {
     pub extra_toml: String,
     pub snapshot_after_entries: u64,
     pub logs_kept_after_snapshot: u64,
+    /// Replicas of shards 1..=4 (default: every node).
+    pub shard_replicas: Option<[Vec<u64>; 4]>,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
             regions: BTreeMap::new(),
             extra_toml: String::new(),
             snapshot_after_entries: 20_000,
+            shard_replicas: None,
             logs_kept_after_snapshot: 5_000,
         }
     }
