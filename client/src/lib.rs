@@ -36,6 +36,7 @@ use prost::Message;
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::admin_client::AdminClient;
 use stockpile_proto::v1::inventory_client::InventoryClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use coalesce::CoalesceConfig;
@@ -59,6 +60,7 @@ pub struct ClientBuilder {
     attempt_timeout: Duration,
     connect_timeout: Duration,
     coalesce: CoalesceConfig,
+    identity: String,
 }
 
 impl Default for ClientBuilder {
@@ -70,6 +72,7 @@ impl Default for ClientBuilder {
             attempt_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_millis(500),
             coalesce: CoalesceConfig::default(),
+            identity: "anonymous".to_string(),
         }
     }
 }
@@ -120,6 +123,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The identity the store's admission control budgets this client by (the
+    /// `x-stockpile-client` header). Default "anonymous". Printable ASCII only.
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = identity.into();
+        self
+    }
+
     /// Send every mutation as its own RPC.
     pub fn no_coalescing(mut self) -> Self {
         self.coalesce.enabled = false;
@@ -140,8 +150,15 @@ impl ClientBuilder {
                 });
             }
         }
+        let identity =
+            tonic::metadata::MetadataValue::try_from(self.identity.as_str()).map_err(|_| {
+                Error::Config {
+                    message: format!("identity {:?} is not printable ASCII", self.identity),
+                }
+            })?;
         let client = Client {
             inner: Arc::new(Inner {
+                identity,
                 cfg: self,
                 routing: Mutex::new(routing::Routing::default()),
                 channels: Mutex::new(HashMap::new()),
@@ -164,9 +181,11 @@ pub struct Client {
 
 struct Inner {
     cfg: ClientBuilder,
+    /// The `x-stockpile-client` header value.
+    identity: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     routing: Mutex<routing::Routing>,
     /// One lazily connected channel per node address.
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, Conn>>,
     /// RPCs sent (attempts, not calls), for tests and tuning.
     rpcs: AtomicU64,
     /// One coalescing queue per shard, made on first use.
@@ -247,7 +266,7 @@ impl Client {
         Instant::now() + self.inner.cfg.request_timeout
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+    fn channel(&self, addr: &str) -> Result<Conn, Error> {
         let mut channels = self
             .inner
             .channels
@@ -264,9 +283,12 @@ impl Client {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        let conn = InterceptedService::new(
+            endpoint.connect_lazy(),
+            Identity(self.inner.identity.clone()),
+        );
+        channels.insert(addr.to_string(), conn.clone());
+        Ok(conn)
     }
 
     /// Fetches the shard map from the first node that answers (own region first,
@@ -357,7 +379,7 @@ impl Client {
         call: F,
     ) -> Result<T, Error>
     where
-        F: Fn(Channel, Duration) -> Fut,
+        F: Fn(Conn, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let region = self.inner.cfg.region.clone();
@@ -1438,9 +1460,29 @@ impl Client {
     }
 }
 
+/// A connection to one node: a lazily connected channel whose requests carry the
+/// client identity header (admission control budgets by it).
+pub(crate) type Conn = InterceptedService<Channel, Identity>;
+
+/// Adds `x-stockpile-client` to every request.
+#[derive(Clone)]
+pub(crate) struct Identity(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Identity {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("x-stockpile-client", self.0.clone());
+        Ok(request)
+    }
+}
+
 /// One operation as its own unary RPC.
 async fn unary(
-    ch: Channel,
+    ch: Conn,
     t: Duration,
     op: pb::operation::Op,
 ) -> Result<pb::operation_result::Result, tonic::Status> {
@@ -1457,7 +1499,7 @@ async fn unary(
     })
 }
 
-fn inventory(ch: Channel) -> InventoryClient<Channel> {
+fn inventory(ch: Conn) -> InventoryClient<Conn> {
     InventoryClient::new(ch)
 }
 

@@ -44,6 +44,42 @@ pub struct ClusterConfig {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub server: ServerTuning,
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+}
+
+/// Admission control: bounds checked before a request costs a Raft round.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Write RPCs (mutations, batches) being served by this node at once.
+    pub node_writes_in_flight_max: usize,
+    /// Read RPCs being served by this node at once.
+    pub node_reads_in_flight_max: usize,
+    /// Sustained mutations per second per client identity (0 = unlimited).
+    pub client_writes_per_s: u64,
+    /// Mutations a client identity may send in a burst.
+    pub client_write_burst: u64,
+    /// Sustained reads (SKUs read) per second per client identity (0 = unlimited).
+    pub client_reads_per_s: u64,
+    /// Reads a client identity may send in a burst.
+    pub client_read_burst: u64,
+    /// Client identities tracked at most (the longest idle are forgotten first).
+    pub client_identities_max: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            node_writes_in_flight_max: 8_192,
+            node_reads_in_flight_max: 8_192,
+            client_writes_per_s: 0,
+            client_write_burst: 10_000,
+            client_reads_per_s: 0,
+            client_read_burst: 10_000,
+            client_identities_max: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -58,6 +94,9 @@ pub struct NodeConfig {
     pub zone: String,
     /// Where the node keeps its RocksDB and snapshots (relative to the working directory).
     pub data_dir: PathBuf,
+    /// host:port serving Prometheus metrics at /metrics (none when absent).
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 fn default_region() -> String {
@@ -273,6 +312,14 @@ impl ClusterConfig {
                     "region and zone must not be empty".into(),
                 ));
             }
+            if let Some(m) = &n.metrics_addr
+                && m.parse::<SocketAddr>().is_err()
+            {
+                return Err(bad(
+                    format!("nodes[{i}].metrics_addr"),
+                    format!("{m:?} is not an ip:port address"),
+                ));
+            }
             if n.data_dir.as_os_str().is_empty() {
                 return Err(bad(
                     format!("nodes[{i}].data_dir"),
@@ -419,6 +466,24 @@ impl ClusterConfig {
             return Err(bad(
                 "server".into(),
                 "timeouts and sweep_interval_ms must be at least 1 ms".into(),
+            ));
+        }
+        let a = &self.admission;
+        if a.node_writes_in_flight_max == 0
+            || a.node_reads_in_flight_max == 0
+            || a.client_identities_max == 0
+        {
+            return Err(bad(
+                "admission".into(),
+                "in-flight bounds and client_identities_max must be at least 1".into(),
+            ));
+        }
+        if (a.client_writes_per_s > 0 && a.client_write_burst == 0)
+            || (a.client_reads_per_s > 0 && a.client_read_burst == 0)
+        {
+            return Err(bad(
+                "admission".into(),
+                "a rate limit needs a burst of at least 1".into(),
             ));
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! proposals, reads) → `inventory` (pure domain logic) and `raft` (openraft adapter)
 //! → `storage` (RocksDB: keys, codec, log store, state machine, snapshots).
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod error;
@@ -13,5 +14,6 @@ pub mod raft;
 pub mod server;
 pub mod shard;
 pub mod storage;
+pub mod telemetry;
 
 pub use error::Error;

@@ -90,26 +90,40 @@ async fn main() -> anyhow::Result<()> {
         })?
         .clone();
     let listener = server::bind(&me.addr).await?;
+    if let Some(addr) = &me.metrics_addr {
+        stockpile_node::telemetry::install_exporter(addr)?;
+    }
     let node = Node::start(config, args.node_id, args.data_dir.clone()).await?;
+    stockpile_node::telemetry::spawn_raft_gauges(node.clone(), node.shutdown.subscribe());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let (stopping_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    server::spawn_health(node.clone(), health_reporter, stopping_tx.subscribe());
     tracing::info!(node_id = node.id, addr = %me.addr, shards = ?node.shards.keys().collect::<Vec<_>>(), data_dir = %node.data_dir.display(), "node started");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(node.clone(), listener, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(server::serve(
+        node.clone(),
+        listener,
+        health_service,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     shutdown_signal().await;
+    // Graceful stop: report NOT_SERVING, hand shard leadership to other replicas,
+    // stop accepting and let in-flight requests finish (within the grace period),
+    // then stop the Raft groups and sync the WAL.
+    let _ = stopping_tx.send(());
+    let grace = std::time::Duration::from_millis(node.cluster.server.shutdown_grace_ms);
+    let moved = node.hand_over_leadership(grace / 2).await;
+    tracing::info!(shards = ?moved, "handed over leadership");
     let _ = stop_tx.send(());
-    node.stop().await;
-    match tokio::time::timeout(
-        std::time::Duration::from_millis(node.cluster.server.shutdown_grace_ms),
-        server,
-    )
-    .await
-    {
-        Ok(Ok(Ok(()))) => {}
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("server drained"),
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!("server did not stop within the grace period"),
+        Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
+    node.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -56,6 +56,7 @@ pub struct Node {
     pub started_at: Instant,
     pub shutdown: broadcast::Sender<()>,
     pub peers: Arc<PeerPool>,
+    pub admission: crate::admission::Admission,
 }
 
 impl Node {
@@ -163,6 +164,7 @@ impl Node {
             );
             shards.insert(shard_id, shard);
         }
+        let admission = crate::admission::Admission::new(cluster.admission.clone());
         Ok(Arc::new(Node {
             id: node_id,
             me,
@@ -174,6 +176,7 @@ impl Node {
             apply_stats,
             propose_stats,
             started_at: Instant::now(),
+            admission,
             shutdown,
             peers,
         }))
@@ -205,6 +208,40 @@ impl Node {
             .first()
             .and_then(|id| self.cluster.node(*id).map(|n| (*id, n.addr.clone())));
         Err(Error::NotLeader { shard_id, leader })
+    }
+
+    /// Hands the leadership of every shard this node leads to the most up-to-date
+    /// other replica, waiting up to `per_shard` for each. Returns the shards moved.
+    pub async fn hand_over_leadership(&self, per_shard: std::time::Duration) -> Vec<u64> {
+        let moves = self.shards.values().filter(|s| s.is_leader() && s.config.replicas.len() > 1).map(|shard| async move {
+            let m = crate::raft::metrics(&shard.raft);
+            let target = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.iter().filter(|(id, _)| **id != self.id).max_by_key(|(_, matched)| matched.map(|l| l.index)).map(|(id, _)| *id));
+            let target = target?;
+            match shard.transfer_leadership(target, per_shard).await {
+                Ok(Some(l)) if l == target => Some(shard.id()),
+                Ok(other) => {
+                    tracing::warn!(shard_id = shard.id(), target, leader = ?other, "leadership did not move in time");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(shard_id = shard.id(), target, error = %e, "leadership transfer failed");
+                    None
+                }
+            }
+        });
+        futures::future::join_all(moves)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// True when every shard on this node knows a leader: it has joined its groups.
+    pub fn joined(&self) -> bool {
+        self.shards.values().all(|s| s.leader_id().is_some())
     }
 
     /// Stops every shard's Raft group and syncs the WAL.

@@ -30,6 +30,8 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -52,8 +54,16 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(stockpile_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let inventory = InventoryServer::new(InventoryService::new(node.clone()))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -63,10 +73,51 @@ pub async fn serve(
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection)
         .add_service(inventory)
         .add_service(admin)
         .add_service(raft)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// Reports the node SERVING on the standard health service once it has joined every
+/// shard (each knows a leader), and NOT_SERVING again when `stopping` fires.
+pub fn spawn_health(
+    node: Arc<Node>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stopping: tokio::sync::broadcast::Receiver<()>,
+) {
+    tokio::spawn(async move {
+        let services = ["", "stockpile.v1.Inventory", "stockpile.v1.Admin"];
+        for s in services {
+            reporter
+                .set_service_status(s, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        let mut serving = false;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopping.recv() => break,
+            }
+            if !serving && node.joined() {
+                serving = true;
+                for s in services {
+                    reporter
+                        .set_service_status(s, tonic_health::ServingStatus::Serving)
+                        .await;
+                }
+                tracing::info!("joined every shard: health SERVING");
+            }
+        }
+        for s in services {
+            reporter
+                .set_service_status(s, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    });
 }

@@ -260,6 +260,10 @@ async fn run_proposer(
             .requests
             .fetch_add(groups.len() as u64, Ordering::Relaxed);
         stats.entries.fetch_add(1, Ordering::Relaxed);
+        metrics::histogram!("stockpile_raft_entry_ops").record(ops as f64);
+        let in_flight =
+            metrics::gauge!("stockpile_proposals_in_flight", "shard" => shard_id.to_string());
+        in_flight.increment(1.0);
         let request = ShardRequest {
             now_ms: wall_clock_ms(),
             retention,
@@ -269,6 +273,7 @@ async fn run_proposer(
         let cluster = cluster.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _in_flight = scopeguard(in_flight);
             let result = tokio::time::timeout(timeout, raft.client_write(request)).await;
             let outcome: Result<(Vec<Vec<OpResult>>, u64), Error> = match result {
                 Ok(Ok(resp)) => Ok((resp.data.groups, resp.log_id.index)),
@@ -307,6 +312,19 @@ async fn run_proposer(
             }
         });
     }
+}
+
+/// Decrements an in-flight gauge when dropped (the entry finished, however it ended).
+struct InFlight(metrics::Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+fn scopeguard(g: metrics::Gauge) -> InFlight {
+    InFlight(g)
 }
 
 /// The eager half of reservation expiry: while this node leads the shard, propose

@@ -58,14 +58,19 @@ fn prefixed(prefix: &str, e: validate::Invalid) -> Error {
     }
 }
 
-/// The store-assigned reservation id when the client gives none.
-pub fn default_reservation_id(request_id: &[u8; 16]) -> String {
-    let mut s = String::with_capacity(34);
-    s.push_str("r-");
+/// A request id as 32 lowercase hex digits (logs, spans).
+pub fn request_id_hex(request_id: &[u8; 16]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(32);
     for b in request_id {
-        s.push_str(&format!("{b:02x}"));
+        let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// The store-assigned reservation id when the client gives none.
+pub fn default_reservation_id(request_id: &[u8; 16]) -> String {
+    format!("r-{}", request_id_hex(request_id))
 }
 
 pub fn decode_op(op: pb::operation::Op, limits: &Limits, prefix: &str) -> Result<Decoded, Error> {

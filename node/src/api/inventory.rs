@@ -13,10 +13,15 @@ use tonic::{Request, Response, Status};
 use super::convert::{Decoded, decode_op, record_to_pb, reservation_to_pb};
 use super::page_token::{self, Position};
 use super::status::{detail, to_status};
+use tracing::Instrument;
+
+use crate::admission::{Admission, Kind};
 use crate::error::Error;
 use crate::inventory::{OpGroup, OpResult, Outcome, validate};
 use crate::node::Node;
 use crate::storage::reader::ListFrom;
+use crate::telemetry;
+use std::time::Instant;
 
 pub struct InventoryService {
     node: Arc<Node>,
@@ -57,6 +62,12 @@ impl InventoryService {
     async fn mutate(&self, op: pb::operation::Op) -> Result<(OpResult, pb::Applied), Error> {
         let Decoded { op, skus } = decode_op(op, &self.node.cluster.limits, "")?;
         let shard_id = self.single_shard(&skus, "the reservation's items")?;
+        let span = tracing::Span::current();
+        span.record(
+            "request_id",
+            crate::api::convert::request_id_hex(&op.request_id).as_str(),
+        );
+        span.record("shard_id", shard_id);
         let shard = self.node.local_shard(shard_id)?;
         let proposed = shard
             .propose(OpGroup {
@@ -76,6 +87,43 @@ impl InventoryService {
             replayed: result.replayed,
         };
         Ok((result, applied))
+    }
+
+    /// Serves one RPC: admission (before anything costs a Raft round), a tracing span
+    /// with the node and client, and the request metrics.
+    async fn serve<Req, Rep, F, Fut>(
+        &self,
+        rpc: &'static str,
+        kind: Kind,
+        cost: u64,
+        request: Request<Req>,
+        handle: F,
+    ) -> Result<Response<Rep>, Status>
+    where
+        F: FnOnce(Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Rep>, Status>>,
+    {
+        let started = Instant::now();
+        let identity = Admission::identity(request.metadata());
+        let span = tracing::info_span!("rpc", rpc, node_id = self.node.id, client = %identity, request_id = tracing::field::Empty, shard_id = tracing::field::Empty);
+        let result = async {
+            let _admitted = self
+                .node
+                .admission
+                .admit(&identity, kind, cost)
+                .map_err(to_status)?;
+            let result = handle(request.into_inner()).await;
+            if let Err(s) = &result
+                && s.code() == tonic::Code::Internal
+            {
+                tracing::error!(message = s.message(), "internal error");
+            }
+            result
+        }
+        .instrument(span)
+        .await;
+        telemetry::observe(rpc, started, &result);
+        result
     }
 
     async fn linearize_if(
@@ -145,73 +193,50 @@ fn reservation_reply(
     }
 }
 
-#[tonic::async_trait]
-impl Inventory for InventoryService {
-    async fn set_stock(
+impl InventoryService {
+    async fn handle_set_stock(
         &self,
-        request: Request<pb::SetStockRequest>,
+        req: pb::SetStockRequest,
     ) -> Result<Response<pb::StockReply>, Status> {
-        stock_reply(
-            self.mutate(pb::operation::Op::SetStock(request.into_inner()))
-                .await,
-        )
+        stock_reply(self.mutate(pb::operation::Op::SetStock(req)).await)
     }
 
-    async fn adjust_stock(
+    async fn handle_adjust_stock(
         &self,
-        request: Request<pb::AdjustStockRequest>,
+        req: pb::AdjustStockRequest,
     ) -> Result<Response<pb::StockReply>, Status> {
-        stock_reply(
-            self.mutate(pb::operation::Op::AdjustStock(request.into_inner()))
-                .await,
-        )
+        stock_reply(self.mutate(pb::operation::Op::AdjustStock(req)).await)
     }
 
-    async fn decrement(
+    async fn handle_decrement(
         &self,
-        request: Request<pb::DecrementRequest>,
+        req: pb::DecrementRequest,
     ) -> Result<Response<pb::StockReply>, Status> {
-        stock_reply(
-            self.mutate(pb::operation::Op::Decrement(request.into_inner()))
-                .await,
-        )
+        stock_reply(self.mutate(pb::operation::Op::Decrement(req)).await)
     }
 
-    async fn reserve(
+    async fn handle_reserve(
         &self,
-        request: Request<pb::ReserveRequest>,
+        req: pb::ReserveRequest,
     ) -> Result<Response<pb::ReservationReply>, Status> {
-        reservation_reply(
-            self.mutate(pb::operation::Op::Reserve(request.into_inner()))
-                .await,
-        )
+        reservation_reply(self.mutate(pb::operation::Op::Reserve(req)).await)
     }
 
-    async fn confirm(
+    async fn handle_confirm(
         &self,
-        request: Request<pb::ConfirmRequest>,
+        req: pb::ConfirmRequest,
     ) -> Result<Response<pb::ReservationReply>, Status> {
-        reservation_reply(
-            self.mutate(pb::operation::Op::Confirm(request.into_inner()))
-                .await,
-        )
+        reservation_reply(self.mutate(pb::operation::Op::Confirm(req)).await)
     }
 
-    async fn release(
+    async fn handle_release(
         &self,
-        request: Request<pb::ReleaseRequest>,
+        req: pb::ReleaseRequest,
     ) -> Result<Response<pb::ReservationReply>, Status> {
-        reservation_reply(
-            self.mutate(pb::operation::Op::Release(request.into_inner()))
-                .await,
-        )
+        reservation_reply(self.mutate(pb::operation::Op::Release(req)).await)
     }
 
-    async fn get(
-        &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetReply>, Status> {
-        let req = request.into_inner();
+    async fn handle_get(&self, req: pb::GetRequest) -> Result<Response<pb::GetReply>, Status> {
         let limits = &self.node.cluster.limits;
         if req.skus.is_empty() || req.skus.len() > limits.get_skus_max {
             return Err(to_status(Error::InvalidArgument {
@@ -266,11 +291,7 @@ impl Inventory for InventoryService {
         }))
     }
 
-    async fn list(
-        &self,
-        request: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListReply>, Status> {
-        let req = request.into_inner();
+    async fn handle_list(&self, req: pb::ListRequest) -> Result<Response<pb::ListReply>, Status> {
         let max = self.node.cluster.limits.list_limit_max;
         let limit = match req.limit {
             0 => 100.min(max),
@@ -350,11 +371,10 @@ impl Inventory for InventoryService {
         }))
     }
 
-    async fn get_reservation(
+    async fn handle_get_reservation(
         &self,
-        request: Request<pb::GetReservationRequest>,
+        req: pb::GetReservationRequest,
     ) -> Result<Response<pb::ReservationReply>, Status> {
-        let req = request.into_inner();
         validate::reservation_id("reservation_id", &req.reservation_id)
             .map_err(|e| to_status(e.into()))?;
         validate::sku("sku", &req.sku).map_err(|e| to_status(e.into()))?;
@@ -383,11 +403,10 @@ impl Inventory for InventoryService {
         }))
     }
 
-    async fn batch(
+    async fn handle_batch(
         &self,
-        request: Request<pb::BatchRequest>,
+        req: pb::BatchRequest,
     ) -> Result<Response<pb::BatchReply>, Status> {
-        let req = request.into_inner();
         let max = self.node.cluster.limits.batch_ops_max;
         if req.ops.is_empty() || req.ops.len() > max {
             return Err(to_status(Error::InvalidArgument {
@@ -468,11 +487,122 @@ impl Inventory for InventoryService {
                 }
             }
         }
+        for r in &results {
+            let reason = match r {
+                Some(pb::operation_result::Result::Error(d)) => {
+                    d.reason().as_str_name().trim_start_matches("REASON_")
+                }
+                _ => "OK",
+            };
+            metrics::counter!("stockpile_batch_operations_total", "reason" => reason).increment(1);
+        }
         Ok(Response::new(pb::BatchReply {
             results: results
                 .into_iter()
                 .map(|r| pb::OperationResult { result: r })
                 .collect(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Inventory for InventoryService {
+    async fn set_stock(
+        &self,
+        request: Request<pb::SetStockRequest>,
+    ) -> Result<Response<pb::StockReply>, Status> {
+        self.serve("set_stock", Kind::Write, 1, request, |r| {
+            self.handle_set_stock(r)
+        })
+        .await
+    }
+
+    async fn adjust_stock(
+        &self,
+        request: Request<pb::AdjustStockRequest>,
+    ) -> Result<Response<pb::StockReply>, Status> {
+        self.serve("adjust_stock", Kind::Write, 1, request, |r| {
+            self.handle_adjust_stock(r)
+        })
+        .await
+    }
+
+    async fn decrement(
+        &self,
+        request: Request<pb::DecrementRequest>,
+    ) -> Result<Response<pb::StockReply>, Status> {
+        self.serve("decrement", Kind::Write, 1, request, |r| {
+            self.handle_decrement(r)
+        })
+        .await
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
+        self.serve("reserve", Kind::Write, 1, request, |r| {
+            self.handle_reserve(r)
+        })
+        .await
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<pb::ConfirmRequest>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
+        self.serve("confirm", Kind::Write, 1, request, |r| {
+            self.handle_confirm(r)
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
+        self.serve("release", Kind::Write, 1, request, |r| {
+            self.handle_release(r)
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetReply>, Status> {
+        let cost = request.get_ref().skus.len() as u64;
+        self.serve("get", Kind::Read, cost, request, |r| self.handle_get(r))
+            .await
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListReply>, Status> {
+        self.serve("list", Kind::Read, 1, request, |r| self.handle_list(r))
+            .await
+    }
+
+    async fn get_reservation(
+        &self,
+        request: Request<pb::GetReservationRequest>,
+    ) -> Result<Response<pb::ReservationReply>, Status> {
+        self.serve("get_reservation", Kind::Read, 1, request, |r| {
+            self.handle_get_reservation(r)
+        })
+        .await
+    }
+
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchReply>, Status> {
+        let cost = request.get_ref().ops.len() as u64;
+        metrics::histogram!("stockpile_batch_ops").record(cost as f64);
+        self.serve("batch", Kind::Write, cost, request, |r| {
+            self.handle_batch(r)
+        })
+        .await
     }
 }

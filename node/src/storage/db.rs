@@ -106,6 +106,9 @@ impl LogSyncer {
                         .log_sync_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     thread_stats.log_syncs.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("stockpile_log_syncs_total").increment(1);
+                    metrics::histogram!("stockpile_log_sync_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "WAL sync failed: log appends are not durable");
                     }
@@ -125,6 +128,7 @@ impl LogSyncer {
     /// Queues `callback` to complete after the next WAL sync.
     pub async fn after_sync(&self, callback: IOFlushed) -> std::io::Result<()> {
         self.stats.log_appends.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("stockpile_log_appends_total").increment(1);
         self.tx
             .send(callback)
             .await

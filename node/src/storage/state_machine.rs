@@ -160,6 +160,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         db.write_opt(batch, &opts).map_err(io_err)?;
         self.meta = meta;
         self.stats.ops_applied.fetch_add(applied, Ordering::Relaxed);
+        metrics::counter!("stockpile_ops_applied_total").increment(applied);
+        metrics::counter!("stockpile_ops_replayed_total").increment(replayed);
         self.stats
             .ops_replayed
             .fetch_add(replayed, Ordering::Relaxed);
@@ -198,6 +200,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await
         .map_err(io_err)??;
         tracing::info!(shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
+        metrics::counter!("stockpile_snapshot_installs_total").increment(1);
         self.meta = sm_meta;
         Ok(())
     }
@@ -230,6 +233,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .await
                 .map_err(io_err)??;
         tracing::info!(shard_id, last_log_id = ?meta.last_log_id, "built snapshot");
+        metrics::counter!("stockpile_snapshot_builds_total").increment(1);
+        if let Ok(m) = file.metadata() {
+            metrics::gauge!("stockpile_snapshot_bytes", "shard" => shard_id.to_string())
+                .set(m.len() as f64);
+        }
         Ok(Snapshot {
             meta,
             snapshot: tokio::fs::File::from_std(file),

@@ -50,6 +50,8 @@ pub struct TestCluster {
     pub dir: TempDir,
     pub config: PathBuf,
     pub addrs: BTreeMap<u64, String>,
+    /// Each node's Prometheus endpoint (host:port).
+    pub metrics_addrs: BTreeMap<u64, String>,
     children: BTreeMap<u64, Child>,
     _lock: MutexGuard<'static, ()>,
 }
@@ -70,6 +72,9 @@ impl TestCluster {
         let addrs: BTreeMap<u64, String> = (1..=opts.nodes)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
             .collect();
+        let metrics_addrs: BTreeMap<u64, String> = (1..=opts.nodes)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
         let replicas: Vec<String> = addrs.keys().map(|id| id.to_string()).collect();
         let mut toml = String::from("cluster_name = \"test\"\n");
         for (id, addr) in &addrs {
@@ -79,7 +84,8 @@ impl TestCluster {
                 .cloned()
                 .unwrap_or_else(|| "local".into());
             toml += &format!(
-                "[[nodes]]\nid = {id}\naddr = \"{addr}\"\nregion = \"{region}\"\nzone = \"z{id}\"\ndata_dir = \"{}\"\n",
+                "[[nodes]]\nid = {id}\naddr = \"{addr}\"\nmetrics_addr = \"{}\"\nregion = \"{region}\"\nzone = \"z{id}\"\ndata_dir = \"{}\"\n",
+                metrics_addrs[id],
                 dir.path().join(format!("node-{id}")).display()
             );
         }
@@ -104,6 +110,7 @@ impl TestCluster {
             dir,
             config,
             addrs,
+            metrics_addrs,
             children: BTreeMap::new(),
             _lock: lock,
         };
@@ -170,6 +177,11 @@ impl TestCluster {
         if path.exists() {
             std::fs::remove_dir_all(path).expect("wipe data dir");
         }
+    }
+
+    /// The OS process id of a running node.
+    pub fn pid(&self, id: u64) -> u32 {
+        self.children[&id].id()
     }
 
     pub fn running(&self) -> Vec<u64> {
