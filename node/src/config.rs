@@ -114,7 +114,8 @@ pub struct ShardConfig {
     pub start: String,
     /// End of the range (exclusive); "" for the highest shard (no upper bound).
     pub end: String,
-    /// Node ids holding a replica. The lowest initializes the shard on a fresh cluster.
+    /// Node ids holding a replica. On a fresh cluster one of them initializes the shard
+    /// (`node::initializer_of`).
     pub replicas: Vec<u64>,
 }
 

@@ -125,9 +125,11 @@ impl Node {
                 message: e.to_string(),
             })?;
             check_membership(&raft, &sc.replicas, shard_id)?;
-            // Exactly one node initializes a fresh shard: the lowest replica id, and only
-            // when it has never stored anything for the shard. Restarts never re-initialize.
-            let initializer = sc.replicas.iter().min().copied() == Some(node_id);
+            // Exactly one node initializes a fresh shard, and only when it has never
+            // stored anything for the shard; restarts never re-initialize. The initializer
+            // is the shard's `(id - 1) % n`-th replica in id order, so that first leaders
+            // spread over the nodes instead of all landing on the lowest id.
+            let initializer = initializer_of(&sc) == node_id;
             if pristine && initializer {
                 let members: BTreeMap<u64, openraft::BasicNode> = sc
                     .replicas
@@ -325,4 +327,12 @@ fn check_membership(raft: &Raft, replicas: &[u64], shard_id: u64) -> Result<(), 
         )));
     }
     Ok(())
+}
+
+/// The replica that initializes a fresh shard: the `(shard id - 1) % replicas`-th in
+/// node id order.
+pub fn initializer_of(shard: &crate::config::ShardConfig) -> u64 {
+    let mut replicas = shard.replicas.clone();
+    replicas.sort_unstable();
+    replicas[((shard.id - 1) % replicas.len() as u64) as usize]
 }

@@ -52,8 +52,54 @@ pub struct ApplyStats {
     pub entries_applied: AtomicU64,
 }
 
+/// What the state machine knows, without reading, about the earliest key of an index
+/// (timer or outcome age): lets most entries skip the scan of that index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hint {
+    /// Read the index to find out.
+    Unknown,
+    /// The index is empty.
+    Empty,
+    /// The earliest key's time.
+    At(u64),
+}
+
+impl Hint {
+    /// True when nothing in the index is at or before `t`.
+    fn nothing_at_or_before(self, t: u64) -> bool {
+        match self {
+            Hint::Unknown => false,
+            Hint::Empty => true,
+            Hint::At(at) => at > t,
+        }
+    }
+
+    fn added(self, t: u64) -> Hint {
+        match self {
+            Hint::Unknown => Hint::Unknown,
+            Hint::Empty => Hint::At(t),
+            Hint::At(at) => Hint::At(at.min(t)),
+        }
+    }
+
+    fn removed(self, t: u64) -> Hint {
+        match self {
+            Hint::At(at) if at == t => Hint::Unknown,
+            other => other,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Hints {
+    earliest_timer: Hint,
+    oldest_outcome: Hint,
+}
+
 pub struct StateMachineStore {
     shard_id: u64,
+    /// Kept in memory only; reset on start and snapshot install.
+    hints: Hints,
     db: Arc<DB>,
     snapshot_dir: PathBuf,
     /// A copy of the stored meta, kept in step with every applied batch.
@@ -87,6 +133,10 @@ impl StateMachineStore {
         snapshot::remove_leftovers(&snapshot_dir, shard_id)?;
         let meta = read_meta(&db, shard_id)?;
         Ok(StateMachineStore {
+            hints: Hints {
+                earliest_timer: Hint::Unknown,
+                oldest_outcome: Hint::Unknown,
+            },
             shard_id,
             db,
             snapshot_dir,
@@ -115,7 +165,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut replies = Vec::new();
         let (mut applied, mut replayed, mut normal) = (0u64, 0u64, 0u64);
         {
-            let mut overlay = Overlay::new(self.shard_id, &db, cf, &mut batch, &mut meta);
+            let mut overlay = Overlay::new(
+                self.shard_id,
+                &db,
+                cf,
+                &mut batch,
+                &mut meta,
+                &mut self.hints,
+            );
             while let Some(item) = entries.next().await {
                 let (entry, responder) = item?;
                 if let Some(prev) = overlay.meta.last_applied {
@@ -152,6 +209,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     replies.push((responder, response));
                 }
             }
+            overlay.resolve_hints()?;
             overlay.put_meta();
             overlay.take_error()?;
         }
@@ -202,6 +260,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tracing::info!(shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         metrics::counter!("stockpile_snapshot_installs_total").increment(1);
         self.meta = sm_meta;
+        self.hints = Hints {
+            earliest_timer: Hint::Unknown,
+            oldest_outcome: Hint::Unknown,
+        };
         Ok(())
     }
 
@@ -253,6 +315,7 @@ struct Overlay<'a> {
     cf: &'a ColumnFamily,
     batch: &'a mut WriteBatch,
     meta: &'a mut SmMeta,
+    hints: &'a mut Hints,
     /// Keys written in this batch: Some(value) or None for deleted.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The first failure of an infallible-looking write (an encoding error).
@@ -266,6 +329,7 @@ impl<'a> Overlay<'a> {
         cf: &'a ColumnFamily,
         batch: &'a mut WriteBatch,
         meta: &'a mut SmMeta,
+        hints: &'a mut Hints,
     ) -> Self {
         Overlay {
             shard_id,
@@ -273,6 +337,7 @@ impl<'a> Overlay<'a> {
             cf,
             batch,
             meta,
+            hints,
             pending: BTreeMap::new(),
             error: None,
         }
@@ -311,6 +376,34 @@ impl<'a> Overlay<'a> {
     fn delete(&mut self, key: Vec<u8>) {
         self.batch.delete_cf(self.cf, &key);
         self.pending.insert(key, None);
+    }
+
+    /// Reads the earliest key of each index whose hint is unknown, so the next entries
+    /// can skip their scans.
+    fn resolve_hints(&mut self) -> io::Result<()> {
+        if self.hints.earliest_timer == Hint::Unknown {
+            let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::Timer);
+            self.hints.earliest_timer = match self.scan_keys(&start, &end, 1)?.first() {
+                Some(k) => Hint::At(
+                    keys::parse_timer_key(self.shard_id, k)
+                        .ok_or_else(|| io_err("malformed timer key"))?
+                        .0,
+                ),
+                None => Hint::Empty,
+            };
+        }
+        if self.hints.oldest_outcome == Hint::Unknown {
+            let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
+            self.hints.oldest_outcome = match self.scan_keys(&start, &end, 1)?.first() {
+                Some(k) => Hint::At(
+                    keys::parse_outcome_age_key(self.shard_id, k)
+                        .ok_or_else(|| io_err("malformed outcome age key"))?
+                        .0,
+                ),
+                None => Hint::Empty,
+            };
+        }
+        Ok(())
     }
 
     fn put_meta(&mut self) {
@@ -362,13 +455,16 @@ impl Records for Overlay<'_> {
     fn put_reservation(&mut self, r: &Reservation, old_timer_ms: Option<u64>) {
         if let Some(old) = old_timer_ms {
             self.delete(keys::timer_key(self.shard_id, old, &r.id));
+            self.hints.earliest_timer = self.hints.earliest_timer.removed(old);
         }
+        self.hints.earliest_timer = self.hints.earliest_timer.added(r.timer_ms);
         self.put(keys::timer_key(self.shard_id, r.timer_ms, &r.id), &());
         self.put(keys::reservation_key(self.shard_id, &r.id), r);
     }
 
     fn delete_reservation(&mut self, id: &str, timer_ms: u64) {
         self.delete(keys::timer_key(self.shard_id, timer_ms, id));
+        self.hints.earliest_timer = self.hints.earliest_timer.removed(timer_ms);
         self.delete(keys::reservation_key(self.shard_id, id));
     }
 
@@ -383,6 +479,7 @@ impl Records for Overlay<'_> {
             &(),
         );
         self.meta.outcomes_count += 1;
+        self.hints.oldest_outcome = self.hints.oldest_outcome.added(stored.applied_at_ms);
     }
 }
 
@@ -400,6 +497,9 @@ impl ShardState for Overlay<'_> {
     }
 
     fn due_timers(&mut self, now_ms: u64, max: usize) -> io::Result<Vec<(u64, String)>> {
+        if self.hints.earliest_timer.nothing_at_or_before(now_ms) {
+            return Ok(Vec::new());
+        }
         let (start, _) = keys::sm_space_range(self.shard_id, SmSpace::Timer);
         let end = keys::timer_key(self.shard_id, now_ms.saturating_add(1), "");
         let keys = self.scan_keys(&start, &end, max)?;
@@ -416,11 +516,22 @@ impl ShardState for Overlay<'_> {
         keep_max: u64,
         deletes_max: usize,
     ) -> io::Result<u64> {
-        const CHUNK: usize = 64;
+        if self.meta.outcomes_count <= keep_max
+            && self
+                .hints
+                .oldest_outcome
+                .nothing_at_or_before(applied_before_ms.saturating_sub(1))
+        {
+            return Ok(0);
+        }
+        // Small first: usually only the first key is looked at.
+        let mut chunk_len: usize = 1;
         let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
         let mut deleted = 0u64;
         'scan: while (deleted as usize) < deletes_max {
-            let chunk = self.scan_keys(&start, &end, CHUNK.min(deletes_max - deleted as usize))?;
+            let chunk =
+                self.scan_keys(&start, &end, chunk_len.min(deletes_max - deleted as usize))?;
+            chunk_len = (chunk_len * 4).min(256);
             if chunk.is_empty() {
                 break;
             }
@@ -433,6 +544,7 @@ impl ShardState for Overlay<'_> {
                 self.delete(key);
                 self.delete(keys::outcome_key(self.shard_id, &id));
                 self.meta.outcomes_count -= 1;
+                self.hints.oldest_outcome = Hint::Unknown;
                 deleted += 1;
             }
         }

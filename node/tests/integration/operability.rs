@@ -1,13 +1,13 @@
 //! Operability on real clusters: Prometheus metrics after traffic, gRPC reflection
 //! and health, overload (admission control), and SIGTERM on a leader under load.
 
-mod common;
+
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use stockpile_client::proto as pb;
 use stockpile_client::proto::admin_client::AdminClient;
 use stockpile_client::proto::inventory_client::InventoryClient;

@@ -5,6 +5,9 @@
 //! mutation may be unknown: the error names its request id, and `--request-id`
 //! retries it safely).
 
+mod bench;
+mod svg;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -91,6 +94,9 @@ enum Command {
     /// The cluster: status, map, leaders, repair.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Drive a workload and report ops/s, latency percentiles and errors
+    /// (docs/PERFORMANCE.md).
+    Bench(bench::BenchArgs),
     /// Many concurrent decrements of one SKU until it runs out: shows that exactly the
     /// stock is sold, never more.
     Rush {
@@ -275,13 +281,23 @@ async fn run(cli: Cli) -> Result<(), Error> {
         cli.endpoints.clone()
     };
     let mut builder = Client::builder()
-        .seeds(endpoints)
+        .seeds(endpoints.clone())
         .request_timeout(cli.timeout);
     if let Some(r) = &cli.region {
         builder = builder.region(r.clone());
     }
     if cli.no_coalescing {
         builder = builder.no_coalescing();
+    }
+    if let Command::Bench(args) = cli.command {
+        let ok = bench::run(endpoints, cli.region.clone(), args, cli.json).await?;
+        return if ok {
+            Ok(())
+        } else {
+            Err(Error::Internal {
+                message: "the drain check failed".into(),
+            })
+        };
     }
     let client = builder.build().await?;
     let json = cli.json;
@@ -480,6 +496,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
         },
+        // Handled above, before the client is built.
+        Command::Bench(_) => {}
         Command::Cluster(ClusterCmd::Map) => {
             let map = client.shard_map();
             if json {

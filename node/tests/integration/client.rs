@@ -2,14 +2,14 @@
 //! across the kill of every shard leader, regions, exactly-once retries counted on
 //! the server, coalescing, and carts across shards.
 
-mod common;
+
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use stockpile_client::{Client, Consistency, Error, Item, new_request_id};
 
 #[derive(Default, Debug, Clone, Copy)]

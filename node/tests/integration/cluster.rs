@@ -1,11 +1,11 @@
 //! Integration tests of the core store on real 3-node clusters (issue: core).
 
-mod common;
+
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use stockpile_client::Consistency;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,7 +215,11 @@ async fn concurrent_decrements_never_oversell() {
     let client = cluster.client().await;
     cluster.wait_leaders(&client).await;
     client.set_stock("tomato-hot", 100).await.expect("set");
-    let client = Arc::new(client);
+    // Without client-side coalescing, so that the node's own proposer has to combine
+    // the concurrent requests.
+    let client = Arc::new(
+        stockpile_client::Client::builder().seeds(cluster.addrs.values().cloned()).no_coalescing().build().await.expect("client"),
+    );
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let c = client.clone();

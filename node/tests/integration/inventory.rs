@@ -2,12 +2,12 @@
 //! the replicated clock, exactly-once retries, snapshot-rebuilt replicas, the race for
 //! the last units, and batches as one Raft entry per shard.
 
-mod common;
+
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use stockpile_client::proto as pb;
 use stockpile_client::proto::inventory_client::InventoryClient;
 use stockpile_client::{Consistency, Error, Item, ReservationState, new_request_id};
