@@ -7,6 +7,9 @@ const W: f64 = 900.0;
 const H: f64 = 300.0;
 const PAD: f64 = 55.0;
 
+/// A named, coloured line: points with x in 0..=1 and y in ms.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -19,7 +22,7 @@ fn panel(
     y0: f64,
     title: &str,
     x_labels: &[(f64, String)],
-    series: &[(&str, &str, Vec<(f64, f64)>)],
+    series: &[Series<'_>],
 ) -> String {
     let y_max = series
         .iter()
@@ -87,7 +90,7 @@ pub fn plot(title: &str, per_second: &[Histogram<u64>], all: &Histogram<u64>) ->
         per_second
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.len() > 0)
+            .filter(|(_, h)| !h.is_empty())
             .map(|(i, h)| ((i as f64 + 0.5) / secs, h.value_at_quantile(q) as f64 / 1e3))
             .collect()
     };
