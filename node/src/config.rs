@@ -221,7 +221,7 @@ impl Default for ServerTuning {
             read_timeout_ms: 5_000,
             entry_ops_max: 4_096,
             shard_queue_max: 8_192,
-            shard_entries_in_flight_max: 64,
+            shard_entries_in_flight_max: 2,
             sweep_interval_ms: 500,
             shutdown_grace_ms: 5_000,
         }

@@ -108,6 +108,7 @@ impl Node {
             .map_err(io(format!(
                 "shard {shard_id}: cannot open its state machine"
             )))?;
+            let next_timer_ms = sm.next_timer_handle();
             let network = NetworkFactory {
                 shard_id,
                 pool: peers.clone(),
@@ -162,10 +163,12 @@ impl Node {
                 node_id,
                 cluster.clone(),
                 propose_stats.clone(),
+                next_timer_ms,
                 &shutdown,
             );
             shards.insert(shard_id, shard);
         }
+        crate::shard::spawn_sweeper(shards.values().cloned().collect(), cluster.server.sweep_interval_ms, shutdown.subscribe());
         let admission = crate::admission::Admission::new(cluster.admission.clone());
         Ok(Arc::new(Node {
             id: node_id,

@@ -8,6 +8,7 @@ use stockpile_proto::v1::admin_server::AdminServer;
 use stockpile_proto::v1::inventory_server::InventoryServer;
 use stockpile_proto::v1::raft_server::RaftServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::admin::AdminService;
@@ -71,6 +72,15 @@ pub async fn serve(
     let raft = RaftServer::new(RaftService::new(node.clone()))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    // Accepted connections get TCP_NODELAY here: the builder's own `tcp_nodelay` only
+    // applies to listeners tonic binds itself. Without it, Nagle's algorithm and
+    // delayed ACKs hold small replies back for up to 40 ms.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|s| {
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    });
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
@@ -78,7 +88,7 @@ pub async fn serve(
         .add_service(inventory)
         .add_service(admin)
         .add_service(raft)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

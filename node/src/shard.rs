@@ -52,6 +52,8 @@ pub struct Shard {
     node_id: u64,
     cluster: Arc<ClusterConfig>,
     proposals: mpsc::Sender<Proposal>,
+    /// The state machine's earliest-timer hint (`u64::MAX` none, 0 unknown).
+    next_timer_ms: Arc<AtomicU64>,
 }
 
 /// Milliseconds since the Unix epoch on this node's clock, plus the test-only skew
@@ -79,6 +81,7 @@ impl Shard {
         node_id: u64,
         cluster: Arc<ClusterConfig>,
         stats: Arc<ProposeStats>,
+        next_timer_ms: Arc<AtomicU64>,
         shutdown: &broadcast::Sender<()>,
     ) -> Arc<Shard> {
         let (tx, rx) = mpsc::channel(cluster.server.shard_queue_max);
@@ -89,6 +92,7 @@ impl Shard {
             node_id,
             cluster: cluster.clone(),
             proposals: tx,
+            next_timer_ms,
         });
         tokio::spawn(run_proposer(
             shard.config.id,
@@ -96,11 +100,6 @@ impl Shard {
             rx,
             cluster.clone(),
             stats,
-            shutdown.subscribe(),
-        ));
-        tokio::spawn(run_sweeper(
-            Arc::downgrade(&shard),
-            cluster.server.sweep_interval_ms,
             shutdown.subscribe(),
         ));
         shard
@@ -327,44 +326,45 @@ fn scopeguard(g: metrics::Gauge) -> InFlight {
     InFlight(g)
 }
 
-/// The eager half of reservation expiry: while this node leads the shard, propose
-/// an empty entry (a tick) whenever a reservation timer is due, so that expired
-/// holds return their stock without anyone asking.
-async fn run_sweeper(
-    shard: std::sync::Weak<Shard>,
-    interval_ms: u64,
-    mut shutdown: broadcast::Receiver<()>,
-) {
-    // Spread shards' timers so they do not all fire together.
-    let jitter = rand::random::<u64>() % interval_ms.max(1);
-    tokio::time::sleep(Duration::from_millis(jitter)).await;
-    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.recv() => return,
-        }
-        let Some(shard) = shard.upgrade() else { return };
-        if !shard.is_leader() {
-            continue;
-        }
-        match shard.reader.earliest_timer_ms() {
-            Ok(Some(due)) if due <= wall_clock_ms() => {
-                if let Err(e) = shard
-                    .propose(OpGroup {
-                        atomic: false,
-                        ops: Vec::new(),
-                    })
-                    .await
-                {
-                    tracing::debug!(shard_id = shard.id(), error = %e, "expiry tick not applied");
+/// The eager half of reservation expiry, one task per node: for every shard this node
+/// leads, propose an empty entry (a tick) when a reservation timer is due, so that
+/// expired holds return their stock without anyone asking. The due time comes from the
+/// state machine's in-memory hint; the timer index is read only when it is unknown.
+pub fn spawn_sweeper(shards: Vec<Arc<Shard>>, interval_ms: u64, mut shutdown: broadcast::Receiver<()>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.recv() => return,
+            }
+            let now = wall_clock_ms();
+            for shard in &shards {
+                if !shard.is_leader() {
+                    continue;
+                }
+                let due = match shard.next_timer_ms.load(Ordering::Relaxed) {
+                    u64::MAX => continue,
+                    0 => match shard.reader.earliest_timer_ms() {
+                        Ok(Some(t)) => t,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(shard_id = shard.id(), error = %e, "cannot read the timer index");
+                            continue;
+                        }
+                    },
+                    t => t,
+                };
+                if due <= now {
+                    let shard = shard.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = shard.propose(OpGroup { atomic: false, ops: Vec::new() }).await {
+                            tracing::debug!(shard_id = shard.id(), error = %e, "expiry tick not applied");
+                        }
+                    });
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(shard_id = shard.id(), error = %e, "cannot read the timer index")
-            }
         }
-    }
+    });
 }

@@ -57,6 +57,17 @@ pub fn open(path: &Path) -> Result<Arc<DB>, DbError> {
     let cfs = keys::ALL_CFS.iter().map(|name| {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        if *name == keys::CF_SM {
+            // Most state machine reads are point lookups, many of them misses (is this
+            // request id stored?): bloom filters in the memtable and in every SST file
+            // answer a miss without walking the skiplist or reading a block.
+            cf_opts.set_memtable_whole_key_filtering(true);
+            cf_opts.set_memtable_prefix_bloom_ratio(0.1);
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            table.set_whole_key_filtering(true);
+            cf_opts.set_block_based_table_factory(&table);
+        }
         ColumnFamilyDescriptor::new(*name, cf_opts)
     });
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| DbError::Open {

@@ -53,11 +53,13 @@ pub struct ApplyStats {
 }
 
 /// What the state machine knows, without reading, about the earliest key of an index
-/// (timer or outcome age): lets most entries skip the scan of that index.
+/// (timer or outcome age): lets most entries skip the scan of that index, and lets a
+/// scan start past the tombstones that removing the earliest keys leaves behind
+/// (seeking from the start of the index would walk them all, every time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hint {
-    /// Read the index to find out.
-    Unknown,
+    /// Read the index to find out; nothing in it is earlier than `from`.
+    Unknown { from: u64 },
     /// The index is empty.
     Empty,
     /// The earliest key's time.
@@ -65,10 +67,12 @@ enum Hint {
 }
 
 impl Hint {
+    const UNKNOWN: Hint = Hint::Unknown { from: 0 };
+
     /// True when nothing in the index is at or before `t`.
     fn nothing_at_or_before(self, t: u64) -> bool {
         match self {
-            Hint::Unknown => false,
+            Hint::Unknown { from } => from > t,
             Hint::Empty => true,
             Hint::At(at) => at > t,
         }
@@ -76,7 +80,7 @@ impl Hint {
 
     fn added(self, t: u64) -> Hint {
         match self {
-            Hint::Unknown => Hint::Unknown,
+            Hint::Unknown { from } => Hint::Unknown { from: from.min(t) },
             Hint::Empty => Hint::At(t),
             Hint::At(at) => Hint::At(at.min(t)),
         }
@@ -84,8 +88,17 @@ impl Hint {
 
     fn removed(self, t: u64) -> Hint {
         match self {
-            Hint::At(at) if at == t => Hint::Unknown,
+            Hint::At(at) if at == t => Hint::Unknown { from: t },
             other => other,
+        }
+    }
+
+    /// Where a scan of the index may start: nothing is earlier.
+    fn scan_from(self) -> Option<u64> {
+        match self {
+            Hint::Unknown { from } => Some(from),
+            Hint::Empty => None,
+            Hint::At(at) => Some(at),
         }
     }
 }
@@ -105,6 +118,9 @@ pub struct StateMachineStore {
     /// A copy of the stored meta, kept in step with every applied batch.
     meta: SmMeta,
     stats: Arc<ApplyStats>,
+    /// The earliest reservation timer after the last apply, for the leader's expiry
+    /// sweep: `u64::MAX` none, 0 unknown (read the index).
+    next_timer_ms: Arc<AtomicU64>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -123,6 +139,11 @@ pub fn read_meta(db: &DB, shard_id: u64) -> io::Result<SmMeta> {
 }
 
 impl StateMachineStore {
+    /// The shared earliest-timer hint (see `next_timer_ms`), for the shard's sweeper.
+    pub fn next_timer_handle(&self) -> Arc<AtomicU64> {
+        self.next_timer_ms.clone()
+    }
+
     pub fn open(
         shard_id: u64,
         db: Arc<DB>,
@@ -133,9 +154,10 @@ impl StateMachineStore {
         snapshot::remove_leftovers(&snapshot_dir, shard_id)?;
         let meta = read_meta(&db, shard_id)?;
         Ok(StateMachineStore {
+            next_timer_ms: Arc::new(AtomicU64::new(0)),
             hints: Hints {
-                earliest_timer: Hint::Unknown,
-                oldest_outcome: Hint::Unknown,
+                earliest_timer: Hint::UNKNOWN,
+                oldest_outcome: Hint::UNKNOWN,
             },
             shard_id,
             db,
@@ -210,6 +232,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
             overlay.resolve_hints()?;
+            self.next_timer_ms.store(
+                match overlay.hints.earliest_timer {
+                    Hint::Empty => u64::MAX,
+                    Hint::At(t) => t.max(1),
+                    Hint::Unknown { .. } => 0,
+                },
+                Ordering::Relaxed,
+            );
             overlay.put_meta();
             overlay.take_error()?;
         }
@@ -261,9 +291,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         metrics::counter!("stockpile_snapshot_installs_total").increment(1);
         self.meta = sm_meta;
         self.hints = Hints {
-            earliest_timer: Hint::Unknown,
-            oldest_outcome: Hint::Unknown,
+            earliest_timer: Hint::UNKNOWN,
+            oldest_outcome: Hint::UNKNOWN,
         };
+        self.next_timer_ms.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -381,8 +412,9 @@ impl<'a> Overlay<'a> {
     /// Reads the earliest key of each index whose hint is unknown, so the next entries
     /// can skip their scans.
     fn resolve_hints(&mut self) -> io::Result<()> {
-        if self.hints.earliest_timer == Hint::Unknown {
-            let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::Timer);
+        if let Hint::Unknown { from } = self.hints.earliest_timer {
+            let (_, end) = keys::sm_space_range(self.shard_id, SmSpace::Timer);
+            let start = keys::timer_key(self.shard_id, from, "");
             self.hints.earliest_timer = match self.scan_keys(&start, &end, 1)?.first() {
                 Some(k) => Hint::At(
                     keys::parse_timer_key(self.shard_id, k)
@@ -392,8 +424,9 @@ impl<'a> Overlay<'a> {
                 None => Hint::Empty,
             };
         }
-        if self.hints.oldest_outcome == Hint::Unknown {
-            let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
+        if let Hint::Unknown { from } = self.hints.oldest_outcome {
+            let (_, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
+            let start = keys::outcome_age_key(self.shard_id, from, &[0u8; 16]);
             self.hints.oldest_outcome = match self.scan_keys(&start, &end, 1)?.first() {
                 Some(k) => Hint::At(
                     keys::parse_outcome_age_key(self.shard_id, k)
@@ -500,7 +533,8 @@ impl ShardState for Overlay<'_> {
         if self.hints.earliest_timer.nothing_at_or_before(now_ms) {
             return Ok(Vec::new());
         }
-        let (start, _) = keys::sm_space_range(self.shard_id, SmSpace::Timer);
+        let Some(from) = self.hints.earliest_timer.scan_from() else { return Ok(Vec::new()) };
+        let start = keys::timer_key(self.shard_id, from, "");
         let end = keys::timer_key(self.shard_id, now_ms.saturating_add(1), "");
         let keys = self.scan_keys(&start, &end, max)?;
         keys.iter()
@@ -526,7 +560,9 @@ impl ShardState for Overlay<'_> {
         }
         // Small first: usually only the first key is looked at.
         let mut chunk_len: usize = 1;
-        let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
+        let Some(from) = self.hints.oldest_outcome.scan_from() else { return Ok(0) };
+        let (_, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
+        let start = keys::outcome_age_key(self.shard_id, from, &[0u8; 16]);
         let mut deleted = 0u64;
         'scan: while (deleted as usize) < deletes_max {
             let chunk =
@@ -544,7 +580,7 @@ impl ShardState for Overlay<'_> {
                 self.delete(key);
                 self.delete(keys::outcome_key(self.shard_id, &id));
                 self.meta.outcomes_count -= 1;
-                self.hints.oldest_outcome = Hint::Unknown;
+                self.hints.oldest_outcome = Hint::Unknown { from: at };
                 deleted += 1;
             }
         }

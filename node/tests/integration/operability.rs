@@ -49,7 +49,7 @@ async fn metrics_are_served_after_traffic() {
         client.decrement("apple-m", 1).await.expect("decrement");
     }
     let _ = client.decrement("apple-m", 1_000).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await; // gauges refresh every second
+    tokio::time::sleep(Duration::from_millis(2_500)).await; // gauges refresh every 2 s
     let leader = leaders[&1];
     let text = scrape(&cluster.metrics_addrs[&leader]).await;
     let ok = sample(

@@ -47,15 +47,13 @@ fn panel(
     );
     for i in 0..=4 {
         let v = y_max * i as f64 / 4.0;
+        let y = sy(v);
         out += &format!(
-            "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\" font-family=\"sans-serif\">{:.2} ms</text><line x1=\"{}\" y1=\"{2}\" x2=\"{}\" y2=\"{2}\" stroke=\"#ddd\"/>\n",
+            "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\" font-family=\"sans-serif\">{v:.2} ms</text>\n",
             sx(0.0) - 4.0,
-            sy(v) + 3.0,
-            v,
-            sx(0.0),
-            sx(1.0)
-        )
-        .replace("{2}", &format!("{}", sy(v)));
+            y + 3.0
+        );
+        out += &format!("<line x1=\"{}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\n", sx(0.0), sx(1.0));
     }
     for (x, label) in x_labels {
         out += &format!(

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Measures the idle CPU of a local 3-node cluster holding N shards (every shard on
+# every node), after every shard has a leader: the cost of many idle Raft groups.
+#
+#   scripts/idle-cpu.sh SHARDS [HEARTBEAT_MS] [SECONDS]
+#
+# HEARTBEAT_MS (default 100) sets raft.heartbeat_interval_ms; election timeouts are
+# 10-20x it. Prints each node's CPU use as a percentage of one core. Uses ports
+# 7201-7203 and data under ./data/idle-*; stops the nodes at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shards=${1:?usage: $0 SHARDS [HEARTBEAT_MS] [SECONDS]}
+hb=${2:-100}
+secs=${3:-30}
+cfg=data/idle-$shards.toml
+mkdir -p data
+rm -rf data/idle-node-*
+{
+  echo "cluster_name = \"idle-$shards\""
+  for n in 1 2 3; do
+    printf '[[nodes]]\nid = %d\naddr = "127.0.0.1:720%d"\ndata_dir = "data/idle-node-%d"\n' "$n" "$n" "$n"
+  done
+  prev=""
+  for i in $(seq 1 "$shards"); do
+    if [ "$i" -eq "$shards" ]; then end=""; else end=$(printf '%04x' $(( i * 65536 / shards ))); fi
+    printf '[[shards]]\nid = %d\nstart = "%s"\nend = "%s"\nreplicas = [1, 2, 3]\n' "$i" "$prev" "$end"
+    prev=$end
+  done
+  printf '[raft]\nheartbeat_interval_ms = %d\nelection_timeout_min_ms = %d\nelection_timeout_max_ms = %d\n' "$hb" $((hb * 10)) $((hb * 20))
+} > "$cfg"
+[ -x target/release/stockpile-node ] || cargo build --release --workspace --quiet
+pids=()
+for n in 1 2 3; do
+  target/release/stockpile-node --config "$cfg" --node-id "$n" >"data/idle-node-$n.log" 2>&1 &
+  pids+=($!)
+done
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+started=$SECONDS
+target/release/stockpile --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 --timeout 5s cluster wait --within 300s >/dev/null
+echo "shards=$shards heartbeat=${hb}ms: all leaders elected after $((SECONDS - started)) s; settling 5 s, measuring ${secs} s"
+sleep 5
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+declare -a before
+for i in 0 1 2; do before[$i]=$(ticks "${pids[$i]}"); done
+sleep "$secs"
+for i in 0 1 2; do
+  after=$(ticks "${pids[$i]}")
+  rss=$(awk '/VmRSS/{print $2}' "/proc/${pids[$i]}/status")
+  awk -v d=$((after - before[i])) -v hz="$hz" -v s="$secs" -v n=$((i + 1)) -v rss="$rss" \
+    'BEGIN { printf "node %d: %.1f%% of one core, RSS %d MiB\n", n, 100 * d / hz / s, rss / 1024 }'
+done
