@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod inventory;
 pub mod node;
+pub mod planted;
 pub mod raft;
 pub mod server;
 pub mod shard;

@@ -88,7 +88,8 @@ impl Node {
         let propose_stats = Arc::new(ProposeStats::default());
         let syncer = LogSyncer::start(db.clone(), write_stats.clone())
             .map_err(io("cannot start the WAL syncer"))?;
-        let peers = PeerPool::new(node_id, cluster.raft.snapshot_chunk_bytes as usize);
+        let source_ip = me.addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
+        let peers = PeerPool::new(node_id, cluster.raft.snapshot_chunk_bytes as usize, source_ip);
         let (shutdown, _) = broadcast::channel(1);
         let snapshot_dir = data_dir.join("snapshots");
 

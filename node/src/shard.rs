@@ -140,6 +140,10 @@ impl Shard {
     /// proposed, when this node is not the leader or the shard's queue is full.
     pub async fn propose(&self, group: OpGroup) -> Result<Proposed, Error> {
         self.check_leader()?;
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::active() == crate::planted::Bug::AckBeforeCommit && !group.ops.is_empty() {
+            return self.answer_before_commit(group);
+        }
         let (reply, rx) = oneshot::channel();
         match self.proposals.try_send(Proposal { group, reply }) {
             Ok(()) => {}
@@ -192,10 +196,26 @@ impl Shard {
         Ok(self.leader_id())
     }
 
+    /// Planted bug `ack-before-commit`: answers from the local state at once and
+    /// proposes in the background, whatever becomes of it.
+    #[cfg(feature = "planted-bugs")]
+    fn answer_before_commit(&self, group: OpGroup) -> Result<Proposed, Error> {
+        let mut scratch = crate::planted::scratch::Scratch::new(&self.reader).map_err(Error::internal)?;
+        let request = ShardRequest { now_ms: wall_clock_ms(), retention: self.cluster.retention.to_retention(), groups: vec![group.clone()] };
+        let response = crate::inventory::apply(&mut scratch, &request).map_err(Error::internal)?;
+        let (reply, _rx) = oneshot::channel();
+        let _ = self.proposals.try_send(Proposal { group, reply });
+        let results = response.groups.into_iter().next().unwrap_or_default();
+        Ok(Proposed { results, log_index: 0 })
+    }
+
     /// Waits until a read of the local state machine is linearizable: this node is
     /// confirmed leader (read index or lease, per config) and has applied up to the
     /// read point.
     pub async fn linearize(&self) -> Result<(), Error> {
+        if crate::planted::active() == crate::planted::Bug::LocalReads {
+            return Ok(());
+        }
         let timeout = Duration::from_millis(self.cluster.server.read_timeout_ms);
         let policy = crate::raft::read_policy(&self.cluster);
         match tokio::time::timeout(timeout, self.raft.ensure_linearizable(policy)).await {

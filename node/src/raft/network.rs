@@ -36,14 +36,18 @@ pub type RemoteResult<T> = Result<T, String>;
 /// One channel per peer node, shared by all shards of this node.
 pub struct PeerPool {
     node_id: NodeId,
+    /// Outgoing connections leave from the node's own address, so that per-pair
+    /// network rules (the Jepsen-style tests' partitions) match them.
+    source_ip: Option<std::net::IpAddr>,
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
     snapshot_chunk_bytes: usize,
 }
 
 impl PeerPool {
-    pub fn new(node_id: NodeId, snapshot_chunk_bytes: usize) -> Arc<Self> {
+    pub fn new(node_id: NodeId, snapshot_chunk_bytes: usize, source_ip: Option<std::net::IpAddr>) -> Arc<Self> {
         Arc::new(PeerPool {
             node_id,
+            source_ip,
             channels: Mutex::new(HashMap::new()),
             snapshot_chunk_bytes,
         })
@@ -64,6 +68,7 @@ impl PeerPool {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad address {addr}: {e}"))?
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .local_address(self.source_ip)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
