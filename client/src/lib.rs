@@ -232,7 +232,12 @@ fn never_sent(status: &tonic::Status) -> bool {
         text.push_str(&s.to_string().to_lowercase());
         source = s.source();
     }
-    text.contains("connect") || text.contains("refused")
+    // Only a failure to establish the connection proves the request never left; a
+    // reset or broken connection ("connection reset" contains "connect"!) may come after
+    // the node received it.
+    text.contains("error trying to connect")
+        || text.contains("tcp connect error")
+        || text.contains("connection refused")
 }
 
 impl Client {
@@ -400,11 +405,20 @@ impl Client {
                     },
                 });
             }
+            // A failure to refresh the map after an attempt that may have been applied
+            // leaves the outcome unknown, not certainly failed.
+            let unknown_if_sent = |e: Error| match (request_id, maybe_applied) {
+                (Some(request_id), true) => Error::OutcomeUnknown {
+                    request_id,
+                    message: e.to_string(),
+                },
+                _ => e,
+            };
             let candidates =
                 self.routing()
                     .candidates(shard_id, region.as_deref(), target == Target::Leader);
             if candidates.is_empty() {
-                self.refresh_map(deadline).await?;
+                self.refresh_map(deadline).await.map_err(unknown_if_sent)?;
                 attempt += 1;
                 continue;
             }
@@ -428,7 +442,7 @@ impl Client {
             let addr = match addr {
                 Some(a) => a,
                 None => {
-                    self.refresh_map(deadline).await?;
+                    self.refresh_map(deadline).await.map_err(unknown_if_sent)?;
                     continue;
                 }
             };
@@ -506,7 +520,7 @@ impl Client {
                     self.routing().leaders.remove(&shard_id);
                 }
                 pb::Reason::ShardMoved => {
-                    self.refresh_map(deadline).await?;
+                    self.refresh_map(deadline).await.map_err(unknown_if_sent)?;
                 }
                 _ => {}
             }
@@ -1316,6 +1330,18 @@ impl Client {
     /// Stale reads of `skus` answered by one given node (which must hold their
     /// shards): what that replica has applied, for tests and operators.
     pub async fn get_from_node(&self, node_id: u64, skus: &[&str]) -> Result<Vec<Read>, Error> {
+        self.get_at_node(node_id, skus, Consistency::Stale).await
+    }
+
+    /// Reads `skus` from one given node with `consistency`, without retries or
+    /// routing: a linearizable read there answers only if that node leads the shards
+    /// (else `NOT_LEADER`). For tests that pin a client to a node.
+    pub async fn get_at_node(
+        &self,
+        node_id: u64,
+        skus: &[&str],
+        consistency: Consistency,
+    ) -> Result<Vec<Read>, Error> {
         let addr = self
             .routing()
             .map
@@ -1329,7 +1355,7 @@ impl Client {
         let req = with_timeout(
             pb::GetRequest {
                 skus: skus.iter().map(|s| s.to_string()).collect(),
-                consistency: Consistency::Stale.to_pb(),
+                consistency: consistency.to_pb(),
             },
             t,
         );

@@ -47,12 +47,19 @@ pub struct Model {
 }
 
 fn refused(reason: &str, available: Option<u64>) -> Outcome {
-    Outcome::Refused { reason: reason.to_string(), available }
+    Outcome::Refused {
+        reason: reason.to_string(),
+        available,
+    }
 }
 
 impl Model {
     fn stock(&self) -> Outcome {
-        Outcome::Stock { found: self.exists, on_hand: self.on_hand, reserved: self.reserved }
+        Outcome::Stock {
+            found: self.exists,
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+        }
     }
 
     fn available(&self) -> u64 {
@@ -90,7 +97,11 @@ impl Model {
                 } else if *delta < 0 && d > m.available() {
                     refused("INSUFFICIENT_STOCK", Some(m.available()))
                 } else {
-                    if *delta < 0 { m.on_hand -= d } else { m.on_hand += d }
+                    if *delta < 0 {
+                        m.on_hand -= d
+                    } else {
+                        m.on_hand += d
+                    }
                     m.stock()
                 }
             }
@@ -107,17 +118,30 @@ impl Model {
                     m.stock()
                 }
             }
-            Call::Confirm { res } | Call::Release { res } => match m.reservations.get(res).copied() {
+            Call::Confirm { res } | Call::Release { res } => match m.reservations.get(res).copied()
+            {
                 None => refused("RESERVATION_NOT_FOUND", None),
                 Some((_, ResState::Expired)) => refused("RESERVATION_EXPIRED", None),
-                Some((_, ResState::Confirmed | ResState::Released)) => refused("RESERVATION_NOT_ACTIVE", None),
+                Some((_, ResState::Confirmed | ResState::Released)) => {
+                    refused("RESERVATION_NOT_ACTIVE", None)
+                }
                 Some((qty, ResState::Active)) => {
                     let confirm = matches!(call, Call::Confirm { .. });
                     m.reserved -= qty;
                     if confirm {
                         m.on_hand -= qty;
                     }
-                    m.reservations.insert(res.clone(), (qty, if confirm { ResState::Confirmed } else { ResState::Released }));
+                    m.reservations.insert(
+                        res.clone(),
+                        (
+                            qty,
+                            if confirm {
+                                ResState::Confirmed
+                            } else {
+                                ResState::Released
+                            },
+                        ),
+                    );
                     m.stock()
                 }
             },
@@ -152,9 +176,13 @@ impl Model {
         let (mut next, out) = self.execute(&op.call);
         let matches = match (&op.outcome, &out) {
             (Outcome::Unknown, _) => true,
-            (Outcome::Refused { reason, available }, Outcome::Refused { reason: r2, available: a2 }) => {
-                reason == r2 && (available.is_none() || available == a2)
-            }
+            (
+                Outcome::Refused { reason, available },
+                Outcome::Refused {
+                    reason: r2,
+                    available: a2,
+                },
+            ) => reason == r2 && (available.is_none() || available == a2),
             (seen, model) => seen == model,
         };
         if !matches {
@@ -162,7 +190,10 @@ impl Model {
         }
         if matches!(out, Outcome::Refused { .. }) && !matches!(op.call, Call::Expire { .. }) {
             // A refusal changes nothing (but is remembered for retries below).
-            next = Model { stored: next.stored, ..self.clone() };
+            next = Model {
+                stored: next.stored,
+                ..self.clone()
+            };
         }
         if let Some(rid) = op.rid.as_ref().filter(|r| dup_rids.contains(*r)) {
             next.stored.insert(rid.clone(), out);
@@ -170,6 +201,9 @@ impl Model {
         Some(next)
     }
 }
+
+/// Longest a search may run: past it, the SKU fails as not proven linearizable.
+pub const SEARCH_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// The verdict for one SKU.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -206,7 +240,10 @@ pub fn with_expiries(ops: &[Op], expiry_slack_ns: u64) -> Vec<Op> {
         if let Call::Reserve { res, ttl_ms, .. } = &op.call
             && matches!(op.outcome, Outcome::Stock { .. } | Outcome::Unknown)
         {
-            let deadline = op.call_ns.saturating_add(ttl_ms.saturating_mul(1_000_000)).saturating_sub(expiry_slack_ns);
+            let deadline = op
+                .call_ns
+                .saturating_add(ttl_ms.saturating_mul(1_000_000))
+                .saturating_sub(expiry_slack_ns);
             out.push(Op {
                 id: 0,
                 process: u64::MAX,
@@ -237,11 +274,17 @@ pub fn check_sku(sku: &str, ops: &[Op], budget: u64) -> SkuVerdict {
             *rid_count.entry(r).or_default() += 1;
         }
     }
-    let dup_rids: HashSet<String> = rid_count.into_iter().filter(|(_, c)| *c > 1).map(|(r, _)| r.to_string()).collect();
+    let dup_rids: HashSet<String> = rid_count
+        .into_iter()
+        .filter(|(_, c)| *c > 1)
+        .map(|(r, _)| r.to_string())
+        .collect();
     let required_total = ops.iter().filter(|o| o.required()).count();
 
     struct Frame {
         set: Vec<u64>,
+        /// Every op before this index is linearized.
+        first: usize,
         model: Model,
         /// This frame's node in `tree` (its path back to the root).
         node: usize,
@@ -260,12 +303,33 @@ pub fn check_sku(sku: &str, ops: &[Op], budget: u64) -> SkuVerdict {
     };
     let is_set = |set: &[u64], i: usize| set[i / 64] & (1 << (i % 64)) != 0;
     let mut visited: HashSet<u128> = HashSet::new();
-    let mut stack = vec![Frame { set: vec![0; words], model: Model::default(), node: 0, done: 0 }];
+    // Ops naming each reservation: once all are linearized and the reservation is
+    // closed, it cannot matter any more and leaves the model (keeps states small).
+    let mut refs: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, o) in ops.iter().enumerate() {
+        match &o.call {
+            Call::Reserve { res, .. }
+            | Call::Confirm { res }
+            | Call::Release { res }
+            | Call::ReadReservation { res } => refs.entry(res.as_str()).or_default().push(i),
+            _ => {}
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut stack = vec![Frame {
+        set: vec![0; words],
+        first: 0,
+        model: Model::default(),
+        node: 0,
+        done: 0,
+    }];
     let mut best: (usize, usize, Vec<usize>) = (0, 0, Vec::new());
     let mut explored = 0u64;
     while let Some(frame) = stack.pop() {
         explored += 1;
-        if explored > budget {
+        if explored > budget
+            || (explored.is_multiple_of(4096) && started.elapsed() > SEARCH_TIME_MAX)
+        {
             return SkuVerdict {
                 sku: sku.to_string(),
                 ops: n,
@@ -274,7 +338,10 @@ pub fn check_sku(sku: &str, ops: &[Op], budget: u64) -> SkuVerdict {
                 states_explored: explored,
                 longest_prefix: path_of(&tree, best.1),
                 stuck_at: best.2,
-                message: format!("search budget of {budget} states exceeded: not proven linearizable"),
+                message: format!(
+                    "search budget exceeded ({explored} states, {:.0} s): not proven linearizable",
+                    started.elapsed().as_secs_f64()
+                ),
             };
         }
         if frame.done == required_total {
@@ -290,22 +357,79 @@ pub fn check_sku(sku: &str, ops: &[Op], budget: u64) -> SkuVerdict {
             };
         }
         // The earliest response among completed ops not yet linearized bounds who may go next.
-        let min_ret = (0..n).filter(|&i| !is_set(&frame.set, i) && ops[i].required()).map(|i| ops[i].ret_ns).min().unwrap_or(u64::MAX);
-        let candidates: Vec<usize> = (0..n).filter(|&i| !is_set(&frame.set, i) && ops[i].call_ns < min_ret).collect();
+        // Ops are sorted by invocation and return after it, so both scans stop at the
+        // first op invoked at or after the earliest pending response.
+        let mut min_ret = u64::MAX;
+        for (i, op) in ops.iter().enumerate().skip(frame.first) {
+            if op.call_ns >= min_ret {
+                break;
+            }
+            if !is_set(&frame.set, i) && op.required() {
+                min_ret = min_ret.min(op.ret_ns);
+            }
+        }
+        let candidates: Vec<usize> = (frame.first..n)
+            .take_while(|&i| ops[i].call_ns < min_ret)
+            .filter(|&i| !is_set(&frame.set, i))
+            .collect();
         if frame.done > best.0 || (frame.done == 0 && best.2.is_empty()) {
-            let stuck: Vec<usize> = candidates.iter().copied().filter(|&i| ops[i].required()).collect();
+            let stuck: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&i| ops[i].required())
+                .collect();
             best = (frame.done, frame.node, stuck);
         }
         // Push in reverse so the earliest-invoked candidate is tried first.
         for &i in candidates.iter().rev() {
-            let Some(next) = frame.model.step(&ops[i], &dup_rids) else { continue };
+            // An expiry matters only while its reservation is active; trying it at other
+            // points would multiply equivalent orders.
+            if let Call::Expire { res } = &ops[i].call
+                && !matches!(
+                    frame.model.reservations.get(res),
+                    Some((_, ResState::Active))
+                )
+            {
+                continue;
+            }
+            let Some(mut next) = frame.model.step(&ops[i], &dup_rids) else {
+                continue;
+            };
             let mut set = frame.set.clone();
             set[i / 64] |= 1 << (i % 64);
+            let res = match &ops[i].call {
+                Call::Reserve { res, .. }
+                | Call::Confirm { res }
+                | Call::Release { res }
+                | Call::ReadReservation { res } => Some(res.as_str()),
+                _ => None,
+            };
+            if let Some(res) = res
+                && next
+                    .reservations
+                    .get(res)
+                    .is_some_and(|(_, st)| *st != ResState::Active)
+                && refs
+                    .get(res)
+                    .is_some_and(|r| r.iter().all(|&j| is_set(&set, j)))
+            {
+                next.reservations.remove(res);
+            }
+            let mut first = frame.first;
+            while first < n && is_set(&set, first) {
+                first += 1;
+            }
             if !visited.insert(fingerprint(&set, &next)) {
                 continue;
             }
             tree.push((frame.node, i));
-            stack.push(Frame { set, model: next, node: tree.len() - 1, done: frame.done + usize::from(ops[i].required()) });
+            stack.push(Frame {
+                set,
+                first,
+                model: next,
+                node: tree.len() - 1,
+                done: frame.done + usize::from(ops[i].required()),
+            });
         }
     }
     SkuVerdict {
@@ -328,11 +452,25 @@ mod tests {
     use super::*;
 
     fn op(process: u64, call: Call, outcome: Outcome, call_ns: u64, ret_ns: u64) -> Op {
-        Op { id: 0, process, sku: "s".into(), rid: None, call, outcome, call_ns, ret_ns, invoke_index: call_ns }
+        Op {
+            id: 0,
+            process,
+            sku: "s".into(),
+            rid: None,
+            call,
+            outcome,
+            call_ns,
+            ret_ns,
+            invoke_index: call_ns,
+        }
     }
 
     fn stock(on_hand: u64, reserved: u64) -> Outcome {
-        Outcome::Stock { found: true, on_hand, reserved }
+        Outcome::Stock {
+            found: true,
+            on_hand,
+            reserved,
+        }
     }
 
     fn check(mut ops: Vec<Op>) -> SkuVerdict {
@@ -362,20 +500,40 @@ mod tests {
             op(2, Call::Read, stock(10, 0), 30, 40), // after the acknowledged decrement
         ]);
         assert!(!v.linearizable, "{v:?}");
-        assert_eq!(v.stuck_at, vec![2], "the stale read is where the search got stuck");
+        assert_eq!(
+            v.stuck_at,
+            vec![2],
+            "the stale read is where the search got stuck"
+        );
     }
 
     #[test]
     fn a_double_applied_retry_fails() {
-        let mut a = op(1, Call::Decrement { qty: 2 }, Outcome::Unknown, 10, u64::MAX);
+        let mut a = op(
+            1,
+            Call::Decrement { qty: 2 },
+            Outcome::Unknown,
+            10,
+            u64::MAX,
+        );
         a.rid = Some("r1".into());
         let mut b = op(1, Call::Decrement { qty: 2 }, stock(8, 0), 30, 40);
         b.rid = Some("r1".into());
         // Applied once: 10 -> 8, whatever happened to the first attempt.
-        let ok = check(vec![op(0, Call::Set { on_hand: 10 }, stock(10, 0), 0, 1), a.clone(), b.clone(), op(2, Call::Read, stock(8, 0), 50, 60)]);
+        let ok = check(vec![
+            op(0, Call::Set { on_hand: 10 }, stock(10, 0), 0, 1),
+            a.clone(),
+            b.clone(),
+            op(2, Call::Read, stock(8, 0), 50, 60),
+        ]);
         assert!(ok.linearizable, "{ok:?}");
         // Applied twice: the read sees 6.
-        let twice = check(vec![op(0, Call::Set { on_hand: 10 }, stock(10, 0), 0, 1), a, b, op(2, Call::Read, stock(6, 0), 50, 60)]);
+        let twice = check(vec![
+            op(0, Call::Set { on_hand: 10 }, stock(10, 0), 0, 1),
+            a,
+            b,
+            op(2, Call::Read, stock(6, 0), 50, 60),
+        ]);
         assert!(!twice.linearizable, "{twice:?}");
     }
 
@@ -391,7 +549,18 @@ mod tests {
 
     #[test]
     fn an_info_operation_may_or_may_not_have_happened() {
-        let base = || vec![op(0, Call::Set { on_hand: 10 }, stock(10, 0), 0, 1), op(1, Call::Decrement { qty: 4 }, Outcome::Unknown, 10, u64::MAX)];
+        let base = || {
+            vec![
+                op(0, Call::Set { on_hand: 10 }, stock(10, 0), 0, 1),
+                op(
+                    1,
+                    Call::Decrement { qty: 4 },
+                    Outcome::Unknown,
+                    10,
+                    u64::MAX,
+                ),
+            ]
+        };
         let mut happened = base();
         happened.push(op(2, Call::Read, stock(6, 0), 100, 110));
         assert!(check(happened).linearizable);
@@ -405,22 +574,54 @@ mod tests {
 
     #[test]
     fn expiry_is_allowed_only_after_the_deadline() {
-        let reserve = op(1, Call::Reserve { res: "h".into(), qty: 2, ttl_ms: 1 }, stock(5, 2), 10, 20);
+        let reserve = op(
+            1,
+            Call::Reserve {
+                res: "h".into(),
+                qty: 2,
+                ttl_ms: 1,
+            },
+            stock(5, 2),
+            10,
+            20,
+        );
         // 1 ms = 1,000,000 ns after the reserve's invocation the hold may lapse.
-        let early = check(vec![op(0, Call::Set { on_hand: 5 }, stock(5, 0), 0, 1), reserve.clone(), op(2, Call::Read, stock(5, 0), 30, 40)]);
-        assert!(!early.linearizable, "expired before its deadline: {early:?}");
+        let early = check(vec![
+            op(0, Call::Set { on_hand: 5 }, stock(5, 0), 0, 1),
+            reserve.clone(),
+            op(2, Call::Read, stock(5, 0), 30, 40),
+        ]);
+        assert!(
+            !early.linearizable,
+            "expired before its deadline: {early:?}"
+        );
         let late = check(vec![
             op(0, Call::Set { on_hand: 5 }, stock(5, 0), 0, 1),
             reserve.clone(),
             op(2, Call::Read, stock(5, 0), 2_000_000, 2_000_010),
-            op(3, Call::Confirm { res: "h".into() }, Outcome::Refused { reason: "RESERVATION_EXPIRED".into(), available: None }, 2_000_020, 2_000_030),
+            op(
+                3,
+                Call::Confirm { res: "h".into() },
+                Outcome::Refused {
+                    reason: "RESERVATION_EXPIRED".into(),
+                    available: None,
+                },
+                2_000_020,
+                2_000_030,
+            ),
         ]);
         assert!(late.linearizable, "{late:?}");
         let kept = check(vec![
             op(0, Call::Set { on_hand: 5 }, stock(5, 0), 0, 1),
             reserve,
             op(2, Call::Read, stock(5, 2), 2_000_000, 2_000_010), // or not yet expired: also fine
-            op(3, Call::Confirm { res: "h".into() }, stock(3, 0), 2_000_020, 2_000_030),
+            op(
+                3,
+                Call::Confirm { res: "h".into() },
+                stock(3, 0),
+                2_000_020,
+                2_000_030,
+            ),
         ]);
         assert!(kept.linearizable, "{kept:?}");
     }
@@ -429,7 +630,16 @@ mod tests {
     fn a_refusal_must_report_what_was_there() {
         let v = check(vec![
             op(0, Call::Set { on_hand: 3 }, stock(3, 0), 0, 1),
-            op(1, Call::Decrement { qty: 5 }, Outcome::Refused { reason: "INSUFFICIENT_STOCK".into(), available: Some(2) }, 10, 20),
+            op(
+                1,
+                Call::Decrement { qty: 5 },
+                Outcome::Refused {
+                    reason: "INSUFFICIENT_STOCK".into(),
+                    available: Some(2),
+                },
+                10,
+                20,
+            ),
         ]);
         assert!(!v.linearizable, "3 were available, not 2");
     }
@@ -438,14 +648,29 @@ mod tests {
     fn the_budget_is_a_failure_not_a_pass() {
         let mut ops = vec![op(0, Call::Set { on_hand: 1_000 }, stock(1_000, 0), 0, 1)];
         for p in 0..12 {
-            ops.push(op(p + 1, Call::Decrement { qty: 1 }, Outcome::Unknown, 10 + p, u64::MAX));
+            ops.push(op(
+                p + 1,
+                Call::Decrement { qty: 1 },
+                Outcome::Unknown,
+                10 + p,
+                u64::MAX,
+            ));
         }
         ops.push(op(99, Call::Read, stock(1_000 - 13, 0), 1_000, 1_010)); // impossible: only 12 could apply
-        let v = check_sku("s", &with_expiries(&{
-            let mut o = ops;
-            for (i, x) in o.iter_mut().enumerate() { x.id = i; }
-            o
-        }, 0), 50);
+        let v = check_sku(
+            "s",
+            &with_expiries(
+                &{
+                    let mut o = ops;
+                    for (i, x) in o.iter_mut().enumerate() {
+                        x.id = i;
+                    }
+                    o
+                },
+                0,
+            ),
+            50,
+        );
         assert!(!v.linearizable && v.budget_exceeded, "{v:?}");
     }
 }

@@ -65,29 +65,54 @@ pub struct Record {
 /// What an operation asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Call {
-    Set { on_hand: u64 },
+    Set {
+        on_hand: u64,
+    },
     Read,
-    Decrement { qty: u64 },
-    Adjust { delta: i64 },
-    Reserve { res: String, qty: u64, ttl_ms: u64 },
-    Confirm { res: String },
-    Release { res: String },
-    ReadReservation { res: String },
+    Decrement {
+        qty: u64,
+    },
+    Adjust {
+        delta: i64,
+    },
+    Reserve {
+        res: String,
+        qty: u64,
+        ttl_ms: u64,
+    },
+    Confirm {
+        res: String,
+    },
+    Release {
+        res: String,
+    },
+    ReadReservation {
+        res: String,
+    },
     /// Not a client call: a reservation's expiry, which may happen at any time after
     /// its deadline, or never (added by the checker).
-    Expire { res: String },
+    Expire {
+        res: String,
+    },
 }
 
 /// What an operation returned.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// It happened; the stock record after it (or what a read saw).
-    Stock { found: bool, on_hand: u64, reserved: u64 },
+    Stock {
+        found: bool,
+        on_hand: u64,
+        reserved: u64,
+    },
     /// A reservation read: its state.
     ReservationState(String),
     /// It did not happen, and the reason says something about the state
     /// (INSUFFICIENT_STOCK with the available quantity, SKU_NOT_FOUND, ...).
-    Refused { reason: String, available: Option<u64> },
+    Refused {
+        reason: String,
+        available: Option<u64>,
+    },
     /// Unknown: it may have happened at any time after its invocation, or never.
     Unknown,
 }
@@ -118,7 +143,15 @@ impl Op {
 /// Errors that say the operation never reached the state machine and carry no
 /// observation: such ops are dropped from the check.
 pub fn reason_is_no_observation(reason: &str) -> bool {
-    matches!(reason, "UNAVAILABLE" | "RATE_LIMITED" | "NOT_LEADER" | "SHARD_UNAVAILABLE" | "CONFIG" | "CROSS_SHARD")
+    matches!(
+        reason,
+        "UNAVAILABLE"
+            | "RATE_LIMITED"
+            | "NOT_LEADER"
+            | "SHARD_UNAVAILABLE"
+            | "CONFIG"
+            | "CROSS_SHARD"
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,11 +163,17 @@ pub enum HistoryError {
 fn call_of(r: &Record) -> Option<Call> {
     let res = || r.reservation.clone().unwrap_or_default();
     Some(match r.f.as_str() {
-        "set" => Call::Set { on_hand: r.on_hand? },
+        "set" => Call::Set {
+            on_hand: r.on_hand?,
+        },
         "read" => Call::Read,
         "decrement" => Call::Decrement { qty: r.qty? },
         "adjust" => Call::Adjust { delta: r.delta? },
-        "reserve" => Call::Reserve { res: res(), qty: r.qty?, ttl_ms: r.ttl_ms? },
+        "reserve" => Call::Reserve {
+            res: res(),
+            qty: r.qty?,
+            ttl_ms: r.ttl_ms?,
+        },
         "confirm" => Call::Confirm { res: res() },
         "release" => Call::Release { res: res() },
         "read-reservation" => Call::ReadReservation { res: res() },
@@ -146,10 +185,18 @@ fn call_of(r: &Record) -> Option<Call> {
 /// completion (the run ended first) are unknown. Definite failures that observed
 /// nothing (unavailable, rate limited) are dropped.
 pub fn pair(records: &[Record]) -> Result<Vec<Op>, HistoryError> {
-    let mut open: std::collections::HashMap<u64, (usize, &Record)> = std::collections::HashMap::new();
+    let mut open: std::collections::HashMap<u64, (usize, &Record)> =
+        std::collections::HashMap::new();
     let mut ops = Vec::new();
-    let mut finish = |inv: &Record, done: Option<&Record>, ops: &mut Vec<Op>, line: usize| -> Result<(), HistoryError> {
-        let call = call_of(inv).ok_or_else(|| HistoryError::Bad { line, message: format!("unknown or incomplete op {:?}", inv.f) })?;
+    let finish = |inv: &Record,
+                  done: Option<&Record>,
+                  ops: &mut Vec<Op>,
+                  line: usize|
+     -> Result<(), HistoryError> {
+        let call = call_of(inv).ok_or_else(|| HistoryError::Bad {
+            line,
+            message: format!("unknown or incomplete op {:?}", inv.f),
+        })?;
         let (outcome, ret_ns) = match done {
             None => (Outcome::Unknown, u64::MAX),
             Some(d) => match d.kind {
@@ -157,7 +204,11 @@ pub fn pair(records: &[Record]) -> Result<Vec<Op>, HistoryError> {
                     let o = if matches!(call, Call::ReadReservation { .. }) {
                         Outcome::ReservationState(d.state.clone().unwrap_or_default())
                     } else {
-                        Outcome::Stock { found: d.found.unwrap_or(true), on_hand: d.on_hand.unwrap_or(0), reserved: d.reserved.unwrap_or(0) }
+                        Outcome::Stock {
+                            found: d.found.unwrap_or(true),
+                            on_hand: d.on_hand.unwrap_or(0),
+                            reserved: d.reserved.unwrap_or(0),
+                        }
                     };
                     (o, d.time_ns)
                 }
@@ -166,7 +217,13 @@ pub fn pair(records: &[Record]) -> Result<Vec<Op>, HistoryError> {
                     if reason_is_no_observation(&reason) {
                         return Ok(());
                     }
-                    (Outcome::Refused { reason, available: d.available }, d.time_ns)
+                    (
+                        Outcome::Refused {
+                            reason,
+                            available: d.available,
+                        },
+                        d.time_ns,
+                    )
                 }
                 _ => (Outcome::Unknown, u64::MAX),
             },
@@ -194,7 +251,10 @@ pub fn pair(records: &[Record]) -> Result<Vec<Op>, HistoryError> {
             }
             Some(Kind::Ok) | Some(Kind::Fail) | Some(Kind::Info) => {
                 let p = r.process.unwrap_or(0);
-                let (l, inv) = open.remove(&p).ok_or_else(|| HistoryError::Bad { line, message: format!("completion without invocation for process {p}") })?;
+                let (l, inv) = open.remove(&p).ok_or_else(|| HistoryError::Bad {
+                    line,
+                    message: format!("completion without invocation for process {p}"),
+                })?;
                 finish(inv, Some(r), &mut ops, l)?;
             }
             _ => {}
@@ -216,6 +276,11 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Record>, HistoryError> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| HistoryError::Bad { line: i + 1, message: e.to_string() }))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| HistoryError::Bad {
+                line: i + 1,
+                message: e.to_string(),
+            })
+        })
         .collect()
 }

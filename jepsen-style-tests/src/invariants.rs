@@ -22,16 +22,27 @@ pub struct Violation {
 /// linearizable read returned after the cluster healed (None if it could not be read).
 pub fn check_sku(sku: &str, ops: &[Op], final_on_hand: Option<u64>) -> Vec<Violation> {
     let mut v = Vec::new();
-    let bad = |check: &str, ops: Vec<usize>, message: String| Violation { check: check.into(), sku: sku.into(), ops, message };
+    let bad = |check: &str, ops: Vec<usize>, message: String| Violation {
+        check: check.into(),
+        sku: sku.into(),
+        ops,
+        message,
+    };
     // Supply: the initial stock plus every positive adjustment that may have applied.
     let (mut supply_lo, mut supply_hi) = (0u64, 0u64);
     let (mut sold_acked, mut sold_unknown) = (0u64, 0u64);
     let (mut removed_acked, mut removed_unknown) = (0u64, 0u64);
     for op in ops {
-        if let Outcome::Stock { on_hand, reserved, .. } = &op.outcome
+        if let Outcome::Stock {
+            on_hand, reserved, ..
+        } = &op.outcome
             && reserved > on_hand
         {
-            v.push(bad("never negative", vec![op.id], format!("op {} saw reserved {reserved} > on_hand {on_hand}", op.id)));
+            v.push(bad(
+                "never negative",
+                vec![op.id],
+                format!("op {} saw reserved {reserved} > on_hand {on_hand}", op.id),
+            ));
         }
         let acked = matches!(op.outcome, Outcome::Stock { .. });
         let unknown = matches!(op.outcome, Outcome::Unknown);
@@ -84,10 +95,17 @@ pub fn check_sku(sku: &str, ops: &[Op], final_on_hand: Option<u64>) -> Vec<Viola
         }
     }
     if sold_acked > supply_hi {
-        v.push(bad("no oversell", Vec::new(), format!("{sold_acked} units sold (acknowledged) but the supply was at most {supply_hi}")));
+        v.push(bad(
+            "no oversell",
+            Vec::new(),
+            format!(
+                "{sold_acked} units sold (acknowledged) but the supply was at most {supply_hi}"
+            ),
+        ));
     }
     if let Some(final_on_hand) = final_on_hand {
-        let lo = supply_lo.saturating_sub(sold_acked + sold_unknown + removed_acked + removed_unknown);
+        let lo =
+            supply_lo.saturating_sub(sold_acked + sold_unknown + removed_acked + removed_unknown);
         let hi = supply_hi.saturating_sub(sold_acked + removed_acked);
         if final_on_hand < lo || final_on_hand > hi {
             v.push(bad(
@@ -105,8 +123,12 @@ pub fn check_sku(sku: &str, ops: &[Op], final_on_hand: Option<u64>) -> Vec<Viola
         .iter()
         .filter(|o| o.process == 0)
         .filter_map(|o| match (&o.call, &o.outcome) {
-            (Call::ReadReservation { res }, Outcome::ReservationState(s)) => Some((res.as_str(), (s.as_str(), o.id))),
-            (Call::ReadReservation { res }, Outcome::Refused { .. }) => Some((res.as_str(), ("missing", o.id))),
+            (Call::ReadReservation { res }, Outcome::ReservationState(s)) => {
+                Some((res.as_str(), (s.as_str(), o.id)))
+            }
+            (Call::ReadReservation { res }, Outcome::Refused { .. }) => {
+                Some((res.as_str(), ("missing", o.id)))
+            }
             _ => None,
         })
         .collect();
@@ -114,8 +136,14 @@ pub fn check_sku(sku: &str, ops: &[Op], final_on_hand: Option<u64>) -> Vec<Viola
         if let (Call::Reserve { res, .. }, Outcome::Stock { .. }) = (&op.call, &op.outcome)
             && let Some((state, read)) = finals.get(res.as_str())
         {
-            let confirmed = ops.iter().any(|o| matches!(&o.call, Call::Confirm { res: r } if r == res) && matches!(o.outcome, Outcome::Stock { .. }));
-            let released = ops.iter().any(|o| matches!(&o.call, Call::Release { res: r } if r == res) && matches!(o.outcome, Outcome::Stock { .. }));
+            let confirmed = ops.iter().any(|o| {
+                matches!(&o.call, Call::Confirm { res: r } if r == res)
+                    && matches!(o.outcome, Outcome::Stock { .. })
+            });
+            let released = ops.iter().any(|o| {
+                matches!(&o.call, Call::Release { res: r } if r == res)
+                    && matches!(o.outcome, Outcome::Stock { .. })
+            });
             let ok = match *state {
                 "missing" => false,
                 "confirmed" => !released,
@@ -140,28 +168,73 @@ mod tests {
     use super::*;
 
     fn op(id: usize, call: Call, outcome: Outcome) -> Op {
-        Op { id, process: 1, sku: "s".into(), rid: None, call, outcome, call_ns: id as u64, ret_ns: id as u64 + 1, invoke_index: id as u64 }
+        Op {
+            id,
+            process: 1,
+            sku: "s".into(),
+            rid: None,
+            call,
+            outcome,
+            call_ns: id as u64,
+            ret_ns: id as u64 + 1,
+            invoke_index: id as u64,
+        }
     }
 
     #[test]
     fn an_oversell_and_a_lost_sale_are_caught() {
         let ops = vec![
-            op(0, Call::Set { on_hand: 2 }, Outcome::Stock { found: true, on_hand: 2, reserved: 0 }),
-            op(1, Call::Decrement { qty: 2 }, Outcome::Stock { found: true, on_hand: 0, reserved: 0 }),
-            op(2, Call::Decrement { qty: 1 }, Outcome::Stock { found: true, on_hand: 0, reserved: 0 }),
+            op(
+                0,
+                Call::Set { on_hand: 2 },
+                Outcome::Stock {
+                    found: true,
+                    on_hand: 2,
+                    reserved: 0,
+                },
+            ),
+            op(
+                1,
+                Call::Decrement { qty: 2 },
+                Outcome::Stock {
+                    found: true,
+                    on_hand: 0,
+                    reserved: 0,
+                },
+            ),
+            op(
+                2,
+                Call::Decrement { qty: 1 },
+                Outcome::Stock {
+                    found: true,
+                    on_hand: 0,
+                    reserved: 0,
+                },
+            ),
         ];
         let v = check_sku("s", &ops, Some(0));
         assert!(v.iter().any(|x| x.check == "no oversell"), "{v:?}");
         let ok = &ops[..2];
         assert!(check_sku("s", ok, Some(0)).is_empty());
         let lost = check_sku("s", ok, Some(2));
-        assert!(lost.iter().any(|x| x.check == "final stock within bounds"), "an acknowledged sale vanished: {lost:?}");
+        assert!(
+            lost.iter().any(|x| x.check == "final stock within bounds"),
+            "an acknowledged sale vanished: {lost:?}"
+        );
     }
 
     #[test]
     fn unknown_sales_widen_the_bounds() {
         let ops = vec![
-            op(0, Call::Set { on_hand: 5 }, Outcome::Stock { found: true, on_hand: 5, reserved: 0 }),
+            op(
+                0,
+                Call::Set { on_hand: 5 },
+                Outcome::Stock {
+                    found: true,
+                    on_hand: 5,
+                    reserved: 0,
+                },
+            ),
             op(1, Call::Decrement { qty: 1 }, Outcome::Unknown),
         ];
         assert!(check_sku("s", &ops, Some(5)).is_empty());

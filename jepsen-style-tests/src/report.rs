@@ -38,7 +38,10 @@ pub struct Stats {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn label(op: &Op) -> String {
@@ -54,11 +57,22 @@ fn label(op: &Op) -> String {
         Call::Expire { res } => format!("expire {res}"),
     };
     let o = match &op.outcome {
-        Outcome::Stock { found, on_hand, reserved } => {
-            if *found { format!(" → {on_hand}/{reserved}") } else { " → none".into() }
+        Outcome::Stock {
+            found,
+            on_hand,
+            reserved,
+        } => {
+            if *found {
+                format!(" → {on_hand}/{reserved}")
+            } else {
+                " → none".into()
+            }
         }
         Outcome::ReservationState(s) => format!(" → {s}"),
-        Outcome::Refused { reason, available } => format!(" ✗ {reason}{}", available.map(|a| format!(" ({a})")).unwrap_or_default()),
+        Outcome::Refused { reason, available } => format!(
+            " ✗ {reason}{}",
+            available.map(|a| format!(" ({a})")).unwrap_or_default()
+        ),
         Outcome::Unknown => " ?".into(),
     };
     format!("#{} p{} {c}{o}", op.id, op.process)
@@ -67,14 +81,27 @@ fn label(op: &Op) -> String {
 /// An SVG timeline of one SKU's ops: a lane per process, nemesis bands behind.
 pub fn timeline(ops: &[Op], nemesis: &[(u64, u64, String)], verdict: &SkuVerdict) -> String {
     let client_ops: Vec<&Op> = ops.iter().filter(|o| o.process != u64::MAX).collect();
-    let t_end = client_ops.iter().map(|o| if o.ret_ns == u64::MAX { o.call_ns } else { o.ret_ns }).max().unwrap_or(1).max(1);
+    let t_end = client_ops
+        .iter()
+        .map(|o| {
+            if o.ret_ns == u64::MAX {
+                o.call_ns
+            } else {
+                o.ret_ns
+            }
+        })
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut procs: Vec<u64> = client_ops.iter().map(|o| o.process).collect();
     procs.sort_unstable();
     procs.dedup();
     let (w, lane, left) = (1400.0, 22.0, 60.0);
     let h = 40.0 + lane * procs.len() as f64;
     let x = |t: u64| left + (t as f64 / t_end as f64) * (w - left - 20.0);
-    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"monospace\" font-size=\"9\">\n");
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"monospace\" font-size=\"9\">\n"
+    );
     for (start, end, what) in nemesis {
         let e = if *end == u64::MAX { t_end } else { *end };
         svg += &format!(
@@ -89,7 +116,11 @@ pub fn timeline(ops: &[Op], nemesis: &[(u64, u64, String)], verdict: &SkuVerdict
     for o in &client_ops {
         let lane_i = procs.iter().position(|p| *p == o.process).unwrap_or(0) as f64;
         let y = 25.0 + lane * lane_i;
-        let end = if o.ret_ns == u64::MAX { t_end } else { o.ret_ns };
+        let end = if o.ret_ns == u64::MAX {
+            t_end
+        } else {
+            o.ret_ns
+        };
         let fill = match o.outcome {
             Outcome::Stock { .. } | Outcome::ReservationState(_) => "#7cc47c",
             Outcome::Refused { .. } => "#e6a0a0",
@@ -111,20 +142,36 @@ pub fn timeline(ops: &[Op], nemesis: &[(u64, u64, String)], verdict: &SkuVerdict
         );
     }
     for (i, p) in procs.iter().enumerate() {
-        svg += &format!("<text x=\"4\" y=\"{}\">process {p}</text>\n", 25.0 + lane * i as f64 + 10.0);
+        svg += &format!(
+            "<text x=\"4\" y=\"{}\">process {p}</text>\n",
+            25.0 + lane * i as f64 + 10.0
+        );
     }
-    svg += &format!("<text x=\"{left}\" y=\"12\">0 s … {:.1} s; green ok, red fail, grey unknown; orange bands: faults; red outline: where the search got stuck (hover for details)</text>\n", t_end as f64 / 1e9);
+    svg += &format!(
+        "<text x=\"{left}\" y=\"12\">0 s … {:.1} s; green ok, red fail, grey unknown; orange bands: faults; red outline: where the search got stuck (hover for details)</text>\n",
+        t_end as f64 / 1e9
+    );
     svg += "</svg>\n";
     svg
 }
 
 /// The HTML report.
-pub fn html(check: &Check, ops_by_sku: &std::collections::BTreeMap<String, Vec<Op>>, records: &[Record]) -> String {
+pub fn html(
+    check: &Check,
+    ops_by_sku: &std::collections::BTreeMap<String, Vec<Op>>,
+    records: &[Record],
+) -> String {
     let nemesis = nemesis_bands(records);
-    let mut out = String::from("<!doctype html><meta charset=\"utf-8\"><title>stockpile-jepsen report</title>\n<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}.ok{color:#1a7f1a}.bad{color:#b00;font-weight:bold}</style>\n");
+    let mut out = String::from(
+        "<!doctype html><meta charset=\"utf-8\"><title>stockpile-jepsen report</title>\n<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}.ok{color:#1a7f1a}.bad{color:#b00;font-weight:bold}</style>\n",
+    );
     out += &format!(
         "<h1>stockpile-jepsen: {}</h1>\n<p>seed {} · {} ops ({} ok, {} fail, {} info) · {} nemesis events</p>\n<p>repeat: <code>{}</code></p>\n",
-        if check.valid { "<span class=ok>VALID</span>" } else { "<span class=bad>ANOMALY</span>" },
+        if check.valid {
+            "<span class=ok>VALID</span>"
+        } else {
+            "<span class=bad>ANOMALY</span>"
+        },
         check.seed,
         check.stats.ops,
         check.stats.ok,
@@ -145,7 +192,13 @@ pub fn html(check: &Check, ops_by_sku: &std::collections::BTreeMap<String, Vec<O
         );
     }
     for v in &check.invariants {
-        out += &format!("<tr><td>{}</td><td>{}</td><td class=bad>FAIL</td><td>{} (ops {:?})</td></tr>\n", esc(&v.check), esc(&v.sku), esc(&v.message), v.ops);
+        out += &format!(
+            "<tr><td>{}</td><td>{}</td><td class=bad>FAIL</td><td>{} (ops {:?})</td></tr>\n",
+            esc(&v.check),
+            esc(&v.sku),
+            esc(&v.message),
+            v.ops
+        );
     }
     for c in &check.cluster {
         out += &format!(
@@ -158,9 +211,19 @@ pub fn html(check: &Check, ops_by_sku: &std::collections::BTreeMap<String, Vec<O
     }
     out += "</table>\n";
     for v in check.linearizability.iter().filter(|v| !v.linearizable) {
-        let Some(ops) = ops_by_sku.get(&v.sku) else { continue };
-        out += &format!("<h2>{}: not linearizable</h2><p>{}</p>\n", esc(&v.sku), esc(&v.message));
-        out += &format!("<p>longest linearizable prefix ({} ops): {:?}</p>\n", v.longest_prefix.len(), v.longest_prefix);
+        let Some(ops) = ops_by_sku.get(&v.sku) else {
+            continue;
+        };
+        out += &format!(
+            "<h2>{}: not linearizable</h2><p>{}</p>\n",
+            esc(&v.sku),
+            esc(&v.message)
+        );
+        out += &format!(
+            "<p>longest linearizable prefix ({} ops): {:?}</p>\n",
+            v.longest_prefix.len(),
+            v.longest_prefix
+        );
         out += "<p>stuck at:</p><ul>\n";
         for id in &v.stuck_at {
             if let Some(o) = ops.get(*id) {
@@ -179,13 +242,19 @@ pub fn html(check: &Check, ops_by_sku: &std::collections::BTreeMap<String, Vec<O
 pub fn nemesis_bands(records: &[Record]) -> Vec<(u64, u64, String)> {
     let mut bands = Vec::new();
     let mut open: Option<(u64, String)> = None;
-    for r in records.iter().filter(|r| r.kind == Some(crate::history::Kind::Nemesis)) {
+    for r in records
+        .iter()
+        .filter(|r| r.kind == Some(crate::history::Kind::Nemesis))
+    {
         if r.f == "heal" {
             if let Some((s, d)) = open.take() {
                 bands.push((s, r.time_ns, d));
             }
         } else if r.f.ends_with("-start") {
-            open = Some((r.time_ns, format!("{} {}", r.f, r.detail.clone().unwrap_or_default())));
+            open = Some((
+                r.time_ns,
+                format!("{} {}", r.f, r.detail.clone().unwrap_or_default()),
+            ));
         }
     }
     if let Some((s, d)) = open {

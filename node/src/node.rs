@@ -88,8 +88,17 @@ impl Node {
         let propose_stats = Arc::new(ProposeStats::default());
         let syncer = LogSyncer::start(db.clone(), write_stats.clone())
             .map_err(io("cannot start the WAL syncer"))?;
-        let source_ip = me.addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
-        let peers = PeerPool::new(node_id, cluster.raft.snapshot_chunk_bytes as usize, source_ip);
+        let source_ip = me
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
+        let peers = PeerPool::new(
+            node_id,
+            cluster.raft.snapshot_chunk_bytes as usize,
+            source_ip,
+        );
         let (shutdown, _) = broadcast::channel(1);
         let snapshot_dir = data_dir.join("snapshots");
 
@@ -169,7 +178,11 @@ impl Node {
             );
             shards.insert(shard_id, shard);
         }
-        crate::shard::spawn_sweeper(shards.values().cloned().collect(), cluster.server.sweep_interval_ms, shutdown.subscribe());
+        crate::shard::spawn_sweeper(
+            shards.values().cloned().collect(),
+            cluster.server.sweep_interval_ms,
+            shutdown.subscribe(),
+        );
         let admission = crate::admission::Admission::new(cluster.admission.clone());
         Ok(Arc::new(Node {
             id: node_id,

@@ -41,7 +41,9 @@ pub mod scratch {
     use std::collections::HashMap;
     use std::io;
 
-    use crate::inventory::{Records, RequestId, Reservation, ShardState, StockRecord, StoredOutcome};
+    use crate::inventory::{
+        Records, RequestId, Reservation, ShardState, StockRecord, StoredOutcome,
+    };
     use crate::storage::ShardReader;
 
     pub struct Scratch<'a> {
@@ -55,7 +57,13 @@ pub mod scratch {
     impl<'a> Scratch<'a> {
         pub fn new(reader: &'a ShardReader) -> io::Result<Self> {
             let clock_ms = reader.meta()?.clock_ms;
-            Ok(Scratch { reader, clock_ms, stock: HashMap::new(), reservations: HashMap::new(), outcomes: HashMap::new() })
+            Ok(Scratch {
+                reader,
+                clock_ms,
+                stock: HashMap::new(),
+                reservations: HashMap::new(),
+                outcomes: HashMap::new(),
+            })
         }
     }
 

@@ -74,6 +74,7 @@ pub fn wall_clock_ms() -> u64 {
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: ShardConfig,
         raft: Raft,
@@ -141,7 +142,8 @@ impl Shard {
     pub async fn propose(&self, group: OpGroup) -> Result<Proposed, Error> {
         self.check_leader()?;
         #[cfg(feature = "planted-bugs")]
-        if crate::planted::active() == crate::planted::Bug::AckBeforeCommit && !group.ops.is_empty() {
+        if crate::planted::active() == crate::planted::Bug::AckBeforeCommit && !group.ops.is_empty()
+        {
             return self.answer_before_commit(group);
         }
         let (reply, rx) = oneshot::channel();
@@ -200,13 +202,21 @@ impl Shard {
     /// proposes in the background, whatever becomes of it.
     #[cfg(feature = "planted-bugs")]
     fn answer_before_commit(&self, group: OpGroup) -> Result<Proposed, Error> {
-        let mut scratch = crate::planted::scratch::Scratch::new(&self.reader).map_err(Error::internal)?;
-        let request = ShardRequest { now_ms: wall_clock_ms(), retention: self.cluster.retention.to_retention(), groups: vec![group.clone()] };
+        let mut scratch =
+            crate::planted::scratch::Scratch::new(&self.reader).map_err(Error::internal)?;
+        let request = ShardRequest {
+            now_ms: wall_clock_ms(),
+            retention: self.cluster.retention.to_retention(),
+            groups: vec![group.clone()],
+        };
         let response = crate::inventory::apply(&mut scratch, &request).map_err(Error::internal)?;
         let (reply, _rx) = oneshot::channel();
         let _ = self.proposals.try_send(Proposal { group, reply });
         let results = response.groups.into_iter().next().unwrap_or_default();
-        Ok(Proposed { results, log_index: 0 })
+        Ok(Proposed {
+            results,
+            log_index: 0,
+        })
     }
 
     /// Waits until a read of the local state machine is linearizable: this node is
@@ -350,7 +360,11 @@ fn scopeguard(g: metrics::Gauge) -> InFlight {
 /// leads, propose an empty entry (a tick) when a reservation timer is due, so that
 /// expired holds return their stock without anyone asking. The due time comes from the
 /// state machine's in-memory hint; the timer index is read only when it is unknown.
-pub fn spawn_sweeper(shards: Vec<Arc<Shard>>, interval_ms: u64, mut shutdown: broadcast::Receiver<()>) {
+pub fn spawn_sweeper(
+    shards: Vec<Arc<Shard>>,
+    interval_ms: u64,
+    mut shutdown: broadcast::Receiver<()>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -379,7 +393,13 @@ pub fn spawn_sweeper(shards: Vec<Arc<Shard>>, interval_ms: u64, mut shutdown: br
                 if due <= now {
                     let shard = shard.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = shard.propose(OpGroup { atomic: false, ops: Vec::new() }).await {
+                        if let Err(e) = shard
+                            .propose(OpGroup {
+                                atomic: false,
+                                ops: Vec::new(),
+                            })
+                            .await
+                        {
                             tracing::debug!(shard_id = shard.id(), error = %e, "expiry tick not applied");
                         }
                     });

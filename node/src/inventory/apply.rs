@@ -116,7 +116,11 @@ fn apply_op<R: Records>(
     retention: Retention,
 ) -> Result<OpResult, R::Error> {
     let fp = fingerprint(&op.command);
-    let stored = if crate::planted::active() == crate::planted::Bug::IgnoreRequestIds { None } else { state.outcome(&op.request_id)? };
+    let stored = if crate::planted::active() == crate::planted::Bug::IgnoreRequestIds {
+        None
+    } else {
+        state.outcome(&op.request_id)?
+    };
     if let Some(stored) = stored {
         if stored.fingerprint == fp {
             return Ok(OpResult {

@@ -44,7 +44,11 @@ pub struct PeerPool {
 }
 
 impl PeerPool {
-    pub fn new(node_id: NodeId, snapshot_chunk_bytes: usize, source_ip: Option<std::net::IpAddr>) -> Arc<Self> {
+    pub fn new(
+        node_id: NodeId,
+        snapshot_chunk_bytes: usize,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Arc<Self> {
         Arc::new(PeerPool {
             node_id,
             source_ip,

@@ -533,7 +533,9 @@ impl ShardState for Overlay<'_> {
         if self.hints.earliest_timer.nothing_at_or_before(now_ms) {
             return Ok(Vec::new());
         }
-        let Some(from) = self.hints.earliest_timer.scan_from() else { return Ok(Vec::new()) };
+        let Some(from) = self.hints.earliest_timer.scan_from() else {
+            return Ok(Vec::new());
+        };
         let start = keys::timer_key(self.shard_id, from, "");
         let end = keys::timer_key(self.shard_id, now_ms.saturating_add(1), "");
         let keys = self.scan_keys(&start, &end, max)?;
@@ -560,7 +562,9 @@ impl ShardState for Overlay<'_> {
         }
         // Small first: usually only the first key is looked at.
         let mut chunk_len: usize = 1;
-        let Some(from) = self.hints.oldest_outcome.scan_from() else { return Ok(0) };
+        let Some(from) = self.hints.oldest_outcome.scan_from() else {
+            return Ok(0);
+        };
         let (_, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
         let start = keys::outcome_age_key(self.shard_id, from, &[0u8; 16]);
         let mut deleted = 0u64;

@@ -2,8 +2,6 @@
 //! across the kill of every shard leader, regions, exactly-once retries counted on
 //! the server, coalescing, and carts across shards.
 
-
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

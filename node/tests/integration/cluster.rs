@@ -1,7 +1,5 @@
 //! Integration tests of the core store on real 3-node clusters (issue: core).
 
-
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,7 +216,12 @@ async fn concurrent_decrements_never_oversell() {
     // Without client-side coalescing, so that the node's own proposer has to combine
     // the concurrent requests.
     let client = Arc::new(
-        stockpile_client::Client::builder().seeds(cluster.addrs.values().cloned()).no_coalescing().build().await.expect("client"),
+        stockpile_client::Client::builder()
+            .seeds(cluster.addrs.values().cloned())
+            .no_coalescing()
+            .build()
+            .await
+            .expect("client"),
     );
     let tasks: Vec<_> = (0..200)
         .map(|_| {

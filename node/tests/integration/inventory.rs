@@ -2,8 +2,6 @@
 //! the replicated clock, exactly-once retries, snapshot-rebuilt replicas, the race for
 //! the last units, and batches as one Raft entry per shard.
 
-
-
 use std::sync::Arc;
 use std::time::Duration;
 

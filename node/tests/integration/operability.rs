@@ -1,8 +1,6 @@
 //! Operability on real clusters: Prometheus metrics after traffic, gRPC reflection
 //! and health, overload (admission control), and SIGTERM on a leader under load.
 
-
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -413,21 +411,45 @@ async fn bench_json_output_parses_and_its_drain_check_passes() {
     let client = cluster.client().await;
     cluster.wait_leaders(&client).await;
     // The CLI sits next to the node binary in the target directory.
-    let cli = std::path::Path::new(env!("CARGO_BIN_EXE_stockpile-node")).with_file_name("stockpile");
+    let cli =
+        std::path::Path::new(env!("CARGO_BIN_EXE_stockpile-node")).with_file_name("stockpile");
     let endpoints: Vec<String> = cluster.addrs.values().cloned().collect();
     // A drain: 500 units, 8 clients, until the stock is gone.
     let out = tokio::process::Command::new(&cli)
-        .args(["--endpoints", &endpoints.join(","), "--json", "bench", "--workload", "hot", "--clients", "8", "--duration", "3", "--stock", "500"])
+        .args([
+            "--endpoints",
+            &endpoints.join(","),
+            "--json",
+            "bench",
+            "--workload",
+            "hot",
+            "--clients",
+            "8",
+            "--duration",
+            "3",
+            "--stock",
+            "500",
+        ])
         .output()
         .await
         .expect("run stockpile bench");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8(out.stdout).expect("utf8");
     let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
     assert_eq!(v["workload"], "hot");
     assert_eq!(v["drain_check"]["ok"], true, "{v}");
-    assert_eq!(v["drain_check"]["acked"], 500, "exactly the stock was sold: {v}");
+    assert_eq!(
+        v["drain_check"]["acked"], 500,
+        "exactly the stock was sold: {v}"
+    );
     assert_eq!(v["drain_check"]["final"], 0);
-    assert!(v["errors"]["INSUFFICIENT_STOCK"].as_u64().unwrap_or(0) > 0, "the rest were refused: {v}");
+    assert!(
+        v["errors"]["INSUFFICIENT_STOCK"].as_u64().unwrap_or(0) > 0,
+        "the rest were refused: {v}"
+    );
     assert!(v["latency_us"]["p99"].as_u64().is_some());
 }

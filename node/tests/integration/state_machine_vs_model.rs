@@ -9,7 +9,9 @@ use openraft::entry::RaftEntry;
 use openraft::storage::RaftStateMachine;
 use openraft::testing::log_id;
 use rand::{Rng, SeedableRng};
-use stockpile_node::inventory::{self, Command, Item, MemState, Op, OpGroup, Retention, ShardRequest};
+use stockpile_node::inventory::{
+    self, Command, Item, MemState, Op, OpGroup, Retention, ShardRequest,
+};
 use stockpile_node::raft::types::{Entry, TypeConfig};
 use stockpile_node::storage::{ApplyStats, ShardReader, StateMachineStore, db};
 
@@ -22,18 +24,48 @@ fn random_request(rng: &mut impl Rng, now_ms: u64, retention: Retention) -> Shar
             let sku = skus[rng.random_range(0..skus.len())].to_string();
             let rid = format!("r{}", rng.random_range(0..5));
             let command = match rng.random_range(0..6) {
-                0 => Command::SetStock { sku, on_hand: rng.random_range(0..30) },
-                1 => Command::AdjustStock { sku, delta: rng.random_range(1..10) * if rng.random_bool(0.5) { 1 } else { -1 } },
-                2 => Command::Decrement { sku, qty: rng.random_range(1..6) },
-                3 => Command::Reserve { reservation_id: rid, items: vec![Item { sku, qty: rng.random_range(1..4) }], ttl_ms: rng.random_range(1..200) },
-                4 => Command::Confirm { reservation_id: rid },
-                _ => Command::Release { reservation_id: rid },
+                0 => Command::SetStock {
+                    sku,
+                    on_hand: rng.random_range(0..30),
+                },
+                1 => Command::AdjustStock {
+                    sku,
+                    delta: rng.random_range(1..10) * if rng.random_bool(0.5) { 1 } else { -1 },
+                },
+                2 => Command::Decrement {
+                    sku,
+                    qty: rng.random_range(1..6),
+                },
+                3 => Command::Reserve {
+                    reservation_id: rid,
+                    items: vec![Item {
+                        sku,
+                        qty: rng.random_range(1..4),
+                    }],
+                    ttl_ms: rng.random_range(1..200),
+                },
+                4 => Command::Confirm {
+                    reservation_id: rid,
+                },
+                _ => Command::Release {
+                    reservation_id: rid,
+                },
             };
-            ops.push(Op { request_id: [rng.random_range(1..40u8); 16], command });
+            ops.push(Op {
+                request_id: [rng.random_range(1..40u8); 16],
+                command,
+            });
         }
-        groups.push(OpGroup { atomic: rng.random_bool(0.3), ops });
+        groups.push(OpGroup {
+            atomic: rng.random_bool(0.3),
+            ops,
+        });
     }
-    ShardRequest { now_ms, retention, groups }
+    ShardRequest {
+        now_ms,
+        retention,
+        groups,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,11 +73,20 @@ async fn rocksdb_state_machine_matches_the_in_memory_model() {
     for seed in 0..20u64 {
         let dir = tempfile::TempDir::new().expect("tmp");
         let db = db::open(&dir.path().join("db")).expect("db");
-        let mut sm = StateMachineStore::open(7, db.clone(), dir.path().join("snap"), Arc::new(ApplyStats::default())).expect("sm");
+        let mut sm = StateMachineStore::open(
+            7,
+            db.clone(),
+            dir.path().join("snap"),
+            Arc::new(ApplyStats::default()),
+        )
+        .expect("sm");
         let reader = ShardReader::new(7, db.clone());
         let mut model = MemState::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let retention = Retention { retention_ms: rng.random_range(50..400), outcomes_max: rng.random_range(2..20) };
+        let retention = Retention {
+            retention_ms: rng.random_range(50..400),
+            outcomes_max: rng.random_range(2..20),
+        };
         let mut clock: i64 = 10_000;
         let mut index = 1u64;
         for _ in 0..60 {
@@ -59,23 +100,47 @@ async fn rocksdb_state_machine_matches_the_in_memory_model() {
                 index += 1;
                 entries.push((entry, want));
             }
-            let stream = futures::stream::iter(entries.iter().map(|(e, _)| Ok((e.clone(), None))).collect::<Vec<_>>());
+            let stream = futures::stream::iter(
+                entries
+                    .iter()
+                    .map(|(e, _)| Ok((e.clone(), None)))
+                    .collect::<Vec<_>>(),
+            );
             sm.apply(stream).await.expect("apply");
         }
         // Stock records, reservations and counters agree.
-        let page = reader.list(stockpile_node::storage::reader::ListFrom::Start, 1_000).expect("list");
+        let page = reader
+            .list(stockpile_node::storage::reader::ListFrom::Start, 1_000)
+            .expect("list");
         let stored: Vec<(String, inventory::StockRecord)> = page.records;
-        let modeled: Vec<(String, inventory::StockRecord)> = model.stock.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let modeled: Vec<(String, inventory::StockRecord)> =
+            model.stock.iter().map(|(k, v)| (k.clone(), *v)).collect();
         assert_eq!(stored, modeled, "seed {seed}: stock records differ");
         for (id, r) in &model.reservations {
-            assert_eq!(reader.reservation(id).expect("read").1.as_ref(), Some(r), "seed {seed}: reservation {id}");
+            assert_eq!(
+                reader.reservation(id).expect("read").1.as_ref(),
+                Some(r),
+                "seed {seed}: reservation {id}"
+            );
         }
         for id in ["r0", "r1", "r2", "r3", "r4"] {
-            assert_eq!(reader.reservation(id).expect("read").1.is_some(), model.reservations.contains_key(id), "seed {seed}: {id}");
+            assert_eq!(
+                reader.reservation(id).expect("read").1.is_some(),
+                model.reservations.contains_key(id),
+                "seed {seed}: {id}"
+            );
         }
         let meta = reader.meta().expect("meta");
         assert_eq!(meta.clock_ms, model.clock_ms, "seed {seed}: clock");
-        assert_eq!(meta.outcomes_count, model.outcomes.len() as u64, "seed {seed}: stored outcomes");
-        assert_eq!(reader.earliest_timer_ms().expect("timer"), model.timers.iter().next().map(|t| t.0), "seed {seed}: timer index");
+        assert_eq!(
+            meta.outcomes_count,
+            model.outcomes.len() as u64,
+            "seed {seed}: stored outcomes"
+        );
+        assert_eq!(
+            reader.earliest_timer_ms().expect("timer"),
+            model.timers.iter().next().map(|t| t.0),
+            "seed {seed}: timer index"
+        );
     }
 }

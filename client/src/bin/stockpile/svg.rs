@@ -18,12 +18,7 @@ fn esc(s: &str) -> String {
 
 /// One panel: axes, labels and polylines; `series` are (name, colour, points) with
 /// x in 0..=1 and y in ms.
-fn panel(
-    y0: f64,
-    title: &str,
-    x_labels: &[(f64, String)],
-    series: &[Series<'_>],
-) -> String {
+fn panel(y0: f64, title: &str, x_labels: &[(f64, String)], series: &[Series<'_>]) -> String {
     let y_max = series
         .iter()
         .flat_map(|s| s.2.iter().map(|p| p.1))
@@ -53,7 +48,11 @@ fn panel(
             sx(0.0) - 4.0,
             y + 3.0
         );
-        out += &format!("<line x1=\"{}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\n", sx(0.0), sx(1.0));
+        out += &format!(
+            "<line x1=\"{}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\n",
+            sx(0.0),
+            sx(1.0)
+        );
     }
     for (x, label) in x_labels {
         out += &format!(

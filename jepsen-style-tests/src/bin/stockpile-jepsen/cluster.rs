@@ -1,0 +1,263 @@
+//! The cluster under test: node processes on their own loopback addresses
+//! (127.0.0.11, .12, ...) inside the run's network namespace, and the nftables rules
+//! that cut links between them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const PORT: u16 = 7000;
+
+pub fn ip(node: u64) -> String {
+    format!("127.0.0.{}", 10 + node)
+}
+
+pub fn addr(node: u64) -> String {
+    format!("{}:{PORT}", ip(node))
+}
+
+/// Writes the cluster config: `nodes` nodes, four shards split at g, n, t; with five
+/// nodes each shard has three replicas, spread.
+pub fn write_config(dir: &Path, nodes: u64) -> std::io::Result<PathBuf> {
+    let mut t = String::from("cluster_name = \"jepsen\"\n");
+    for n in 1..=nodes {
+        t += &format!(
+            "[[nodes]]\nid = {n}\naddr = \"{}\"\nzone = \"z{n}\"\ndata_dir = \"{}\"\n",
+            addr(n),
+            dir.join(format!("data/node-{n}")).display()
+        );
+    }
+    for (i, (start, end)) in [("", "g"), ("g", "n"), ("n", "t"), ("t", "")]
+        .iter()
+        .enumerate()
+    {
+        let replicas: Vec<u64> = if nodes <= 3 {
+            (1..=nodes).collect()
+        } else {
+            (0..3).map(|k| ((i as u64 + k) % nodes) + 1).collect()
+        };
+        t += &format!(
+            "[[shards]]\nid = {}\nstart = \"{start}\"\nend = \"{end}\"\nreplicas = [{}]\n",
+            i + 1,
+            replicas
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    t += "[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_after_entries = 2000\nlogs_kept_after_snapshot = 500\n";
+    t += "[server]\nsweep_interval_ms = 200\npropose_timeout_ms = 3000\nread_timeout_ms = 2000\n";
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, t)?;
+    Ok(path)
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub nodes: u64,
+    pub node_bin: PathBuf,
+    pub bug: Option<String>,
+    children: BTreeMap<u64, Child>,
+    /// Clock skew per node (test-only setting, applied at start).
+    pub skew_ms: BTreeMap<u64, i64>,
+}
+
+impl Cluster {
+    pub fn new(
+        dir: PathBuf,
+        config: PathBuf,
+        nodes: u64,
+        node_bin: PathBuf,
+        bug: Option<String>,
+    ) -> Cluster {
+        Cluster {
+            dir,
+            config,
+            nodes,
+            node_bin,
+            bug,
+            children: BTreeMap::new(),
+            skew_ms: BTreeMap::new(),
+        }
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        (1..=self.nodes).collect()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.children.keys().copied().collect()
+    }
+
+    pub fn start(&mut self, id: u64) -> std::io::Result<()> {
+        if self.children.contains_key(&id) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.dir.join("logs"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("logs/node-{id}.log")))?;
+        let mut cmd = Command::new(&self.node_bin);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--node-id")
+            .arg(id.to_string());
+        cmd.env("RUST_LOG", "info,openraft=error");
+        if let Some(skew) = self.skew_ms.get(&id) {
+            cmd.env("STOCKPILE_TEST_CLOCK_SKEW_MS", skew.to_string());
+        }
+        if let Some(bug) = &self.bug {
+            cmd.env("STOCKPILE_PLANTED_BUG", bug);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn()?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut c) = self.children.remove(&id) {
+            // A paused process must be resumed to die promptly on some kernels.
+            signal(c.id(), "CONT");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pause(&self, id: u64) {
+        if let Some(c) = self.children.get(&id) {
+            signal(c.id(), "STOP");
+        }
+    }
+
+    pub fn resume(&self, id: u64) {
+        if let Some(c) = self.children.get(&id) {
+            signal(c.id(), "CONT");
+        }
+    }
+
+    /// SIGTERM every node and wait (then SIGKILL).
+    pub fn stop_all(&mut self) {
+        for c in self.children.values() {
+            signal(c.id(), "CONT");
+            signal(c.id(), "TERM");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for (_, mut c) in std::mem::take(&mut self.children) {
+            loop {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.children) {
+            signal(c.id(), "CONT");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Kills any node process still running with this run's config (after a crash of
+/// the harness itself).
+pub fn kill_leftovers(run_dir: &Path) {
+    let needle = run_dir.join("cluster.toml").display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(&needle)
+        {
+            signal(pid, "KILL");
+        }
+    }
+}
+
+/// Runs a command inside the namespace, failing with its stderr.
+pub fn sh(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+    use std::io::Write;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("{program}: {e}"))?;
+    if let (Some(text), Some(mut si)) = (stdin, child.stdin.take()) {
+        si.write_all(text.as_bytes())
+            .map_err(|e| format!("{program}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The network inside the namespace: loopback up, and one nftables table whose input
+/// chain drops the cut links.
+pub struct Net;
+
+impl Net {
+    pub fn init() -> Result<Net, String> {
+        sh("ip", &["link", "set", "lo", "up"], None)?;
+        Net.apply(&[], None)?;
+        Ok(Net)
+    }
+
+    /// Replaces the rules: drop every packet from `a` to `b` for each `(a, b)` in
+    /// `cut`; with `loss` = (nodes, pct), additionally drop pct% of the packets
+    /// between any two of those nodes.
+    pub fn apply(&self, cut: &[(u64, u64)], loss: Option<(&[u64], u32)>) -> Result<(), String> {
+        let mut rules = String::new();
+        for (a, b) in cut {
+            rules += &format!("    ip saddr {} ip daddr {} drop\n", ip(*a), ip(*b));
+        }
+        if let Some((nodes, pct)) = loss {
+            let set = nodes.iter().map(|n| ip(*n)).collect::<Vec<_>>().join(", ");
+            rules += &format!(
+                "    ip saddr {{ {set} }} ip daddr {{ {set} }} numgen random mod 100 < {pct} drop\n"
+            );
+        }
+        let script = format!(
+            "table inet stockpile_jepsen\ndelete table inet stockpile_jepsen\ntable inet stockpile_jepsen {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
+        );
+        sh("nft", &["-f", "-"], Some(&script))
+    }
+
+    pub fn heal(&self) -> Result<(), String> {
+        self.apply(&[], None)
+    }
+}

@@ -1,0 +1,293 @@
+//! The nemesis: a seeded schedule of faults. Each fault is applied, logged in the
+//! history with what was actually done, held for a while, then healed.
+//!
+//! - partition: halves, one node isolated, a shard leader isolated, a majorities
+//!   ring, a bridge, lossy links (random drop) — nftables rules in the namespace;
+//! - kill: `kill -9` of one node, a shard's leader, a majority, or all; restarted on
+//!   the same data when healed;
+//! - pause: SIGSTOP of one node or a shard's leader; SIGCONT when healed;
+//! - clock: a node restarted with its clock skewed (the node's test-only
+//!   `STOCKPILE_TEST_CLOCK_SKEW_MS`); restarted without skew when healed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use tokio::sync::Mutex;
+
+use crate::cluster::{Cluster, Net};
+use crate::run::History;
+
+/// What is broken right now, so that it can be healed.
+#[derive(Debug)]
+enum Active {
+    Net,
+    Killed(Vec<u64>),
+    Paused(Vec<u64>),
+    Skewed(u64),
+}
+
+pub struct Nemesis {
+    pub cluster: Arc<Mutex<Cluster>>,
+    pub net: Net,
+    pub kinds: Vec<String>,
+    pub rng: StdRng,
+    pub history: Arc<History>,
+    pub client: Option<stockpile_client::Client>,
+    active: Option<Active>,
+    pub schedule: Vec<String>,
+}
+
+impl Nemesis {
+    pub fn new(
+        cluster: Arc<Mutex<Cluster>>,
+        net: Net,
+        kinds: Vec<String>,
+        seed: u64,
+        history: Arc<History>,
+    ) -> Nemesis {
+        Nemesis {
+            cluster,
+            net,
+            kinds,
+            rng: StdRng::seed_from_u64(seed ^ 0x005e_ed0f_fa17),
+            history,
+            client: None,
+            active: None,
+            schedule: Vec::new(),
+        }
+    }
+
+    async fn leader_of_random_shard(&mut self) -> Option<(u64, u64)> {
+        let shard = self.rng.random_range(1..=4u64);
+        let client = self.client.as_ref()?;
+        let status = tokio::time::timeout(Duration::from_secs(2), client.cluster_status())
+            .await
+            .ok()?
+            .ok()?;
+        status
+            .nodes
+            .iter()
+            .filter_map(|v| v.status.as_ref())
+            .flat_map(|s| s.shards.iter())
+            .find(|s| s.shard_id == shard && s.role == "leader")
+            .map(|s| (shard, s.leader_id))
+    }
+
+    fn log(&mut self, f: &str, detail: String) {
+        let t = self.history.elapsed_ns();
+        self.schedule
+            .push(format!("{:>9.3}s {f} {detail}", t as f64 / 1e9));
+        self.history.nemesis(f, &detail);
+    }
+
+    /// Applies one random fault of the enabled kinds.
+    pub async fn strike(&mut self) {
+        let Some(kind) = self.kinds.choose(&mut self.rng).cloned() else {
+            return;
+        };
+        let nodes: Vec<u64> = self.cluster.lock().await.ids();
+        let n = nodes.len();
+        let majority = n / 2 + 1;
+        let mut shuffled = nodes.clone();
+        shuffled.shuffle(&mut self.rng);
+        match kind.as_str() {
+            "partition" => {
+                let variant = [
+                    "halves",
+                    "isolate-one",
+                    "isolate-leader",
+                    "ring",
+                    "bridge",
+                    "lossy",
+                ][self.rng.random_range(0..6)];
+                let mut cut = Vec::new();
+                let mut loss = None;
+                let detail;
+                match variant {
+                    "halves" | "isolate-one" | "isolate-leader" => {
+                        let minority: Vec<u64> = match variant {
+                            "halves" => shuffled[..n - majority].to_vec(),
+                            "isolate-one" => vec![shuffled[0]],
+                            _ => match self.leader_of_random_shard().await {
+                                Some((_, l)) => vec![l],
+                                None => vec![shuffled[0]],
+                            },
+                        };
+                        for a in &minority {
+                            for b in nodes.iter().filter(|b| !minority.contains(b)) {
+                                cut.push((*a, *b));
+                                cut.push((*b, *a));
+                            }
+                        }
+                        detail = format!("{variant}: {minority:?} cut off from the others");
+                    }
+                    "ring" => {
+                        // Each node reaches only its ring neighbours (a majority with itself when n ≤ 5).
+                        for (i, a) in shuffled.iter().enumerate() {
+                            for (j, b) in shuffled.iter().enumerate() {
+                                let d = (i as i64 - j as i64)
+                                    .rem_euclid(n as i64)
+                                    .min((j as i64 - i as i64).rem_euclid(n as i64));
+                                if i != j && d > majority as i64 / 2 {
+                                    cut.push((*a, *b));
+                                }
+                            }
+                        }
+                        detail = format!("majorities ring over {shuffled:?}");
+                    }
+                    "bridge" => {
+                        // Two halves that only the bridge node connects.
+                        let bridge = shuffled[0];
+                        let half = (n - 1) / 2;
+                        let (left, right) = shuffled[1..].split_at(half);
+                        for a in left {
+                            for b in right {
+                                cut.push((*a, *b));
+                                cut.push((*b, *a));
+                            }
+                        }
+                        detail = format!("bridge {bridge} between {left:?} and {right:?}");
+                    }
+                    _ => {
+                        let pct = self.rng.random_range(10..40u32);
+                        loss = Some(pct);
+                        detail = format!("lossy links: {pct}% of packets between nodes dropped");
+                    }
+                }
+                let result = match loss {
+                    Some(pct) => self.net.apply(&cut, Some((&nodes, pct))),
+                    None => self.net.apply(&cut, None),
+                };
+                match result {
+                    Ok(()) => {
+                        self.active = Some(Active::Net);
+                        self.log("partition-start", detail);
+                    }
+                    Err(e) => self.log("partition-failed", e),
+                }
+            }
+            "kill" => {
+                let variant = ["one", "leader", "majority", "all"][self.rng.random_range(0..4)];
+                let victims: Vec<u64> = match variant {
+                    "one" => vec![shuffled[0]],
+                    "leader" => match self.leader_of_random_shard().await {
+                        Some((_, l)) => vec![l],
+                        None => vec![shuffled[0]],
+                    },
+                    "majority" => shuffled[..majority].to_vec(),
+                    _ => nodes.clone(),
+                };
+                let mut c = self.cluster.lock().await;
+                for v in &victims {
+                    c.kill9(*v);
+                }
+                drop(c);
+                self.active = Some(Active::Killed(victims.clone()));
+                self.log("kill-start", format!("{variant}: kill -9 {victims:?}"));
+            }
+            "pause" => {
+                let victim = if self.rng.random_bool(0.5) {
+                    self.leader_of_random_shard()
+                        .await
+                        .map(|(_, l)| l)
+                        .unwrap_or(shuffled[0])
+                } else {
+                    shuffled[0]
+                };
+                self.cluster.lock().await.pause(victim);
+                self.active = Some(Active::Paused(vec![victim]));
+                self.log("pause-start", format!("SIGSTOP node {victim}"));
+            }
+            "clock" => {
+                let victim = shuffled[0];
+                let skew: i64 = if self.rng.random_bool(0.5) { 1 } else { -1 }
+                    * self.rng.random_range(200..1_000i64);
+                let mut c = self.cluster.lock().await;
+                c.kill9(victim);
+                c.skew_ms.insert(victim, skew);
+                let started = c.start(victim);
+                drop(c);
+                match started {
+                    Ok(()) => {
+                        self.active = Some(Active::Skewed(victim));
+                        self.log(
+                            "clock-start",
+                            format!("node {victim} restarted with its clock skewed {skew:+} ms"),
+                        );
+                    }
+                    Err(e) => self.log("clock-failed", e.to_string()),
+                }
+            }
+            other => self.log("unknown-nemesis", other.to_string()),
+        }
+    }
+
+    /// Undoes the active fault.
+    pub async fn heal(&mut self) {
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        let detail = match active {
+            Active::Net => match self.net.heal() {
+                Ok(()) => "network healed".to_string(),
+                Err(e) => format!("network heal failed: {e}"),
+            },
+            Active::Killed(v) => {
+                let mut c = self.cluster.lock().await;
+                let errors: Vec<String> = v
+                    .iter()
+                    .filter_map(|id| c.start(*id).err().map(|e| format!("node {id}: {e}")))
+                    .collect();
+                format!("restarted {v:?} {}", errors.join("; "))
+            }
+            Active::Paused(v) => {
+                let c = self.cluster.lock().await;
+                for id in &v {
+                    c.resume(*id);
+                }
+                format!("SIGCONT {v:?}")
+            }
+            Active::Skewed(id) => {
+                let mut c = self.cluster.lock().await;
+                c.kill9(id);
+                c.skew_ms.remove(&id);
+                match c.start(id) {
+                    Ok(()) => format!("node {id} restarted without skew"),
+                    Err(e) => format!("node {id} restart failed: {e}"),
+                }
+            }
+        };
+        self.log("heal", detail);
+    }
+
+    /// Strikes and heals until `stop` is set: wait 1–3 s, fault for 2–5 s, heal.
+    pub async fn run(mut self, stop: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        use std::sync::atomic::Ordering;
+        if self.kinds.is_empty() {
+            return self;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let quiet = self.rng.random_range(1_000..3_000u64);
+            sleep_unless(&stop, quiet).await;
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            self.strike().await;
+            let hold = self.rng.random_range(2_000..5_000u64);
+            sleep_unless(&stop, hold).await;
+            self.heal().await;
+        }
+        self.heal().await;
+        self
+    }
+}
+
+async fn sleep_unless(stop: &std::sync::atomic::AtomicBool, ms: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+    while tokio::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
