@@ -8,7 +8,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 # libclang-dev: bindgen (RocksDB's Rust bindings); g++/make: RocksDB's C++ build;
 # nftables/iproute2: the Jepsen-style tests' network namespaces and partitions;
 # pkg-config: -sys crates.
-for p in libclang-dev g++ make pkg-config nftables iproute2 procps; do
+for p in libclang-dev g++ make pkg-config nftables iproute2 procps util-linux; do
   have_pkg "$p" || need+=("$p")
 done
 

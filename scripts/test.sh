@@ -5,6 +5,9 @@
 #   3. unit and property tests: keys, codec, config, validation, apply vs a model
 #   4. storage conformance: openraft's storage suite over our RocksDB stores
 #   5. integration: real stockpile-node processes on loopback, through the client
+#   6. Jepsen-style: real nodes in a network namespace under partitions, kills and
+#      pauses, histories checked for linearizability and stock conservation; and the
+#      planted bugs must be caught (scripts/jepsen-suite.sh)
 # Everything builds with one profile (release) into one target directory, so
 # RocksDB's C++ build happens once.
 set -euo pipefail
@@ -27,5 +30,8 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 
 section "tests: unit, property, storage conformance, integration"
 cargo test --release --workspace 2>&1 | tee /tmp/stockpile-test.log
+
+section "Jepsen-style suite"
+scripts/jepsen-suite.sh
 
 section "all tests passed"

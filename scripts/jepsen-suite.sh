@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The short Jepsen-style suite run by scripts/test.sh (a few minutes):
+#   1. partition, kill and pause scenarios, each on a 3-node cluster: every check must pass;
+#   2. each planted bug must be flagged as an anomaly within three seeds.
+# Needs root or user namespaces (unshare), nftables and iproute2 (scripts/setup.sh).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+secs=${JEPSEN_TIME:-20}
+
+fail=0
+for nemesis in partition kill pause; do
+  echo "--- jepsen: $nemesis, 3 nodes, ${secs}s"
+  scripts/jepsen.sh --nodes 3 --nemesis "$nemesis" --time "$secs" --seed "$((RANDOM + 1))" | tail -3
+  code=${PIPESTATUS[0]}
+  if [ "$code" != 0 ]; then echo "jepsen $nemesis: exit $code (1 = anomaly, 2 = run failed)"; fail=1; fi
+done
+
+for spec in "local-reads partition" "ignore-request-ids partition,kill" "ack-before-commit kill,partition"; do
+  set -- $spec
+  bug=$1 nemesis=$2
+  flagged=0
+  for seed in 1 2 3; do
+    echo "--- jepsen: planted bug $bug under $nemesis, seed $seed"
+    scripts/jepsen.sh --nodes 3 --nemesis "$nemesis" --time 15 --seed "$seed" --bug "$bug" | tail -2
+    code=${PIPESTATUS[0]}
+    if [ "$code" = 1 ]; then flagged=1; break; fi
+    if [ "$code" != 0 ]; then echo "jepsen $bug: the run itself failed (exit $code)"; break; fi
+  done
+  if [ "$flagged" = 1 ]; then echo "planted bug $bug: flagged"; else echo "planted bug $bug: NOT flagged"; fail=1; fi
+done
+exit $fail
