@@ -1422,6 +1422,43 @@ impl Client {
         Ok(covered)
     }
 
+    /// Stored request-id outcomes per shard on a node: (shard, count). Each request id
+    /// executed (within retention) is stored once, so the count can never exceed the
+    /// number of distinct request ids sent to the shard: an audit of exactly-once.
+    pub async fn stored_outcomes(&self, node_id: u64) -> Result<Vec<(u64, u64)>, Error> {
+        let addr = self
+            .routing()
+            .map
+            .nodes
+            .get(&node_id)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Error::Config {
+                message: format!("no node {node_id}"),
+            })?;
+        let t = self.inner.cfg.attempt_timeout;
+        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+        let mut admin = AdminClient::new(self.channel(&addr)?);
+        match tokio::time::timeout(
+            t,
+            admin.shard_digests(with_timeout(pb::ShardDigestsRequest {}, t)),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r
+                .into_inner()
+                .shards
+                .into_iter()
+                .map(|d| (d.shard_id, d.outcomes_count))
+                .collect()),
+            Ok(Err(s)) => Err(Error::Unavailable {
+                message: format!("node {node_id}: {}", s.message()),
+            }),
+            Err(_) => Err(Error::Unavailable {
+                message: format!("node {node_id}: no answer"),
+            }),
+        }
+    }
+
     /// Digests of a node's shard state machines: (shard, applied index, digest).
     /// Replicas at the same applied index must have the same digest.
     pub async fn shard_digests(&self, node_id: u64) -> Result<Vec<(u64, u64, u64)>, Error> {

@@ -80,22 +80,39 @@ fn label(op: &Op) -> String {
 
 /// An SVG timeline of one SKU's ops: a lane per process, nemesis bands behind;
 /// `window` (ns) restricts it to the ops that overlap it.
-pub fn timeline(ops: &[Op], nemesis: &[(u64, u64, String)], verdict: &SkuVerdict, window: Option<(u64, u64)>) -> String {
-    let end_of = |o: &Op| if o.ret_ns == u64::MAX { o.call_ns } else { o.ret_ns };
+pub fn timeline(
+    ops: &[Op],
+    nemesis: &[(u64, u64, String)],
+    verdict: &SkuVerdict,
+    window: Option<(u64, u64)>,
+) -> String {
+    let end_of = |o: &Op| {
+        if o.ret_ns == u64::MAX {
+            o.call_ns
+        } else {
+            o.ret_ns
+        }
+    };
     let client_ops: Vec<&Op> = ops
         .iter()
         .filter(|o| o.process != u64::MAX)
         .filter(|o| window.is_none_or(|(a, b)| end_of(o) >= a && o.call_ns <= b))
         .collect();
     let t0 = window.map(|w| w.0).unwrap_or(0);
-    let t_end = window.map(|w| w.1).unwrap_or_else(|| client_ops.iter().map(|o| end_of(o)).max().unwrap_or(1)).max(t0 + 1);
+    let t_end = window
+        .map(|w| w.1)
+        .unwrap_or_else(|| client_ops.iter().map(|o| end_of(o)).max().unwrap_or(1))
+        .max(t0 + 1);
     let mut procs: Vec<u64> = client_ops.iter().map(|o| o.process).collect();
     procs.sort_unstable();
     procs.dedup();
     let (w, lane, left) = (1400.0, 22.0, 60.0);
     let h = 40.0 + lane * procs.len() as f64;
-    let x = |t: u64| left + (t.clamp(t0, t_end) - t0) as f64 / (t_end - t0) as f64 * (w - left - 20.0);
-    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"monospace\" font-size=\"9\">\n");
+    let x =
+        |t: u64| left + (t.clamp(t0, t_end) - t0) as f64 / (t_end - t0) as f64 * (w - left - 20.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"monospace\" font-size=\"9\">\n"
+    );
     for (start, end, what) in nemesis {
         let e = (*end).min(t_end);
         if e < t0 || *start > t_end {
@@ -113,7 +130,11 @@ pub fn timeline(ops: &[Op], nemesis: &[(u64, u64, String)], verdict: &SkuVerdict
     for o in &client_ops {
         let lane_i = procs.iter().position(|p| *p == o.process).unwrap_or(0) as f64;
         let y = 25.0 + lane * lane_i;
-        let end = if o.ret_ns == u64::MAX { t_end } else { o.ret_ns.min(t_end) };
+        let end = if o.ret_ns == u64::MAX {
+            t_end
+        } else {
+            o.ret_ns.min(t_end)
+        };
         let fill = match o.outcome {
             Outcome::Stock { .. } | Outcome::ReservationState(_) => "#7cc47c",
             Outcome::Refused { .. } => "#e6a0a0",
@@ -134,11 +155,19 @@ pub fn timeline(ops: &[Op], nemesis: &[(u64, u64, String)], verdict: &SkuVerdict
             esc(&label(o))
         );
         if window.is_some() {
-            svg += &format!("<text x=\"{:.1}\" y=\"{}\" font-size=\"8\">{}</text>\n", x(o.call_ns) + 2.0, y + 11.0, esc(&label(o)));
+            svg += &format!(
+                "<text x=\"{:.1}\" y=\"{}\" font-size=\"8\">{}</text>\n",
+                x(o.call_ns) + 2.0,
+                y + 11.0,
+                esc(&label(o))
+            );
         }
     }
     for (i, p) in procs.iter().enumerate() {
-        svg += &format!("<text x=\"4\" y=\"{}\">process {p}</text>\n", 25.0 + lane * i as f64 + 10.0);
+        svg += &format!(
+            "<text x=\"4\" y=\"{}\">process {p}</text>\n",
+            25.0 + lane * i as f64 + 10.0
+        );
     }
     svg += &format!(
         "<text x=\"{left}\" y=\"12\">{:.3} s … {:.3} s; green ok, red fail, grey unknown; orange bands: faults; dark outline: the longest linearizable prefix; red outline: where the search got stuck (hover for details)</text>\n",
@@ -230,10 +259,24 @@ pub fn html(
         // And zoomed on where the search got stuck.
         let stuck: Vec<&Op> = v.stuck_at.iter().filter_map(|i| ops.get(*i)).collect();
         let from = stuck.iter().map(|o| o.call_ns).min();
-        let to = stuck.iter().map(|o| if o.ret_ns == u64::MAX { o.call_ns } else { o.ret_ns }).max();
+        let to = stuck
+            .iter()
+            .map(|o| {
+                if o.ret_ns == u64::MAX {
+                    o.call_ns
+                } else {
+                    o.ret_ns
+                }
+            })
+            .max();
         if let (Some(a), Some(b)) = (from, to) {
             out += "<p>around the stuck operation(s), ±300 ms:</p>\n";
-            out += &timeline(ops, &nemesis, v, Some((a.saturating_sub(300_000_000), b.saturating_add(300_000_000))));
+            out += &timeline(
+                ops,
+                &nemesis,
+                v,
+                Some((a.saturating_sub(300_000_000), b.saturating_add(300_000_000))),
+            );
         }
     }
     out += "<h2>Files</h2><ul><li><a href=\"history.jsonl\">history.jsonl</a></li><li><a href=\"check.json\">check.json</a></li><li><a href=\"schedule.txt\">schedule.txt</a></li><li><a href=\"cluster.toml\">cluster.toml</a></li><li>logs/</li></ul>\n";

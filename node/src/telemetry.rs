@@ -12,6 +12,7 @@
 //! | `stockpile_raft_is_leader`, `_term`, `_last_log_index`, `_commit_index`, `_applied_index`, `_snapshot_index`, `_purged_index` | gauge | `shard` |
 //! | `stockpile_raft_replication_lag_entries` | gauge | `shard`, `follower` (on the leader) |
 //! | `stockpile_log_appends_total`, `stockpile_log_syncs_total` | counter | |
+//! | `stockpile_log_append_duration_seconds` | histogram | writing an append (before its sync) |
 //! | `stockpile_log_sync_duration_seconds` | histogram | |
 //! | `stockpile_snapshot_builds_total`, `stockpile_snapshot_installs_total` | counter | |
 //! | `stockpile_snapshot_bytes` | gauge | `shard` — size of the last built or installed snapshot |
@@ -113,6 +114,10 @@ fn describe() {
     describe_counter!(
         "stockpile_log_syncs_total",
         "WAL syncs (group commit: fewer than appends)"
+    );
+    describe_histogram!(
+        "stockpile_log_append_duration_seconds",
+        "Writing one log append to RocksDB, before its sync"
     );
     describe_histogram!(
         "stockpile_log_sync_duration_seconds",

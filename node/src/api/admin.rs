@@ -271,10 +271,11 @@ impl Admin for AdminService {
                     shard
                         .reader
                         .digest()
-                        .map(|(applied_index, digest)| pb::ShardDigest {
+                        .map(|(applied_index, digest, outcomes_count)| pb::ShardDigest {
                             shard_id: *id,
                             applied_index,
                             digest,
+                            outcomes_count,
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()

@@ -220,7 +220,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
+        let started = std::time::Instant::now();
         self.db.write_opt(batch, &opts).map_err(io_err)?;
+        metrics::histogram!("stockpile_log_append_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         self.syncer.after_sync(callback).await
     }
 

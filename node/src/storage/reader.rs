@@ -162,9 +162,9 @@ impl ShardReader {
     }
 
     /// A digest of the shard's whole state machine except the meta record's
-    /// membership log id, with the applied index: replicas at the same index must
-    /// have the same digest.
-    pub fn digest(&self) -> io::Result<(u64, u64)> {
+    /// membership log id, with the applied index and the stored outcome count:
+    /// replicas at the same index must have the same digest.
+    pub fn digest(&self) -> io::Result<(u64, u64, u64)> {
         let cf = cf(&self.db, CF_SM).map_err(io_err)?;
         let snap = self.db.snapshot();
         let meta = self.meta_in(&snap)?;
@@ -185,6 +185,10 @@ impl ShardReader {
         }
         h.update(&meta.clock_ms.to_le_bytes());
         h.update(&meta.outcomes_count.to_le_bytes());
-        Ok((meta.last_applied.map(|l| l.index).unwrap_or(0), h.digest()))
+        Ok((
+            meta.last_applied.map(|l| l.index).unwrap_or(0),
+            h.digest(),
+            meta.outcomes_count,
+        ))
     }
 }

@@ -91,6 +91,10 @@ async fn metrics_are_served_after_traffic() {
     );
     assert!(text.contains("stockpile_log_sync_duration_seconds_bucket"));
     assert!(
+        text.contains("stockpile_log_append_duration_seconds_bucket"),
+        "log append latency"
+    );
+    assert!(
         text.contains("stockpile_raft_entry_ops_bucket"),
         "ops per entry histogram"
     );

@@ -472,6 +472,48 @@ pub async fn inside(args: Args) -> ExitCode {
         ok: views_ok,
         message: views_msg,
     });
+    // Exactly-once, audited from the nodes: a shard stores one outcome per request id it
+    // executes, so its count cannot exceed the distinct request ids sent to it.
+    let map = client.shard_map();
+    let mut sent: BTreeMap<u64, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for r in history
+        .records()
+        .iter()
+        .filter(|r| r.kind == Some(Kind::Invoke))
+    {
+        if let (Some(rid), Some(sku)) = (&r.rid, &r.sku)
+            && let Some(shard) = map.shard_for(sku)
+        {
+            sent.entry(shard.shard_id).or_default().insert(rid.clone());
+        }
+    }
+    let mut stored: BTreeMap<u64, u64> = BTreeMap::new();
+    for node in 1..=args.nodes {
+        if let Ok(counts) = client.stored_outcomes(node).await {
+            for (shard, count) in counts {
+                let e = stored.entry(shard).or_default();
+                *e = (*e).max(count);
+            }
+        }
+    }
+    let over: Vec<String> = stored
+        .iter()
+        .filter_map(|(shard, count)| {
+            let distinct = sent.get(shard).map(|s| s.len() as u64).unwrap_or(0);
+            (*count > distinct).then(|| {
+                format!("shard {shard} stores {count} outcomes for {distinct} distinct request ids")
+            })
+        })
+        .collect();
+    cluster_checks.push(ClusterCheck {
+        check: "no request id applied twice (audited from the nodes)".into(),
+        ok: over.is_empty() && !stored.is_empty(),
+        message: if over.is_empty() {
+            format!("stored outcomes per shard {stored:?} within the distinct request ids sent")
+        } else {
+            over.join("; ")
+        },
+    });
     cluster.lock().await.stop_all();
 
     // Write the history and schedule, then check.
