@@ -274,6 +274,10 @@ impl Node {
         if let Err(e) = self.db.flush_wal(true) {
             tracing::error!(error = %e, "final WAL sync failed");
         }
+        // Stop RocksDB's flush and compaction threads before the process exits: tasks
+        // may still hold the database while static destructors run, and a background
+        // job touching torn-down state aborts the process instead of exiting 0.
+        self.db.cancel_all_background_work(true);
     }
 }
 

@@ -96,9 +96,16 @@ pub struct LogSyncer {
 
 impl LogSyncer {
     /// Starts the node's syncer thread. It ends when every `LogSyncer` is dropped.
+    ///
+    /// The thread holds the database only while it syncs (a `Weak` otherwise): it must
+    /// never be the last owner, or the database would close on this detached thread,
+    /// possibly while the process exits and RocksDB's static state is being torn down
+    /// (which aborts with "pthread lock: Invalid argument"). Every callback is completed
+    /// after the database reference is released.
     pub fn start(db: Arc<DB>, stats: Arc<WritePathStats>) -> std::io::Result<LogSyncer> {
         let (tx, mut rx) = mpsc::channel::<IOFlushed>(SYNC_QUEUE_MAX);
         let thread_stats = stats.clone();
+        let db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
@@ -112,7 +119,10 @@ impl LogSyncer {
                         }
                     }
                     let started = std::time::Instant::now();
-                    let result = db.flush_wal(true);
+                    let result = match db.upgrade() {
+                        Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+                        None => Err("the database is closed".to_string()),
+                    };
                     thread_stats
                         .log_sync_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -128,7 +138,7 @@ impl LogSyncer {
                             result
                                 .as_ref()
                                 .map(|_| ())
-                                .map_err(|e| std::io::Error::other(e.to_string())),
+                                .map_err(|e| std::io::Error::other(e.clone())),
                         );
                     }
                 }
