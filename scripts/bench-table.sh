@@ -3,10 +3,13 @@
 # 3-node cluster (data wiped between rows) and prints a markdown table row per run.
 #
 #   scripts/bench-table.sh [SECONDS]      (default 15 s per workload)
+#   STOCKPILE_PROFILE=perf scripts/bench-table.sh   (binaries built with fat LTO)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
-cargo build --release --workspace --quiet
+profile=${STOCKPILE_PROFILE:-release}
+export STOCKPILE_PROFILE=$profile
+cargo build --profile "$profile" --workspace --quiet
 rows=(
   "--workload uniform --coalesce off"
   "--workload uniform"
@@ -26,7 +29,7 @@ for args in "${rows[@]}"; do
   rm -rf data/node-1 data/node-2 data/node-3
   scripts/cluster.sh up >/dev/null
   # shellcheck disable=SC2086
-  target/release/stockpile bench $args --clients 64 --duration "$secs" --json | python3 -c "
+  "target/$profile/stockpile" bench $args --clients 64 --duration "$secs" --json | python3 -c "
 import json, sys
 d = json.load(sys.stdin); l = d['latency_us']; dc = d['drain_check']
 errors = ', '.join(f'{k} {v}' for k, v in d['errors'].items()) or 'none'

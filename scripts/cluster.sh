@@ -20,7 +20,9 @@ case "$cmd" in
 esac
 [ -f "$config" ] || { echo "no such config: $config" >&2; exit 2; }
 
-bin=target/release
+# STOCKPILE_PROFILE=perf runs the binaries of `cargo build --profile perf` (fat LTO).
+profile=${STOCKPILE_PROFILE:-release}
+bin=target/$profile
 pids=data/pids
 logs=data/logs
 mkdir -p "$pids" "$logs"
@@ -32,8 +34,8 @@ nodes() {
 
 build() {
   if [ ! -x "$bin/stockpile-node" ] || [ ! -x "$bin/stockpile" ] || [ -n "$(find node client proto Cargo.toml -newer "$bin/stockpile-node" -type f 2>/dev/null | head -1)" ]; then
-    echo "building (cargo build --release --workspace; the first build compiles RocksDB, about 10 minutes)..."
-    cargo build --release --workspace --quiet
+    echo "building (cargo build --profile $profile --workspace; the first build compiles RocksDB, about 10 minutes)..."
+    cargo build --profile "$profile" --workspace --quiet
   fi
 }
 
