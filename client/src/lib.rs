@@ -1342,15 +1342,7 @@ impl Client {
         skus: &[&str],
         consistency: Consistency,
     ) -> Result<Vec<Read>, Error> {
-        let addr = self
-            .routing()
-            .map
-            .nodes
-            .get(&node_id)
-            .map(|n| n.addr.clone())
-            .ok_or_else(|| Error::Config {
-                message: format!("no node {node_id}"),
-            })?;
+        let addr = self.node_addr(node_id)?;
         let t = self.inner.cfg.attempt_timeout;
         let req = with_timeout(
             pb::GetRequest {
@@ -1422,104 +1414,68 @@ impl Client {
         Ok(covered)
     }
 
-    /// Stored request-id outcomes per shard on a node: (shard, count). Each request id
-    /// executed (within retention) is stored once, so the count can never exceed the
-    /// number of distinct request ids sent to the shard: an audit of exactly-once.
-    pub async fn stored_outcomes(&self, node_id: u64) -> Result<Vec<(u64, u64)>, Error> {
-        let addr = self
-            .routing()
-            .map
-            .nodes
-            .get(&node_id)
-            .map(|n| n.addr.clone())
-            .ok_or_else(|| Error::Config {
-                message: format!("no node {node_id}"),
-            })?;
-        let t = self.inner.cfg.attempt_timeout;
-        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-        let mut admin = AdminClient::new(self.channel(&addr)?);
-        match tokio::time::timeout(
-            t,
-            admin.shard_digests(with_timeout(pb::ShardDigestsRequest {}, t)),
-        )
-        .await
-        {
-            Ok(Ok(r)) => Ok(r
-                .into_inner()
-                .shards
-                .into_iter()
-                .map(|d| (d.shard_id, d.outcomes_count))
-                .collect()),
-            Ok(Err(s)) => Err(Error::Unavailable {
-                message: format!("node {node_id}: {}", s.message()),
-            }),
-            Err(_) => Err(Error::Unavailable {
-                message: format!("node {node_id}: no answer"),
-            }),
-        }
-    }
-
-    /// Digests of a node's shard state machines: (shard, applied index, digest).
+    /// Digests of a node's shard state machines, with their stored outcome counts.
     /// Replicas at the same applied index must have the same digest.
-    pub async fn shard_digests(&self, node_id: u64) -> Result<Vec<(u64, u64, u64)>, Error> {
-        let addr = self
-            .routing()
-            .map
-            .nodes
-            .get(&node_id)
-            .map(|n| n.addr.clone())
-            .ok_or_else(|| Error::Config {
-                message: format!("no node {node_id}"),
-            })?;
+    pub async fn shard_digests(&self, node_id: u64) -> Result<Vec<ShardDigest>, Error> {
+        let addr = self.node_addr(node_id)?;
         let t = self.inner.cfg.attempt_timeout;
         self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(
+        let answer = tokio::time::timeout(
             t,
             AdminClient::new(self.channel(&addr)?)
                 .shard_digests(with_timeout(pb::ShardDigestsRequest {}, t)),
         )
-        .await
-        {
-            Ok(Ok(r)) => Ok(r
-                .into_inner()
-                .shards
-                .into_iter()
-                .map(|d| (d.shard_id, d.applied_index, d.digest))
-                .collect()),
-            Ok(Err(s)) => Err(Error::Unavailable {
-                message: format!("node {node_id}: {}", s.message()),
-            }),
-            Err(_) => Err(Error::Unavailable {
-                message: format!("node {node_id}: no answer"),
-            }),
-        }
+        .await;
+        let reply = node_answer(node_id, answer)?;
+        Ok(reply
+            .shards
+            .into_iter()
+            .map(|d| ShardDigest {
+                shard_id: d.shard_id,
+                applied_index: d.applied_index,
+                digest: d.digest,
+                outcomes_count: d.outcomes_count,
+            })
+            .collect())
     }
 
     /// One node's own status (its shards' Raft state and write-path counters).
     pub async fn node_status(&self, node_id: u64) -> Result<pb::NodeStatusReply, Error> {
-        let addr = self
-            .routing()
+        let addr = self.node_addr(node_id)?;
+        let t = self.inner.cfg.attempt_timeout;
+        let req = with_timeout(pb::NodeStatusRequest {}, t);
+        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+        let answer =
+            tokio::time::timeout(t, AdminClient::new(self.channel(&addr)?).node_status(req)).await;
+        node_answer(node_id, answer)
+    }
+
+    /// The address of `node_id` in the cached shard map.
+    fn node_addr(&self, node_id: u64) -> Result<String, Error> {
+        self.routing()
             .map
             .nodes
             .get(&node_id)
             .map(|n| n.addr.clone())
             .ok_or_else(|| Error::Config {
                 message: format!("no node {node_id}"),
-            })?;
-        let t = self.inner.cfg.attempt_timeout;
-        let mut req = tonic::Request::new(pb::NodeStatusRequest {});
-        req.set_timeout(t);
-        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(t, AdminClient::new(self.channel(&addr)?).node_status(req)).await
-        {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(Error::Unavailable {
-                message: format!("node {node_id}: {}", s.message()),
-            }),
-            Err(_) => Err(Error::Unavailable {
-                message: format!("node {node_id}: no answer"),
-            }),
-        }
+            })
+    }
+}
+
+/// The reply of an admin call to one named node, or `Unavailable` naming the node.
+fn node_answer<T>(
+    node_id: u64,
+    answer: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+) -> Result<T, Error> {
+    match answer {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(Error::Unavailable {
+            message: format!("node {node_id}: {}", s.message()),
+        }),
+        Err(_) => Err(Error::Unavailable {
+            message: format!("node {node_id}: no answer"),
+        }),
     }
 }
 

@@ -273,3 +273,17 @@ pub struct CartPart {
     /// The items (SKU and quantity).
     pub items: Vec<Item>,
 }
+
+/// One replica's view of a shard's state machine, for convergence and exactly-once audits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ShardDigest {
+    /// The shard.
+    pub shard_id: u64,
+    /// The last log index the replica applied.
+    pub applied_index: u64,
+    /// A digest of the whole state machine: replicas at the same index must agree.
+    pub digest: u64,
+    /// Request-id outcomes the shard stores: one per request id executed (within
+    /// retention), so never more than the distinct request ids sent to the shard.
+    pub outcomes_count: u64,
+}

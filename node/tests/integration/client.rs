@@ -22,14 +22,7 @@ async fn operations_continue_across_killing_every_shard_leader_in_turn() {
     let mut cluster = TestCluster::start(Options::default());
     let client = cluster.client().await;
     cluster.wait_leaders(&client).await;
-    let skus: Vec<String> = (0..8)
-        .map(|i| {
-            format!(
-                "{}-stream{i}",
-                ["apple", "grape", "nectarine", "tomato"][i % 4]
-            )
-        })
-        .collect();
+    let skus: Vec<String> = skus_on_every_shard("stream", 8);
     const STOCK: u64 = 1_000_000;
     for s in &skus {
         client.set_stock(s, STOCK).await.expect("set");
@@ -226,9 +219,7 @@ async fn concurrent_decrements_are_coalesced_into_few_rpcs() {
     let cluster = TestCluster::start(Options::default());
     let client = cluster.client().await;
     cluster.wait_leaders(&client).await;
-    let skus: Vec<String> = (0..20)
-        .map(|i| format!("{}-co{i}", ["apple", "grape", "nectarine", "tomato"][i % 4]))
-        .collect();
+    let skus: Vec<String> = skus_on_every_shard("co", 20);
     for s in &skus {
         client.set_stock(s, 1_000).await.expect("set");
     }

@@ -60,14 +60,7 @@ async fn killing_a_leader_fails_over_and_the_restarted_node_catches_up() {
     let mut cluster = TestCluster::start(Options::default());
     let client = cluster.client().await;
     cluster.wait_leaders(&client).await;
-    let skus: Vec<String> = (0..40)
-        .map(|i| {
-            format!(
-                "{}-{i:02}",
-                ["apple", "grape", "nectarine", "tomato"][i % 4]
-            )
-        })
-        .collect();
+    let skus: Vec<String> = skus_on_every_shard("", 40);
     for (i, sku) in skus.iter().enumerate() {
         client
             .set_stock(sku, 1_000 + i as u64)

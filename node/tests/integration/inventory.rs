@@ -307,14 +307,7 @@ async fn a_batch_over_four_shards_takes_one_raft_entry_per_shard() {
     for (shard, _) in SHARD_SKUS {
         client.transfer_leader(shard, 1).await.expect("transfer");
     }
-    let skus: Vec<String> = (0..40)
-        .map(|i| {
-            format!(
-                "{}-b{i:02}",
-                ["apple", "grape", "nectarine", "tomato"][i % 4]
-            )
-        })
-        .collect();
+    let skus: Vec<String> = skus_on_every_shard("b", 40);
     for s in &skus {
         client.set_stock(s, 100).await.expect("set");
     }

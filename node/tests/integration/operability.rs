@@ -354,14 +354,7 @@ async fn sigterm_on_a_leader_under_load_exits_cleanly_and_loses_nothing() {
     let client = cluster.client().await;
     let leaders = cluster.wait_leaders(&client).await;
     let victim = leaders[&1];
-    let skus: Vec<String> = (0..8)
-        .map(|i| {
-            format!(
-                "{}-term{i}",
-                ["apple", "grape", "nectarine", "tomato"][i % 4]
-            )
-        })
-        .collect();
+    let skus: Vec<String> = skus_on_every_shard("term", 8);
     const STOCK: u64 = 1_000_000;
     for s in &skus {
         client.set_stock(s, STOCK).await.expect("set");

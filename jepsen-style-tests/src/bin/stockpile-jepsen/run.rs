@@ -489,10 +489,10 @@ pub async fn inside(args: Args) -> ExitCode {
     }
     let mut stored: BTreeMap<u64, u64> = BTreeMap::new();
     for node in 1..=args.nodes {
-        if let Ok(counts) = client.stored_outcomes(node).await {
-            for (shard, count) in counts {
-                let e = stored.entry(shard).or_default();
-                *e = (*e).max(count);
+        if let Ok(digests) = client.shard_digests(node).await {
+            for d in digests {
+                let e = stored.entry(d.shard_id).or_default();
+                *e = (*e).max(d.outcomes_count);
             }
         }
     }
@@ -556,8 +556,11 @@ async fn converge(
         for n in 1..=nodes {
             match client.shard_digests(n).await {
                 Ok(ds) => {
-                    for (shard, applied, digest) in ds {
-                        views.entry(shard).or_default().push((n, applied, digest));
+                    for d in ds {
+                        views
+                            .entry(d.shard_id)
+                            .or_default()
+                            .push((n, d.applied_index, d.digest));
                     }
                 }
                 Err(e) => {

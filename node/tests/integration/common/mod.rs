@@ -265,8 +265,11 @@ impl TestCluster {
             for id in self.running() {
                 match client.shard_digests(id).await {
                     Ok(ds) => {
-                        for (shard, applied, digest) in ds {
-                            views.entry(shard).or_default().push((applied, digest));
+                        for d in ds {
+                            views
+                                .entry(d.shard_id)
+                                .or_default()
+                                .push((d.applied_index, d.digest));
                         }
                     }
                     Err(_) => ok = false,
@@ -310,6 +313,19 @@ impl Drop for TestCluster {
             let _ = c.wait();
         }
     }
+}
+
+/// `n` SKUs named `<fruit>-<tag><i>`, spread round-robin over the four shards of the
+/// local test config (split at `g`, `n`, `t`).
+pub fn skus_on_every_shard(tag: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{}-{tag}{i:02}",
+                ["apple", "grape", "nectarine", "tomato"][i % 4]
+            )
+        })
+        .collect()
 }
 
 /// Reads `sku` linearizably; panics on error.
