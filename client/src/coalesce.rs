@@ -32,6 +32,9 @@ pub struct CoalesceConfig {
     pub batch_max: usize,
     /// Batch RPCs in flight per shard at most.
     pub inflight_max: usize,
+    /// Bytes of one Batch RPC at most (its protobuf encoding); larger batches are sent
+    /// as several RPCs. The node's default `limits.request_bytes_max` (4 MiB).
+    pub batch_bytes_max: usize,
 }
 
 impl Default for CoalesceConfig {
@@ -41,6 +44,7 @@ impl Default for CoalesceConfig {
             linger: Duration::ZERO,
             batch_max: 1_000,
             inflight_max: 4,
+            batch_bytes_max: 4 << 20,
         }
     }
 }
@@ -156,9 +160,77 @@ fn shard_level(reason: pb::Reason) -> bool {
     )
 }
 
+/// Bytes an operation adds to a `BatchRequest`: its encoding, plus the field's tag and
+/// length prefix.
+fn op_bytes(op: &pb::operation::Op) -> usize {
+    const FIELD_OVERHEAD_BYTES: usize = 6;
+    pb::Operation {
+        op: Some(op.clone()),
+    }
+    .encoded_len()
+        + FIELD_OVERHEAD_BYTES
+}
+
+/// Consecutive parts of `ops` whose Batch RPCs each stay within `bytes_max` (one op
+/// larger than that goes alone; the store will refuse it).
+fn split_by_bytes(ops: &[(RequestId, pb::operation::Op)], bytes_max: usize) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut bytes = 0usize;
+    for (i, (_, op)) in ops.iter().enumerate() {
+        let b = op_bytes(op);
+        if i > 0 && bytes + b > bytes_max {
+            ends.push(i);
+            bytes = 0;
+        }
+        bytes += b;
+    }
+    ends.push(ops.len());
+    ends
+}
+
 /// Sends `ops` (all of `shard_id`) as Batch RPCs to the shard's leader, retrying
-/// shard-level failures within `deadline`. One result per op, in order.
+/// shard-level failures within `deadline`: one RPC, or several when the ops exceed
+/// `batch_bytes_max` (an all-or-nothing batch cannot be split: it fails whole with
+/// `RequestTooLarge`). One result per op, in order.
 pub(crate) async fn send_batch(
+    client: &Client,
+    shard_id: u64,
+    ops: Vec<(RequestId, pb::operation::Op)>,
+    atomic: bool,
+    deadline: Instant,
+) -> Vec<Result<pb::operation_result::Result, Error>> {
+    let bytes_max = client.inner.cfg.coalesce.batch_bytes_max;
+    let ends = split_by_bytes(&ops, bytes_max);
+    if ends.len() == 1 {
+        return send_one_batch(client, shard_id, ops, atomic, deadline).await;
+    }
+    if atomic {
+        let size_bytes: usize = ops.iter().map(|(_, op)| op_bytes(op)).sum();
+        let e = Error::RequestTooLarge {
+            size_bytes: size_bytes as u64,
+            limit_bytes: bytes_max as u64,
+        };
+        return vec![Err(e); ops.len()];
+    }
+    let mut parts = Vec::with_capacity(ends.len());
+    let mut rest = ops;
+    let mut start = 0;
+    for end in ends {
+        let tail = rest.split_off(end - start);
+        parts.push(std::mem::replace(&mut rest, tail));
+        start = end;
+    }
+    let sends = parts
+        .into_iter()
+        .map(|part| send_one_batch(client, shard_id, part, false, deadline));
+    futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+async fn send_one_batch(
     client: &Client,
     shard_id: u64,
     ops: Vec<(RequestId, pb::operation::Op)>,
@@ -187,10 +259,7 @@ pub(crate) async fn send_batch(
             |ch, t| {
                 let r = with_timeout(request.clone(), t);
                 async move {
-                    let reply = stockpile_proto::v1::inventory_client::InventoryClient::new(ch)
-                        .batch(r)
-                        .await?
-                        .into_inner();
+                    let reply = crate::inventory(ch).batch(r).await?.into_inner();
                     // A shard-level refusal of the operations is a failure of the whole batch.
                     for res in &reply.results {
                         if let Some(pb::operation_result::Result::Error(d)) = &res.result
@@ -213,8 +282,10 @@ pub(crate) async fn send_batch(
             .results
             .into_iter()
             .zip(ops)
-            .map(|(r, (rid, _))| match r.result {
+            .enumerate()
+            .map(|(i, (r, (rid, _)))| match r.result {
                 Some(pb::operation_result::Result::Error(d)) => {
+                    let d = relative_to_op(d, i);
                     Err(Error::from_detail(&d, Some(rid))
                         .unwrap_or(Error::Internal { message: d.message }))
                 }
@@ -240,5 +311,78 @@ pub(crate) async fn send_batch(
             })
             .collect(),
         Err(e) => vec![Err(e); n],
+    }
+}
+
+/// An operation's error as the caller of that one operation sees it: the field path
+/// without the batch's `ops[i].` (the caller never saw the batch).
+fn relative_to_op(mut d: pb::ErrorDetail, i: usize) -> pb::ErrorDetail {
+    let prefix = format!("ops[{i}].");
+    if let Some(rest) = d.field.strip_prefix(&prefix) {
+        let rest = rest.to_string();
+        d.message = d.message.replacen(&d.field, &rest, 1);
+        d.field = rest;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decrement(sku: &str) -> (RequestId, pb::operation::Op) {
+        (
+            [1; 16],
+            pb::operation::Op::Decrement(pb::DecrementRequest {
+                sku: sku.into(),
+                quantity: 1,
+                request_id: vec![1; 16],
+            }),
+        )
+    }
+
+    #[test]
+    fn batch_errors_name_the_field_of_the_operation() {
+        let d = relative_to_op(
+            pb::ErrorDetail {
+                field: "ops[7].items[0].sku".into(),
+                message: "invalid ops[7].items[0].sku: must not be empty".into(),
+                ..Default::default()
+            },
+            7,
+        );
+        assert_eq!(d.field, "items[0].sku");
+        assert_eq!(d.message, "invalid items[0].sku: must not be empty");
+        let other = relative_to_op(
+            pb::ErrorDetail {
+                field: "request_id".into(),
+                ..Default::default()
+            },
+            7,
+        );
+        assert_eq!(other.field, "request_id");
+    }
+
+    #[test]
+    fn batches_split_where_the_next_op_would_pass_the_byte_limit() {
+        let ops: Vec<_> = (0..10).map(|i| decrement(&format!("sku-{i:03}"))).collect();
+        let one = op_bytes(&ops[0].1);
+        assert_eq!(split_by_bytes(&ops, 100 * one), vec![10]);
+        assert_eq!(split_by_bytes(&ops, 3 * one), vec![3, 6, 9, 10]);
+        // An op larger than the limit still goes (alone); the store decides.
+        assert_eq!(split_by_bytes(&ops[..2], 1), vec![1, 2]);
+        let request = pb::BatchRequest {
+            ops: ops[..3]
+                .iter()
+                .map(|(_, op)| pb::Operation {
+                    op: Some(op.clone()),
+                })
+                .collect(),
+            atomic: false,
+        };
+        assert!(
+            request.encoded_len() <= 3 * one,
+            "op_bytes bounds the real size"
+        );
     }
 }

@@ -65,6 +65,27 @@ pub enum Error {
         /// The shards involved.
         shard_ids: Vec<u64>,
     },
+    /// The request is larger than the store accepts; split it (a batch into several).
+    /// Not applied.
+    #[error("request is {size_bytes} bytes; the limit is {limit_bytes} bytes")]
+    RequestTooLarge {
+        /// The request's size (its protobuf encoding).
+        size_bytes: u64,
+        /// The largest request the store accepts.
+        limit_bytes: u64,
+    },
+    /// An admin call named a node the cluster does not have. Not applied.
+    #[error("node {node_id} is not in the cluster")]
+    NodeNotFound {
+        /// The node named.
+        node_id: u64,
+    },
+    /// An admin call named a shard the cluster does not have. Not applied.
+    #[error("shard {shard_id} is not in the cluster")]
+    ShardNotFound {
+        /// The shard named.
+        shard_id: u64,
+    },
     /// Not applied because another operation of its all-or-nothing batch was refused.
     #[error("{message}")]
     Aborted {
@@ -140,6 +161,9 @@ impl Error {
             Error::ReservationNotActive { .. } => "RESERVATION_NOT_ACTIVE",
             Error::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             Error::CrossShard { .. } => "CROSS_SHARD",
+            Error::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
+            Error::NodeNotFound { .. } => "NODE_NOT_FOUND",
+            Error::ShardNotFound { .. } => "SHARD_NOT_FOUND",
             Error::Aborted { .. } => "ABORTED",
             Error::Unavailable { .. } => "UNAVAILABLE",
             Error::RateLimited { .. } => "RATE_LIMITED",
@@ -187,6 +211,14 @@ impl Error {
             R::CrossShard => Error::CrossShard {
                 message: d.message.clone(),
                 shard_ids: d.shard_ids.clone(),
+            },
+            R::RequestTooLarge => Error::RequestTooLarge {
+                size_bytes: d.size_bytes,
+                limit_bytes: d.limit_bytes,
+            },
+            R::NodeNotFound => Error::NodeNotFound { node_id: d.node_id },
+            R::ShardNotFound => Error::ShardNotFound {
+                shard_id: d.shard_id,
             },
             R::Internal => Error::Internal {
                 message: d.message.clone(),

@@ -123,6 +123,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The largest Batch RPC the client sends, in bytes (default 4 MiB, the store's
+    /// default `limits.request_bytes_max`); larger batches go as several RPCs. Match it
+    /// to the store's limit when that is configured otherwise.
+    pub fn batch_bytes_max(mut self, bytes: usize) -> Self {
+        self.coalesce.batch_bytes_max = bytes.max(1);
+        self
+    }
+
     /// The identity the store's admission control budgets this client by (the
     /// `x-stockpile-client` header). Default "anonymous". Printable ASCII only.
     pub fn identity(mut self, identity: impl Into<String>) -> Self {
@@ -699,16 +707,19 @@ impl Client {
     }
 
     fn remember_reservation(&self, r: &Reservation) {
+        let Some(item) = r.items.first() else {
+            return;
+        };
         if r.reservation_id.is_empty() {
             return;
         }
         let mut routing = self.routing();
-        if routing.reservation_shards.len() >= routing::RESERVATIONS_REMEMBERED_MAX {
-            routing.reservation_shards.clear();
+        if routing.reservation_skus.len() >= routing::RESERVATIONS_REMEMBERED_MAX {
+            routing.reservation_skus.clear();
         }
         routing
-            .reservation_shards
-            .insert(r.reservation_id.clone(), r.shard_id);
+            .reservation_skus
+            .insert(r.reservation_id.clone(), item.sku.clone());
     }
 
     /// A SKU routing to the reservation's shard: given, remembered, or found by
@@ -721,13 +732,7 @@ impl Client {
         if let Some(sku) = sku {
             return Ok(sku.to_string());
         }
-        let remembered = {
-            let r = self.routing();
-            r.reservation_shards
-                .get(reservation_id)
-                .and_then(|s| r.map.shard(*s))
-                .map(|s| s.routing_sku())
-        };
+        let remembered = self.routing().reservation_skus.get(reservation_id).cloned();
         if let Some(sku) = remembered {
             return Ok(sku);
         }
@@ -1396,18 +1401,28 @@ impl Client {
     /// scratch once (its data directory was wiped). Returns the shards covered.
     pub async fn allow_rebuild(&self, node_id: u64) -> Result<Vec<u64>, Error> {
         let nodes: Vec<NodeInfo> = self.routing().map.nodes.values().cloned().collect();
+        if !nodes.iter().any(|n| n.node_id == node_id) {
+            return Err(Error::NodeNotFound { node_id });
+        }
         let mut covered = Vec::new();
         for n in nodes.into_iter().filter(|n| n.node_id != node_id) {
             let t = self.inner.cfg.attempt_timeout;
             self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
             let mut admin = AdminClient::new(self.channel(&n.addr)?);
-            if let Ok(Ok(r)) = tokio::time::timeout(
+            match tokio::time::timeout(
                 t,
                 admin.allow_rebuild(with_timeout(pb::AllowRebuildRequest { node_id }, t)),
             )
             .await
             {
-                covered.extend(r.into_inner().shard_ids);
+                Ok(Ok(r)) => covered.extend(r.into_inner().shard_ids),
+                // A definite refusal (an unknown node) holds for every node: report it.
+                Ok(Err(s)) => {
+                    if let Some(e) = decode_detail(&s).and_then(|d| Error::from_detail(&d, None)) {
+                        return Err(e);
+                    }
+                }
+                Err(_) => {}
             }
         }
         covered.sort_unstable();
@@ -1518,8 +1533,12 @@ async fn unary(
     })
 }
 
-fn inventory(ch: Conn) -> InventoryClient<Conn> {
-    InventoryClient::new(ch)
+/// Replies may be a few times their request (a Batch of reservations returns every
+/// item's record): accept what a node may send.
+pub(crate) const REPLY_BYTES_MAX: usize = 256 << 20;
+
+pub(crate) fn inventory(ch: Conn) -> InventoryClient<Conn> {
+    InventoryClient::new(ch).max_decoding_message_size(REPLY_BYTES_MAX)
 }
 
 pub(crate) fn with_timeout<T>(msg: T, t: Duration) -> tonic::Request<T> {

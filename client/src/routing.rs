@@ -44,7 +44,9 @@ impl ShardInfo {
     /// smallest SKU without control characters.
     pub fn routing_sku(&self) -> String {
         if self.start.is_empty() {
-            " ".to_string()
+            // The smallest SKU the store's policy accepts: "!" (U+0021; a space or a
+            // control character is refused).
+            "!".to_string()
         } else {
             self.start.clone()
         }
@@ -127,8 +129,9 @@ pub(crate) struct Routing {
     pub map: ShardMap,
     pub leaders: HashMap<u64, u64>,
     health: HashMap<u64, Health>,
-    /// Reservation id → shard, remembered from Reserve replies (bounded).
-    pub reservation_shards: HashMap<String, u64>,
+    /// Reservation id → one of its SKUs, remembered from Reserve replies (bounded):
+    /// Confirm and Release must be routed by a SKU of the reservation.
+    pub reservation_skus: HashMap<String, String>,
 }
 
 /// Reservations remembered for routing at most; beyond, the memory is cleared (a
@@ -241,7 +244,7 @@ mod tests {
         assert_eq!(m.shard_for("apple").unwrap().shard_id, 1);
         assert_eq!(m.shard_for("m").unwrap().shard_id, 2);
         assert_eq!(m.shard_for("zebra").unwrap().shard_id, 2);
-        assert_eq!(m.shard(1).unwrap().routing_sku(), " ");
+        assert_eq!(m.shard(1).unwrap().routing_sku(), "!");
     }
 
     #[test]

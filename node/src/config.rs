@@ -139,6 +139,20 @@ pub struct RaftTuning {
     pub snapshot_chunk_bytes: u64,
     /// Entries per AppendEntries message at most.
     pub append_entries_max: u64,
+    /// Bytes of one log entry at most (the proposer stops adding requests to an entry
+    /// here). Must be at least twice `limits.request_bytes_max`, so any legal request
+    /// fits one entry.
+    pub entry_bytes_max: u64,
+    /// Bytes of entries per AppendEntries call at most; a longer run of entries goes
+    /// over several calls (one entry larger than this goes alone).
+    pub append_bytes_max: u64,
+    /// The slowest link between nodes that replication must still work over, in bytes
+    /// per second: every AppendEntries and snapshot deadline grows with its payload at
+    /// this rate, so a large legal entry is never cut off and resent forever.
+    pub link_bytes_per_s_min: u64,
+    /// The deadline of an AppendEntries call that carries entries, before adding the
+    /// payload's time at `link_bytes_per_s_min`.
+    pub append_timeout_min_ms: u64,
     /// Reads confirm leadership with a quorum round ("read_index") or trust the
     /// leader's lease ("lease"; assumes bounded clock drift).
     pub read_policy: ReadPolicyConfig,
@@ -161,6 +175,10 @@ impl Default for RaftTuning {
             logs_kept_after_snapshot: 5_000,
             snapshot_chunk_bytes: 1 << 20,
             append_entries_max: 1_000,
+            entry_bytes_max: 8 << 20,
+            append_bytes_max: 4 << 20,
+            link_bytes_per_s_min: 1 << 20,
+            append_timeout_min_ms: 1_000,
             read_policy: ReadPolicyConfig::ReadIndex,
         }
     }
@@ -212,6 +230,18 @@ pub struct ServerTuning {
     pub sweep_interval_ms: u64,
     /// How long SIGTERM waits for in-flight requests before stopping.
     pub shutdown_grace_ms: u64,
+    /// Open client and peer connections at most; a connection beyond is closed at once
+    /// (and counted), so a flood of connections cannot exhaust the node.
+    pub connections_max: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection at most.
+    pub streams_per_connection_max: u32,
+    /// Idle connections are probed (HTTP/2 ping) this often and closed when a probe is
+    /// not answered within the same time.
+    pub keepalive_interval_ms: u64,
+    /// Snapshots being received at once at most; a sender beyond is refused and retries.
+    pub snapshots_in_flight_max: usize,
+    /// A snapshot stream that delivers no chunk for this long is dropped, freeing its slot.
+    pub snapshot_chunk_timeout_ms: u64,
 }
 
 impl Default for ServerTuning {
@@ -224,6 +254,11 @@ impl Default for ServerTuning {
             shard_entries_in_flight_max: 2,
             sweep_interval_ms: 500,
             shutdown_grace_ms: 5_000,
+            connections_max: 4_096,
+            streams_per_connection_max: 1_024,
+            keepalive_interval_ms: 10_000,
+            snapshots_in_flight_max: 2,
+            snapshot_chunk_timeout_ms: 10_000,
         }
     }
 }
@@ -469,6 +504,7 @@ impl ClusterConfig {
                 "timeouts and sweep_interval_ms must be at least 1 ms".into(),
             ));
         }
+        self.validate_sizes(file)?;
         let a = &self.admission;
         if a.node_writes_in_flight_max == 0
             || a.node_reads_in_flight_max == 0
@@ -488,6 +524,72 @@ impl ClusterConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl ClusterConfig {
+    /// Bytes, bounds and deadlines of requests, entries, Raft messages and connections.
+    fn validate_sizes(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |field: &str, problem: String| ConfigError::Invalid {
+            file: file.to_string(),
+            field: field.to_string(),
+            problem,
+        };
+        let (l, r, s) = (&self.limits, &self.raft, &self.server);
+        if l.request_bytes_max < 64 << 10 || l.request_bytes_max > 64 << 20 {
+            return Err(bad(
+                "limits.request_bytes_max",
+                format!("{} is outside 64 KiB..=64 MiB", l.request_bytes_max),
+            ));
+        }
+        if r.entry_bytes_max < 2 * l.request_bytes_max as u64 {
+            return Err(bad(
+                "raft.entry_bytes_max",
+                format!(
+                    "{} is less than twice limits.request_bytes_max ({}): a legal request must fit one entry",
+                    r.entry_bytes_max, l.request_bytes_max
+                ),
+            ));
+        }
+        if r.append_bytes_max == 0 || r.link_bytes_per_s_min < 1024 || r.append_timeout_min_ms == 0
+        {
+            return Err(bad(
+                "raft",
+                "append_bytes_max and append_timeout_min_ms must be at least 1, link_bytes_per_s_min at least 1024".into(),
+            ));
+        }
+        if self.raft_message_bytes_max() > crate::storage::codec::DECODE_BYTES_MAX {
+            return Err(bad(
+                "raft.entry_bytes_max",
+                format!(
+                    "entry_bytes_max + append_bytes_max + snapshot_chunk_bytes exceeds {} bytes",
+                    crate::storage::codec::DECODE_BYTES_MAX
+                ),
+            ));
+        }
+        if s.connections_max == 0
+            || s.streams_per_connection_max == 0
+            || s.snapshots_in_flight_max == 0
+            || s.keepalive_interval_ms == 0
+            || s.snapshot_chunk_timeout_ms == 0
+        {
+            return Err(bad(
+                "server",
+                "connections_max, streams_per_connection_max, snapshots_in_flight_max, keepalive_interval_ms and snapshot_chunk_timeout_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest Raft message a node sends or accepts: one call's entries (or one
+    /// entry larger than `append_bytes_max`), or a snapshot chunk, plus framing.
+    pub fn raft_message_bytes_max(&self) -> usize {
+        let r = &self.raft;
+        let payload = r
+            .entry_bytes_max
+            .saturating_add(r.append_bytes_max)
+            .max(r.snapshot_chunk_bytes);
+        usize::try_from(payload.saturating_add(1 << 20)).unwrap_or(usize::MAX)
     }
 }
 

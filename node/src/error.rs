@@ -36,6 +36,16 @@ pub enum Error {
     OutcomeUnknown { shard_id: u64, reason: String },
     #[error("{what} spans shards {shard_ids:?}; it must stay within one shard")]
     CrossShard { what: String, shard_ids: Vec<u64> },
+    #[error("{what} is {size_bytes} bytes; the limit is {limit_bytes} bytes: split it")]
+    RequestTooLarge {
+        what: String,
+        size_bytes: u64,
+        limit_bytes: u64,
+    },
+    #[error("node {node_id} is not in the cluster")]
+    NodeNotFound { node_id: u64 },
+    #[error("shard {shard_id} is not in the cluster")]
+    ShardNotFound { shard_id: u64 },
     #[error("not applied: operation {failed_op} of the all-or-nothing batch was refused")]
     Aborted { failed_op: u32 },
     #[error("internal error: {message}")]
@@ -94,6 +104,13 @@ impl From<Rejection> for Error {
             Rejection::ReservationIdTaken { reservation_id } => Error::InvalidArgument {
                 field: "reservation_id".into(),
                 rule: format!("{reservation_id:?} is already used by another reservation"),
+            },
+            Rejection::SkuNotInReservation {
+                reservation_id,
+                sku,
+            } => Error::InvalidArgument {
+                field: "sku".into(),
+                rule: format!("{sku:?} is not an item of reservation {reservation_id:?}"),
             },
             Rejection::QuantityOverflow { sku } => Error::InvalidArgument {
                 field: "quantity".into(),

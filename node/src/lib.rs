@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod inventory;
 pub mod node;
@@ -18,3 +19,6 @@ pub mod storage;
 pub mod telemetry;
 
 pub use error::Error;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -96,7 +96,7 @@ impl Node {
             .filter(|ip| !ip.is_unspecified());
         let peers = PeerPool::new(
             node_id,
-            cluster.raft.snapshot_chunk_bytes as usize,
+            crate::raft::network::PeerTuning::from_config(&cluster),
             source_ip,
         );
         let (shutdown, _) = broadcast::channel(1);
@@ -218,10 +218,7 @@ impl Node {
         let sc = self
             .cluster
             .shard(shard_id)
-            .ok_or_else(|| Error::InvalidArgument {
-                field: "shard_id".into(),
-                rule: format!("no shard {shard_id} in the cluster"),
-            })?;
+            .ok_or(Error::ShardNotFound { shard_id })?;
         let leader = sc
             .replicas
             .first()
@@ -286,7 +283,14 @@ fn check_identity(db: &Db, cluster: &ClusterConfig, node_id: u64) -> Result<(), 
         cluster_name: cluster.cluster_name.clone(),
         node_id,
     };
-    match node_meta::read_identity(db).map_err(io("cannot read the node identity"))? {
+    let stored = node_meta::read_identity(db).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => StartError::Mismatch(format!(
+            "cannot read this data directory's node identity ({e}): it was written in another storage format. \
+             Start it with the build that wrote it, or rebuild this node from an empty data directory (docs/OPERATIONS.md)"
+        )),
+        _ => io("cannot read the node identity")(e),
+    })?;
+    match stored {
         Some(stored) if stored == wanted => Ok(()),
         Some(stored) => Err(StartError::Mismatch(format!(
             "this data directory belongs to node {} of cluster {:?}, but this is node {} of cluster {:?}",

@@ -1,23 +1,40 @@
 //! Serves a node's gRPC services (Inventory, Admin, Raft) on its one address, until
 //! the shutdown signal.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use std::time::Duration;
 use stockpile_proto::v1::admin_server::AdminServer;
 use stockpile_proto::v1::inventory_server::InventoryServer;
 use stockpile_proto::v1::raft_server::RaftServer;
+
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::admin::AdminService;
 use crate::api::inventory::InventoryService;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::server::NamedService;
+
 use crate::api::raft_service::RaftService;
+use crate::api::status::to_status;
+use crate::error::Error;
 use crate::node::Node;
 
-/// Largest gRPC message accepted or sent: Raft batches and snapshot chunks fit well.
-pub const MESSAGE_BYTES_MAX: usize = 256 << 20;
+/// Largest Inventory reply sent: a reply may be a few times its request (a Batch of
+/// reservations returns every item's record), and requests are bounded by
+/// `limits.request_bytes_max` (at most 64 MiB).
+pub const REPLY_BYTES_MAX: usize = 256 << 20;
+
+/// Request headers (metadata, including tokens) of one call at most.
+const HEADER_LIST_BYTES_MAX: u32 = 64 << 10;
+
+/// Streams a client may open and reset before the server has accepted them (HTTP/2
+/// "rapid reset" floods).
+const PENDING_RESETS_MAX: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -65,24 +82,29 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let inventory = InventoryServer::new(InventoryService::new(node.clone()))
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    // A request over `limits.request_bytes_max` is refused from its length prefix,
+    // unread, and answered REQUEST_TOO_LARGE; Raft messages may carry one call's
+    // entries or a snapshot chunk.
+    let request_bytes_max = node.cluster.limits.request_bytes_max;
+    let inventory = TooLargeAnswer {
+        inner: InventoryServer::new(InventoryService::new(node.clone()))
+            .max_decoding_message_size(request_bytes_max)
+            .max_encoding_message_size(REPLY_BYTES_MAX),
+        limit_bytes: request_bytes_max as u64,
+    };
     let admin = AdminServer::new(AdminService::new(node.clone()));
     let raft = RaftServer::new(RaftService::new(node.clone()))
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    // Accepted connections get TCP_NODELAY here: the builder's own `tcp_nodelay` only
-    // applies to listeners tonic binds itself. Without it, Nagle's algorithm and
-    // delayed ACKs hold small replies back for up to 40 ms.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|s| {
-            s.set_nodelay(true)?;
-            Ok(s)
-        })
-    });
+        .max_decoding_message_size(node.cluster.raft_message_bytes_max())
+        .max_encoding_message_size(node.cluster.raft_message_bytes_max());
+    let tuning = &node.cluster.server;
+    let incoming = crate::connections::incoming(listener, tuning.connections_max);
+    let keepalive = Duration::from_millis(tuning.keepalive_interval_ms);
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .max_concurrent_streams(tuning.streams_per_connection_max)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
+        .http2_max_pending_accept_reset_streams(Some(PENDING_RESETS_MAX))
         .add_service(health)
         .add_service(reflection)
         .add_service(inventory)
@@ -91,6 +113,66 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Wraps a gRPC service whose requests tonic refuses over its decoding limit: tonic
+/// answers those with a bare OUT_OF_RANGE before any of our code runs (and our code
+/// never answers OUT_OF_RANGE itself), so that one answer becomes REQUEST_TOO_LARGE
+/// with both sizes as fields, through the one error mapping.
+#[derive(Clone)]
+struct TooLargeAnswer<S> {
+    inner: S,
+    limit_bytes: u64,
+}
+
+impl<S: NamedService> NamedService for TooLargeAnswer<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for TooLargeAnswer<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<http::Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let answer = self.inner.call(request);
+        let limit_bytes = self.limit_bytes;
+        Box::pin(async move {
+            let response = answer.await?;
+            let too_large = response
+                .extensions()
+                .get::<tonic::Status>()
+                .filter(|s| s.code() == tonic::Code::OutOfRange)
+                .map(|s| found_bytes(s.message()));
+            Ok(match too_large {
+                Some(size_bytes) => to_status(Error::RequestTooLarge {
+                    what: "the request".into(),
+                    size_bytes,
+                    limit_bytes,
+                })
+                .into_http(),
+                None => response,
+            })
+        })
+    }
+}
+
+/// The size tonic names in its refusal ("... found 66060288 bytes, ..."), or 0 when its
+/// wording changes: the limit, the reason and the code stay right either way.
+fn found_bytes(message: &str) -> u64 {
+    message
+        .split_once("found ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Reports the node SERVING on the standard health service once it has joined every
@@ -130,4 +212,18 @@ pub fn spawn_health(
                 .await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_refused_size_is_read_from_tonics_words_or_left_unknown() {
+        assert_eq!(
+            super::found_bytes(
+                "Error, decoded message length too large: found 66060288 bytes, the limit is: 4194304 bytes"
+            ),
+            66_060_288
+        );
+        assert_eq!(super::found_bytes("something else"), 0);
+    }
 }

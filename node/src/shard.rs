@@ -262,27 +262,35 @@ async fn run_proposer(
     let in_flight = Arc::new(Semaphore::new(cluster.server.shard_entries_in_flight_max));
     let retention: Retention = cluster.retention.to_retention();
     let timeout = Duration::from_millis(cluster.server.propose_timeout_ms);
-    let entry_ops_max = cluster.server.entry_ops_max;
+    let bounds = EntryBounds {
+        ops_max: cluster.server.entry_ops_max,
+        bytes_max: usize::try_from(cluster.raft.entry_bytes_max).unwrap_or(usize::MAX),
+    };
+    // A request taken from the queue that did not fit the last entry: it opens the next.
+    let mut carried: Option<Proposal> = None;
     loop {
-        let first = tokio::select! {
-            p = rx.recv() => match p { Some(p) => p, None => return },
-            _ = shutdown.recv() => return,
+        let first = match carried.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                p = rx.recv() => match p { Some(p) => p, None => return },
+                _ = shutdown.recv() => return,
+            },
         };
+        let first_bytes = first.group.encoded_bytes_max();
+        if first_bytes > bounds.bytes_max {
+            // Cannot happen with a valid config (entry_bytes_max >= 2 x request_bytes_max).
+            let _ = first.reply.send(Err(Error::RequestTooLarge {
+                what: format!("shard {shard_id}'s part of the request"),
+                size_bytes: first_bytes as u64,
+                limit_bytes: bounds.bytes_max as u64,
+            }));
+            continue;
+        }
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
         // Drain after the permit: requests that queued while we waited join this entry.
-        let mut ops = first.group.ops.len();
-        let mut batch = vec![first];
-        while ops < entry_ops_max {
-            match rx.try_recv() {
-                Ok(p) => {
-                    ops += p.group.ops.len();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
+        let (batch, ops) = fill_entry(first, first_bytes, &mut rx, bounds, &mut carried);
         let (groups, replies): (Vec<OpGroup>, Vec<_>) =
             batch.into_iter().map(|p| (p.group, p.reply)).unzip();
         stats
@@ -341,6 +349,41 @@ async fn run_proposer(
             }
         });
     }
+}
+
+/// How much one entry may carry.
+#[derive(Clone, Copy, Debug)]
+struct EntryBounds {
+    ops_max: usize,
+    bytes_max: usize,
+}
+
+/// Adds queued proposals to `first` while the entry stays within `bounds`; the first
+/// proposal that would not fit is left in `carried` for the next entry. Returns the
+/// entry's proposals and operation count.
+fn fill_entry(
+    first: Proposal,
+    first_bytes: usize,
+    rx: &mut mpsc::Receiver<Proposal>,
+    bounds: EntryBounds,
+    carried: &mut Option<Proposal>,
+) -> (Vec<Proposal>, usize) {
+    let mut ops = first.group.ops.len();
+    let mut bytes = first_bytes;
+    let mut batch = vec![first];
+    // Bounded by ops_max: every proposal holds at least one op or is a tick.
+    while ops < bounds.ops_max && batch.len() < bounds.ops_max {
+        let Ok(p) = rx.try_recv() else { break };
+        let b = p.group.encoded_bytes_max();
+        if bytes + b > bounds.bytes_max || ops + p.group.ops.len() > bounds.ops_max {
+            *carried = Some(p);
+            break;
+        }
+        ops += p.group.ops.len();
+        bytes += b;
+        batch.push(p);
+    }
+    (batch, ops)
 }
 
 /// Decrements an in-flight gauge when dropped (the entry finished, however it ended).

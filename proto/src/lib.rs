@@ -1,12 +1,17 @@
 //! Stockpile's wire API, `stockpile.v1`: the Inventory, Admin and internal Raft
 //! services and their messages, generated at build time from `stockpile/v1/*.proto`.
 //!
+//! - `v1`: messages, servers and clients (build.rs explains the two passes);
+//! - `codec`: the servers' request codec (decode failures name the field).
+//!
 //! The encoded file descriptor set is exported for gRPC server reflection.
 
-#![allow(clippy::all, missing_docs)]
+pub mod codec;
 
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
-    tonic::include_proto!("stockpile.v1");
+    include!(concat!(env!("OUT_DIR"), "/servers/stockpile.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/clients/stockpile.v1.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of every Stockpile .proto file.

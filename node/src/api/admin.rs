@@ -204,6 +204,11 @@ impl Admin for AdminService {
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderReply>, Status> {
         let req = request.into_inner();
+        if self.node.cluster.node(req.to_node_id).is_none() {
+            return Err(to_status(Error::NodeNotFound {
+                node_id: req.to_node_id,
+            }));
+        }
         let shard = self.node.local_shard(req.shard_id).map_err(to_status)?;
         if !shard.config.replicas.contains(&req.to_node_id) {
             return Err(to_status(Error::InvalidArgument {
@@ -235,6 +240,17 @@ impl Admin for AdminService {
         request: Request<pb::AllowRebuildRequest>,
     ) -> Result<Response<pb::AllowRebuildReply>, Status> {
         let target = request.into_inner().node_id;
+        if self.node.cluster.node(target).is_none() {
+            return Err(to_status(Error::NodeNotFound { node_id: target }));
+        }
+        if target == self.node.id {
+            return Err(to_status(Error::InvalidArgument {
+                field: "node_id".into(),
+                rule: format!(
+                    "node {target} is the node you asked; ask a node that leads the shards of the wiped node"
+                ),
+            }));
+        }
         let mut shard_ids = Vec::new();
         for (id, shard) in &self.node.shards {
             if !shard.is_leader()

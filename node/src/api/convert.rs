@@ -68,11 +68,6 @@ pub fn request_id_hex(request_id: &[u8; 16]) -> String {
     s
 }
 
-/// The store-assigned reservation id when the client gives none.
-pub fn default_reservation_id(request_id: &[u8; 16]) -> String {
-    format!("r-{}", request_id_hex(request_id))
-}
-
 pub fn decode_op(op: pb::operation::Op, limits: &Limits, prefix: &str) -> Result<Decoded, Error> {
     let p = |e| prefixed(prefix, e);
     Ok(match op {
@@ -134,11 +129,11 @@ pub fn decode_op(op: pb::operation::Op, limits: &Limits, prefix: &str) -> Result
             validate::items("items", &items, limits).map_err(p)?;
             validate::ttl_ms("ttl_ms", r.ttl_ms, limits).map_err(p)?;
             let reservation_id = if r.reservation_id.is_empty() {
-                default_reservation_id(&request_id)
+                validate::derived_reservation_id(&request_id)
             } else {
+                validate::chosen_reservation_id("reservation_id", &r.reservation_id).map_err(p)?;
                 r.reservation_id
             };
-            validate::reservation_id("reservation_id", &reservation_id).map_err(p)?;
             let skus = items.iter().map(|i| i.sku.clone()).collect();
             Decoded {
                 op: Op {
@@ -161,6 +156,7 @@ pub fn decode_op(op: pb::operation::Op, limits: &Limits, prefix: &str) -> Result
                     request_id,
                     command: Command::Confirm {
                         reservation_id: r.reservation_id,
+                        sku: r.sku.clone(),
                     },
                 },
                 skus: vec![r.sku],
@@ -175,6 +171,7 @@ pub fn decode_op(op: pb::operation::Op, limits: &Limits, prefix: &str) -> Result
                     request_id,
                     command: Command::Release {
                         reservation_id: r.reservation_id,
+                        sku: r.sku.clone(),
                     },
                 },
                 skus: vec![r.sku],

@@ -22,16 +22,23 @@ pub fn reason(e: &Error) -> pb::Reason {
         Error::RequestIdReused => pb::Reason::RequestIdReused,
         Error::OutcomeUnknown { .. } => pb::Reason::OutcomeUnknown,
         Error::CrossShard { .. } => pb::Reason::CrossShard,
+        Error::RequestTooLarge { .. } => pb::Reason::RequestTooLarge,
+        Error::NodeNotFound { .. } => pb::Reason::NodeNotFound,
+        Error::ShardNotFound { .. } => pb::Reason::ShardNotFound,
         Error::Internal { .. } => pb::Reason::Internal,
     }
 }
 
 pub fn code(e: &Error) -> Code {
     match e {
-        Error::InvalidArgument { .. } | Error::RequestIdReused | Error::CrossShard { .. } => {
-            Code::InvalidArgument
-        }
-        Error::SkuNotFound { .. } | Error::ReservationNotFound { .. } => Code::NotFound,
+        Error::InvalidArgument { .. }
+        | Error::RequestIdReused
+        | Error::CrossShard { .. }
+        | Error::RequestTooLarge { .. } => Code::InvalidArgument,
+        Error::SkuNotFound { .. }
+        | Error::ReservationNotFound { .. }
+        | Error::NodeNotFound { .. }
+        | Error::ShardNotFound { .. } => Code::NotFound,
         Error::InsufficientStock { .. }
         | Error::ReservationExpired { .. }
         | Error::ReservationNotActive { .. } => Code::FailedPrecondition,
@@ -71,6 +78,17 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
         Error::RateLimited { retry_after_ms, .. } => d.retry_after_ms = *retry_after_ms,
         Error::CrossShard { shard_ids, .. } => d.shard_ids = shard_ids.clone(),
         Error::RequestIdReused => d.field = "request_id".into(),
+        Error::RequestTooLarge {
+            size_bytes,
+            limit_bytes,
+            ..
+        } => {
+            d.field = "request".into();
+            d.size_bytes = *size_bytes;
+            d.limit_bytes = *limit_bytes;
+        }
+        Error::NodeNotFound { node_id } => d.node_id = *node_id,
+        Error::ShardNotFound { shard_id } => d.shard_id = *shard_id,
         Error::ReservationNotFound { .. }
         | Error::ReservationExpired { .. }
         | Error::Aborted { .. }

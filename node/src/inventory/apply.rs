@@ -335,13 +335,26 @@ fn execute<R: Records>(
                 records: after,
             }
         }
-        Command::Confirm { reservation_id } | Command::Release { reservation_id } => {
+        Command::Confirm {
+            reservation_id,
+            sku,
+        }
+        | Command::Release {
+            reservation_id,
+            sku,
+        } => {
             let confirm = matches!(command, Command::Confirm { .. });
             let Some(r) = state.reservation(reservation_id)? else {
                 return Ok(rejected(Rejection::ReservationNotFound {
                     reservation_id: reservation_id.clone(),
                 }));
             };
+            if !r.items.iter().any(|i| i.sku == *sku) {
+                return Ok(rejected(Rejection::SkuNotInReservation {
+                    reservation_id: reservation_id.clone(),
+                    sku: sku.clone(),
+                }));
+            }
             let r = if r.state == ReservationState::Active && r.expires_at_ms <= now_ms {
                 // Lazy expiry: its timer has not fired yet, but its time has come.
                 expire(state, r, now_ms, retention)?

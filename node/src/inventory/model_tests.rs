@@ -235,13 +235,26 @@ impl Model {
                     records,
                 }
             }
-            Command::Confirm { reservation_id } | Command::Release { reservation_id } => {
+            Command::Confirm {
+                reservation_id,
+                sku,
+            }
+            | Command::Release {
+                reservation_id,
+                sku,
+            } => {
                 let confirm = matches!(c, Command::Confirm { .. });
                 let Some(r) = self.res.get(reservation_id).cloned() else {
                     return rej(Rejection::ReservationNotFound {
                         reservation_id: reservation_id.clone(),
                     });
                 };
+                if r.items.iter().all(|i| i.sku != *sku) {
+                    return rej(Rejection::SkuNotInReservation {
+                        reservation_id: reservation_id.clone(),
+                        sku: sku.clone(),
+                    });
+                }
                 if r.state == ReservationState::Active && r.expires_at_ms <= now {
                     self.expire(reservation_id, now, ret);
                 }
@@ -315,9 +328,14 @@ fn command() -> impl Strategy<Value = Command> {
                     .collect(),
                 ttl_ms,
             }),
-        rid.clone()
-            .prop_map(|reservation_id| Command::Confirm { reservation_id }),
-        rid.prop_map(|reservation_id| Command::Release { reservation_id }),
+        (rid.clone(), sku.clone()).prop_map(|(reservation_id, sku)| Command::Confirm {
+            reservation_id,
+            sku
+        }),
+        (rid, sku).prop_map(|(reservation_id, sku)| Command::Release {
+            reservation_id,
+            sku
+        }),
     ]
 }
 
@@ -601,6 +619,7 @@ fn expiry_returns_stock_eagerly_and_lazily() {
                 3,
                 Command::Confirm {
                     reservation_id: "r".into(),
+                    sku: "a".into(),
                 },
             )],
             150,

@@ -87,11 +87,16 @@ pub enum Command {
         items: Vec<Item>,
         ttl_ms: u64,
     },
+    /// `sku` is the SKU the request was routed by; it must be an item of the
+    /// reservation, so that a confirm sent to the wrong shard cannot find a
+    /// same-named reservation there.
     Confirm {
         reservation_id: String,
+        sku: String,
     },
     Release {
         reservation_id: String,
+        sku: String,
     },
 }
 
@@ -175,6 +180,11 @@ pub enum Rejection {
     ReservationIdTaken {
         reservation_id: String,
     },
+    /// `Confirm`/`Release` routed by a SKU that is not an item of the reservation.
+    SkuNotInReservation {
+        reservation_id: String,
+        sku: String,
+    },
     /// The result would not fit the quantity range.
     QuantityOverflow {
         sku: String,
@@ -222,6 +232,71 @@ pub struct StoredOutcome {
     pub fingerprint: u128,
     pub applied_at_ms: u64,
     pub outcome: Outcome,
+}
+
+/// Upper bounds of encoded sizes, for byte limits that must hold before encoding
+/// (entry sizes in the proposer, AppendEntries payloads in the network). bincode's
+/// varints take at most 9 bytes; a string or list costs its prefix plus its contents.
+const VARINT_BYTES_MAX: usize = 9;
+
+fn str_bytes_max(s: &str) -> usize {
+    VARINT_BYTES_MAX + s.len()
+}
+
+impl Command {
+    /// At least the bytes this command takes in a log entry.
+    pub fn encoded_bytes_max(&self) -> usize {
+        VARINT_BYTES_MAX
+            + match self {
+                Command::SetStock { sku, .. }
+                | Command::AdjustStock { sku, .. }
+                | Command::Decrement { sku, .. } => str_bytes_max(sku) + VARINT_BYTES_MAX,
+                Command::Reserve {
+                    reservation_id,
+                    items,
+                    ..
+                } => {
+                    str_bytes_max(reservation_id)
+                        + 2 * VARINT_BYTES_MAX
+                        + items
+                            .iter()
+                            .map(|i| str_bytes_max(&i.sku) + VARINT_BYTES_MAX)
+                            .sum::<usize>()
+                }
+                Command::Confirm {
+                    reservation_id,
+                    sku,
+                }
+                | Command::Release {
+                    reservation_id,
+                    sku,
+                } => str_bytes_max(reservation_id) + str_bytes_max(sku),
+            }
+    }
+}
+
+impl OpGroup {
+    /// At least the bytes this group takes in a log entry.
+    pub fn encoded_bytes_max(&self) -> usize {
+        1 + VARINT_BYTES_MAX
+            + self
+                .ops
+                .iter()
+                .map(|op| op.request_id.len() + op.command.encoded_bytes_max())
+                .sum::<usize>()
+    }
+}
+
+impl ShardRequest {
+    /// At least the bytes this request takes in a log entry.
+    pub fn encoded_bytes_max(&self) -> usize {
+        4 * VARINT_BYTES_MAX
+            + self
+                .groups
+                .iter()
+                .map(OpGroup::encoded_bytes_max)
+                .sum::<usize>()
+    }
 }
 
 impl std::fmt::Display for ShardRequest {

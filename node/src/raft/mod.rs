@@ -2,6 +2,7 @@
 //! the network. Storage implementations live in `storage`; nothing outside this
 //! module and `storage` names openraft's traits.
 
+pub mod guard;
 pub mod network;
 pub mod types;
 
@@ -66,4 +67,10 @@ pub fn metrics(raft: &Raft) -> openraft::RaftMetrics<types::TypeConfig> {
 pub fn current_leader(raft: &Raft) -> Option<types::NodeId> {
     use openraft::type_config::async_runtime::WatchReceiver;
     raft.metrics().borrow_watched().current_leader
+}
+
+/// This replica's current term (for the guard), without copying all metrics.
+pub fn current_term(raft: &Raft) -> u64 {
+    use openraft::type_config::async_runtime::WatchReceiver;
+    raft.metrics().borrow_watched().current_term
 }

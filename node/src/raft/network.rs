@@ -23,8 +23,9 @@ use stockpile_proto::v1::raft_client::RaftClient;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
-use super::types::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use super::types::{Entry, LogId, Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::storage::codec;
+use openraft::EntryPayload;
 
 /// Connection attempts give up after this long; openraft backs off and retries.
 const CONNECT_TIMEOUT_MS: u64 = 500;
@@ -33,6 +34,41 @@ const CONNECT_TIMEOUT_MS: u64 = 500;
 /// failure as text (a stopped shard, a shard the peer does not hold).
 pub type RemoteResult<T> = Result<T, String>;
 
+/// How much one call may carry and how long it may take (from `[raft]` in the config).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerTuning {
+    pub snapshot_chunk_bytes: usize,
+    /// Bytes of entries per AppendEntries call (one larger entry goes alone).
+    pub append_bytes_max: u64,
+    /// Deadlines grow with the payload at this rate (the slowest link supported).
+    pub link_bytes_per_s_min: u64,
+    /// The deadline of a call with entries or a snapshot, before the payload's share.
+    pub append_timeout_min: Duration,
+    /// The largest Raft message sent or accepted.
+    pub message_bytes_max: usize,
+}
+
+impl PeerTuning {
+    pub fn from_config(cluster: &crate::config::ClusterConfig) -> PeerTuning {
+        let r = &cluster.raft;
+        PeerTuning {
+            snapshot_chunk_bytes: usize::try_from(r.snapshot_chunk_bytes).unwrap_or(1 << 20),
+            append_bytes_max: r.append_bytes_max,
+            link_bytes_per_s_min: r.link_bytes_per_s_min.max(1),
+            append_timeout_min: Duration::from_millis(r.append_timeout_min_ms),
+            message_bytes_max: cluster.raft_message_bytes_max(),
+        }
+    }
+
+    /// The deadline of a call carrying `bytes`: `base`, plus the time those bytes take
+    /// at the slowest supported link. A large legal entry always has time to arrive,
+    /// instead of being cut off and resent forever.
+    pub fn deadline(&self, base: Duration, bytes: u64) -> Duration {
+        let transfer_ms = bytes.saturating_mul(1_000) / self.link_bytes_per_s_min;
+        base.max(self.append_timeout_min) + Duration::from_millis(transfer_ms)
+    }
+}
+
 /// One channel per peer node, shared by all shards of this node.
 pub struct PeerPool {
     node_id: NodeId,
@@ -40,20 +76,20 @@ pub struct PeerPool {
     /// network rules (the Jepsen-style tests' partitions) match them.
     source_ip: Option<std::net::IpAddr>,
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
-    snapshot_chunk_bytes: usize,
+    tuning: PeerTuning,
 }
 
 impl PeerPool {
     pub fn new(
         node_id: NodeId,
-        snapshot_chunk_bytes: usize,
+        tuning: PeerTuning,
         source_ip: Option<std::net::IpAddr>,
     ) -> Arc<Self> {
         Arc::new(PeerPool {
             node_id,
             source_ip,
             channels: Mutex::new(HashMap::new()),
-            snapshot_chunk_bytes,
+            tuning,
         })
     }
 
@@ -97,7 +133,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             from: self.pool.node_id,
             target,
             channel: self.pool.channel(target, &node.addr),
-            chunk_bytes: self.pool.snapshot_chunk_bytes,
+            tuning: self.pool.tuning,
         }
     }
 }
@@ -108,7 +144,43 @@ pub struct ShardPeer {
     from: NodeId,
     target: NodeId,
     channel: Result<Channel, String>,
-    chunk_bytes: usize,
+    tuning: PeerTuning,
+}
+
+/// At least the bytes an entry takes on the wire.
+fn entry_bytes(e: &Entry) -> u64 {
+    const LOG_ID_BYTES_MAX: u64 = 32;
+    const MEMBERSHIP_BYTES_MAX: u64 = 64 << 10;
+    LOG_ID_BYTES_MAX
+        + match &e.payload {
+            EntryPayload::Normal(r) => r.encoded_bytes_max() as u64,
+            EntryPayload::Membership(_) => MEMBERSHIP_BYTES_MAX,
+            EntryPayload::Blank => 0,
+        }
+}
+
+/// Keeps the leading entries of `rpc` that fit `bytes_max` (at least one), and returns
+/// their bytes and, when some were left for a later call, the last log id kept.
+fn bound_entries(
+    rpc: &mut AppendEntriesRequest<TypeConfig>,
+    bytes_max: u64,
+) -> (u64, Option<LogId>) {
+    let mut bytes = 0u64;
+    let mut kept = 0usize;
+    for e in &rpc.entries {
+        let b = entry_bytes(e);
+        if kept > 0 && bytes.saturating_add(b) > bytes_max {
+            break;
+        }
+        bytes = bytes.saturating_add(b);
+        kept += 1;
+    }
+    if kept < rpc.entries.len() {
+        rpc.entries.truncate(kept);
+        (bytes, rpc.entries.last().map(|e| e.log_id))
+    } else {
+        (bytes, None)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,8 +210,8 @@ impl ShardPeer {
     fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
         match &self.channel {
             Ok(ch) => Ok(RaftClient::new(ch.clone())
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20)),
+                .max_decoding_message_size(self.tuning.message_bytes_max)
+                .max_encoding_message_size(self.tuning.message_bytes_max)),
             Err(e) => Err(RPCError::Unreachable(Unreachable::new(&NetFailure(
                 e.clone(),
             )))),
@@ -177,7 +249,7 @@ impl ShardPeer {
         &mut self,
         rpc: Rpc,
         req: &Req,
-        option: &RPCOption,
+        ttl: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(pb::RaftMessage {
@@ -185,7 +257,6 @@ impl ShardPeer {
             from_node_id: self.from,
             payload,
         });
-        let ttl = option.hard_ttl();
         request.set_timeout(ttl);
         let mut client = self.client()?;
         let result = match rpc {
@@ -211,12 +282,26 @@ impl ShardPeer {
 impl RaftNetworkV2<TypeConfig> for ShardPeer {
     type SnapshotData = SnapshotData;
 
+    /// Sends at most `append_bytes_max` of entries per call (the rest follow in the
+    /// next, as openraft resumes after a `PartialSuccess`), with a deadline that grows
+    /// with the bytes sent. Heartbeats (no entries) keep openraft's deadline.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::AppendEntries, &rpc, &option).await
+        if rpc.entries.is_empty() {
+            return self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await;
+        }
+        let (bytes, cut_at) = bound_entries(&mut rpc, self.tuning.append_bytes_max);
+        let ttl = self.tuning.deadline(option.hard_ttl(), bytes);
+        let response = self.call(Rpc::AppendEntries, &rpc, ttl).await?;
+        Ok(match (response, cut_at) {
+            (AppendEntriesResponse::Success, Some(last_sent)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last_sent))
+            }
+            (response, _) => response,
+        })
     }
 
     async fn vote(
@@ -224,7 +309,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
     }
 
     async fn pre_vote(
@@ -232,7 +317,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::PreVote, &rpc, &option).await
+        self.call(Rpc::PreVote, &rpc, option.hard_ttl()).await
     }
 
     async fn transfer_leader(
@@ -240,7 +325,8 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::TransferLeader, &req, &option).await
+        self.call(Rpc::TransferLeader, &req, option.hard_ttl())
+            .await
     }
 
     async fn full_snapshot(
@@ -255,7 +341,16 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         };
         let vote_bytes = codec::encode(&vote).map_err(|e| net(&e))?;
         let meta_bytes = codec::encode(&snapshot.meta).map_err(|e| net(&e))?;
-        let (shard_id, from, chunk_bytes) = (self.shard_id, self.from, self.chunk_bytes);
+        let (shard_id, from, chunk_bytes) =
+            (self.shard_id, self.from, self.tuning.snapshot_chunk_bytes);
+        // The whole stream's deadline grows with the snapshot's size.
+        let snapshot_bytes = snapshot
+            .snapshot
+            .metadata()
+            .await
+            .map(|m| m.len())
+            .map_err(|e| net(&e))?;
+        let ttl = self.tuning.deadline(option.hard_ttl(), snapshot_bytes);
         let mut client = match self.client() {
             Ok(c) => c,
             Err(e) => return Err(net(&e)),
@@ -299,7 +394,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
             },
         );
         let mut request = tonic::Request::new(chunks);
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(ttl);
         let call = client.install_snapshot(request);
         let reply = tokio::select! {
             r = call => r,
@@ -310,7 +405,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                 action: RPCTypes::InstallSnapshot,
                 id: from,
                 target,
-                timeout: option.hard_ttl(),
+                timeout: ttl,
             }),
             tonic::Code::Unavailable => {
                 StreamingError::Unreachable(Unreachable::new(&NetFailure(s.message().to_string())))

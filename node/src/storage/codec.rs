@@ -8,7 +8,11 @@ use serde::de::DeserializeOwned;
 use crate::inventory::Command;
 
 /// The format of every encoded value. Bump it when an encoded type changes shape.
-pub const FORMAT_VERSION: u8 = 1;
+///
+/// History: 1 = first release; 2 = `Confirm`/`Release` carry their routing SKU (checked
+/// against the reservation's items at apply). Data of an older format is refused at
+/// start (`node::check_identity`), never misread.
+pub const FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -30,8 +34,20 @@ impl From<CodecError> for std::io::Error {
     }
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// The most bytes one decode may claim: a length prefix beyond it (a corrupt value, a
+/// hostile peer) fails fast instead of allocating. Above any entry, Raft message or
+/// stored value Stockpile produces (`ClusterConfig::raft_message_bytes_max` is checked
+/// against it).
+pub const DECODE_BYTES_MAX: usize = 256 << 20;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_BYTES_MAX>,
+>;
+
+fn config() -> Config {
+    bincode::config::standard().with_limit::<DECODE_BYTES_MAX>()
 }
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {

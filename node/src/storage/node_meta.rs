@@ -82,3 +82,37 @@ pub fn stored_shards(db: &DB) -> io::Result<Vec<u64>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_written_in_an_older_format_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::db::open(&dir.path().join("db")).unwrap();
+        let identity = NodeIdentity {
+            cluster_name: "c".into(),
+            node_id: 1,
+        };
+        write_identity(&db, &identity).unwrap();
+        assert_eq!(read_identity(&db).unwrap(), Some(identity.clone()));
+        let mut older = codec::encode(&identity).unwrap();
+        older[0] = codec::FORMAT_VERSION - 1;
+        db.put_cf(
+            cf(&db, CF_NODE_META).unwrap(),
+            keys::NODE_IDENTITY_KEY,
+            older,
+        )
+        .unwrap();
+        let err = read_identity(&db).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains(&format!(
+                "unknown format version {}",
+                codec::FORMAT_VERSION - 1
+            )),
+            "{err}"
+        );
+    }
+}

@@ -233,6 +233,18 @@ async fn concurrent_decrements_never_oversell() {
     assert_eq!((ok, insufficient), (100, 100));
     let s = must_get(&client, "tomato-hot").await.expect("present");
     assert_eq!((s.on_hand, s.available), (0, 0));
+    // Concurrent writes to all four shards at once, so that log appends of different
+    // shards overlap (one shard's appends alone may each find the syncer idle).
+    let spread: Vec<_> = skus_on_every_shard("spread", 400)
+        .into_iter()
+        .map(|sku| {
+            let c = client.clone();
+            tokio::spawn(async move { c.set_stock(&sku, 1).await })
+        })
+        .collect();
+    for t in spread {
+        t.await.expect("task").expect("set");
+    }
     // The write path shared work: concurrent requests became fewer Raft entries, and
     // log appends of all nodes shared WAL syncs.
     let (mut requests, mut entries, mut appends, mut syncs) = (0, 0, 0, 0);

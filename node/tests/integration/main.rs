@@ -7,6 +7,7 @@ mod common;
 
 mod client;
 mod cluster;
+mod hardening;
 mod inventory;
 mod operability;
 mod state_machine_vs_model;

@@ -117,7 +117,7 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
     let mut responses = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
+        .server_reflection_info(futures::stream::iter([request]))
         .await
         .expect("reflection")
         .into_inner();

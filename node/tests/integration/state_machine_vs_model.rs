@@ -46,9 +46,11 @@ fn random_request(rng: &mut impl Rng, now_ms: u64, retention: Retention) -> Shar
                 },
                 4 => Command::Confirm {
                     reservation_id: rid,
+                    sku,
                 },
                 _ => Command::Release {
                     reservation_id: rid,
+                    sku,
                 },
             };
             ops.push(Op {

@@ -254,9 +254,11 @@ fn parse_rid(s: &str) -> Result<RequestId, String> {
 fn exit_code(e: &Error) -> u8 {
     match e {
         e if e.is_refusal() => 1,
+        Error::NodeNotFound { .. } | Error::ShardNotFound { .. } => 1,
         Error::InvalidArgument { .. }
         | Error::RequestIdReused { .. }
         | Error::CrossShard { .. }
+        | Error::RequestTooLarge { .. }
         | Error::Config { .. } => 2,
         _ => 3,
     }
