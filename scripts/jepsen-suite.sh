@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The short Jepsen-style suite run by scripts/test.sh (a few minutes):
 #   1. partition, kill and pause scenarios, each on a 3-node cluster: every check must pass;
-#   2. each planted bug must be flagged as an anomaly within three seeds.
+#   2. the slow-link scenario: the largest legal entry over rate-limited links commits;
+#   3. each planted bug must be flagged as an anomaly within three seeds.
 # Needs root or user namespaces (unshare), nftables and iproute2 (scripts/setup.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,11 @@ for nemesis in partition kill pause; do
   code=${PIPESTATUS[0]}
   if [ "$code" != 0 ]; then echo "jepsen $nemesis: exit $code (1 = anomaly, 2 = run failed)"; fail=1; fi
 done
+
+echo "--- jepsen: slow-link scenario (the largest legal entry over rate-limited links)"
+scripts/jepsen.sh --scenario slow-link | tail -8
+code=${PIPESTATUS[0]}
+if [ "$code" != 0 ]; then echo "jepsen slow-link: exit $code (1 = the shard stalled, 2 = run failed)"; fail=1; fi
 
 for spec in "local-reads partition" "ignore-request-ids partition,kill" "ack-before-commit kill,partition"; do
   set -- $spec

@@ -5,6 +5,7 @@
 #   scripts/jepsen.sh [--nodes N] [--nemesis partition,kill,pause,clock|none]
 #                     [--workload register,reservations,idempotency] [--time SECONDS]
 #                     [--seed N] [--bug local-reads|ignore-request-ids|ack-before-commit]
+#   scripts/jepsen.sh --scenario slow-link [--nodes N]
 #
 # Builds what it needs (with --bug: a node with the planted-bugs feature, kept as
 # target/release/stockpile-node-planted). Exit status: 0 every check passed, 1 an
@@ -18,8 +19,8 @@ args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --bug) bug=${2:?--bug needs a mode}; args+=("$1" "$2"); shift 2 ;;
-    --nodes|--nemesis|--workload|--time|--seed|--budget|--out) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --nodes|--nemesis|--workload|--time|--seed|--budget|--out|--scenario) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done

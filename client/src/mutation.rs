@@ -69,7 +69,9 @@ impl Mutation {
         }
     }
 
-    pub(crate) fn to_pb(&self, request_id: &RequestId) -> pb::operation::Op {
+    /// The wire form of this mutation with `request_id` (for callers that size or
+    /// build requests themselves).
+    pub fn to_pb(&self, request_id: &RequestId) -> pb::operation::Op {
         let request_id = request_id.to_vec();
         match self.clone() {
             Mutation::SetStock { sku, on_hand } => {

@@ -260,4 +260,26 @@ impl Net {
     pub fn heal(&self) -> Result<(), String> {
         self.apply(&[], None)
     }
+
+    /// Replaces the rules: every link from one node to another (each direction of each
+    /// pair on its own meter) carries at most `bytes_per_s`; packets over it are dropped,
+    /// as a slow, congested link would.
+    pub fn rate_limit(&self, nodes: &[u64], bytes_per_s: u64) -> Result<(), String> {
+        let kbytes = (bytes_per_s / 1024).max(1);
+        let burst = (kbytes / 4).max(16);
+        let mut rules = String::new();
+        for a in nodes {
+            for b in nodes.iter().filter(|b| *b != a) {
+                rules += &format!(
+                    "    ip saddr {} ip daddr {} limit rate over {kbytes} kbytes/second burst {burst} kbytes drop\n",
+                    ip(*a),
+                    ip(*b)
+                );
+            }
+        }
+        let script = format!(
+            "table inet stockpile_jepsen\ndelete table inet stockpile_jepsen\ntable inet stockpile_jepsen {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
+        );
+        sh("nft", &["-f", "-"], Some(&script))
+    }
 }

@@ -11,6 +11,7 @@
 mod cluster;
 mod nemesis;
 mod run;
+mod slow_link;
 mod workload;
 
 use std::path::PathBuf;
@@ -53,6 +54,10 @@ pub struct Args {
     /// Where run directories go.
     #[arg(long, default_value = "data/jepsen")]
     pub out: PathBuf,
+    /// Run a scenario instead of workloads under a nemesis: "slow-link" (the largest
+    /// legal entry over rate-limited links; the shard must keep committing).
+    #[arg(long)]
+    pub scenario: Option<String>,
     /// Search budget of the linearizability checker, in states per SKU.
     #[arg(long, default_value_t = 1_000_000)]
     pub budget: u64,
@@ -78,7 +83,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        return runtime.block_on(run::inside(args));
+        return match args.scenario.as_deref() {
+            None => runtime.block_on(run::inside(args)),
+            Some("slow-link") => runtime.block_on(slow_link::inside(args)),
+            Some(other) => {
+                eprintln!("stockpile-jepsen: unknown scenario {other:?} (slow-link)");
+                ExitCode::from(2)
+            }
+        };
     }
     outside(args)
 }
@@ -126,6 +138,9 @@ fn outside(mut args: Args) -> ExitCode {
     cmd.arg("--budget").arg(args.budget.to_string());
     if let Some(b) = &args.bug {
         cmd.arg("--bug").arg(b);
+    }
+    if let Some(s) = &args.scenario {
+        cmd.arg("--scenario").arg(s);
     }
     if let Some(n) = &args.node_bin {
         cmd.arg("--node-bin").arg(n);

@@ -183,12 +183,12 @@ impl History {
     }
 }
 
-fn fail_run(msg: &str) -> ExitCode {
+pub fn fail_run(msg: &str) -> ExitCode {
     eprintln!("stockpile-jepsen: the run could not be carried out: {msg}");
     ExitCode::from(2)
 }
 
-async fn wait_ready(nodes: u64, within: Duration) -> Result<stockpile_client::Client, String> {
+pub async fn wait_ready(nodes: u64, within: Duration) -> Result<stockpile_client::Client, String> {
     let deadline = Instant::now() + within;
     loop {
         if let Ok(c) = workload::client(nodes, 1, Duration::from_secs(3)).await
