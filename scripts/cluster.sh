@@ -4,6 +4,7 @@
 #   scripts/cluster.sh up     [CONFIG]   build if needed, start every node in the background
 #   scripts/cluster.sh down   [CONFIG]   stop the nodes this script started (SIGTERM, then SIGKILL)
 #   scripts/cluster.sh status [CONFIG]   show `stockpile cluster status`
+#   scripts/cluster.sh stop N [CONFIG]   stop node N (SIGTERM, then SIGKILL); the others keep running
 #   scripts/cluster.sh kill N [CONFIG]   kill -9 node N (for demonstrations)
 #   scripts/cluster.sh start N [CONFIG]  start node N again on its data
 #
@@ -14,9 +15,9 @@ cd "$(dirname "$0")/.."
 
 cmd=${1:-}
 case "$cmd" in
-  kill|start) node_arg=${2:?"usage: $0 $cmd NODE_ID [CONFIG]"}; config=${3:-cluster-config/local-3node.toml} ;;
+  stop|kill|start) node_arg=${2:?"usage: $0 $cmd NODE_ID [CONFIG]"}; config=${3:-cluster-config/local-3node.toml} ;;
   up|down|status) config=${2:-cluster-config/local-3node.toml} ;;
-  *) echo "usage: $0 up|down|status [CONFIG] | kill|start NODE_ID [CONFIG]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status [CONFIG] | stop|kill|start NODE_ID [CONFIG]" >&2; exit 2 ;;
 esac
 [ -f "$config" ] || { echo "no such config: $config" >&2; exit 2; }
 
@@ -59,6 +60,16 @@ wait_ready() {
   fi
 }
 
+stop_node() {
+  local id=$1
+  if running "$id"; then
+    kill -TERM "$(cat "$pids/node-$id.pid")"
+    for _ in $(seq 1 100); do running "$id" || break; sleep 0.1; done
+    if running "$id"; then kill -KILL "$(cat "$pids/node-$id.pid")"; echo "node $id killed (did not stop in 10 s)"; else echo "node $id stopped"; fi
+  fi
+  rm -f "$pids/node-$id.pid"
+}
+
 case "$cmd" in
   up)
     build
@@ -67,14 +78,10 @@ case "$cmd" in
     echo "cluster up: every shard has a leader. Endpoints: $(endpoints)"
     ;;
   down)
-    while read -r id _; do
-      if running "$id"; then
-        kill -TERM "$(cat "$pids/node-$id.pid")"
-        for _ in $(seq 1 100); do running "$id" || break; sleep 0.1; done
-        if running "$id"; then kill -KILL "$(cat "$pids/node-$id.pid")"; echo "node $id killed (did not stop in 10 s)"; else echo "node $id stopped"; fi
-      fi
-      rm -f "$pids/node-$id.pid"
-    done < <(nodes)
+    while read -r id _; do stop_node "$id"; done < <(nodes)
+    ;;
+  stop)
+    if running "$node_arg"; then stop_node "$node_arg"; else echo "node $node_arg is not running"; fi
     ;;
   status)
     "$bin/stockpile" --endpoints "$(endpoints)" cluster status

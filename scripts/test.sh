@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test layer Stockpile has, in one command (what CI runs):
 #   1. setup: the Debian packages the build and tests need
-#   2. format and lint: cargo fmt --check, cargo clippy -D warnings
+#   2. format, placement rules (scripts/check-placement.sh), lint (clippy -D warnings)
 #   3. unit and property tests: keys, codec, config, validation, apply vs a model
 #   4. storage conformance: openraft's storage suite over our RocksDB stores
 #   5. integration: real stockpile-node processes on loopback, through the client
@@ -21,6 +21,10 @@ scripts/setup.sh
 
 section "format"
 cargo fmt --all -- --check
+
+section "placement rules (docs/ARCHITECTURE.md), and that the check catches violations"
+scripts/check-placement.sh
+scripts/check-placement.sh --self-test
 
 section "build (release profile, whole workspace)"
 cargo build --release --workspace --all-targets

@@ -16,7 +16,8 @@ use prost::Message;
 use stockpile_proto::v1 as pb;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{Client, Error, Inner, RequestId, Target, with_timeout};
+use crate::transport::with_timeout;
+use crate::{Client, Error, Inner, RequestId, Target};
 
 /// Mutations waiting for one shard's coalescer at most; a caller beyond waits.
 const QUEUE_MAX: usize = 65_536;
@@ -259,7 +260,7 @@ async fn send_one_batch(
             |ch, t| {
                 let r = with_timeout(request.clone(), t);
                 async move {
-                    let reply = crate::inventory(ch).batch(r).await?.into_inner();
+                    let reply = crate::transport::inventory(ch).batch(r).await?.into_inner();
                     // A shard-level refusal of the operations is a failure of the whole batch.
                     for res in &reply.results {
                         if let Some(pb::operation_result::Result::Error(d)) = &res.result

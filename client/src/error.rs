@@ -89,6 +89,8 @@ pub enum Error {
     /// Not applied because another operation of its all-or-nothing batch was refused.
     #[error("{message}")]
     Aborted {
+        /// The index (in the batch) of the operation whose refusal aborted it.
+        failed_op: u32,
         /// What happened, for humans.
         message: String,
     },
@@ -174,35 +176,33 @@ impl Error {
     }
 
     /// The definite error an `ErrorDetail` describes, or None for the reasons the
-    /// client handles by retrying (not leader, unavailable, rate limited, unknown).
+    /// client handles by retrying (not leader, not here, unavailable, rate limited,
+    /// unknown). Reads the detail's fields only, never its message text.
     pub(crate) fn from_detail(d: &pb::ErrorDetail, request_id: Option<RequestId>) -> Option<Error> {
         use pb::Reason as R;
+        let reservation_id = || d.reservation_id.clone();
         Some(match d.reason() {
-            R::InvalidArgument => {
-                if d.message.starts_with("not applied: operation") {
-                    Error::Aborted {
-                        message: d.message.clone(),
-                    }
-                } else {
-                    Error::InvalidArgument {
-                        field: d.field.clone(),
-                        message: strip_prefix(&d.message, &d.field),
-                    }
-                }
-            }
+            R::InvalidArgument => Error::InvalidArgument {
+                field: d.field.clone(),
+                message: d.rule.clone(),
+            },
+            R::Aborted => Error::Aborted {
+                failed_op: d.failed_op,
+                message: d.message.clone(),
+            },
             R::SkuNotFound => Error::SkuNotFound { sku: d.sku.clone() },
             R::ReservationNotFound => Error::ReservationNotFound {
-                reservation_id: reservation_id_of(&d.message),
+                reservation_id: reservation_id(),
             },
             R::InsufficientStock => Error::InsufficientStock {
                 sku: d.sku.clone(),
                 available: d.available,
             },
             R::ReservationExpired => Error::ReservationExpired {
-                reservation_id: reservation_id_of(&d.message),
+                reservation_id: reservation_id(),
             },
             R::ReservationNotActive => Error::ReservationNotActive {
-                reservation_id: reservation_id_of(&d.message),
+                reservation_id: reservation_id(),
                 state: ReservationState::from_pb(d.state()),
             },
             R::RequestIdReused => Error::RequestIdReused {
@@ -220,10 +220,11 @@ impl Error {
             R::ShardNotFound => Error::ShardNotFound {
                 shard_id: d.shard_id,
             },
-            R::Internal => Error::Internal {
+            R::Internal | R::RaftMessageRefused => Error::Internal {
                 message: d.message.clone(),
             },
             R::NotLeader
+            | R::ShardNotHere
             | R::ShardUnavailable
             | R::RateLimited
             | R::OutcomeUnknown
@@ -231,15 +232,4 @@ impl Error {
             | R::Unspecified => return None,
         })
     }
-}
-
-fn strip_prefix(message: &str, field: &str) -> String {
-    message
-        .strip_prefix(&format!("invalid {field}: "))
-        .unwrap_or(message)
-        .to_string()
-}
-
-fn reservation_id_of(message: &str) -> String {
-    message.split('"').nth(1).unwrap_or_default().to_string()
 }

@@ -147,11 +147,11 @@ impl MutationOutcome {
         request_id: RequestId,
     ) -> Option<MutationOutcome> {
         match r {
-            pb::operation_result::Result::Stock(s) => {
-                Some(MutationOutcome::Stock(crate::stock_update(s, request_id)))
-            }
+            pb::operation_result::Result::Stock(s) => Some(MutationOutcome::Stock(
+                crate::ops::stock_update(s, request_id),
+            )),
             pb::operation_result::Result::Reservation(r) => Some(MutationOutcome::Reservation(
-                crate::reservation_update(r, request_id),
+                crate::ops::reservation_update(r, request_id),
             )),
             pb::operation_result::Result::Error(_) => None,
         }

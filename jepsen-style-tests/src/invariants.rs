@@ -20,6 +20,11 @@ pub struct Violation {
 
 /// Per-SKU invariants over `ops` (one SKU's ops). `final_on_hand` is the on-hand stock a
 /// linearizable read returned after the cluster healed (None if it could not be read).
+#[allow(
+    clippy::too_many_lines,
+    reason = "a list of independent checks over one pass of the SKU's ops, each a few \
+              lines; split, they would all thread the same accumulated state"
+)]
 pub fn check_sku(sku: &str, ops: &[Op], final_on_hand: Option<u64>) -> Vec<Violation> {
     let mut v = Vec::new();
     let bad = |check: &str, ops: Vec<usize>, message: String| Violation {

@@ -9,6 +9,7 @@
 //!
 //! Shards add their own bound: a full proposal queue also answers RATE_LIMITED.
 
+use crate::telemetry::names;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -139,7 +140,7 @@ impl Admission {
                 Kind::Read => &mut b.read,
             };
             if let Err(retry_after_ms) = bucket.take(cost, rate, burst) {
-                metrics::counter!("stockpile_admission_rejections_total", "kind" => kind.as_str(), "bound" => "client_rate").increment(1);
+                metrics::counter!(names::ADMISSION_REJECTIONS_TOTAL, "kind" => kind.as_str(), "bound" => "client_rate").increment(1);
                 return Err(Error::RateLimited {
                     what: format!(
                         "client {identity:?} is over its {} rate of {rate}/s",
@@ -156,7 +157,7 @@ impl Admission {
         match sem.clone().try_acquire_owned() {
             Ok(permit) => Ok(Admitted { _permit: permit }),
             Err(_) => {
-                metrics::counter!("stockpile_admission_rejections_total", "kind" => kind.as_str(), "bound" => "node_in_flight").increment(1);
+                metrics::counter!(names::ADMISSION_REJECTIONS_TOTAL, "kind" => kind.as_str(), "bound" => "node_in_flight").increment(1);
                 Err(Error::RateLimited {
                     what: format!("node is serving its maximum of {} requests", kind.as_str()),
                     retry_after_ms: 20,

@@ -4,6 +4,7 @@
 //! ability to serve the connections it has. Every connection gets TCP_NODELAY (small
 //! replies are not held back by Nagle's algorithm and delayed ACKs).
 
+use crate::telemetry::names;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -37,20 +38,20 @@ pub fn incoming(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::debug!(error = %e, "accept failed");
-                    metrics::counter!("stockpile_accept_errors_total").increment(1);
+                    metrics::counter!(names::ACCEPT_ERRORS_TOTAL).increment(1);
                     tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                     continue;
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                metrics::counter!("stockpile_connections_refused_total").increment(1);
+                metrics::counter!(names::CONNECTIONS_REFUSED_TOTAL).increment(1);
                 drop(stream);
                 continue;
             };
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
-            metrics::gauge!("stockpile_connections_open").increment(1.0);
+            metrics::gauge!(names::CONNECTIONS_OPEN).increment(1.0);
             let conn = Limited {
                 stream,
                 _slot: slot,
@@ -62,7 +63,7 @@ pub fn incoming(
 
 impl Drop for Limited {
     fn drop(&mut self) {
-        metrics::gauge!("stockpile_connections_open").decrement(1.0);
+        metrics::gauge!(names::CONNECTIONS_OPEN).decrement(1.0);
     }
 }
 

@@ -1,8 +1,10 @@
-//! The node's error type. Every variant maps to one `stockpile.v1.Reason`, in one
-//! place (`api::status`); the variants carry what a client needs to act.
+//! The node's error type. Every variant carries, as fields, what a client needs to act
+//! on it, and maps to one `stockpile.v1.Reason` in one place (`api::status`), for the
+//! Inventory, Admin and Raft services alike.
 
 use crate::inventory::validate::Invalid;
 use crate::inventory::{Rejection, ReservationState};
+use crate::router::ShardId;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -23,19 +25,29 @@ pub enum Error {
     },
     #[error("node does not lead shard {shard_id}{}", leader_hint(.leader))]
     NotLeader {
-        shard_id: u64,
+        shard_id: ShardId,
         leader: Option<(u64, String)>,
     },
+    #[error("this node holds no replica of shard {shard_id}; nodes {replicas:?} do")]
+    ShardNotHere {
+        shard_id: ShardId,
+        replicas: Vec<u64>,
+    },
     #[error("shard {shard_id} unavailable: {reason}")]
-    ShardUnavailable { shard_id: u64, reason: String },
+    ShardUnavailable { shard_id: ShardId, reason: String },
     #[error("rate limited ({what}); retry after {retry_after_ms} ms")]
     RateLimited { what: String, retry_after_ms: u64 },
     #[error("request id reused with a different request")]
     RequestIdReused,
     #[error("outcome unknown on shard {shard_id}: {reason}; retry with the same request id")]
-    OutcomeUnknown { shard_id: u64, reason: String },
+    OutcomeUnknown { shard_id: ShardId, reason: String },
     #[error("{what} spans shards {shard_ids:?}; it must stay within one shard")]
-    CrossShard { what: String, shard_ids: Vec<u64> },
+    CrossShard {
+        what: String,
+        shard_ids: Vec<ShardId>,
+    },
+    #[error("not applied: operation {failed_op} of the all-or-nothing batch was refused")]
+    Aborted { failed_op: u32 },
     #[error("{what} is {size_bytes} bytes; the limit is {limit_bytes} bytes: split it")]
     RequestTooLarge {
         what: String,
@@ -45,9 +57,13 @@ pub enum Error {
     #[error("node {node_id} is not in the cluster")]
     NodeNotFound { node_id: u64 },
     #[error("shard {shard_id} is not in the cluster")]
-    ShardNotFound { shard_id: u64 },
-    #[error("not applied: operation {failed_op} of the all-or-nothing batch was refused")]
-    Aborted { failed_op: u32 },
+    ShardNotFound { shard_id: ShardId },
+    #[error("refused a raft message for shard {shard_id} from node {from_node_id}: {problem}")]
+    RaftMessageRefused {
+        shard_id: ShardId,
+        from_node_id: u64,
+        problem: String,
+    },
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -65,6 +81,12 @@ impl From<Invalid> for Error {
             field: e.field,
             rule: e.rule,
         }
+    }
+}
+
+impl From<crate::storage::StorageError> for Error {
+    fn from(e: crate::storage::StorageError) -> Self {
+        Error::internal(e)
     }
 }
 

@@ -11,12 +11,12 @@ use proptest::prelude::*;
 use prost::Message;
 use stockpile_proto::v1 as pb;
 
-use crate::api::convert::decode_op;
+use crate::api::decode;
 use crate::api::page_token;
+use crate::codec;
 use crate::inventory::validate::Limits;
 use crate::inventory::{Command, Item, Op, OpGroup, Retention, ShardRequest};
-use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
-use crate::storage::codec;
+use crate::raft::types::{SnapshotMeta, Vote};
 
 const CASES: u32 = 2_000;
 
@@ -249,7 +249,7 @@ fn decoded_operations_are_in_policy_or_refused_with_a_field() {
     let (accepted, refused) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
     let mut runner = TestRunner::new(Config::with_cases(CASES));
     let outcome = runner.run(&wire_op(), |op| {
-        match decode_op(op, &limits, "ops[3].") {
+        match decode::op(op, &limits, "ops[3].") {
             Ok(decoded) => {
                 accepted.set(accepted.get() + 1);
                 prop_assert!(
@@ -282,11 +282,11 @@ proptest! {
     fn random_protobuf_bytes_never_panic_the_decoders(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(batch) = pb::BatchRequest::decode(bytes.as_slice()) {
             for op in batch.ops.into_iter().filter_map(|o| o.op) {
-                let _ = decode_op(op, &Limits::default(), "");
+                let _ = decode::op(op, &Limits::default(), "");
             }
         }
         match pb::SetStockRequest::decode(bytes.as_slice()) {
-            Ok(r) => { let _ = decode_op(pb::operation::Op::SetStock(r), &Limits::default(), ""); }
+            Ok(r) => { let _ = decode::op(pb::operation::Op::SetStock(r), &Limits::default(), ""); }
             Err(e) => {
                 let status = stockpile_proto::codec::undecodable(&e);
                 prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -307,8 +307,6 @@ proptest! {
             *b = codec::FORMAT_VERSION;
         }
         let _ = codec::decode::<ShardRequest>(&bytes);
-        let _ = codec::decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&bytes);
-        let _ = codec::decode::<openraft::raft::VoteRequest<TypeConfig>>(&bytes);
         let _ = codec::decode::<Vote>(&bytes);
         let _ = codec::decode::<SnapshotMeta>(&bytes);
         let _ = codec::decode::<crate::inventory::StoredOutcome>(&bytes);

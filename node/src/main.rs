@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use stockpile_node::clock::Clock;
 use stockpile_node::config::ClusterConfig;
-use stockpile_node::node::Node;
+use stockpile_node::node::{Node, StartOptions};
 use stockpile_node::server;
 
 #[derive(Parser, Debug)]
@@ -31,6 +32,10 @@ struct Args {
     /// Log filter (overrides RUST_LOG), e.g. "info" or "stockpile_node=debug,openraft=warn".
     #[arg(long)]
     log: Option<String>,
+    /// Fault injection for tests only: shifts this node's wall clock by this many ms
+    /// (may be negative). Logged loudly when set.
+    #[arg(long, hide = true, allow_hyphen_values = true, default_value_t = 0)]
+    clock_skew_ms: i64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -93,12 +98,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some(addr) = &me.metrics_addr {
         stockpile_node::telemetry::install_exporter(addr)?;
     }
-    let node = Node::start(config, args.node_id, args.data_dir.clone()).await?;
-    stockpile_node::telemetry::spawn_raft_gauges(node.clone(), node.shutdown.subscribe());
+    if args.clock_skew_ms != 0 {
+        tracing::warn!(
+            skew_ms = args.clock_skew_ms,
+            "TEST ONLY: this node's clock is skewed (--clock-skew-ms)"
+        );
+    }
+    let options = StartOptions {
+        data_dir: args.data_dir.clone(),
+        clock: Clock::skewed(args.clock_skew_ms),
+    };
+    let node = Node::start(config, args.node_id, options).await?;
+    stockpile_node::telemetry::spawn_publisher(node.clone(), node.shutdown.subscribe());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let (stopping_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     server::spawn_health(node.clone(), health_reporter, stopping_tx.subscribe());
-    tracing::info!(node_id = node.id, addr = %me.addr, shards = ?node.shards.keys().collect::<Vec<_>>(), data_dir = %node.data_dir.display(), "node started");
+    let shard_ids: Vec<u64> = node.shards.keys().map(|s| s.0).collect();
+    tracing::info!(node_id = node.id, addr = %me.addr, shards = ?shard_ids, data_dir = %node.data_dir.display(), "node started");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(
         node.clone(),

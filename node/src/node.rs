@@ -1,30 +1,34 @@
-//! A running node: opens its RocksDB, checks its data against the config, starts one
-//! Raft group per shard it holds, initializes fresh shards exactly once, and routes
-//! requests to shards.
+//! A running node: opens its database, checks its data against the config, starts one
+//! Raft group per shard it holds, initializes fresh shards exactly once, and hands
+//! requests to its shards (routing itself is `router`'s).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::broadcast;
 
+use crate::clock::Clock;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::error::Error;
-use crate::raft::network::{NetworkFactory, PeerPool};
-use crate::raft::{Raft, shard_raft_config};
-use crate::shard::{ProposeStats, Shard};
-use crate::storage::node_meta::{self, NodeIdentity, ShardDescriptor};
+use crate::raft::ShardRaft;
+use crate::raft::network::{NetworkFactory, PeerPool, PeerTuning};
+use crate::router::{ShardDescriptor, ShardId, ShardMap};
+use crate::shard::{ProposeStats, Shard, ShardContext};
+use crate::storage::node_meta::{self, NodeIdentity};
 use crate::storage::{
-    ApplyStats, Db, LogStore, LogSyncer, ShardReader, StateMachineStore, WritePathStats, db,
+    ApplyStats, LogStore, LogSyncer, ShardReader, StateMachineStore, StorageError, Store,
+    WritePathStats,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("node {0} is not in the cluster config")]
     UnknownNode(u64),
-    #[error(transparent)]
-    Db(#[from] db::DbError),
+    #[error("{what}: {source}")]
+    Storage { what: String, source: StorageError },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -33,23 +37,44 @@ pub enum StartError {
     #[error("refusing to start: {0}")]
     Mismatch(String),
     #[error(transparent)]
-    RaftConfig(#[from] crate::raft::RaftConfigError),
-    #[error("shard {shard_id}: raft failed to start: {message}")]
-    Raft { shard_id: u64, message: String },
+    Raft(#[from] crate::raft::StartError),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+fn storage(what: impl Into<String>) -> impl FnOnce(StorageError) -> StartError {
     let what = what.into();
-    move |source| StartError::Io { what, source }
+    move |source| StartError::Storage { what, source }
+}
+
+/// How a node is started besides its config (command-line choices).
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// Overrides the config's data directory.
+    pub data_dir: Option<PathBuf>,
+    /// The wall clock (skewed only by fault-injection tests).
+    pub clock: Clock,
+}
+
+/// Totals of the node's write path, from their one source (status, telemetry).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub log_appends: u64,
+    pub log_syncs: u64,
+    pub proposals: u64,
+    pub entries_proposed: u64,
+    pub proposal_queue_full: u64,
+    pub ops_applied: u64,
+    pub ops_replayed: u64,
+    pub entries_applied: u64,
 }
 
 pub struct Node {
     pub id: u64,
     pub me: NodeConfig,
     pub cluster: Arc<ClusterConfig>,
-    pub shards: BTreeMap<u64, Arc<Shard>>,
+    pub map: Arc<ShardMap>,
+    pub shards: BTreeMap<ShardId, Arc<Shard>>,
     pub data_dir: PathBuf,
-    pub db: Arc<Db>,
+    pub store: Store,
     pub write_stats: Arc<WritePathStats>,
     pub apply_stats: Arc<ApplyStats>,
     pub propose_stats: Arc<ProposeStats>,
@@ -59,124 +84,80 @@ pub struct Node {
     pub admission: crate::admission::Admission,
 }
 
+/// What every shard of a node shares while it starts.
+struct Shared {
+    node_id: u64,
+    cluster: Arc<ClusterConfig>,
+    store: Store,
+    syncer: LogSyncer,
+    peers: Arc<PeerPool>,
+    snapshot_dir: PathBuf,
+    apply_stats: Arc<ApplyStats>,
+    ctx: ShardContext,
+}
+
 impl Node {
     /// Opens the node's data and starts its shards. The gRPC server is started by the
     /// caller (`server::serve`) so that peers can reach the Raft service.
     pub async fn start(
         cluster: ClusterConfig,
         node_id: u64,
-        data_dir: Option<PathBuf>,
+        options: StartOptions,
     ) -> Result<Arc<Node>, StartError> {
         let cluster = Arc::new(cluster);
         let me = cluster
             .node(node_id)
             .cloned()
             .ok_or(StartError::UnknownNode(node_id))?;
-        let data_dir = data_dir.unwrap_or_else(|| me.data_dir.clone());
-        std::fs::create_dir_all(&data_dir).map_err(io(format!(
-            "cannot create data directory {}",
-            data_dir.display()
-        )))?;
-        let db = db::open(&data_dir.join("db"))?;
-        check_identity(&db, &cluster, node_id)?;
-
-        let my_shards: Vec<_> = cluster.shards_of(node_id).cloned().collect();
-        check_shards(&db, &cluster, node_id)?;
+        let data_dir = options.data_dir.unwrap_or_else(|| me.data_dir.clone());
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::Io {
+            what: format!("cannot create data directory {}", data_dir.display()),
+            source,
+        })?;
+        let store =
+            Store::open(&data_dir.join("db")).map_err(storage("cannot open the database"))?;
+        check_identity(&store, &cluster, node_id)?;
+        let map = Arc::new(ShardMap::from_config(&cluster));
+        check_shards(&store, &map, node_id)?;
 
         let write_stats = Arc::new(WritePathStats::default());
-        let apply_stats = Arc::new(ApplyStats::default());
         let propose_stats = Arc::new(ProposeStats::default());
-        let syncer = LogSyncer::start(db.clone(), write_stats.clone())
-            .map_err(io("cannot start the WAL syncer"))?;
+        let syncer =
+            LogSyncer::start(&store, write_stats.clone()).map_err(|source| StartError::Io {
+                what: "cannot start the WAL syncer".into(),
+                source,
+            })?;
         let source_ip = me
             .addr
             .parse::<std::net::SocketAddr>()
             .ok()
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified());
-        let peers = PeerPool::new(
-            node_id,
-            crate::raft::network::PeerTuning::from_config(&cluster),
-            source_ip,
-        );
+        let peers = PeerPool::new(node_id, PeerTuning::from_config(&cluster), source_ip);
         let (shutdown, _) = broadcast::channel(1);
-        let snapshot_dir = data_dir.join("snapshots");
-
+        let shared = Shared {
+            node_id,
+            cluster: cluster.clone(),
+            store: store.clone(),
+            syncer,
+            peers: peers.clone(),
+            snapshot_dir: data_dir.join("snapshots"),
+            apply_stats: Arc::new(ApplyStats::default()),
+            ctx: ShardContext {
+                node_id,
+                cluster: cluster.clone(),
+                map: map.clone(),
+                clock: options.clock,
+                stats: propose_stats.clone(),
+            },
+        };
         let mut shards = BTreeMap::new();
-        for sc in my_shards {
-            let shard_id = sc.id;
-            let log_store = LogStore::new(shard_id, db.clone(), syncer.clone());
-            let pristine = log_store
-                .is_pristine()
-                .map_err(io(format!("shard {shard_id}: cannot read its log")))?;
-            let sm = StateMachineStore::open(
-                shard_id,
-                db.clone(),
-                snapshot_dir.clone(),
-                apply_stats.clone(),
-            )
-            .map_err(io(format!(
-                "shard {shard_id}: cannot open its state machine"
-            )))?;
-            let next_timer_ms = sm.next_timer_handle();
-            let network = NetworkFactory {
-                shard_id,
-                pool: peers.clone(),
-            };
-            let raft = Raft::new(
-                node_id,
-                shard_raft_config(&cluster, shard_id)?,
-                network,
-                log_store,
-                sm,
-            )
-            .await
-            .map_err(|e| StartError::Raft {
-                shard_id,
-                message: e.to_string(),
-            })?;
-            check_membership(&raft, &sc.replicas, shard_id)?;
-            // Exactly one node initializes a fresh shard, and only when it has never
-            // stored anything for the shard; restarts never re-initialize. The initializer
-            // is the shard's `(id - 1) % n`-th replica in id order, so that first leaders
-            // spread over the nodes instead of all landing on the lowest id.
-            let initializer = initializer_of(&sc) == node_id;
-            if pristine && initializer {
-                let members: BTreeMap<u64, openraft::BasicNode> = sc
-                    .replicas
-                    .iter()
-                    .map(|id| {
-                        (
-                            *id,
-                            openraft::BasicNode::new(
-                                cluster
-                                    .node(*id)
-                                    .map(|n| n.addr.clone())
-                                    .unwrap_or_default(),
-                            ),
-                        )
-                    })
-                    .collect();
-                raft.initialize(members)
-                    .await
-                    .map_err(|e| StartError::Raft {
-                        shard_id,
-                        message: format!("initialize: {e}"),
-                    })?;
-                tracing::info!(shard_id, replicas = ?sc.replicas, "initialized fresh shard");
-            }
-            let reader = ShardReader::new(shard_id, db.clone());
-            let shard = Shard::start(
-                sc,
-                raft,
-                reader,
-                node_id,
-                cluster.clone(),
-                propose_stats.clone(),
-                next_timer_ms,
-                &shutdown,
-            );
-            shards.insert(shard_id, shard);
+        for d in map
+            .shards()
+            .iter()
+            .filter(|d| d.replicas.contains(&node_id))
+        {
+            shards.insert(d.id, start_shard(d.clone(), &shared, &shutdown).await?);
         }
         crate::shard::spawn_sweeper(
             shards.values().cloned().collect(),
@@ -188,11 +169,12 @@ impl Node {
             id: node_id,
             me,
             cluster,
+            map,
             shards,
             data_dir,
-            db,
+            store,
             write_stats,
-            apply_stats,
+            apply_stats: shared.apply_stats,
             propose_stats,
             started_at: Instant::now(),
             admission,
@@ -201,49 +183,58 @@ impl Node {
         }))
     }
 
-    /// The local shard that owns `sku`, or NOT_LEADER pointing at a replica that
-    /// holds it when this node holds no replica of it.
-    pub fn shard_for(&self, sku: &str) -> Result<&Arc<Shard>, Error> {
-        let sc = self
-            .cluster
-            .shard_for(sku)
-            .ok_or_else(|| Error::internal(format!("no shard covers {sku:?}")))?;
-        self.local_shard(sc.id)
+    /// The local shard `shard_id`, or SHARD_NOT_HERE naming its replicas (this node
+    /// never guesses a leader for a shard it does not hold).
+    pub fn local_shard(&self, shard_id: ShardId) -> Result<&Arc<Shard>, Error> {
+        self.shards
+            .get(&shard_id)
+            .ok_or_else(|| self.map.not_here(shard_id))
     }
 
-    pub fn local_shard(&self, shard_id: u64) -> Result<&Arc<Shard>, Error> {
-        if let Some(s) = self.shards.get(&shard_id) {
-            return Ok(s);
+    /// The local shard that owns `sku` (see `local_shard`).
+    pub fn shard_for(&self, sku: &str) -> Result<&Arc<Shard>, Error> {
+        self.local_shard(self.map.shard_for(sku).id)
+    }
+
+    pub fn totals(&self) -> Totals {
+        let (w, p, a) = (&self.write_stats, &self.propose_stats, &self.apply_stats);
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        Totals {
+            log_appends: get(&w.log_appends),
+            log_syncs: get(&w.log_syncs),
+            proposals: get(&p.requests),
+            entries_proposed: get(&p.entries),
+            proposal_queue_full: get(&p.queue_full),
+            ops_applied: get(&a.ops_applied),
+            ops_replayed: get(&a.ops_replayed),
+            entries_applied: get(&a.entries_applied),
         }
-        let sc = self
-            .cluster
-            .shard(shard_id)
-            .ok_or(Error::ShardNotFound { shard_id })?;
-        let leader = sc
-            .replicas
-            .first()
-            .and_then(|id| self.cluster.node(*id).map(|n| (*id, n.addr.clone())));
-        Err(Error::NotLeader { shard_id, leader })
     }
 
     /// Hands the leadership of every shard this node leads to the most up-to-date
     /// other replica, waiting up to `per_shard` for each. Returns the shards moved.
-    pub async fn hand_over_leadership(&self, per_shard: std::time::Duration) -> Vec<u64> {
-        let moves = self.shards.values().filter(|s| s.is_leader() && s.config.replicas.len() > 1).map(|shard| async move {
-            let m = crate::raft::metrics(&shard.raft);
-            let target = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.iter().filter(|(id, _)| **id != self.id).max_by_key(|(_, matched)| matched.map(|l| l.index)).map(|(id, _)| *id));
-            let target = target?;
+    pub async fn hand_over_leadership(&self, per_shard: std::time::Duration) -> Vec<ShardId> {
+        let led = self
+            .shards
+            .values()
+            .filter(|s| s.is_leader() && s.descriptor.replicas.len() > 1);
+        let moves = led.map(|shard| async move {
+            let status = shard.raft.status();
+            let target = status
+                .matched
+                .iter()
+                .flatten()
+                .filter(|(id, _)| **id != self.id)
+                .max_by_key(|(_, matched)| **matched)
+                .map(|(id, _)| *id)?;
             match shard.transfer_leadership(target, per_shard).await {
                 Ok(Some(l)) if l == target => Some(shard.id()),
                 Ok(other) => {
-                    tracing::warn!(shard_id = shard.id(), target, leader = ?other, "leadership did not move in time");
+                    tracing::warn!(shard_id = %shard.id(), target, leader = ?other, "leadership did not move in time");
                     None
                 }
                 Err(e) => {
-                    tracing::warn!(shard_id = shard.id(), target, error = %e, "leadership transfer failed");
+                    tracing::warn!(shard_id = %shard.id(), target, error = %e, "leadership transfer failed");
                     None
                 }
             }
@@ -265,30 +256,89 @@ impl Node {
         let _ = self.shutdown.send(());
         for (id, shard) in &self.shards {
             if let Err(e) = shard.raft.shutdown().await {
-                tracing::warn!(shard_id = id, error = %e, "raft shutdown");
+                tracing::warn!(shard_id = %id, error = %e, "raft shutdown");
             }
         }
-        if let Err(e) = self.db.flush_wal(true) {
+        if let Err(e) = self.store.sync_wal() {
             tracing::error!(error = %e, "final WAL sync failed");
         }
         // Stop RocksDB's flush and compaction threads before the process exits: tasks
         // may still hold the database while static destructors run, and a background
         // job touching torn-down state aborts the process instead of exiting 0.
-        self.db.cancel_all_background_work(true);
+        self.store.stop_background_work();
     }
 }
 
-fn check_identity(db: &Db, cluster: &ClusterConfig, node_id: u64) -> Result<(), StartError> {
+/// Opens one shard's log and state machine, starts its Raft group (initializing a
+/// fresh shard exactly once), and its proposer.
+async fn start_shard(
+    d: ShardDescriptor,
+    shared: &Shared,
+    shutdown: &broadcast::Sender<()>,
+) -> Result<Arc<Shard>, StartError> {
+    let shard_id = d.id;
+    let log = LogStore::new(shard_id, &shared.store, shared.syncer.clone());
+    let pristine = log
+        .is_pristine()
+        .map_err(storage(format!("shard {shard_id}: cannot read its log")))?;
+    let sm = StateMachineStore::open(
+        shard_id,
+        d.range.clone(),
+        &shared.store,
+        shared.snapshot_dir.clone(),
+        shared.apply_stats.clone(),
+    )
+    .map_err(storage(format!(
+        "shard {shard_id}: cannot open its state machine"
+    )))?;
+    let next_timer_ms = sm.next_timer_handle();
+    let network = NetworkFactory {
+        shard_id,
+        pool: shared.peers.clone(),
+    };
+    let raft =
+        ShardRaft::start(shared.node_id, shard_id, &shared.cluster, network, log, sm).await?;
+    check_membership(&raft, &d)?;
+    // Exactly one node initializes a fresh shard, and only when it has never stored
+    // anything for the shard; restarts never re-initialize. The initializer is the
+    // shard's `(id - 1) % n`-th replica in id order, so that first leaders spread over
+    // the nodes instead of all landing on the lowest id.
+    if pristine && initializer_of(&d) == shared.node_id {
+        let members: Vec<(u64, String)> = d
+            .replicas
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    shared.ctx.map.addr(*id).unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        raft.initialize(&members).await?;
+        tracing::info!(%shard_id, replicas = ?d.replicas, "initialized fresh shard");
+    }
+    let reader = ShardReader::new(shard_id, &shared.store);
+    Ok(Shard::start(
+        d,
+        raft,
+        reader,
+        next_timer_ms,
+        &shared.ctx,
+        shutdown,
+    ))
+}
+
+fn check_identity(store: &Store, cluster: &ClusterConfig, node_id: u64) -> Result<(), StartError> {
     let wanted = NodeIdentity {
         cluster_name: cluster.cluster_name.clone(),
         node_id,
     };
-    let stored = node_meta::read_identity(db).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => StartError::Mismatch(format!(
+    let stored = node_meta::read_identity(store).map_err(|e| match e {
+        StorageError::Codec(e) => StartError::Mismatch(format!(
             "cannot read this data directory's node identity ({e}): it was written in another storage format. \
              Start it with the build that wrote it, or rebuild this node from an empty data directory (docs/OPERATIONS.md)"
         )),
-        _ => io("cannot read the node identity")(e),
+        e => storage("cannot read the node identity")(e),
     })?;
     match stored {
         Some(stored) if stored == wanted => Ok(()),
@@ -297,44 +347,55 @@ fn check_identity(db: &Db, cluster: &ClusterConfig, node_id: u64) -> Result<(), 
             stored.node_id, stored.cluster_name, node_id, cluster.cluster_name
         ))),
         None => {
-            let stored = node_meta::stored_shards(db).map_err(io("cannot list stored shards"))?;
+            let stored =
+                node_meta::stored_shards(store).map_err(storage("cannot list stored shards"))?;
             if !stored.is_empty() {
                 return Err(StartError::Mismatch(format!(
                     "the data directory holds shards {stored:?} but no node identity"
                 )));
             }
-            node_meta::write_identity(db, &wanted).map_err(io("cannot write the node identity"))
+            node_meta::write_identity(store, &wanted)
+                .map_err(storage("cannot write the node identity"))
         }
     }
 }
 
-fn check_shards(db: &Db, cluster: &ClusterConfig, node_id: u64) -> Result<(), StartError> {
-    let configured: BTreeSet<u64> = cluster.shards_of(node_id).map(|s| s.id).collect();
-    for stored in node_meta::stored_shards(db).map_err(io("cannot list stored shards"))? {
+fn check_shards(store: &Store, map: &ShardMap, node_id: u64) -> Result<(), StartError> {
+    let mine: Vec<&ShardDescriptor> = map
+        .shards()
+        .iter()
+        .filter(|d| d.replicas.contains(&node_id))
+        .collect();
+    let configured: BTreeSet<ShardId> = mine.iter().map(|d| d.id).collect();
+    for stored in node_meta::stored_shards(store).map_err(storage("cannot list stored shards"))? {
         if !configured.contains(&stored) {
             return Err(StartError::Mismatch(format!(
                 "this node holds data of shard {stored}, which the config does not place on node {node_id}"
             )));
         }
     }
-    for sc in cluster.shards_of(node_id) {
-        let wanted = ShardDescriptor {
-            start: sc.start.clone(),
-            end: sc.end.clone(),
-            replicas: sc.replicas.clone(),
+    for d in mine {
+        let wanted = node_meta::ShardDescriptor {
+            start: d.range.start.clone(),
+            end: d.range.end.clone(),
+            replicas: d.replicas.clone(),
         };
-        match node_meta::read_descriptor(db, sc.id)
-            .map_err(io(format!("shard {}: cannot read its descriptor", sc.id)))?
-        {
+        let read = node_meta::read_descriptor(store, d.id).map_err(storage(format!(
+            "shard {}: cannot read its descriptor",
+            d.id
+        )))?;
+        match read {
             Some(stored) if stored.start != wanted.start || stored.end != wanted.end => {
                 return Err(StartError::Mismatch(format!(
                     "the config says shard {} covers [{:?}, {:?}) but this node stored [{:?}, {:?})",
-                    sc.id, wanted.start, wanted.end, stored.start, stored.end
+                    d.id, wanted.start, wanted.end, stored.start, stored.end
                 )));
             }
             Some(_) => {}
-            None => node_meta::write_descriptor(db, sc.id, &wanted)
-                .map_err(io(format!("shard {}: cannot write its descriptor", sc.id)))?,
+            None => node_meta::write_descriptor(store, d.id, &wanted).map_err(storage(format!(
+                "shard {}: cannot write its descriptor",
+                d.id
+            )))?,
         }
     }
     Ok(())
@@ -342,13 +403,13 @@ fn check_shards(db: &Db, cluster: &ClusterConfig, node_id: u64) -> Result<(), St
 
 /// Once a shard has a membership, it must be the configured replica set (until
 /// membership changes exist, nothing else can change it).
-fn check_membership(raft: &Raft, replicas: &[u64], shard_id: u64) -> Result<(), StartError> {
-    let metrics = crate::raft::metrics(raft);
-    let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
-    let wanted: BTreeSet<u64> = replicas.iter().copied().collect();
+fn check_membership(raft: &ShardRaft, d: &ShardDescriptor) -> Result<(), StartError> {
+    let voters = raft.status().voters;
+    let wanted: BTreeSet<u64> = d.replicas.iter().copied().collect();
     if !voters.is_empty() && voters != wanted {
         return Err(StartError::Mismatch(format!(
-            "the config says shard {shard_id} has replicas {wanted:?} but its stored membership is {voters:?}"
+            "the config says shard {} has replicas {wanted:?} but its stored membership is {voters:?}",
+            d.id
         )));
     }
     Ok(())
@@ -356,8 +417,9 @@ fn check_membership(raft: &Raft, replicas: &[u64], shard_id: u64) -> Result<(), 
 
 /// The replica that initializes a fresh shard: the `(shard id - 1) % replicas`-th in
 /// node id order.
-pub fn initializer_of(shard: &crate::config::ShardConfig) -> u64 {
-    let mut replicas = shard.replicas.clone();
+pub fn initializer_of(d: &ShardDescriptor) -> u64 {
+    let mut replicas = d.replicas.clone();
     replicas.sort_unstable();
-    replicas[((shard.id - 1) % replicas.len() as u64) as usize]
+    let n = replicas.len() as u64;
+    replicas[(d.id.0.saturating_sub(1) % n) as usize]
 }

@@ -8,7 +8,8 @@
 //! - `ack-before-commit`: a mutation is answered from local state as soon as it is
 //!   proposed, before it commits.
 //!
-//! Without the feature, `active()` is always `Bug::None` and the checks compile away.
+//! The module exists only with the feature (lib.rs), so no default build can reach it;
+//! every use is behind `#[cfg(feature = "planted-bugs")]` (scripts/check-placement.sh).
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
@@ -18,7 +19,6 @@ pub enum Bug {
     AckBeforeCommit,
 }
 
-#[cfg(feature = "planted-bugs")]
 pub fn active() -> Bug {
     static BUG: std::sync::OnceLock<Bug> = std::sync::OnceLock::new();
     *BUG.get_or_init(|| match std::env::var("STOCKPILE_PLANTED_BUG").as_deref() {
@@ -29,14 +29,8 @@ pub fn active() -> Bug {
     })
 }
 
-#[cfg(not(feature = "planted-bugs"))]
-pub const fn active() -> Bug {
-    Bug::None
-}
-
 /// The state a fabricated early answer (`ack-before-commit`) is computed on: reads
 /// from the local replica, writes kept in memory and thrown away.
-#[cfg(feature = "planted-bugs")]
 pub mod scratch {
     use std::collections::HashMap;
     use std::io;

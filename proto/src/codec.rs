@@ -71,6 +71,7 @@ pub fn undecodable(e: &prost::DecodeError) -> Status {
     let detail = v1::ErrorDetail {
         reason: v1::Reason::InvalidArgument as i32,
         message: message.clone(),
+        rule: format!("cannot decode the request: {problem}"),
         field,
         ..Default::default()
     };

@@ -2,10 +2,8 @@
 //! cluster's) Raft state for operators.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use openraft::ServerState;
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::admin_client::AdminClient;
 use stockpile_proto::v1::admin_server::Admin;
@@ -14,12 +12,10 @@ use tonic::{Request, Response, Status};
 use super::status::to_status;
 use crate::error::Error;
 use crate::node::Node;
+use crate::router::ShardId;
 
 /// How long ClusterStatus waits for each other node.
 const PEER_STATUS_TIMEOUT_MS: u64 = 1_000;
-
-/// The shard map's epoch: 1 while shards come only from the static config.
-pub const SHARD_MAP_EPOCH: u64 = 1;
 
 pub struct AdminService {
     node: Arc<Node>,
@@ -40,66 +36,48 @@ pub fn node_info(n: &crate::config::NodeConfig) -> pb::NodeInfo {
     }
 }
 
-fn role(s: ServerState) -> &'static str {
-    match s {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-}
-
 pub fn node_status(node: &Node) -> pb::NodeStatusReply {
     let mut shards = Vec::with_capacity(node.shards.len());
     for (id, shard) in &node.shards {
-        let m = crate::raft::metrics(&shard.raft);
-        let last = m.last_log_index.unwrap_or(0);
-        let purged = m.purged.map(|l| l.index).unwrap_or(0);
-        let replication = m
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .map(|(peer, matched)| {
-                        let matched = matched.map(|l| l.index).unwrap_or(0);
-                        pb::ReplicaProgress {
-                            node_id: *peer,
-                            matched_index: matched,
-                            lag: last.saturating_sub(matched),
-                        }
-                    })
-                    .collect()
+        let st = shard.raft.status();
+        let replication = st
+            .matched
+            .iter()
+            .flatten()
+            .map(|(peer, matched)| pb::ReplicaProgress {
+                node_id: *peer,
+                matched_index: *matched,
+                lag: st.last_log_index.saturating_sub(*matched),
             })
-            .unwrap_or_default();
+            .collect();
         shards.push(pb::ShardStatus {
-            shard_id: *id,
-            start: shard.config.start.clone(),
-            end: shard.config.end.clone(),
-            replicas: shard.config.replicas.clone(),
-            role: role(m.state).to_string(),
-            leader_id: m.current_leader.unwrap_or(0),
-            term: m.current_term,
-            last_log_index: last,
-            commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
-            purged_index: purged,
-            log_entries: last.saturating_sub(purged),
+            shard_id: id.0,
+            start: shard.descriptor.range.start.clone(),
+            end: shard.descriptor.range.end.clone(),
+            replicas: shard.descriptor.replicas.clone(),
+            role: st.role.to_string(),
+            leader_id: st.leader.unwrap_or(0),
+            term: st.term,
+            last_log_index: st.last_log_index,
+            commit_index: st.commit_index,
+            applied_index: st.applied_index,
+            snapshot_index: st.snapshot_index,
+            purged_index: st.purged_index,
+            log_entries: st.last_log_index.saturating_sub(st.purged_index),
             replication,
         });
     }
-    let w = &node.write_stats;
+    let t = node.totals();
     pb::NodeStatusReply {
         node: Some(node_info(&node.me)),
         shards,
         uptime_ms: node.started_at.elapsed().as_millis() as u64,
-        log_appends_total: w.log_appends.load(Ordering::Relaxed),
-        log_syncs_total: w.log_syncs.load(Ordering::Relaxed),
-        proposals_total: node.propose_stats.requests.load(Ordering::Relaxed),
-        raft_entries_proposed_total: node.propose_stats.entries.load(Ordering::Relaxed),
-        requests_applied_total: node.apply_stats.ops_applied.load(Ordering::Relaxed),
-        requests_replayed_total: node.apply_stats.ops_replayed.load(Ordering::Relaxed),
+        log_appends_total: t.log_appends,
+        log_syncs_total: t.log_syncs,
+        proposals_total: t.proposals,
+        raft_entries_proposed_total: t.entries_proposed,
+        requests_applied_total: t.ops_applied,
+        requests_replayed_total: t.ops_replayed,
     }
 }
 
@@ -110,29 +88,28 @@ impl Admin for AdminService {
         _: Request<pb::ShardMapRequest>,
     ) -> Result<Response<pb::ShardMapReply>, Status> {
         let c = &self.node.cluster;
-        let shards = c
-            .shards
+        let shards = self
+            .node
+            .map
+            .shards()
             .iter()
-            .map(|s| {
-                let (leader_id, term) = match self.node.shards.get(&s.id) {
-                    Some(shard) => {
-                        let m = crate::raft::metrics(&shard.raft);
-                        (m.current_leader.unwrap_or(0), m.current_term)
-                    }
+            .map(|d| {
+                let (leader_id, term) = match self.node.shards.get(&d.id) {
+                    Some(shard) => (shard.raft.leader().unwrap_or(0), shard.raft.term()),
                     None => (0, 0),
                 };
                 pb::ShardInfo {
-                    shard_id: s.id,
-                    start: s.start.clone(),
-                    end: s.end.clone(),
-                    replicas: s.replicas.clone(),
+                    shard_id: d.id.0,
+                    start: d.range.start.clone(),
+                    end: d.range.end.clone(),
+                    replicas: d.replicas.clone(),
                     leader_id,
                     term,
                 }
             })
             .collect();
         Ok(Response::new(pb::ShardMapReply {
-            epoch: SHARD_MAP_EPOCH,
+            epoch: self.node.map.epoch(),
             nodes: c.nodes.iter().map(node_info).collect(),
             shards,
             node_id: self.node.id,
@@ -194,7 +171,7 @@ impl Admin for AdminService {
         });
         let nodes = futures::future::join_all(views).await;
         Ok(Response::new(pb::ClusterStatusReply {
-            epoch: SHARD_MAP_EPOCH,
+            epoch: node.map.epoch(),
             nodes,
         }))
     }
@@ -209,8 +186,12 @@ impl Admin for AdminService {
                 node_id: req.to_node_id,
             }));
         }
-        let shard = self.node.local_shard(req.shard_id).map_err(to_status)?;
-        if !shard.config.replicas.contains(&req.to_node_id) {
+        let shard_id = ShardId(req.shard_id);
+        if self.node.map.shard(shard_id).is_none() {
+            return Err(to_status(Error::ShardNotFound { shard_id }));
+        }
+        let shard = self.node.local_shard(shard_id).map_err(to_status)?;
+        if !shard.descriptor.replicas.contains(&req.to_node_id) {
             return Err(to_status(Error::InvalidArgument {
                 field: "to_node_id".into(),
                 rule: format!(
@@ -253,18 +234,20 @@ impl Admin for AdminService {
         }
         let mut shard_ids = Vec::new();
         for (id, shard) in &self.node.shards {
-            if !shard.is_leader()
-                || !shard.config.replicas.contains(&target)
-                || target == self.node.id
-            {
+            if !shard.is_leader() || !shard.descriptor.replicas.contains(&target) {
                 continue;
             }
-            match shard.raft.trigger().allow_next_revert(&target, true).await {
-                Ok(Ok(())) => shard_ids.push(*id),
+            match shard.raft.allow_next_revert(target).await {
+                Ok(Ok(())) => shard_ids.push(id.0),
                 Ok(Err(e)) => {
-                    tracing::warn!(shard_id = id, target, error = %e, "allow_next_revert refused")
+                    tracing::warn!(shard_id = %id, target, error = %e, "allow_next_revert refused")
                 }
-                Err(e) => return Err(Status::unavailable(format!("shard {id}: {e}"))),
+                Err(reason) => {
+                    return Err(to_status(Error::ShardUnavailable {
+                        shard_id: *id,
+                        reason,
+                    }));
+                }
             }
         }
         tracing::warn!(
@@ -284,21 +267,18 @@ impl Admin for AdminService {
             node.shards
                 .iter()
                 .map(|(id, shard)| {
-                    shard
-                        .reader
-                        .digest()
-                        .map(|(applied_index, digest, outcomes_count)| pb::ShardDigest {
-                            shard_id: *id,
-                            applied_index,
-                            digest,
-                            outcomes_count,
-                        })
+                    shard.reader.digest().map(|d| pb::ShardDigest {
+                        shard_id: id.0,
+                        applied_index: d.applied_index,
+                        digest: d.digest,
+                        outcomes_count: d.outcomes_count,
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|e| to_status(Error::internal(e)))?
+        .map_err(|e| to_status(e.into()))?;
         Ok(Response::new(pb::ShardDigestsReply {
             node_id: self.node.id,
             shards,

@@ -1,9 +1,17 @@
-//! The gRPC API: input validation, routing to shards, and the one mapping of errors
-//! to `tonic::Status` (`status`).
+//! The gRPC API. One path per request: `decode` (all validation) → route (`router`)
+//! → propose or read (`shard`) → `encode`; errors leave through `status`, the one
+//! mapping to `tonic::Status`, after telemetry has observed them typed.
+//!
+//! - `inventory`: the Inventory service (mutations, batches; reads in `reads`);
+//! - `admin`: cluster status, shard map, operator calls;
+//! - `raft_service`: the internal Raft service (the logic is `raft::inbound`);
+//! - `page_token`: List's opaque positions.
 
 pub mod admin;
-pub mod convert;
+pub mod decode;
+pub mod encode;
 pub mod inventory;
 pub mod page_token;
 pub mod raft_service;
+mod reads;
 pub mod status;

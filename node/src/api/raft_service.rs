@@ -1,31 +1,48 @@
-//! The internal Raft gRPC service: decodes openraft messages for the shard named in
-//! each message and hands them to that shard's Raft group. Snapshots arrive as a
-//! stream of chunks written to a file, then installed in one step.
+//! The internal Raft gRPC service: finds the shard named in each message, checks that
+//! the sender is one of its replicas, and hands the bytes to `raft::inbound` (which
+//! decodes and guards them). Snapshots arrive as a stream of chunks
+//! (`raft::snapshot_stream`) written to a file, then installed in one step. Refusals
+//! go through the one error mapping like every other service's.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
-use serde::Serialize;
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::raft_server::Raft as RaftApi;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::status::to_status;
+use crate::error::Error;
 use crate::node::Node;
-use crate::raft::guard;
-use crate::raft::network::RemoteResult;
-use crate::raft::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::raft::inbound::InboundError;
+use crate::raft::snapshot_stream::{self, ReceiveError};
+use crate::router::ShardId;
 use crate::shard::Shard;
-use crate::storage::codec;
+use crate::telemetry::names;
 
 pub struct RaftService {
     node: Arc<Node>,
     /// Snapshots being received at once (`server.snapshots_in_flight_max`): a slow or
     /// stalled sender holds a slot only until its chunk timeout.
     snapshot_slots: Arc<Semaphore>,
+}
+
+/// How a Raft call failed, on its way to the one status mapping.
+fn refused(shard_id: ShardId, from: u64, rpc: &'static str, e: InboundError) -> Status {
+    let error = match e {
+        InboundError::Encode(message) => Error::Internal { message },
+        e => {
+            tracing::warn!(%shard_id, from, rpc, error = %e, "refused a raft message");
+            metrics::counter!(names::RAFT_MESSAGES_REFUSED_TOTAL, "rpc" => rpc).increment(1);
+            Error::RaftMessageRefused {
+                shard_id,
+                from_node_id: from,
+                problem: e.to_string(),
+            }
+        }
+    };
+    to_status(error)
 }
 
 impl RaftService {
@@ -37,48 +54,80 @@ impl RaftService {
         }
     }
 
-    /// Refuses a message the guard rejects: logged, counted, never seen by openraft.
-    fn guard(&self, shard_id: u64, checked: Result<(), guard::Refused>) -> Result<(), Status> {
-        checked.map_err(|refused| {
-            tracing::warn!(shard_id, from = refused.from, what = refused.what, problem = %refused.problem, "refused a raft message");
-            metrics::counter!("stockpile_raft_messages_refused_total", "rpc" => refused.what)
-                .increment(1);
-            Status::invalid_argument(refused.to_string())
-        })
-    }
-
-    fn shard(&self, shard_id: u64, from: u64) -> Result<&Arc<Shard>, Status> {
-        let shard = self.node.shards.get(&shard_id).ok_or_else(|| {
-            Status::not_found(format!(
-                "node {} holds no replica of shard {shard_id}",
-                self.node.id
-            ))
-        })?;
-        if !shard.config.replicas.contains(&from) {
-            return Err(Status::permission_denied(format!(
-                "node {from} is not a replica of shard {shard_id}"
-            )));
+    /// The local replica of `shard_id`, if `from` is one of the shard's replicas.
+    fn shard(&self, shard_id: ShardId, from: u64) -> Result<&Arc<Shard>, Status> {
+        let shard = self.node.local_shard(shard_id).map_err(to_status)?;
+        if !shard.descriptor.replicas.contains(&from) {
+            return Err(to_status(Error::RaftMessageRefused {
+                shard_id,
+                from_node_id: from,
+                problem: format!("node {from} is not a replica of shard {shard_id}"),
+            }));
         }
         Ok(shard)
     }
+
+    fn reply(&self, shard_id: ShardId, payload: Vec<u8>) -> Response<pb::RaftMessage> {
+        Response::new(pb::RaftMessage {
+            shard_id: shard_id.0,
+            from_node_id: self.node.id,
+            payload,
+        })
+    }
+
+    async fn receive_snapshot(
+        &self,
+        stream: &mut Streaming<pb::SnapshotChunk>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let timeout = Duration::from_millis(self.node.cluster.server.snapshot_chunk_timeout_ms);
+        let first = snapshot_stream::next_chunk(stream, timeout)
+            .await
+            .map_err(|e| to_status(receive_error(ShardId(0), 0, e)))?
+            .ok_or_else(|| to_status(receive_error(ShardId(0), 0, ReceiveError::Truncated)))?;
+        let (shard_id, from) = (ShardId(first.shard_id), first.from_node_id);
+        let shard = self.shard(shard_id, from)?.clone();
+        let header = shard
+            .raft
+            .snapshot_header(from, &first.vote, &first.meta)
+            .map_err(|e| refused(shard_id, from, "install_snapshot", e))?;
+        let dir = self.node.data_dir.join("snapshots");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| to_status(Error::internal(e)))?;
+        let path = dir.join(format!(
+            "incoming-shard-{shard_id}-{:016x}",
+            rand::random::<u64>()
+        ));
+        let result = async {
+            let bytes = snapshot_stream::receive(&path, first, stream, timeout)
+                .await
+                .map_err(|e| to_status(receive_error(shard_id, from, e)))?;
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| to_status(Error::internal(e)))?;
+            tracing::info!(%shard_id, from, bytes, last_log_index = ?header.last_log_index(), "received snapshot");
+            let payload = shard
+                .raft
+                .handle_install_snapshot(header, file)
+                .await
+                .map_err(|e| refused(shard_id, from, "install_snapshot", e))?;
+            Ok(self.reply(shard_id, payload))
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&path).await;
+        result
+    }
 }
 
-fn reply<T: Serialize>(
-    shard_id: u64,
-    from: u64,
-    result: &RemoteResult<T>,
-) -> Result<Response<pb::RaftMessage>, Status> {
-    let payload = codec::encode(result).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(pb::RaftMessage {
-        shard_id,
-        from_node_id: from,
-        payload,
-    }))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
-    codec::decode(bytes)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+fn receive_error(shard_id: ShardId, from: u64, e: ReceiveError) -> Error {
+    match e {
+        ReceiveError::Io(e) => Error::internal(e),
+        e => Error::RaftMessageRefused {
+            shard_id,
+            from_node_id: from,
+            problem: e.to_string(),
+        },
+    }
 }
 
 #[tonic::async_trait]
@@ -88,15 +137,14 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let shard = self.shard(m.shard_id, m.from_node_id)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
-        self.guard(m.shard_id, guard::append_entries(&rpc, m.from_node_id))?;
-        let result = shard
+        let (shard_id, from) = (ShardId(m.shard_id), m.from_node_id);
+        let shard = self.shard(shard_id, from)?;
+        let payload = shard
             .raft
-            .append_entries(rpc)
+            .handle_append_entries(from, &m.payload)
             .await
-            .map_err(|e| e.to_string());
-        reply(m.shard_id, self.node.id, &result)
+            .map_err(|e| refused(shard_id, from, "append_entries", e))?;
+        Ok(self.reply(shard_id, payload))
     }
 
     async fn vote(
@@ -104,15 +152,14 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let shard = self.shard(m.shard_id, m.from_node_id)?;
-        let rpc: VoteRequest<TypeConfig> = decode(&m.payload)?;
-        let term = crate::raft::current_term(&shard.raft);
-        self.guard(
-            m.shard_id,
-            guard::vote_request(&rpc, m.from_node_id, term, "vote"),
-        )?;
-        let result = shard.raft.vote(rpc).await.map_err(|e| e.to_string());
-        reply(m.shard_id, self.node.id, &result)
+        let (shard_id, from) = (ShardId(m.shard_id), m.from_node_id);
+        let shard = self.shard(shard_id, from)?;
+        let payload = shard
+            .raft
+            .handle_vote(from, &m.payload, false)
+            .await
+            .map_err(|e| refused(shard_id, from, "vote", e))?;
+        Ok(self.reply(shard_id, payload))
     }
 
     async fn pre_vote(
@@ -120,15 +167,14 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let shard = self.shard(m.shard_id, m.from_node_id)?;
-        let rpc: VoteRequest<TypeConfig> = decode(&m.payload)?;
-        let term = crate::raft::current_term(&shard.raft);
-        self.guard(
-            m.shard_id,
-            guard::vote_request(&rpc, m.from_node_id, term, "pre_vote"),
-        )?;
-        let result = shard.raft.pre_vote(rpc).await.map_err(|e| e.to_string());
-        reply(m.shard_id, self.node.id, &result)
+        let (shard_id, from) = (ShardId(m.shard_id), m.from_node_id);
+        let shard = self.shard(shard_id, from)?;
+        let payload = shard
+            .raft
+            .handle_vote(from, &m.payload, true)
+            .await
+            .map_err(|e| refused(shard_id, from, "pre_vote", e))?;
+        Ok(self.reply(shard_id, payload))
     }
 
     async fn transfer_leader(
@@ -136,19 +182,14 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let shard = self.shard(m.shard_id, m.from_node_id)?;
-        let rpc: TransferLeaderRequest<TypeConfig> = decode(&m.payload)?;
-        let term = crate::raft::current_term(&shard.raft);
-        self.guard(
-            m.shard_id,
-            guard::transfer_leader(&rpc, m.from_node_id, term),
-        )?;
-        let result = shard
+        let (shard_id, from) = (ShardId(m.shard_id), m.from_node_id);
+        let shard = self.shard(shard_id, from)?;
+        let payload = shard
             .raft
-            .handle_transfer_leader(rpc)
+            .handle_transfer_leader(from, &m.payload)
             .await
-            .map_err(|e| e.to_string());
-        reply(m.shard_id, self.node.id, &result)
+            .map_err(|e| refused(shard_id, from, "transfer_leader", e))?;
+        Ok(self.reply(shard_id, payload))
     }
 
     async fn install_snapshot(
@@ -156,100 +197,15 @@ impl RaftApi for RaftService {
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let Ok(_slot) = self.snapshot_slots.clone().try_acquire_owned() else {
-            metrics::counter!("stockpile_snapshot_receives_refused_total").increment(1);
-            return Err(Status::resource_exhausted(format!(
-                "node {} is receiving {} snapshots already; retry later",
-                self.node.id, self.node.cluster.server.snapshots_in_flight_max
-            )));
+            metrics::counter!(names::SNAPSHOT_RECEIVES_REFUSED_TOTAL).increment(1);
+            return Err(to_status(Error::RateLimited {
+                what: format!(
+                    "node {} is receiving {} snapshots already",
+                    self.node.id, self.node.cluster.server.snapshots_in_flight_max
+                ),
+                retry_after_ms: 1_000,
+            }));
         };
-        let chunk_timeout =
-            Duration::from_millis(self.node.cluster.server.snapshot_chunk_timeout_ms);
-        let mut stream = request.into_inner();
-        let first = next_chunk(&mut stream, chunk_timeout)
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let (shard_id, from) = (first.shard_id, first.from_node_id);
-        let shard = self.shard(shard_id, from)?.clone();
-        let vote: Vote = decode(&first.vote)?;
-        let meta: SnapshotMeta = decode(&first.meta)?;
-        self.guard(shard_id, guard::install_snapshot(&vote, &meta, from))?;
-        let dir = self.node.data_dir.join("snapshots");
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let path = dir.join(format!(
-            "incoming-shard-{shard_id}-{:016x}",
-            rand::random::<u64>()
-        ));
-        let result = async {
-            receive_chunks(&path, first, &mut stream, chunk_timeout).await?;
-            let file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-            tracing::info!(shard_id, from, last_log_id = ?meta.last_log_id, "received snapshot");
-            let result = shard
-                .raft
-                .install_full_snapshot(
-                    vote,
-                    Snapshot {
-                        meta,
-                        snapshot: file,
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string());
-            reply(shard_id, self.node.id, &result)
-        }
-        .await;
-        let _ = tokio::fs::remove_file(&path).await;
-        result
+        self.receive_snapshot(&mut request.into_inner()).await
     }
-}
-
-/// The next chunk of a snapshot stream, or a refusal when none comes within `timeout`
-/// (a stalled sender must not hold a snapshot slot forever).
-async fn next_chunk(
-    stream: &mut Streaming<pb::SnapshotChunk>,
-    timeout: Duration,
-) -> Result<Option<pb::SnapshotChunk>, Status> {
-    match tokio::time::timeout(timeout, stream.next()).await {
-        Ok(Some(chunk)) => chunk.map(Some),
-        Ok(None) => Ok(None),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no snapshot chunk within {} ms",
-            timeout.as_millis()
-        ))),
-    }
-}
-
-/// Writes the chunks, starting with `first`, to `path` and syncs it. Chunks must be
-/// of one shard, in order, and end with one marked `done`.
-async fn receive_chunks(
-    path: &std::path::Path,
-    first: pb::SnapshotChunk,
-    stream: &mut Streaming<pb::SnapshotChunk>,
-    chunk_timeout: Duration,
-) -> Result<(), Status> {
-    let internal = |e: std::io::Error| Status::internal(e.to_string());
-    let shard_id = first.shard_id;
-    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
-    let mut expected_offset = 0u64;
-    let mut chunk = first;
-    loop {
-        if chunk.shard_id != shard_id || chunk.offset != expected_offset {
-            return Err(Status::invalid_argument(format!(
-                "snapshot chunk for shard {} at offset {}, expected shard {shard_id} offset {expected_offset}",
-                chunk.shard_id, chunk.offset
-            )));
-        }
-        file.write_all(&chunk.data).await.map_err(internal)?;
-        expected_offset += chunk.data.len() as u64;
-        if chunk.done {
-            break;
-        }
-        chunk = next_chunk(stream, chunk_timeout)
-            .await?
-            .ok_or_else(|| Status::aborted("snapshot stream ended before its last chunk"))?;
-    }
-    file.sync_all().await.map_err(internal)
 }

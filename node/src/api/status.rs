@@ -1,32 +1,43 @@
-//! The one conversion from node errors to the wire: a gRPC status code plus an
-//! encoded `stockpile.v1.ErrorDetail` in the status details (docs/ERRORS.md).
+//! The one conversion from node errors to the wire, for every service: a gRPC status
+//! code plus an encoded `stockpile.v1.ErrorDetail` carrying the reason and every fact
+//! of the error as a field (docs/ERRORS.md). A client never needs the message text.
 
 use prost::Message;
 use stockpile_proto::v1 as pb;
 use tonic::Code;
 
-use super::convert::state_to_pb;
+use super::encode::state_to_pb;
 use crate::error::Error;
+use crate::inventory::RequestId;
 
 pub fn reason(e: &Error) -> pb::Reason {
+    use pb::Reason as R;
     match e {
-        Error::InvalidArgument { .. } | Error::Aborted { .. } => pb::Reason::InvalidArgument,
-        Error::SkuNotFound { .. } => pb::Reason::SkuNotFound,
-        Error::ReservationNotFound { .. } => pb::Reason::ReservationNotFound,
-        Error::InsufficientStock { .. } => pb::Reason::InsufficientStock,
-        Error::ReservationExpired { .. } => pb::Reason::ReservationExpired,
-        Error::ReservationNotActive { .. } => pb::Reason::ReservationNotActive,
-        Error::NotLeader { .. } => pb::Reason::NotLeader,
-        Error::ShardUnavailable { .. } => pb::Reason::ShardUnavailable,
-        Error::RateLimited { .. } => pb::Reason::RateLimited,
-        Error::RequestIdReused => pb::Reason::RequestIdReused,
-        Error::OutcomeUnknown { .. } => pb::Reason::OutcomeUnknown,
-        Error::CrossShard { .. } => pb::Reason::CrossShard,
-        Error::RequestTooLarge { .. } => pb::Reason::RequestTooLarge,
-        Error::NodeNotFound { .. } => pb::Reason::NodeNotFound,
-        Error::ShardNotFound { .. } => pb::Reason::ShardNotFound,
-        Error::Internal { .. } => pb::Reason::Internal,
+        Error::InvalidArgument { .. } => R::InvalidArgument,
+        Error::SkuNotFound { .. } => R::SkuNotFound,
+        Error::ReservationNotFound { .. } => R::ReservationNotFound,
+        Error::InsufficientStock { .. } => R::InsufficientStock,
+        Error::ReservationExpired { .. } => R::ReservationExpired,
+        Error::ReservationNotActive { .. } => R::ReservationNotActive,
+        Error::NotLeader { .. } => R::NotLeader,
+        Error::ShardNotHere { .. } => R::ShardNotHere,
+        Error::ShardUnavailable { .. } => R::ShardUnavailable,
+        Error::RateLimited { .. } => R::RateLimited,
+        Error::RequestIdReused => R::RequestIdReused,
+        Error::OutcomeUnknown { .. } => R::OutcomeUnknown,
+        Error::CrossShard { .. } => R::CrossShard,
+        Error::Aborted { .. } => R::Aborted,
+        Error::RequestTooLarge { .. } => R::RequestTooLarge,
+        Error::NodeNotFound { .. } => R::NodeNotFound,
+        Error::ShardNotFound { .. } => R::ShardNotFound,
+        Error::RaftMessageRefused { .. } => R::RaftMessageRefused,
+        Error::Internal { .. } => R::Internal,
     }
+}
+
+/// The reason as metrics and logs name it (`INSUFFICIENT_STOCK`).
+pub fn reason_name(e: &Error) -> &'static str {
+    reason(e).as_str_name().trim_start_matches("REASON_")
 }
 
 pub fn code(e: &Error) -> Code {
@@ -34,7 +45,8 @@ pub fn code(e: &Error) -> Code {
         Error::InvalidArgument { .. }
         | Error::RequestIdReused
         | Error::CrossShard { .. }
-        | Error::RequestTooLarge { .. } => Code::InvalidArgument,
+        | Error::RequestTooLarge { .. }
+        | Error::RaftMessageRefused { .. } => Code::InvalidArgument,
         Error::SkuNotFound { .. }
         | Error::ReservationNotFound { .. }
         | Error::NodeNotFound { .. }
@@ -43,14 +55,16 @@ pub fn code(e: &Error) -> Code {
         | Error::ReservationExpired { .. }
         | Error::ReservationNotActive { .. } => Code::FailedPrecondition,
         Error::Aborted { .. } => Code::Aborted,
-        Error::NotLeader { .. } | Error::ShardUnavailable { .. } | Error::OutcomeUnknown { .. } => {
-            Code::Unavailable
-        }
+        Error::NotLeader { .. }
+        | Error::ShardNotHere { .. }
+        | Error::ShardUnavailable { .. }
+        | Error::OutcomeUnknown { .. } => Code::Unavailable,
         Error::RateLimited { .. } => Code::ResourceExhausted,
         Error::Internal { .. } => Code::Internal,
     }
 }
 
+/// The error's detail, every fact in its field.
 pub fn detail(e: &Error) -> pb::ErrorDetail {
     let mut d = pb::ErrorDetail {
         reason: reason(e) as i32,
@@ -58,26 +72,46 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
         ..Default::default()
     };
     match e {
-        Error::InvalidArgument { field, .. } => d.field = field.clone(),
+        Error::InvalidArgument { field, rule } => {
+            d.field = field.clone();
+            d.rule = rule.clone();
+        }
         Error::SkuNotFound { sku } => d.sku = sku.clone(),
         Error::InsufficientStock { sku, available } => {
             d.sku = sku.clone();
             d.available = *available;
         }
-        Error::ReservationNotActive { state, .. } => d.state = state_to_pb(*state) as i32,
+        Error::ReservationNotFound { reservation_id }
+        | Error::ReservationExpired { reservation_id } => {
+            d.reservation_id = reservation_id.clone();
+        }
+        Error::ReservationNotActive {
+            reservation_id,
+            state,
+        } => {
+            d.reservation_id = reservation_id.clone();
+            d.state = state_to_pb(*state) as i32;
+        }
         Error::NotLeader { shard_id, leader } => {
-            d.shard_id = *shard_id;
+            d.shard_id = shard_id.0;
             if let Some((id, addr)) = leader {
                 d.leader_id = *id;
                 d.leader_addr = addr.clone();
             }
         }
-        Error::ShardUnavailable { shard_id, .. } | Error::OutcomeUnknown { shard_id, .. } => {
-            d.shard_id = *shard_id
+        Error::ShardNotHere { shard_id, replicas } => {
+            d.shard_id = shard_id.0;
+            d.replica_ids = replicas.clone();
         }
+        Error::ShardUnavailable { shard_id, .. }
+        | Error::OutcomeUnknown { shard_id, .. }
+        | Error::ShardNotFound { shard_id } => d.shard_id = shard_id.0,
         Error::RateLimited { retry_after_ms, .. } => d.retry_after_ms = *retry_after_ms,
-        Error::CrossShard { shard_ids, .. } => d.shard_ids = shard_ids.clone(),
+        Error::CrossShard { shard_ids, .. } => {
+            d.shard_ids = shard_ids.iter().map(|s| s.0).collect();
+        }
         Error::RequestIdReused => d.field = "request_id".into(),
+        Error::Aborted { failed_op } => d.failed_op = *failed_op,
         Error::RequestTooLarge {
             size_bytes,
             limit_bytes,
@@ -88,23 +122,44 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
             d.limit_bytes = *limit_bytes;
         }
         Error::NodeNotFound { node_id } => d.node_id = *node_id,
-        Error::ShardNotFound { shard_id } => d.shard_id = *shard_id,
-        Error::ReservationNotFound { .. }
-        | Error::ReservationExpired { .. }
-        | Error::Aborted { .. }
-        | Error::Internal { .. } => {}
+        Error::RaftMessageRefused {
+            shard_id,
+            from_node_id,
+            ..
+        } => {
+            d.shard_id = shard_id.0;
+            d.node_id = *from_node_id;
+        }
+        Error::Internal { .. } => {}
     }
     d
 }
 
+/// The detail of an error of one mutation: with its request id.
+pub fn detail_of_op(e: &Error, request_id: &RequestId) -> pb::ErrorDetail {
+    pb::ErrorDetail {
+        request_id: request_id.to_vec(),
+        ..detail(e)
+    }
+}
+
+fn status_of(e: &Error, d: pb::ErrorDetail) -> tonic::Status {
+    tonic::Status::with_details(code(e), d.message.clone(), d.encode_to_vec().into())
+}
+
 pub fn to_status(e: Error) -> tonic::Status {
-    let d = detail(&e);
-    tonic::Status::with_details(code(&e), d.message.clone(), d.encode_to_vec().into())
+    status_of(&e, detail(&e))
+}
+
+/// The status of a failed mutation: its detail carries the request id.
+pub fn to_status_of_op(e: Error, request_id: &RequestId) -> tonic::Status {
+    status_of(&e, detail_of_op(&e, request_id))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::ShardId;
 
     #[test]
     fn statuses_carry_a_decodable_detail() {
@@ -116,21 +171,29 @@ mod tests {
         let d = pb::ErrorDetail::decode(s.details()).unwrap();
         assert_eq!(d.reason(), pb::Reason::InsufficientStock);
         assert_eq!(d.available, 3);
-        let s = to_status(Error::NotLeader {
-            shard_id: 2,
-            leader: Some((3, "127.0.0.1:7003".into())),
-        });
+        let s = to_status_of_op(
+            Error::NotLeader {
+                shard_id: ShardId(2),
+                leader: Some((3, "127.0.0.1:7003".into())),
+            },
+            &[9; 16],
+        );
         let d = pb::ErrorDetail::decode(s.details()).unwrap();
         assert_eq!(
             (d.reason(), d.shard_id, d.leader_id, d.leader_addr.as_str()),
             (pb::Reason::NotLeader, 2, 3, "127.0.0.1:7003")
         );
+        assert_eq!(d.request_id, vec![9; 16]);
         let s = to_status(Error::InvalidArgument {
             field: "sku".into(),
             rule: "must not be empty".into(),
         });
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "invalid sku: must not be empty");
-        assert_eq!(pb::ErrorDetail::decode(s.details()).unwrap().field, "sku");
+        let d = pb::ErrorDetail::decode(s.details()).unwrap();
+        assert_eq!(
+            (d.field.as_str(), d.rule.as_str()),
+            ("sku", "must not be empty")
+        );
     }
 }

@@ -9,8 +9,8 @@
 //! `on_hand >= reserved` per SKU, `reserved == Σ qty of active reservations` (the
 //! property tests check the sum), and a request id is never applied twice.
 
+use super::staged::Staged;
 use super::types::*;
-use crate::storage::codec::fingerprint;
 
 /// The largest quantity a stock record may hold: 10^15 units. Far above any real
 /// stock, far below `u64::MAX`, so sums of a few quantities cannot overflow.
@@ -115,13 +115,8 @@ fn apply_op<R: Records>(
     now_ms: u64,
     retention: Retention,
 ) -> Result<OpResult, R::Error> {
-    let fp = fingerprint(&op.command);
-    let stored = if crate::planted::active() == crate::planted::Bug::IgnoreRequestIds {
-        None
-    } else {
-        state.outcome(&op.request_id)?
-    };
-    if let Some(stored) = stored {
+    let fp = op.command.fingerprint();
+    if let Some(stored) = state.outcome(&op.request_id)? {
         if stored.fingerprint == fp {
             return Ok(OpResult {
                 outcome: stored.outcome,
@@ -184,7 +179,7 @@ fn apply_atomic<S: ShardState>(
         state.put_outcome(
             &op.request_id,
             &StoredOutcome {
-                fingerprint: fingerprint(&op.command),
+                fingerprint: op.command.fingerprint(),
                 applied_at_ms: now_ms,
                 outcome: r.outcome.clone(),
             },
@@ -229,187 +224,219 @@ fn execute<R: Records>(
     now_ms: u64,
     retention: Retention,
 ) -> Result<Outcome, R::Error> {
-    Ok(match command {
-        Command::SetStock { sku, on_hand } => {
-            let mut record = state.stock(sku)?.unwrap_or_default();
-            if *on_hand > QTY_MAX {
-                return Ok(rejected(Rejection::QuantityOverflow { sku: sku.clone() }));
-            }
-            if *on_hand < record.reserved {
-                return Ok(rejected(Rejection::InsufficientStock {
-                    sku: sku.clone(),
-                    available: record.available(),
-                }));
-            }
-            record.on_hand = *on_hand;
-            Outcome::Stock {
-                sku: sku.clone(),
-                record: store_stock(state, sku, record),
-            }
-        }
-        Command::AdjustStock { sku, delta } => {
-            let mut record = match must_exist(state, sku)? {
-                Ok(r) => r,
-                Err(e) => return Ok(rejected(e)),
-            };
-            let magnitude = delta.unsigned_abs();
-            if *delta >= 0 {
-                match record.on_hand.checked_add(magnitude) {
-                    Some(v) if v <= QTY_MAX => record.on_hand = v,
-                    _ => return Ok(rejected(Rejection::QuantityOverflow { sku: sku.clone() })),
-                }
-            } else {
-                if magnitude > record.available() {
-                    return Ok(rejected(Rejection::InsufficientStock {
-                        sku: sku.clone(),
-                        available: record.available(),
-                    }));
-                }
-                record.on_hand -= magnitude;
-            }
-            Outcome::Stock {
-                sku: sku.clone(),
-                record: store_stock(state, sku, record),
-            }
-        }
-        Command::Decrement { sku, qty } => {
-            let mut record = match must_exist(state, sku)? {
-                Ok(r) => r,
-                Err(e) => return Ok(rejected(e)),
-            };
-            if *qty > record.available() {
-                return Ok(rejected(Rejection::InsufficientStock {
-                    sku: sku.clone(),
-                    available: record.available(),
-                }));
-            }
-            record.on_hand -= qty;
-            Outcome::Stock {
-                sku: sku.clone(),
-                record: store_stock(state, sku, record),
-            }
-        }
+    match command {
+        Command::SetStock { sku, on_hand } => set_stock(state, sku, *on_hand),
+        Command::AdjustStock { sku, delta } => adjust_stock(state, sku, *delta),
+        Command::Decrement { sku, qty } => decrement(state, sku, *qty),
         Command::Reserve {
             reservation_id,
             items,
             ttl_ms,
-        } => {
-            if state.reservation(reservation_id)?.is_some() {
-                return Ok(rejected(Rejection::ReservationIdTaken {
-                    reservation_id: reservation_id.clone(),
-                }));
-            }
-            // Check every item before touching any: all or none.
-            let mut records = Vec::with_capacity(items.len());
-            for item in items {
-                let record = match must_exist(state, &item.sku)? {
-                    Ok(r) => r,
-                    Err(e) => return Ok(rejected(e)),
-                };
-                if item.qty > record.available() {
-                    return Ok(rejected(Rejection::InsufficientStock {
-                        sku: item.sku.clone(),
-                        available: record.available(),
-                    }));
-                }
-                records.push(record);
-            }
-            let mut after = Vec::with_capacity(items.len());
-            for (item, mut record) in items.iter().zip(records) {
-                record.reserved += item.qty;
-                after.push((item.sku.clone(), store_stock(state, &item.sku, record)));
-            }
-            let expires_at_ms = now_ms.saturating_add(*ttl_ms);
-            let reservation = Reservation {
-                id: reservation_id.clone(),
-                items: items.clone(),
-                state: ReservationState::Active,
-                created_at_ms: now_ms,
-                expires_at_ms,
-                closed_at_ms: 0,
-                timer_ms: expires_at_ms,
-            };
-            state.put_reservation(&reservation, None);
-            Outcome::Reservation {
-                reservation,
-                records: after,
-            }
-        }
+        } => reserve(
+            state,
+            reservation_id,
+            items,
+            now_ms.saturating_add(*ttl_ms),
+            now_ms,
+        ),
         Command::Confirm {
             reservation_id,
             sku,
-        }
-        | Command::Release {
+        } => close(state, reservation_id, sku, true, now_ms, retention),
+        Command::Release {
             reservation_id,
             sku,
-        } => {
-            let confirm = matches!(command, Command::Confirm { .. });
-            let Some(r) = state.reservation(reservation_id)? else {
-                return Ok(rejected(Rejection::ReservationNotFound {
-                    reservation_id: reservation_id.clone(),
+        } => close(state, reservation_id, sku, false, now_ms, retention),
+    }
+}
+
+fn stock_outcome<R: Records>(state: &mut R, sku: &str, record: StockRecord) -> Outcome {
+    Outcome::Stock {
+        sku: sku.to_string(),
+        record: store_stock(state, sku, record),
+    }
+}
+
+fn set_stock<R: Records>(state: &mut R, sku: &str, on_hand: u64) -> Result<Outcome, R::Error> {
+    let mut record = state.stock(sku)?.unwrap_or_default();
+    if on_hand > QTY_MAX {
+        return Ok(rejected(Rejection::QuantityOverflow {
+            sku: sku.to_string(),
+        }));
+    }
+    if on_hand < record.reserved {
+        return Ok(rejected(Rejection::InsufficientStock {
+            sku: sku.to_string(),
+            available: record.available(),
+        }));
+    }
+    record.on_hand = on_hand;
+    Ok(stock_outcome(state, sku, record))
+}
+
+fn adjust_stock<R: Records>(state: &mut R, sku: &str, delta: i64) -> Result<Outcome, R::Error> {
+    let mut record = match must_exist(state, sku)? {
+        Ok(r) => r,
+        Err(e) => return Ok(rejected(e)),
+    };
+    let magnitude = delta.unsigned_abs();
+    if delta >= 0 {
+        match record.on_hand.checked_add(magnitude) {
+            Some(v) if v <= QTY_MAX => record.on_hand = v,
+            _ => {
+                return Ok(rejected(Rejection::QuantityOverflow {
+                    sku: sku.to_string(),
                 }));
-            };
-            if !r.items.iter().any(|i| i.sku == *sku) {
-                return Ok(rejected(Rejection::SkuNotInReservation {
-                    reservation_id: reservation_id.clone(),
-                    sku: sku.clone(),
-                }));
-            }
-            let r = if r.state == ReservationState::Active && r.expires_at_ms <= now_ms {
-                // Lazy expiry: its timer has not fired yet, but its time has come.
-                expire(state, r, now_ms, retention)?
-            } else {
-                r
-            };
-            match r.state {
-                ReservationState::Active => {}
-                ReservationState::Expired => {
-                    return Ok(rejected(Rejection::ReservationExpired {
-                        reservation_id: reservation_id.clone(),
-                    }));
-                }
-                other => {
-                    return Ok(rejected(Rejection::ReservationNotActive {
-                        reservation_id: reservation_id.clone(),
-                        state: other,
-                    }));
-                }
-            }
-            let mut after = Vec::with_capacity(r.items.len());
-            for item in &r.items {
-                let mut record = state
-                    .stock(&item.sku)?
-                    .unwrap_or_else(|| panic!("reserved SKU {} has no record", item.sku));
-                assert!(
-                    record.reserved >= item.qty,
-                    "{}: reserved {} < held {}",
-                    item.sku,
-                    record.reserved,
-                    item.qty
-                );
-                record.reserved -= item.qty;
-                if confirm {
-                    record.on_hand -= item.qty;
-                }
-                after.push((item.sku.clone(), store_stock(state, &item.sku, record)));
-            }
-            let old_timer = r.timer_ms;
-            let closed = Reservation {
-                state: if confirm {
-                    ReservationState::Confirmed
-                } else {
-                    ReservationState::Released
-                },
-                closed_at_ms: now_ms,
-                timer_ms: now_ms.saturating_add(retention.retention_ms),
-                ..r
-            };
-            state.put_reservation(&closed, Some(old_timer));
-            Outcome::Reservation {
-                reservation: closed,
-                records: after,
             }
         }
+    } else {
+        if magnitude > record.available() {
+            return Ok(rejected(Rejection::InsufficientStock {
+                sku: sku.to_string(),
+                available: record.available(),
+            }));
+        }
+        record.on_hand -= magnitude;
+    }
+    Ok(stock_outcome(state, sku, record))
+}
+
+fn decrement<R: Records>(state: &mut R, sku: &str, qty: u64) -> Result<Outcome, R::Error> {
+    let mut record = match must_exist(state, sku)? {
+        Ok(r) => r,
+        Err(e) => return Ok(rejected(e)),
+    };
+    if qty > record.available() {
+        return Ok(rejected(Rejection::InsufficientStock {
+            sku: sku.to_string(),
+            available: record.available(),
+        }));
+    }
+    record.on_hand -= qty;
+    Ok(stock_outcome(state, sku, record))
+}
+
+fn reserve<R: Records>(
+    state: &mut R,
+    reservation_id: &str,
+    items: &[Item],
+    expires_at_ms: u64,
+    now_ms: u64,
+) -> Result<Outcome, R::Error> {
+    if state.reservation(reservation_id)?.is_some() {
+        return Ok(rejected(Rejection::ReservationIdTaken {
+            reservation_id: reservation_id.to_string(),
+        }));
+    }
+    // Check every item before touching any: all or none.
+    let mut records = Vec::with_capacity(items.len());
+    for item in items {
+        let record = match must_exist(state, &item.sku)? {
+            Ok(r) => r,
+            Err(e) => return Ok(rejected(e)),
+        };
+        if item.qty > record.available() {
+            return Ok(rejected(Rejection::InsufficientStock {
+                sku: item.sku.clone(),
+                available: record.available(),
+            }));
+        }
+        records.push(record);
+    }
+    let mut after = Vec::with_capacity(items.len());
+    for (item, mut record) in items.iter().zip(records) {
+        record.reserved += item.qty;
+        after.push((item.sku.clone(), store_stock(state, &item.sku, record)));
+    }
+    let reservation = Reservation {
+        id: reservation_id.to_string(),
+        items: items.to_vec(),
+        state: ReservationState::Active,
+        created_at_ms: now_ms,
+        expires_at_ms,
+        closed_at_ms: 0,
+        timer_ms: expires_at_ms,
+    };
+    state.put_reservation(&reservation, None);
+    Ok(Outcome::Reservation {
+        reservation,
+        records: after,
+    })
+}
+
+/// Confirm (`confirm`) or release an active reservation routed by `sku`.
+fn close<R: Records>(
+    state: &mut R,
+    reservation_id: &str,
+    sku: &str,
+    confirm: bool,
+    now_ms: u64,
+    retention: Retention,
+) -> Result<Outcome, R::Error> {
+    let Some(r) = state.reservation(reservation_id)? else {
+        return Ok(rejected(Rejection::ReservationNotFound {
+            reservation_id: reservation_id.to_string(),
+        }));
+    };
+    if !r.items.iter().any(|i| i.sku == sku) {
+        return Ok(rejected(Rejection::SkuNotInReservation {
+            reservation_id: reservation_id.to_string(),
+            sku: sku.to_string(),
+        }));
+    }
+    let r = if r.state == ReservationState::Active && r.expires_at_ms <= now_ms {
+        // Lazy expiry: its timer has not fired yet, but its time has come.
+        expire(state, r, now_ms, retention)?
+    } else {
+        r
+    };
+    match r.state {
+        ReservationState::Active => {}
+        ReservationState::Expired => {
+            return Ok(rejected(Rejection::ReservationExpired {
+                reservation_id: reservation_id.to_string(),
+            }));
+        }
+        other => {
+            return Ok(rejected(Rejection::ReservationNotActive {
+                reservation_id: reservation_id.to_string(),
+                state: other,
+            }));
+        }
+    }
+    let mut after = Vec::with_capacity(r.items.len());
+    for item in &r.items {
+        let mut record = state
+            .stock(&item.sku)?
+            .unwrap_or_else(|| panic!("reserved SKU {} has no record", item.sku));
+        assert!(
+            record.reserved >= item.qty,
+            "{}: reserved {} < held {}",
+            item.sku,
+            record.reserved,
+            item.qty
+        );
+        record.reserved -= item.qty;
+        if confirm {
+            record.on_hand -= item.qty;
+        }
+        after.push((item.sku.clone(), store_stock(state, &item.sku, record)));
+    }
+    let old_timer = r.timer_ms;
+    let closed = Reservation {
+        state: if confirm {
+            ReservationState::Confirmed
+        } else {
+            ReservationState::Released
+        },
+        closed_at_ms: now_ms,
+        timer_ms: now_ms.saturating_add(retention.retention_ms),
+        ..r
+    };
+    state.put_reservation(&closed, Some(old_timer));
+    Ok(Outcome::Reservation {
+        reservation: closed,
+        records: after,
     })
 }
 
@@ -444,93 +471,4 @@ fn expire<R: Records>(
     };
     state.put_reservation(&expired, Some(old_timer));
     Ok(expired)
-}
-
-/// A write buffer over `Records` for all-or-nothing groups: reads see the buffered
-/// writes; `commit` replays them in order, dropping discards them.
-struct Staged<'a, R: Records> {
-    inner: &'a mut R,
-    stock: std::collections::HashMap<String, StockRecord>,
-    reservations: std::collections::HashMap<String, Option<Reservation>>,
-    outcomes: std::collections::HashMap<RequestId, StoredOutcome>,
-    writes: Vec<StagedWrite>,
-}
-
-enum StagedWrite {
-    Stock(String, StockRecord),
-    Reservation(Reservation, Option<u64>),
-    DeleteReservation(String, u64),
-    Outcome(RequestId, StoredOutcome),
-}
-
-impl<'a, R: Records> Staged<'a, R> {
-    fn new(inner: &'a mut R) -> Self {
-        Staged {
-            inner,
-            stock: Default::default(),
-            reservations: Default::default(),
-            outcomes: Default::default(),
-            writes: Vec::new(),
-        }
-    }
-
-    fn commit(self) {
-        for w in self.writes {
-            match w {
-                StagedWrite::Stock(sku, r) => self.inner.put_stock(&sku, r),
-                StagedWrite::Reservation(r, old) => self.inner.put_reservation(&r, old),
-                StagedWrite::DeleteReservation(id, t) => self.inner.delete_reservation(&id, t),
-                StagedWrite::Outcome(id, o) => self.inner.put_outcome(&id, &o),
-            }
-        }
-    }
-}
-
-impl<R: Records> Records for Staged<'_, R> {
-    type Error = R::Error;
-
-    fn stock(&mut self, sku: &str) -> Result<Option<StockRecord>, Self::Error> {
-        match self.stock.get(sku) {
-            Some(r) => Ok(Some(*r)),
-            None => self.inner.stock(sku),
-        }
-    }
-
-    fn put_stock(&mut self, sku: &str, record: StockRecord) {
-        self.stock.insert(sku.to_string(), record);
-        self.writes
-            .push(StagedWrite::Stock(sku.to_string(), record));
-    }
-
-    fn reservation(&mut self, id: &str) -> Result<Option<Reservation>, Self::Error> {
-        match self.reservations.get(id) {
-            Some(r) => Ok(r.clone()),
-            None => self.inner.reservation(id),
-        }
-    }
-
-    fn put_reservation(&mut self, r: &Reservation, old_timer_ms: Option<u64>) {
-        self.reservations.insert(r.id.clone(), Some(r.clone()));
-        self.writes
-            .push(StagedWrite::Reservation(r.clone(), old_timer_ms));
-    }
-
-    fn delete_reservation(&mut self, id: &str, timer_ms: u64) {
-        self.reservations.insert(id.to_string(), None);
-        self.writes
-            .push(StagedWrite::DeleteReservation(id.to_string(), timer_ms));
-    }
-
-    fn outcome(&mut self, request_id: &RequestId) -> Result<Option<StoredOutcome>, Self::Error> {
-        match self.outcomes.get(request_id) {
-            Some(o) => Ok(Some(o.clone())),
-            None => self.inner.outcome(request_id),
-        }
-    }
-
-    fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome) {
-        self.outcomes.insert(*request_id, stored.clone());
-        self.writes
-            .push(StagedWrite::Outcome(*request_id, stored.clone()));
-    }
 }

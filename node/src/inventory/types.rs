@@ -101,6 +101,20 @@ pub enum Command {
 }
 
 impl Command {
+    /// Every SKU the command names: the one it changes, a reservation's items, or the
+    /// SKU a confirm or release is routed by.
+    pub fn skus(&self) -> impl Iterator<Item = &str> {
+        let (one, items) = match self {
+            Command::SetStock { sku, .. }
+            | Command::AdjustStock { sku, .. }
+            | Command::Decrement { sku, .. }
+            | Command::Confirm { sku, .. }
+            | Command::Release { sku, .. } => (Some(sku.as_str()), &[][..]),
+            Command::Reserve { items, .. } => (None, items.as_slice()),
+        };
+        one.into_iter().chain(items.iter().map(|i| i.sku.as_str()))
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Command::SetStock { .. } => "set_stock",
@@ -110,6 +124,22 @@ impl Command {
             Command::Confirm { .. } => "confirm",
             Command::Release { .. } => "release",
         }
+    }
+}
+
+impl Command {
+    /// A stable 128-bit fingerprint, stored with the command's outcome so that a
+    /// request id reused for a different command is recognised: xxh3 of the command's
+    /// bincode standard encoding (the codec's encoding without its version byte). Both
+    /// are fixed formats, so every replica and every build computes the same value;
+    /// changing `Command` changes fingerprints and is a format change.
+    pub fn fingerprint(&self) -> u128 {
+        let mut buf = Vec::with_capacity(64);
+        // Encoding strings and integers into a Vec cannot fail.
+        let encoded =
+            bincode::serde::encode_into_std_write(self, &mut buf, bincode::config::standard());
+        debug_assert!(encoded.is_ok());
+        xxhash_rust::xxh3::xxh3_128(&buf)
     }
 }
 
@@ -321,5 +351,24 @@ impl std::fmt::Display for ShardResponse {
             self.groups.len(),
             ops
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_differ_by_command() {
+        let a = Command::Decrement {
+            sku: "a".into(),
+            qty: 1,
+        };
+        let b = Command::Decrement {
+            sku: "a".into(),
+            qty: 2,
+        };
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
     }
 }

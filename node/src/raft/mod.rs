@@ -1,30 +1,93 @@
-//! The adapter to openraft: type configuration, per-shard Raft configuration, and
-//! the network. Storage implementations live in `storage`; nothing outside this
-//! module and `storage` names openraft's traits.
+//! The adapter to openraft. Outside this module and `storage`, nothing names openraft:
+//! the rest of the node holds a [`ShardRaft`] and speaks in its terms (write, read
+//! barrier, status, leadership), with errors of its own.
+//!
+//! - `types`: the type configuration (entries carry `ShardRequest`s);
+//! - `network`: outgoing Raft traffic, one channel per peer node, byte-bounded calls;
+//! - `inbound`: incoming Raft messages, decoded and checked by `guard` first;
+//! - `snapshot_stream`: a snapshot's chunks on the wire, both directions;
+//! - `guard`: validation of everything a peer sends.
 
 pub mod guard;
+pub mod inbound;
 pub mod network;
+pub mod snapshot_stream;
 pub mod types;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::type_config::async_runtime::WatchReceiver;
 
 use crate::config::{ClusterConfig, ReadPolicyConfig};
-use crate::storage::StateMachineStore;
+use crate::inventory::{ShardRequest, ShardResponse};
+use crate::router::ShardId;
+use crate::storage::{LogStore, StateMachineStore};
+use network::NetworkFactory;
 
-pub type Raft = openraft::Raft<types::TypeConfig, StateMachineStore>;
+type Inner = openraft::Raft<types::TypeConfig, StateMachineStore>;
+
+/// One shard's Raft group on this node.
+#[derive(Clone)]
+pub struct ShardRaft {
+    shard_id: ShardId,
+    inner: Inner,
+}
 
 #[derive(Debug, thiserror::Error)]
-#[error("raft configuration for shard {shard_id}: {source}")]
-pub struct RaftConfigError {
-    shard_id: u64,
-    source: openraft::ConfigError,
+pub enum StartError {
+    #[error("raft configuration for shard {shard_id}: {source}")]
+    Config {
+        shard_id: ShardId,
+        source: openraft::ConfigError,
+    },
+    #[error("shard {shard_id}: raft failed to start: {message}")]
+    Start { shard_id: ShardId, message: String },
+}
+
+/// Why a write has no result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// Refused before it was appended: certainly not applied.
+    NotLeader { leader: Option<u64> },
+    /// Proposed, fate unknown (leadership lost, shutdown).
+    Unknown(String),
+}
+
+/// Why a read barrier did not complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    NotLeader {
+        leader: Option<u64>,
+    },
+    /// A quorum did not confirm the leadership.
+    NoQuorum(String),
+    Stopped(String),
+}
+
+/// What this node's replica knows of its shard's Raft state.
+#[derive(Clone, Debug, Default)]
+pub struct RaftStatus {
+    pub role: &'static str,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    pub voters: BTreeSet<u64>,
+    /// On the leader: each replica's matched index (0 when none yet).
+    pub matched: Option<BTreeMap<u64, u64>>,
 }
 
 /// openraft's configuration for one shard, from the cluster config.
-pub fn shard_raft_config(
+fn shard_config(
     cluster: &ClusterConfig,
-    shard_id: u64,
-) -> Result<Arc<openraft::Config>, RaftConfigError> {
+    shard_id: ShardId,
+) -> Result<Arc<openraft::Config>, StartError> {
     let t = &cluster.raft;
     let config = openraft::Config {
         cluster_name: format!("{}-shard-{shard_id}", cluster.cluster_name),
@@ -46,31 +109,155 @@ pub fn shard_raft_config(
     config
         .validate()
         .map(Arc::new)
-        .map_err(|source| RaftConfigError { shard_id, source })
+        .map_err(|source| StartError::Config { shard_id, source })
 }
 
-/// openraft's read policy from the config.
-pub fn read_policy(cluster: &ClusterConfig) -> openraft::ReadPolicy {
-    match cluster.raft.read_policy {
-        ReadPolicyConfig::ReadIndex => openraft::ReadPolicy::ReadIndex,
-        ReadPolicyConfig::Lease => openraft::ReadPolicy::LeaseRead,
+fn role(s: openraft::ServerState) -> &'static str {
+    match s {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Learner => "learner",
+        openraft::ServerState::Shutdown => "shutdown",
     }
 }
 
-/// The latest metrics of a shard's Raft group (a cheap copy of the watched value).
-pub fn metrics(raft: &Raft) -> openraft::RaftMetrics<types::TypeConfig> {
-    use openraft::type_config::async_runtime::WatchReceiver;
-    raft.metrics().borrow_watched().clone()
+impl ShardRaft {
+    /// Starts the shard's Raft group over its log and state machine.
+    pub async fn start(
+        node_id: u64,
+        shard_id: ShardId,
+        cluster: &ClusterConfig,
+        network: NetworkFactory,
+        log: LogStore,
+        sm: StateMachineStore,
+    ) -> Result<ShardRaft, StartError> {
+        let config = shard_config(cluster, shard_id)?;
+        let inner = Inner::new(node_id, config, network, log, sm)
+            .await
+            .map_err(|e| StartError::Start {
+                shard_id,
+                message: e.to_string(),
+            })?;
+        Ok(ShardRaft { shard_id, inner })
+    }
+
+    /// Makes a fresh group of `members` (node id, address); call on one node, once.
+    pub async fn initialize(&self, members: &[(u64, String)]) -> Result<(), StartError> {
+        let members: BTreeMap<u64, openraft::BasicNode> = members
+            .iter()
+            .map(|(id, addr)| (*id, openraft::BasicNode::new(addr.clone())))
+            .collect();
+        self.inner
+            .initialize(members)
+            .await
+            .map_err(|e| StartError::Start {
+                shard_id: self.shard_id,
+                message: format!("initialize: {e}"),
+            })
+    }
+
+    /// The leader as this replica knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.inner.metrics().borrow_watched().current_leader
+    }
+
+    /// This replica's current term.
+    pub fn term(&self) -> u64 {
+        self.inner.metrics().borrow_watched().current_term
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let m = self.inner.metrics().borrow_watched().clone();
+        RaftStatus {
+            role: role(m.state),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            voters: m.membership_config.membership().voter_ids().collect(),
+            matched: m.replication.as_ref().map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, l.map(|l| l.index).unwrap_or(0)))
+                    .collect()
+            }),
+        }
+    }
+
+    /// Appends `request` as one entry and waits until it is applied here.
+    pub async fn write(&self, request: ShardRequest) -> Result<(ShardResponse, u64), WriteError> {
+        match self.inner.client_write(request).await {
+            Ok(resp) => Ok((resp.data, resp.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(WriteError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(WriteError::Unknown(e.to_string())),
+        }
+    }
+
+    /// Waits until a read of the local state machine is linearizable: leadership
+    /// confirmed (read index or lease) and applied up to the read point.
+    pub async fn linearize(&self, policy: ReadPolicyConfig) -> Result<(), ReadError> {
+        let policy = match policy {
+            ReadPolicyConfig::ReadIndex => openraft::ReadPolicy::ReadIndex,
+            ReadPolicyConfig::Lease => openraft::ReadPolicy::LeaseRead,
+        };
+        match self.inner.ensure_linearizable(policy).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(ReadError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                Err(ReadError::NoQuorum(q.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => Err(ReadError::Stopped(f.to_string())),
+        }
+    }
+
+    /// Asks the group to hand leadership to `to` (returns once asked).
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), String> {
+        self.inner
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Lets the replica on `target` (wiped) be rebuilt from scratch once. The outer
+    /// error is the group's (stopped); the inner, openraft's refusal.
+    pub async fn allow_next_revert(&self, target: u64) -> Result<Result<(), String>, String> {
+        match self.inner.trigger().allow_next_revert(&target, true).await {
+            Ok(r) => Ok(r.map_err(|e| e.to_string())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub async fn shutdown(&self) -> Result<(), String> {
+        self.inner.shutdown().await.map_err(|e| e.to_string())
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.inner
+    }
 }
 
-/// The leader as this node's Raft group knows it, without copying all metrics.
-pub fn current_leader(raft: &Raft) -> Option<types::NodeId> {
-    use openraft::type_config::async_runtime::WatchReceiver;
-    raft.metrics().borrow_watched().current_leader
-}
-
-/// This replica's current term (for the guard), without copying all metrics.
-pub fn current_term(raft: &Raft) -> u64 {
-    use openraft::type_config::async_runtime::WatchReceiver;
-    raft.metrics().borrow_watched().current_term
+/// How long to wait for a condition on a shard's Raft state, polling.
+pub async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -20,11 +20,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::raft_client::RaftClient;
-use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use super::types::{Entry, LogId, Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
-use crate::storage::codec;
+use crate::codec;
+use crate::router::ShardId;
 use openraft::EntryPayload;
 
 /// Connection attempts give up after this long; openraft backs off and retries.
@@ -120,7 +120,7 @@ impl PeerPool {
 
 /// openraft's network factory for one shard.
 pub struct NetworkFactory {
-    pub shard_id: u64,
+    pub shard_id: ShardId,
     pub pool: Arc<PeerPool>,
 }
 
@@ -129,7 +129,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> ShardPeer {
         ShardPeer {
-            shard_id: self.shard_id,
+            shard_id: self.shard_id.0,
             from: self.pool.node_id,
             target,
             channel: self.pool.channel(target, &node.addr),
@@ -356,41 +356,14 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
             Err(e) => return Err(net(&e)),
         };
         let target = self.target;
-        // Chunks are read lazily from the snapshot file as the RPC stream is polled.
-        let chunks = futures::stream::unfold(
-            Some((snapshot.snapshot, 0u64, Some((vote_bytes, meta_bytes)))),
-            move |state| async move {
-                let (mut file, offset, header) = state?;
-                let mut data = vec![0u8; chunk_bytes];
-                let mut filled = 0;
-                while filled < data.len() {
-                    match file.read(&mut data[filled..]).await {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) => {
-                            tracing::warn!(shard_id, target, error = %e, "reading snapshot file failed");
-                            return None; // ends the stream without `done`: the receiver rejects it
-                        }
-                    }
-                }
-                data.truncate(filled);
-                let done = filled < chunk_bytes;
-                let (vote, meta) = header.unwrap_or_default();
-                let chunk = pb::SnapshotChunk {
-                    shard_id,
-                    from_node_id: from,
-                    vote,
-                    meta,
-                    offset,
-                    data,
-                    done,
-                };
-                let next = if done {
-                    None
-                } else {
-                    Some((file, offset + filled as u64, None))
-                };
-                Some((chunk, next))
+        let chunks = super::snapshot_stream::chunks(
+            snapshot.snapshot,
+            super::snapshot_stream::Outgoing {
+                shard_id,
+                from_node_id: from,
+                chunk_bytes,
+                vote: vote_bytes,
+                meta: meta_bytes,
             },
         );
         let mut request = tonic::Request::new(chunks);

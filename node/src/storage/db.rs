@@ -8,6 +8,7 @@
 //! makes every earlier write of every shard durable. Appends from all shards share
 //! syncs; there is no thread and no sync per append.
 
+use crate::telemetry::names;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 use tokio::sync::mpsc;
 
+use super::error::StorageError;
 use super::keys;
 use crate::raft::types::IOFlushed;
 
@@ -23,19 +25,6 @@ use crate::raft::types::IOFlushed;
 pub const SYNC_BATCH_MAX: usize = 4_096;
 /// Appends waiting for a sync at most; an append beyond waits for room (backpressure).
 pub const SYNC_QUEUE_MAX: usize = 16_384;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("cannot open RocksDB at {path}: {source}")]
-    Open {
-        path: String,
-        source: rocksdb::Error,
-    },
-    #[error("RocksDB: {0}")]
-    Rocks(#[from] rocksdb::Error),
-    #[error("column family {0} is missing")]
-    MissingCf(&'static str),
-}
 
 /// Counters of the write path, read by status and tests (syncs < appends shows
 /// group commit at work).
@@ -47,7 +36,7 @@ pub struct WritePathStats {
     pub log_sync_nanos: AtomicU64,
 }
 
-pub fn open(path: &Path) -> Result<Arc<DB>, DbError> {
+pub(super) fn open(path: &Path) -> Result<Arc<DB>, StorageError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -70,21 +59,21 @@ pub fn open(path: &Path) -> Result<Arc<DB>, DbError> {
         }
         ColumnFamilyDescriptor::new(*name, cf_opts)
     });
-    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| DbError::Open {
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StorageError::Open {
         path: path.display().to_string(),
         source,
     })?;
     for name in keys::ALL_CFS {
         if db.cf_handle(name).is_none() {
-            return Err(DbError::MissingCf(name));
+            return Err(StorageError::MissingCf(name));
         }
     }
     Ok(Arc::new(db))
 }
 
 /// A column family handle that `open` checked exists.
-pub fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily, DbError> {
-    db.cf_handle(name).ok_or(DbError::MissingCf(name))
+pub fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
+    db.cf_handle(name).ok_or(StorageError::MissingCf(name))
 }
 
 /// Sends append callbacks to the syncer thread. Cheap to clone, one per log store.
@@ -102,10 +91,10 @@ impl LogSyncer {
     /// possibly while the process exits and RocksDB's static state is being torn down
     /// (which aborts with "pthread lock: Invalid argument"). Every callback is completed
     /// after the database reference is released.
-    pub fn start(db: Arc<DB>, stats: Arc<WritePathStats>) -> std::io::Result<LogSyncer> {
+    pub fn start(store: &super::Store, stats: Arc<WritePathStats>) -> std::io::Result<LogSyncer> {
         let (tx, mut rx) = mpsc::channel::<IOFlushed>(SYNC_QUEUE_MAX);
         let thread_stats = stats.clone();
-        let db = Arc::downgrade(&db);
+        let db = Arc::downgrade(store.db());
         std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
@@ -127,8 +116,7 @@ impl LogSyncer {
                         .log_sync_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     thread_stats.log_syncs.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("stockpile_log_syncs_total").increment(1);
-                    metrics::histogram!("stockpile_log_sync_duration_seconds")
+                    metrics::histogram!(names::LOG_SYNC_DURATION_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "WAL sync failed: log appends are not durable");
@@ -149,7 +137,6 @@ impl LogSyncer {
     /// Queues `callback` to complete after the next WAL sync.
     pub async fn after_sync(&self, callback: IOFlushed) -> std::io::Result<()> {
         self.stats.log_appends.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("stockpile_log_appends_total").increment(1);
         self.tx
             .send(callback)
             .await

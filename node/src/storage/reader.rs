@@ -2,25 +2,32 @@
 //! the Raft log). Each call reads from one RocksDB snapshot, so the records it returns
 //! and the applied index it reports belong to the same state.
 
-use std::io;
 use std::sync::Arc;
 
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 
-use super::codec;
+use super::Store;
 use super::db::cf;
+use super::error::{Result, StorageError};
 use super::keys::{self, CF_SM, SmSpace};
 use super::state_machine::SmMeta;
+use crate::codec;
 use crate::inventory::{Reservation, StockRecord};
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
+use crate::router::ShardId;
 
 #[derive(Clone)]
 pub struct ShardReader {
+    /// The shard's id as its keys spell it.
     shard_id: u64,
     db: Arc<DB>,
+}
+
+/// A shard's digest (`ShardReader::digest`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest {
+    pub applied_index: u64,
+    pub digest: u64,
+    pub outcomes_count: u64,
 }
 
 /// Where a List page starts inside a shard.
@@ -41,28 +48,28 @@ pub struct ListPage {
 }
 
 impl ShardReader {
-    pub fn new(shard_id: u64, db: Arc<DB>) -> Self {
-        ShardReader { shard_id, db }
+    pub fn new(shard_id: ShardId, store: &Store) -> Self {
+        ShardReader {
+            shard_id: shard_id.0,
+            db: store.db().clone(),
+        }
     }
 
-    fn meta_in(&self, snap: &rocksdb::SnapshotWithThreadMode<'_, DB>) -> io::Result<SmMeta> {
-        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
-        match snap
-            .get_cf(cf, keys::sm_meta_key(self.shard_id))
-            .map_err(io_err)?
-        {
+    fn meta_in(&self, snap: &rocksdb::SnapshotWithThreadMode<'_, DB>) -> Result<SmMeta> {
+        let cf = cf(&self.db, CF_SM)?;
+        match snap.get_cf(cf, keys::sm_meta_key(self.shard_id))? {
             Some(b) => Ok(codec::decode(&b)?),
             None => Ok(SmMeta::default()),
         }
     }
 
-    pub fn meta(&self) -> io::Result<SmMeta> {
+    pub fn meta(&self) -> Result<SmMeta> {
         self.meta_in(&self.db.snapshot())
     }
 
     /// The applied index and the stock records of `skus` (None when never set).
-    pub fn get_many(&self, skus: &[&str]) -> io::Result<(u64, Vec<Option<StockRecord>>)> {
-        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+    pub fn get_many(&self, skus: &[&str]) -> Result<(u64, Vec<Option<StockRecord>>)> {
+        let cf = cf(&self.db, CF_SM)?;
         let snap = self.db.snapshot();
         let applied = self
             .meta_in(&snap)?
@@ -72,10 +79,7 @@ impl ShardReader {
         let mut out = Vec::with_capacity(skus.len());
         for sku in skus {
             out.push(
-                match snap
-                    .get_cf(cf, keys::stock_key(self.shard_id, sku))
-                    .map_err(io_err)?
-                {
+                match snap.get_cf(cf, keys::stock_key(self.shard_id, sku))? {
                     Some(b) => Some(codec::decode(&b)?),
                     None => None,
                 },
@@ -84,18 +88,15 @@ impl ShardReader {
         Ok((applied, out))
     }
 
-    pub fn reservation(&self, id: &str) -> io::Result<(u64, Option<Reservation>)> {
-        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+    pub fn reservation(&self, id: &str) -> Result<(u64, Option<Reservation>)> {
+        let cf = cf(&self.db, CF_SM)?;
         let snap = self.db.snapshot();
         let applied = self
             .meta_in(&snap)?
             .last_applied
             .map(|l| l.index)
             .unwrap_or(0);
-        let r = match snap
-            .get_cf(cf, keys::reservation_key(self.shard_id, id))
-            .map_err(io_err)?
-        {
+        let r = match snap.get_cf(cf, keys::reservation_key(self.shard_id, id))? {
             Some(b) => Some(codec::decode(&b)?),
             None => None,
         };
@@ -103,8 +104,8 @@ impl ShardReader {
     }
 
     /// Up to `limit` stock records in SKU order from `from`.
-    pub fn list(&self, from: ListFrom<'_>, limit: usize) -> io::Result<ListPage> {
-        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+    pub fn list(&self, from: ListFrom<'_>, limit: usize) -> Result<ListPage> {
+        let cf = cf(&self.db, CF_SM)?;
         let snap = self.db.snapshot();
         let applied_index = self
             .meta_in(&snap)?
@@ -126,13 +127,13 @@ impl ShardReader {
         let mut records = Vec::with_capacity(limit.min(1024));
         let mut more = false;
         for item in snap.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
-            let (k, v) = item.map_err(io_err)?;
+            let (k, v) = item?;
             if records.len() == limit {
                 more = true;
                 break;
             }
             let sku = keys::stock_key_sku(self.shard_id, &k)
-                .ok_or_else(|| io_err("malformed stock key"))?;
+                .ok_or_else(|| StorageError::Corrupt("a malformed stock key".into()))?;
             records.push((sku.to_string(), codec::decode(&v)?));
         }
         Ok(ListPage {
@@ -144,8 +145,8 @@ impl ShardReader {
 
     /// The earliest timer of the shard (reservation expiry or forget), if any: the
     /// leader proposes a tick when it is due.
-    pub fn earliest_timer_ms(&self) -> io::Result<Option<u64>> {
-        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+    pub fn earliest_timer_ms(&self) -> Result<Option<u64>> {
+        let cf = cf(&self.db, CF_SM)?;
         let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::Timer);
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(end.to_vec());
@@ -154,7 +155,7 @@ impl ShardReader {
                 .iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward));
         match it.next() {
             Some(item) => {
-                let (k, _) = item.map_err(io_err)?;
+                let (k, _) = item?;
                 Ok(keys::parse_timer_key(self.shard_id, &k).map(|(ms, _)| ms))
             }
             None => Ok(None),
@@ -164,8 +165,8 @@ impl ShardReader {
     /// A digest of the shard's whole state machine except the meta record's
     /// membership log id, with the applied index and the stored outcome count:
     /// replicas at the same index must have the same digest.
-    pub fn digest(&self) -> io::Result<(u64, u64, u64)> {
-        let cf = cf(&self.db, CF_SM).map_err(io_err)?;
+    pub fn digest(&self) -> Result<Digest> {
+        let cf = cf(&self.db, CF_SM)?;
         let snap = self.db.snapshot();
         let meta = self.meta_in(&snap)?;
         let (start, end) = keys::sm_range(self.shard_id);
@@ -174,7 +175,7 @@ impl ShardReader {
         opts.set_iterate_upper_bound(end.to_vec());
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for item in snap.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
-            let (k, v) = item.map_err(io_err)?;
+            let (k, v) = item?;
             if *k == *meta_key {
                 continue;
             }
@@ -185,10 +186,10 @@ impl ShardReader {
         }
         h.update(&meta.clock_ms.to_le_bytes());
         h.update(&meta.outcomes_count.to_le_bytes());
-        Ok((
-            meta.last_applied.map(|l| l.index).unwrap_or(0),
-            h.digest(),
-            meta.outcomes_count,
-        ))
+        Ok(Digest {
+            applied_index: meta.last_applied.map(|l| l.index).unwrap_or(0),
+            digest: h.digest(),
+            outcomes_count: meta.outcomes_count,
+        })
     }
 }

@@ -19,10 +19,11 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
-use super::codec;
 use super::db::cf;
+use super::error::{Result, StorageError};
 use super::keys::{self, CF_SM};
 use super::state_machine::SmMeta;
+use crate::codec;
 use crate::raft::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"SPSNAP\0\x01";
@@ -31,12 +32,8 @@ const META_BYTES_MAX: u32 = 1 << 20;
 /// Keys and values larger than this are corruption.
 const RECORD_BYTES_MAX: u32 = 64 << 20;
 
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
-fn invalid(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+fn invalid(msg: impl Into<String>) -> StorageError {
+    StorageError::Corrupt(msg.into())
 }
 
 pub fn current_path(dir: &Path, shard_id: u64) -> PathBuf {
@@ -87,10 +84,10 @@ impl<R: Read> Read for Crc<R> {
     }
 }
 
-fn write_chunk<W: Write>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+fn write_chunk<W: Write>(w: &mut W, bytes: &[u8]) -> Result<()> {
     let len = u32::try_from(bytes.len()).map_err(|_| invalid("record over 4 GiB"))?;
     w.write_all(&len.to_le_bytes())?;
-    w.write_all(bytes)
+    Ok(w.write_all(bytes)?)
 }
 
 fn read_u32<R: Read>(r: &mut R) -> io::Result<u32> {
@@ -99,7 +96,7 @@ fn read_u32<R: Read>(r: &mut R) -> io::Result<u32> {
     Ok(u32::from_le_bytes(b))
 }
 
-fn read_bytes<R: Read>(r: &mut R, len: u32, max: u32, what: &str) -> io::Result<Vec<u8>> {
+fn read_bytes<R: Read>(r: &mut R, len: u32, max: u32, what: &str) -> Result<Vec<u8>> {
     if len > max {
         return Err(invalid(format!(
             "snapshot {what} of {len} bytes exceeds {max}"
@@ -116,13 +113,10 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes a snapshot of `shard_id`'s state machine, as of one RocksDB snapshot, and
 /// makes it the current one. Returns its meta and the file, open for reading.
-pub fn build(db: &DB, shard_id: u64, dir: &Path) -> io::Result<(SnapshotMeta, File)> {
-    let cf = cf(db, CF_SM).map_err(io_err)?;
+pub fn build(db: &DB, shard_id: u64, dir: &Path) -> Result<(SnapshotMeta, File)> {
+    let cf = cf(db, CF_SM)?;
     let snap = db.snapshot();
-    let sm_meta: SmMeta = match snap
-        .get_cf(cf, keys::sm_meta_key(shard_id))
-        .map_err(io_err)?
-    {
+    let sm_meta: SmMeta = match snap.get_cf(cf, keys::sm_meta_key(shard_id))? {
         Some(bytes) => codec::decode(&bytes)?,
         None => SmMeta::default(),
     };
@@ -146,7 +140,7 @@ pub fn build(db: &DB, shard_id: u64, dir: &Path) -> io::Result<(SnapshotMeta, Fi
         opts,
         IteratorMode::From(&start, rocksdb::Direction::Forward),
     ) {
-        let (key, value) = item.map_err(io_err)?;
+        let (key, value) = item?;
         let suffix = &key[8..];
         assert!(
             !suffix.is_empty(),
@@ -169,19 +163,19 @@ pub fn build(db: &DB, shard_id: u64, dir: &Path) -> io::Result<(SnapshotMeta, Fi
 }
 
 /// The current snapshot of `shard_id`, if one was built or installed.
-pub fn open_current(dir: &Path, shard_id: u64) -> io::Result<Option<(SnapshotMeta, File)>> {
+pub fn open_current(dir: &Path, shard_id: u64) -> Result<Option<(SnapshotMeta, File)>> {
     let path = current_path(dir, shard_id);
     let mut file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let meta = read_header(&mut BufReader::new(&mut file))?;
     file.rewind()?;
     Ok(Some((meta, file)))
 }
 
-fn read_header<R: Read>(r: &mut R) -> io::Result<SnapshotMeta> {
+fn read_header<R: Read>(r: &mut R) -> Result<SnapshotMeta> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
     if &magic != MAGIC {
@@ -200,7 +194,7 @@ pub fn install(
     dir: &Path,
     meta: &SnapshotMeta,
     mut file: File,
-) -> io::Result<SmMeta> {
+) -> Result<SmMeta> {
     // Keep a copy as the current snapshot (the received file may live elsewhere).
     file.rewind()?;
     let tmp = temp_path(dir, shard_id, "install");
@@ -209,7 +203,7 @@ pub fn install(
         io::copy(&mut file, &mut out)?;
         out.sync_all()?;
     }
-    let cf = cf(db, CF_SM).map_err(io_err)?;
+    let cf = cf(db, CF_SM)?;
     let mut r = Crc {
         inner: BufReader::with_capacity(1 << 20, File::open(&tmp)?),
         hasher: crc32fast::Hasher::new(),
@@ -261,8 +255,118 @@ pub fn install(
     }
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
-    db.write_opt(batch, &opts).map_err(io_err)?;
+    db.write_opt(batch, &opts)?;
     std::fs::rename(&tmp, current_path(dir, shard_id))?;
     sync_dir(dir)?;
     Ok(sm_meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Store;
+    use crate::storage::state_machine::SmMeta;
+
+    /// A store with shard `shard_id` holding a meta record and `n` stock records.
+    fn store_with(dir: &Path, shard_id: u64, n: u64) -> Store {
+        let store = Store::open(&dir.join("db")).unwrap();
+        let db = store.db();
+        let cf = cf(db, CF_SM).unwrap();
+        let meta = SmMeta {
+            clock_ms: 42,
+            ..SmMeta::default()
+        };
+        db.put_cf(
+            cf,
+            keys::sm_meta_key(shard_id),
+            codec::encode(&meta).unwrap(),
+        )
+        .unwrap();
+        for i in 0..n {
+            let sku = format!("sku-{i:04}");
+            db.put_cf(cf, keys::stock_key(shard_id, &sku), vec![i as u8; 20])
+                .unwrap();
+        }
+        store
+    }
+
+    fn stock_keys(store: &Store, shard_id: u64) -> usize {
+        let db = store.db();
+        let (start, end) = keys::sm_space_range(shard_id, keys::SmSpace::Stock);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end.to_vec());
+        db.iterator_cf_opt(
+            cf(db, CF_SM).unwrap(),
+            opts,
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        )
+        .count()
+    }
+
+    fn snapshot_bytes(dir: &Path) -> (SnapshotMeta, Vec<u8>) {
+        let src = store_with(&dir.join("src"), 1, 300);
+        let snaps = dir.join("snaps");
+        std::fs::create_dir_all(&snaps).unwrap();
+        let (meta, _) = build(src.db(), 1, &snaps).unwrap();
+        (meta, std::fs::read(current_path(&snaps, 1)).unwrap())
+    }
+
+    fn install_bytes(dir: &Path, meta: &SnapshotMeta, bytes: &[u8]) -> Result<SmMeta> {
+        let dst = store_with(&dir.join("dst"), 7, 3);
+        let path = dir.join("incoming");
+        std::fs::write(&path, bytes).unwrap();
+        let into = dir.join("dst-snaps");
+        std::fs::create_dir_all(&into).unwrap();
+        let r = install(dst.db(), 7, &into, meta, File::open(&path).unwrap());
+        if r.is_ok() {
+            assert_eq!(
+                stock_keys(&dst, 7),
+                300,
+                "the snapshot replaced the shard's state"
+            );
+        } else {
+            assert_eq!(stock_keys(&dst, 7), 3, "a refused snapshot changed nothing");
+        }
+        r
+    }
+
+    #[test]
+    fn a_snapshot_installs_under_another_shard_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bytes) = snapshot_bytes(dir.path());
+        let installed = install_bytes(dir.path(), &meta, &bytes).unwrap();
+        assert_eq!(installed.clock_ms, 42);
+    }
+
+    #[test]
+    fn truncated_snapshots_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bytes) = snapshot_bytes(dir.path());
+        for cut in [bytes.len() - 1, bytes.len() - 5, bytes.len() / 2, 12] {
+            let sub = tempfile::tempdir().unwrap();
+            assert!(
+                install_bytes(sub.path(), &meta, &bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_snapshots_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, bytes) = snapshot_bytes(dir.path());
+        let mut flipped = bytes.clone();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 0x40;
+        let err = install_bytes(dir.path(), &meta, &flipped).unwrap_err();
+        assert!(
+            matches!(err, StorageError::Corrupt(_) | StorageError::Io(_)),
+            "{err}"
+        );
+        let mut magic = bytes.clone();
+        magic[0] = b'X';
+        let sub = tempfile::tempdir().unwrap();
+        let err = install_bytes(sub.path(), &meta, &magic).unwrap_err();
+        assert!(err.to_string().contains("bad magic"), "{err}");
+    }
 }

@@ -222,8 +222,8 @@ async fn a_63_mib_batch_is_refused_unread_and_the_largest_legal_one_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_vote_with_term_2_pow_64_minus_1_is_refused_and_the_shard_stays_led() {
+    use stockpile_node::codec;
     use stockpile_node::raft::types::{TypeConfig, Vote};
-    use stockpile_node::storage::codec;
     let cluster = TestCluster::start(Options::default());
     let client = cluster.client().await;
     let leader = cluster.wait_leaders(&client).await[&4];

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
+use prost::Message;
 use stockpile_client::proto as pb;
 use stockpile_client::proto::inventory_client::InventoryClient;
 use stockpile_client::{Consistency, Error, Item, ReservationState, new_request_id};
@@ -81,6 +82,48 @@ async fn a_decrement_whose_reply_is_lost_is_applied_exactly_once() {
     cluster.wait_leaders(&client).await;
     client.set_stock("grape-x", 1_000).await.expect("set");
     let mut expected = 1_000u64;
+    // Forced: the shard's followers are paused (for less than an election timeout),
+    // so the leader cannot commit before the client's deadline: the client gets no
+    // reply. Once they resume, the entry commits; the retry is answered from the
+    // stored outcome, and the stock moved once.
+    let leader = cluster.leader_of(&client, 2).await;
+    let followers: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    let rid = new_request_id();
+    let mut raw = raw_inventory(&cluster.addrs[&leader]).await;
+    let mut req = tonic::Request::new(pb::DecrementRequest {
+        request_id: rid.to_vec(),
+        sku: "grape-x".into(),
+        quantity: 5,
+    });
+    req.set_timeout(Duration::from_millis(150));
+    for f in &followers {
+        cluster.pause(*f);
+    }
+    let lost = raw.decrement(req).await;
+    tokio::time::sleep(Duration::from_millis(250)).await; // the pause itself: < 600 ms
+    for f in &followers {
+        cluster.resume(*f);
+    }
+    let status = lost.expect_err("no reply within the deadline");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "the client's deadline passed without a reply: {status:?}"
+    );
+    let retry = client
+        .decrement_with_id(rid, "grape-x", 5)
+        .await
+        .expect("the retry gets the first outcome");
+    assert!(
+        retry.applied.replayed,
+        "the lost reply's decrement was applied, and the retry replayed it"
+    );
+    expected -= 5;
+    assert_eq!(retry.stock.on_hand, expected, "applied exactly once");
+    // And with leaders killed right after the request was sent (the reply may or may
+    // not be lost): still exactly once.
     let mut replayed = 0;
     for round in 0..4u64 {
         let leader = cluster.leader_of(&client, 2).await;
@@ -417,7 +460,11 @@ async fn a_batch_over_four_shards_takes_one_raft_entry_per_shard() {
         })
         .await
         .expect_err("cross-shard");
-    assert!(err.message().contains("[1, 2]"), "{}", err.message());
+    let d = pb::ErrorDetail::decode(err.details()).expect("detail");
+    assert_eq!(
+        (d.reason(), d.shard_ids),
+        (pb::Reason::CrossShard, vec![1, 2])
+    );
     // A reservation's items must share a shard.
     let e = must_fail_with(
         client

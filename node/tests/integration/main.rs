@@ -3,10 +3,16 @@
 //! through the client, openraft's storage suite, and the state machine against the
 //! in-memory model.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario on a real cluster, read top to bottom"
+)]
+
 mod common;
 
 mod client;
 mod cluster;
+mod error_contract;
 mod hardening;
 mod inventory;
 mod operability;

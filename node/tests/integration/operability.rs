@@ -47,9 +47,20 @@ async fn metrics_are_served_after_traffic() {
         client.decrement("apple-m", 1).await.expect("decrement");
     }
     let _ = client.decrement("apple-m", 1_000).await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await; // gauges refresh every 2 s
+    // Gauges and totals are published every 2 s: poll until they are.
     let leader = leaders[&1];
-    let text = scrape(&cluster.metrics_addrs[&leader]).await;
+    let started = Instant::now();
+    let text = loop {
+        let text = scrape(&cluster.metrics_addrs[&leader]).await;
+        if sample(&text, "stockpile_raft_applied_index{shard_id=\"1\"}").unwrap_or(0.0) >= 20.0 {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no gauges:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let ok = sample(
         &text,
         "stockpile_requests_total{rpc=\"batch\",reason=\"OK\"}",
@@ -71,14 +82,14 @@ async fn metrics_are_served_after_traffic() {
         "latency histogram"
     );
     assert_eq!(
-        sample(&text, "stockpile_raft_is_leader{shard=\"1\"}"),
+        sample(&text, "stockpile_raft_is_leader{shard_id=\"1\"}"),
         Some(1.0)
     );
     assert!(
-        sample(&text, "stockpile_raft_applied_index{shard=\"1\"}").unwrap_or(0.0) >= 20.0,
+        sample(&text, "stockpile_raft_applied_index{shard_id=\"1\"}").unwrap_or(0.0) >= 20.0,
         "applied index gauge"
     );
-    assert!(sample(&text, "stockpile_raft_term{shard=\"1\"}").unwrap_or(0.0) >= 1.0);
+    assert!(sample(&text, "stockpile_raft_term{shard_id=\"1\"}").unwrap_or(0.0) >= 1.0);
     assert!(
         text.contains("stockpile_raft_replication_lag_entries{"),
         "replication lag per follower"
@@ -98,7 +109,7 @@ async fn metrics_are_served_after_traffic() {
         text.contains("stockpile_raft_entry_ops_bucket"),
         "ops per entry histogram"
     );
-    assert!(text.contains("stockpile_proposals_in_flight{shard=\"1\"}"));
+    assert!(text.contains("stockpile_proposals_in_flight{shard_id=\"1\"}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

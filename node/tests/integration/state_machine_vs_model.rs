@@ -13,7 +13,8 @@ use stockpile_node::inventory::{
     self, Command, Item, MemState, Op, OpGroup, Retention, ShardRequest,
 };
 use stockpile_node::raft::types::{Entry, TypeConfig};
-use stockpile_node::storage::{ApplyStats, ShardReader, StateMachineStore, db};
+use stockpile_node::router::{ShardId, SkuRange};
+use stockpile_node::storage::{ApplyStats, ShardReader, StateMachineStore, Store};
 
 fn random_request(rng: &mut impl Rng, now_ms: u64, retention: Retention) -> ShardRequest {
     let skus = ["a", "b", "c", "d"];
@@ -74,15 +75,16 @@ fn random_request(rng: &mut impl Rng, now_ms: u64, retention: Retention) -> Shar
 async fn rocksdb_state_machine_matches_the_in_memory_model() {
     for seed in 0..20u64 {
         let dir = tempfile::TempDir::new().expect("tmp");
-        let db = db::open(&dir.path().join("db")).expect("db");
+        let store = Store::open(&dir.path().join("db")).expect("db");
         let mut sm = StateMachineStore::open(
-            7,
-            db.clone(),
+            ShardId(7),
+            SkuRange::default(),
+            &store,
             dir.path().join("snap"),
             Arc::new(ApplyStats::default()),
         )
         .expect("sm");
-        let reader = ShardReader::new(7, db.clone());
+        let reader = ShardReader::new(ShardId(7), &store);
         let mut model = MemState::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let retention = Retention {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use stockpile_node::raft::types::TypeConfig;
+use stockpile_node::router::{ShardId, SkuRange};
 use stockpile_node::storage::{
-    ApplyStats, LogStore, LogSyncer, StateMachineStore, WritePathStats, db,
+    ApplyStats, LogStore, LogSyncer, StateMachineStore, Store, WritePathStats,
 };
 use tempfile::TempDir;
 
@@ -19,13 +20,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
         &self,
     ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = TempDir::new().expect("temp dir");
-        let db = db::open(&dir.path().join("db")).expect("open rocksdb");
-        let syncer =
-            LogSyncer::start(db.clone(), Arc::new(WritePathStats::default())).expect("syncer");
-        let log = LogStore::new(1, db.clone(), syncer);
+        let store = Store::open(&dir.path().join("db")).expect("open rocksdb");
+        let syncer = LogSyncer::start(&store, Arc::new(WritePathStats::default())).expect("syncer");
+        let log = LogStore::new(ShardId(1), &store, syncer);
         let sm = StateMachineStore::open(
-            1,
-            db,
+            ShardId(1),
+            SkuRange::default(),
+            &store,
             dir.path().join("snapshots"),
             Arc::new(ApplyStats::default()),
         )

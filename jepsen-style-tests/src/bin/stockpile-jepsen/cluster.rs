@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const PORT: u16 = 7000;
 
@@ -17,40 +17,33 @@ pub fn addr(node: u64) -> String {
     format!("{}:{PORT}", ip(node))
 }
 
-/// Writes the cluster config: `nodes` nodes, four shards split at g, n, t; with five
-/// nodes each shard has three replicas, spread.
+/// Writes the cluster config: `nodes` nodes and the standard four shards (split at
+/// g, n, t; every shard on every node up to three nodes, three replicas each beyond).
 pub fn write_config(dir: &Path, nodes: u64) -> std::io::Result<PathBuf> {
-    let mut t = String::from("cluster_name = \"jepsen\"\n");
-    for n in 1..=nodes {
-        t += &format!(
-            "[[nodes]]\nid = {n}\naddr = \"{}\"\nzone = \"z{n}\"\ndata_dir = \"{}\"\n",
-            addr(n),
-            dir.join(format!("data/node-{n}")).display()
-        );
-    }
-    for (i, (start, end)) in [("", "g"), ("g", "n"), ("n", "t"), ("t", "")]
-        .iter()
-        .enumerate()
-    {
-        let replicas: Vec<u64> = if nodes <= 3 {
-            (1..=nodes).collect()
-        } else {
-            (0..3).map(|k| ((i as u64 + k) % nodes) + 1).collect()
-        };
-        t += &format!(
-            "[[shards]]\nid = {}\nstart = \"{start}\"\nend = \"{end}\"\nreplicas = [{}]\n",
-            i + 1,
-            replicas
-                .iter()
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    t += "[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_after_entries = 2000\nlogs_kept_after_snapshot = 500\n";
-    t += "[server]\nsweep_interval_ms = 200\npropose_timeout_ms = 3000\nread_timeout_ms = 2000\n";
+    use stockpile_node::config::topology::{NodeSpec, Topology};
+    let t = Topology {
+        cluster_name: "jepsen".into(),
+        nodes: (1..=nodes)
+            .map(|n| NodeSpec {
+                id: n,
+                addr: addr(n),
+                metrics_addr: None,
+                region: "local".into(),
+                zone: format!("z{n}"),
+                data_dir: dir.join(format!("data/node-{n}")),
+            })
+            .collect(),
+        replicas: None,
+        extra_toml: concat!(
+            "[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 500\n",
+            "election_timeout_max_ms = 1000\nsnapshot_after_entries = 2000\n",
+            "logs_kept_after_snapshot = 500\n",
+            "[server]\nsweep_interval_ms = 200\npropose_timeout_ms = 3000\nread_timeout_ms = 2000\n"
+        )
+        .into(),
+    };
     let path = dir.join("cluster.toml");
-    std::fs::write(&path, t)?;
+    std::fs::write(&path, t.to_toml())?;
     Ok(path)
 }
 
@@ -108,7 +101,7 @@ impl Cluster {
             .arg(id.to_string());
         cmd.env("RUST_LOG", "info,openraft=error");
         if let Some(skew) = self.skew_ms.get(&id) {
-            cmd.env("STOCKPILE_TEST_CLOCK_SKEW_MS", skew.to_string());
+            cmd.arg(format!("--clock-skew-ms={skew}"));
         }
         if let Some(bug) = &self.bug {
             cmd.env("STOCKPILE_PLANTED_BUG", bug);
@@ -281,5 +274,32 @@ impl Net {
             "table inet stockpile_jepsen\ndelete table inet stockpile_jepsen\ntable inet stockpile_jepsen {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
         );
         sh("nft", &["-f", "-"], Some(&script))
+    }
+}
+
+/// A client of the cluster once every node answers and every shard has a leader.
+pub async fn wait_ready(nodes: u64, within: Duration) -> Result<stockpile_client::Client, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(c) = crate::workload::client(nodes, 1, Duration::from_secs(3)).await
+            && let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_secs(3), c.cluster_status()).await
+        {
+            let ready = s.nodes.iter().all(|v| v.reachable)
+                && s.nodes
+                    .iter()
+                    .filter_map(|v| v.status.as_ref())
+                    .all(|st| st.shards.iter().all(|sh| sh.leader_id != 0));
+            if ready {
+                return Ok(c);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the cluster did not become ready within {} s",
+                within.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

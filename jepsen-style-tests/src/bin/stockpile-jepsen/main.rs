@@ -8,6 +8,7 @@
 //! `unshare --user --map-root-user --net` when not root); the namespace, its nftables
 //! rules and every node process die with that inner run.
 
+mod checks;
 mod cluster;
 mod nemesis;
 mod run;
@@ -67,6 +68,12 @@ pub struct Args {
     /// Internal: the run directory chosen by the outer process.
     #[arg(long, hide = true)]
     pub run_dir: Option<PathBuf>,
+}
+
+/// Exit status 2: the run itself could not be carried out.
+pub fn fail_run(msg: &str) -> ExitCode {
+    eprintln!("stockpile-jepsen: the run could not be carried out: {msg}");
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {

@@ -6,8 +6,8 @@
 //! - kill: `kill -9` of one node, a shard's leader, a majority, or all; restarted on
 //!   the same data when healed;
 //! - pause: SIGSTOP of one node or a shard's leader; SIGCONT when healed;
-//! - clock: a node restarted with its clock skewed (the node's test-only
-//!   `STOCKPILE_TEST_CLOCK_SKEW_MS`); restarted without skew when healed.
+//! - clock: a node restarted with its clock skewed (the node's hidden, test-only
+//!   `--clock-skew-ms`); restarted without skew when healed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,15 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 
 use crate::cluster::{Cluster, Net};
-use crate::run::History;
+use stockpile_jepsen::recorder::History;
+
+/// The nodes as one strike sees them: in order, shuffled, and the majority size.
+struct Layout {
+    nodes: Vec<u64>,
+    shuffled: Vec<u64>,
+    n: usize,
+    majority: usize,
+}
 
 /// What is broken right now, so that it can be healed.
 #[derive(Debug)]
@@ -89,139 +97,171 @@ impl Nemesis {
             return;
         };
         let nodes: Vec<u64> = self.cluster.lock().await.ids();
-        let n = nodes.len();
-        let majority = n / 2 + 1;
         let mut shuffled = nodes.clone();
         shuffled.shuffle(&mut self.rng);
+        let at = Layout {
+            majority: nodes.len() / 2 + 1,
+            n: nodes.len(),
+            nodes,
+            shuffled,
+        };
         match kind.as_str() {
-            "partition" => {
-                let variant = [
-                    "halves",
-                    "isolate-one",
-                    "isolate-leader",
-                    "ring",
-                    "bridge",
-                    "lossy",
-                ][self.rng.random_range(0..6)];
-                let mut cut = Vec::new();
-                let mut loss = None;
-                let detail;
-                match variant {
-                    "halves" | "isolate-one" | "isolate-leader" => {
-                        let minority: Vec<u64> = match variant {
-                            "halves" => shuffled[..n - majority].to_vec(),
-                            "isolate-one" => vec![shuffled[0]],
-                            _ => match self.leader_of_random_shard().await {
-                                Some((_, l)) => vec![l],
-                                None => vec![shuffled[0]],
-                            },
-                        };
-                        for a in &minority {
-                            for b in nodes.iter().filter(|b| !minority.contains(b)) {
-                                cut.push((*a, *b));
-                                cut.push((*b, *a));
-                            }
-                        }
-                        detail = format!("{variant}: {minority:?} cut off from the others");
-                    }
-                    "ring" => {
-                        // Each node reaches only its ring neighbours (a majority with itself when n ≤ 5).
-                        for (i, a) in shuffled.iter().enumerate() {
-                            for (j, b) in shuffled.iter().enumerate() {
-                                let d = (i as i64 - j as i64)
-                                    .rem_euclid(n as i64)
-                                    .min((j as i64 - i as i64).rem_euclid(n as i64));
-                                if i != j && d > majority as i64 / 2 {
-                                    cut.push((*a, *b));
-                                }
-                            }
-                        }
-                        detail = format!("majorities ring over {shuffled:?}");
-                    }
-                    "bridge" => {
-                        // Two halves that only the bridge node connects.
-                        let bridge = shuffled[0];
-                        let half = (n - 1) / 2;
-                        let (left, right) = shuffled[1..].split_at(half);
-                        for a in left {
-                            for b in right {
-                                cut.push((*a, *b));
-                                cut.push((*b, *a));
-                            }
-                        }
-                        detail = format!("bridge {bridge} between {left:?} and {right:?}");
-                    }
-                    _ => {
-                        let pct = self.rng.random_range(10..40u32);
-                        loss = Some(pct);
-                        detail = format!("lossy links: {pct}% of packets between nodes dropped");
-                    }
-                }
-                let result = match loss {
-                    Some(pct) => self.net.apply(&cut, Some((&nodes, pct))),
-                    None => self.net.apply(&cut, None),
-                };
-                match result {
-                    Ok(()) => {
-                        self.active = Some(Active::Net);
-                        self.log("partition-start", detail);
-                    }
-                    Err(e) => self.log("partition-failed", e),
-                }
-            }
-            "kill" => {
-                let variant = ["one", "leader", "majority", "all"][self.rng.random_range(0..4)];
-                let victims: Vec<u64> = match variant {
-                    "one" => vec![shuffled[0]],
-                    "leader" => match self.leader_of_random_shard().await {
+            "partition" => self.partition(&at).await,
+            "kill" => self.kill(&at).await,
+            "pause" => self.pause(&at).await,
+            "clock" => self.skew_clock(&at).await,
+            other => self.log("unknown-nemesis", other.to_string()),
+        }
+    }
+
+    /// Cuts links (halves, one node, a shard leader, a ring, a bridge) or makes them lossy.
+    async fn partition(&mut self, at: &Layout) {
+        let Layout {
+            nodes,
+            shuffled,
+            n,
+            majority,
+        } = at;
+        let (n, majority) = (*n, *majority);
+        let variant = [
+            "halves",
+            "isolate-one",
+            "isolate-leader",
+            "ring",
+            "bridge",
+            "lossy",
+        ][self.rng.random_range(0..6)];
+        let mut cut = Vec::new();
+        let mut loss = None;
+        let detail;
+        match variant {
+            "halves" | "isolate-one" | "isolate-leader" => {
+                let minority: Vec<u64> = match variant {
+                    "halves" => shuffled[..n - majority].to_vec(),
+                    "isolate-one" => vec![shuffled[0]],
+                    _ => match self.leader_of_random_shard().await {
                         Some((_, l)) => vec![l],
                         None => vec![shuffled[0]],
                     },
-                    "majority" => shuffled[..majority].to_vec(),
-                    _ => nodes.clone(),
                 };
-                let mut c = self.cluster.lock().await;
-                for v in &victims {
-                    c.kill9(*v);
-                }
-                drop(c);
-                self.active = Some(Active::Killed(victims.clone()));
-                self.log("kill-start", format!("{variant}: kill -9 {victims:?}"));
-            }
-            "pause" => {
-                let victim = if self.rng.random_bool(0.5) {
-                    self.leader_of_random_shard()
-                        .await
-                        .map(|(_, l)| l)
-                        .unwrap_or(shuffled[0])
-                } else {
-                    shuffled[0]
-                };
-                self.cluster.lock().await.pause(victim);
-                self.active = Some(Active::Paused(vec![victim]));
-                self.log("pause-start", format!("SIGSTOP node {victim}"));
-            }
-            "clock" => {
-                let victim = shuffled[0];
-                let skew: i64 = if self.rng.random_bool(0.5) { 1 } else { -1 }
-                    * self.rng.random_range(200..1_000i64);
-                let mut c = self.cluster.lock().await;
-                c.kill9(victim);
-                c.skew_ms.insert(victim, skew);
-                let started = c.start(victim);
-                drop(c);
-                match started {
-                    Ok(()) => {
-                        self.active = Some(Active::Skewed(victim));
-                        self.log(
-                            "clock-start",
-                            format!("node {victim} restarted with its clock skewed {skew:+} ms"),
-                        );
+                for a in &minority {
+                    for b in nodes.iter().filter(|b| !minority.contains(b)) {
+                        cut.push((*a, *b));
+                        cut.push((*b, *a));
                     }
-                    Err(e) => self.log("clock-failed", e.to_string()),
                 }
+                detail = format!("{variant}: {minority:?} cut off from the others");
             }
-            other => self.log("unknown-nemesis", other.to_string()),
+            "ring" => {
+                // Each node reaches only its ring neighbours (a majority with itself when n ≤ 5).
+                for (i, a) in shuffled.iter().enumerate() {
+                    for (j, b) in shuffled.iter().enumerate() {
+                        let d = (i as i64 - j as i64)
+                            .rem_euclid(n as i64)
+                            .min((j as i64 - i as i64).rem_euclid(n as i64));
+                        if i != j && d > majority as i64 / 2 {
+                            cut.push((*a, *b));
+                        }
+                    }
+                }
+                detail = format!("majorities ring over {shuffled:?}");
+            }
+            "bridge" => {
+                // Two halves that only the bridge node connects.
+                let bridge = shuffled[0];
+                let half = (n - 1) / 2;
+                let (left, right) = shuffled[1..].split_at(half);
+                for a in left {
+                    for b in right {
+                        cut.push((*a, *b));
+                        cut.push((*b, *a));
+                    }
+                }
+                detail = format!("bridge {bridge} between {left:?} and {right:?}");
+            }
+            _ => {
+                let pct = self.rng.random_range(10..40u32);
+                loss = Some(pct);
+                detail = format!("lossy links: {pct}% of packets between nodes dropped");
+            }
+        }
+        let result = match loss {
+            Some(pct) => self.net.apply(&cut, Some((nodes, pct))),
+            None => self.net.apply(&cut, None),
+        };
+        match result {
+            Ok(()) => {
+                self.active = Some(Active::Net);
+                self.log("partition-start", detail);
+            }
+            Err(e) => self.log("partition-failed", e),
+        }
+    }
+
+    /// `kill -9` of one node, a shard's leader, a majority or all.
+    async fn kill(&mut self, at: &Layout) {
+        let Layout {
+            nodes,
+            shuffled,
+            majority,
+            ..
+        } = at;
+        let majority = *majority;
+        let variant = ["one", "leader", "majority", "all"][self.rng.random_range(0..4)];
+        let victims: Vec<u64> = match variant {
+            "one" => vec![shuffled[0]],
+            "leader" => match self.leader_of_random_shard().await {
+                Some((_, l)) => vec![l],
+                None => vec![shuffled[0]],
+            },
+            "majority" => shuffled[..majority].to_vec(),
+            _ => nodes.clone(),
+        };
+        let mut c = self.cluster.lock().await;
+        for v in &victims {
+            c.kill9(*v);
+        }
+        drop(c);
+        self.active = Some(Active::Killed(victims.clone()));
+        self.log("kill-start", format!("{variant}: kill -9 {victims:?}"));
+    }
+
+    /// SIGSTOP of one node or a shard's leader.
+    async fn pause(&mut self, at: &Layout) {
+        let shuffled = &at.shuffled;
+        let victim = if self.rng.random_bool(0.5) {
+            self.leader_of_random_shard()
+                .await
+                .map(|(_, l)| l)
+                .unwrap_or(shuffled[0])
+        } else {
+            shuffled[0]
+        };
+        self.cluster.lock().await.pause(victim);
+        self.active = Some(Active::Paused(vec![victim]));
+        self.log("pause-start", format!("SIGSTOP node {victim}"));
+    }
+
+    /// A node restarted with its clock skewed.
+    async fn skew_clock(&mut self, at: &Layout) {
+        let shuffled = &at.shuffled;
+        let victim = shuffled[0];
+        let skew: i64 =
+            if self.rng.random_bool(0.5) { 1 } else { -1 } * self.rng.random_range(200..1_000i64);
+        let mut c = self.cluster.lock().await;
+        c.kill9(victim);
+        c.skew_ms.insert(victim, skew);
+        let started = c.start(victim);
+        drop(c);
+        match started {
+            Ok(()) => {
+                self.active = Some(Active::Skewed(victim));
+                self.log(
+                    "clock-start",
+                    format!("node {victim} restarted with its clock skewed {skew:+} ms"),
+                );
+            }
+            Err(e) => self.log("clock-failed", e.to_string()),
         }
     }
 

@@ -19,8 +19,9 @@ use stockpile_client::proto as pb;
 use stockpile_client::{Client, Item, Mutation};
 
 use crate::Args;
+use crate::cluster::wait_ready;
 use crate::cluster::{self, Cluster, Net};
-use crate::run::{fail_run, wait_ready};
+use crate::fail_run;
 
 /// The rate of every node-to-node link: slower than the loopback by far, above the
 /// node's default `raft.link_bytes_per_s_min` (1 MiB/s).

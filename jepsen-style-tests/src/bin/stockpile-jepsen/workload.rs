@@ -21,7 +21,7 @@ use stockpile_client::{
 };
 
 use crate::cluster;
-use crate::run::{Completion, History, Invocation};
+use stockpile_jepsen::recorder::{Completion, History, Invocation};
 
 pub const REGISTER_SKUS: [&str; 4] = ["apple-reg", "melon-reg", "peach-reg", "tomato-reg"];
 pub const RESERVATION_SKUS: [&str; 2] = ["banana-res", "orange-res"];
@@ -66,13 +66,12 @@ pub async fn worker(
     history: Arc<History>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed ^ (index.wrapping_mul(0x9e37_79b9)));
     let timeout = if kind == "idempotency" {
         Duration::from_millis(800)
     } else {
         Duration::from_millis(2_500)
     };
-    let mut c = match client(nodes, index % nodes + 1, Duration::from_secs(10)).await {
+    let first = match client(nodes, index % nodes + 1, Duration::from_secs(10)).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("worker {index}: no client: {e}");
@@ -80,211 +79,250 @@ pub async fn worker(
         }
     };
     // The client built, discovery done: every op from here has the op deadline.
-    c = match client(nodes, index % nodes + 1, timeout).await {
-        Ok(c2) => c2,
-        Err(_) => c,
+    let c = client(nodes, index % nodes + 1, timeout)
+        .await
+        .unwrap_or(first);
+    let mut w = Worker {
+        index,
+        nodes,
+        timeout,
+        rng: StdRng::seed_from_u64(seed ^ (index.wrapping_mul(0x9e37_79b9))),
+        c,
+        history,
+        stop,
+        process: index,
+        generation: 0,
+        held: Vec::new(),
+        n: 0,
     };
-    let mut process = index;
-    let mut generation = 0u64;
-    let mut next_process = |p: &mut u64| {
-        generation += 1;
-        *p = index + 1_000 * generation;
-    };
-    let mut held: Vec<(String, String)> = Vec::new(); // (reservation, sku)
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+    while !w.stop.load(Ordering::Relaxed) {
+        w.n += 1;
+        let pause = Duration::from_millis(w.rng.random_range(5..40));
+        tokio::time::sleep(pause).await;
         match kind {
-            "register" => {
-                let sku = REGISTER_SKUS[(index as usize) % REGISTER_SKUS.len()];
-                let roll = rng.random_range(0..100);
-                if roll < 35 {
-                    let h = history.invoke(process, Invocation::read(sku));
-                    // Half the reads go to the worker's own node, as a Jepsen client bound
-                    // to one node would: a node that does not lead must refuse them.
-                    let pinned = rng.random_bool(0.5);
-                    let read = if pinned {
-                        c.get_at_node(index % nodes + 1, &[sku], Consistency::Linearizable)
-                            .await
-                    } else {
-                        c.get(&[sku], Consistency::Linearizable).await
-                    };
-                    let done = match read {
-                        Ok(r) => match r.first() {
-                            Some(r) => match &r.stock {
-                                Some(s) => Completion::ok_stock(
-                                    true,
-                                    s.on_hand,
-                                    s.reserved,
-                                    Some(r.node_id),
-                                ),
-                                None => Completion::ok_stock(false, 0, 0, Some(r.node_id)),
-                            },
-                            None => Completion::info("EMPTY_READ"),
-                        },
-                        Err(e) => completion_of(&e),
-                    };
-                    if history.complete(h, process, done) {
-                        next_process(&mut process);
-                    }
-                } else if roll < 80 {
-                    let qty = rng.random_range(1..=3);
-                    let rid = new_request_id();
-                    let h = history.invoke(process, Invocation::decrement(sku, qty, &rid));
-                    let done = match c.decrement_with_id(rid, sku, qty).await {
-                        Ok(u) => stock_done(&u.stock, u.applied.node_id),
-                        Err(e) => completion_of(&e),
-                    };
-                    if history.complete(h, process, done) {
-                        next_process(&mut process);
-                    }
-                } else {
-                    let delta: i64 = if rng.random_bool(0.8) {
-                        rng.random_range(2..=8)
-                    } else {
-                        -rng.random_range(1..=2)
-                    };
-                    let rid = new_request_id();
-                    let h = history.invoke(process, Invocation::adjust(sku, delta, &rid));
-                    let done = match c.adjust_stock_with_id(rid, sku, delta).await {
-                        Ok(u) => stock_done(&u.stock, u.applied.node_id),
-                        Err(e) => completion_of(&e),
-                    };
-                    if history.complete(h, process, done) {
-                        next_process(&mut process);
-                    }
+            "register" => w.register().await,
+            "reservations" => w.reservations().await,
+            _ => w.idempotency().await,
+        }
+    }
+}
+
+/// A worker's state: its process id (a new one after an unknown outcome, as in
+/// Jepsen), its client, and the reservations it holds.
+struct Worker {
+    index: u64,
+    nodes: u64,
+    timeout: Duration,
+    rng: StdRng,
+    c: Client,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+    process: u64,
+    generation: u64,
+    /// (reservation, sku) of reservations made and not closed.
+    held: Vec<(String, String)>,
+    /// Operations started, for unique reservation ids.
+    n: u64,
+}
+
+impl Worker {
+    /// Records the completion of `h`; after an unknown outcome, continues as a new
+    /// process. True when the outcome was unknown.
+    fn done(&mut self, h: usize, done: Completion) -> bool {
+        let unknown = self.history.complete(h, self.process, done);
+        if unknown {
+            self.generation += 1;
+            self.process = self.index + 1_000 * self.generation;
+        }
+        unknown
+    }
+
+    /// Reads (half pinned to the worker's own node), decrements and adjustments of one
+    /// hot SKU.
+    async fn register(&mut self) {
+        let sku = REGISTER_SKUS[(self.index as usize) % REGISTER_SKUS.len()];
+        let roll = self.rng.random_range(0..100);
+        if roll < 35 {
+            let h = self.history.invoke(self.process, Invocation::read(sku));
+            // Half the reads go to the worker's own node, as a Jepsen client bound to one
+            // node would: a node that does not lead must refuse them.
+            let read = if self.rng.random_bool(0.5) {
+                let own = self.index % self.nodes + 1;
+                self.c
+                    .get_at_node(own, &[sku], Consistency::Linearizable)
+                    .await
+            } else {
+                self.c.get(&[sku], Consistency::Linearizable).await
+            };
+            let done = match read {
+                Ok(r) => match r.first() {
+                    Some(r) => match &r.stock {
+                        Some(s) => stock_done(s, r.node_id),
+                        None => Completion::ok_stock(false, 0, 0, Some(r.node_id)),
+                    },
+                    None => Completion::info("EMPTY_READ"),
+                },
+                Err(e) => completion_of(&e),
+            };
+            self.done(h, done);
+        } else if roll < 80 {
+            let qty = self.rng.random_range(1..=3);
+            let rid = new_request_id();
+            let h = self
+                .history
+                .invoke(self.process, Invocation::decrement(sku, qty, &rid));
+            let done = match self.c.decrement_with_id(rid, sku, qty).await {
+                Ok(u) => stock_done(&u.stock, u.applied.node_id),
+                Err(e) => completion_of(&e),
+            };
+            self.done(h, done);
+        } else {
+            let delta: i64 = if self.rng.random_bool(0.8) {
+                self.rng.random_range(2..=8)
+            } else {
+                -self.rng.random_range(1..=2)
+            };
+            let rid = new_request_id();
+            let h = self
+                .history
+                .invoke(self.process, Invocation::adjust(sku, delta, &rid));
+            let done = match self.c.adjust_stock_with_id(rid, sku, delta).await {
+                Ok(u) => stock_done(&u.stock, u.applied.node_id),
+                Err(e) => completion_of(&e),
+            };
+            self.done(h, done);
+        }
+    }
+
+    /// Reserve, confirm or release, read the stock, or read a held reservation.
+    async fn reservations(&mut self) {
+        let sku = RESERVATION_SKUS[(self.index as usize) % RESERVATION_SKUS.len()];
+        let roll = self.rng.random_range(0..100);
+        if self.held.is_empty() || roll < 25 {
+            self.reserve(sku).await;
+        } else if roll < 60 {
+            self.close().await;
+        } else if roll < 75 {
+            let h = self.history.invoke(self.process, Invocation::read(sku));
+            let done = match self.c.get(&[sku], Consistency::Linearizable).await {
+                Ok(r) => match r
+                    .first()
+                    .and_then(|r| r.stock.clone().map(|s| (s, r.node_id)))
+                {
+                    Some((s, node)) => stock_done(&s, node),
+                    None => Completion::ok_stock(false, 0, 0, None),
+                },
+                Err(e) => completion_of(&e),
+            };
+            self.done(h, done);
+        } else {
+            // Read one of the held reservations (some may have expired by now).
+            let (res, sku) = self.held[self.rng.random_range(0..self.held.len())].clone();
+            let h = self
+                .history
+                .invoke(self.process, Invocation::read_reservation(&sku, &res));
+            let done = match self
+                .c
+                .get_reservation(&res, Some(&sku), Consistency::Linearizable)
+                .await
+            {
+                Ok(r) => Completion::ok_state(&format!("{:?}", r.state).to_lowercase()),
+                Err(e) => completion_of(&e),
+            };
+            self.done(h, done);
+        }
+    }
+
+    async fn reserve(&mut self, sku: &str) {
+        let res = format!("w{}-{}", self.index, self.n);
+        let qty = self.rng.random_range(1..=2);
+        let ttl_ms = self.rng.random_range(1_000..2_500);
+        let rid = new_request_id();
+        let inv = Invocation::reserve(sku, &res, qty, ttl_ms, &rid);
+        let h = self.history.invoke(self.process, inv);
+        let ttl = Duration::from_millis(ttl_ms);
+        let items = [Item::new(sku, qty)];
+        let done = match self.c.reserve_with_id(rid, Some(&res), &items, ttl).await {
+            Ok(u) => {
+                self.held.push((res.clone(), sku.to_string()));
+                u.stock
+                    .first()
+                    .map(|s| stock_done(s, u.applied.node_id))
+                    .unwrap_or(Completion::info("NO_RECORD"))
+            }
+            Err(e) => {
+                if !e.is_definite() {
+                    self.held.push((res.clone(), sku.to_string()));
+                }
+                completion_of(&e)
+            }
+        };
+        self.done(h, done);
+    }
+
+    async fn close(&mut self) {
+        let (res, sku) = self.held.remove(self.rng.random_range(0..self.held.len()));
+        let confirm = self.rng.random_bool(0.55);
+        let rid = new_request_id();
+        let h = self
+            .history
+            .invoke(self.process, Invocation::close(confirm, &sku, &res, &rid));
+        let r = if confirm {
+            self.c.confirm_with_id(rid, &res, Some(&sku)).await
+        } else {
+            self.c.release_with_id(rid, &res, Some(&sku)).await
+        };
+        let done = match r {
+            Ok(u) => u
+                .stock
+                .first()
+                .map(|s| stock_done(s, u.applied.node_id))
+                .unwrap_or(Completion::info("NO_RECORD")),
+            Err(e) => completion_of(&e),
+        };
+        self.done(h, done);
+    }
+
+    /// A decrement or adjustment; after an unknown outcome, up to three retries with
+    /// the same request id, each through a new client that starts discovery at another
+    /// node.
+    async fn idempotency(&mut self) {
+        let sku = IDEMPOTENCY_SKUS[(self.index as usize) % IDEMPOTENCY_SKUS.len()];
+        let rid: RequestId = new_request_id();
+        let decrement = self.rng.random_bool(0.7);
+        let (qty, delta) = (self.rng.random_range(1..=2), self.rng.random_range(1..=3));
+        for attempt in 0..4u64 {
+            if attempt > 0 {
+                let first = (self.index + attempt) % self.nodes + 1;
+                match client(self.nodes, first, self.timeout).await {
+                    Ok(fresh) => self.c = fresh,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
-            "reservations" => {
-                let sku = RESERVATION_SKUS[(index as usize) % RESERVATION_SKUS.len()];
-                let roll = rng.random_range(0..100);
-                if held.is_empty() || roll < 25 {
-                    let res = format!("w{index}-{n}");
-                    let qty = rng.random_range(1..=2);
-                    let ttl_ms = rng.random_range(1_000..2_500);
-                    let rid = new_request_id();
-                    let h =
-                        history.invoke(process, Invocation::reserve(sku, &res, qty, ttl_ms, &rid));
-                    let done = match c
-                        .reserve_with_id(
-                            rid,
-                            Some(&res),
-                            &[Item::new(sku, qty)],
-                            Duration::from_millis(ttl_ms),
-                        )
-                        .await
-                    {
-                        Ok(u) => {
-                            held.push((res.clone(), sku.to_string()));
-                            u.stock
-                                .first()
-                                .map(|s| stock_done(s, u.applied.node_id))
-                                .unwrap_or(Completion::info("NO_RECORD"))
-                        }
-                        Err(e) => {
-                            if !e.is_definite() {
-                                held.push((res.clone(), sku.to_string()));
-                            }
-                            completion_of(&e)
-                        }
-                    };
-                    if history.complete(h, process, done) {
-                        next_process(&mut process);
-                    }
-                } else if roll < 60 {
-                    let (res, sku) = held.remove(rng.random_range(0..held.len()));
-                    let confirm = rng.random_bool(0.55);
-                    let rid = new_request_id();
-                    let h = history.invoke(process, Invocation::close(confirm, &sku, &res, &rid));
-                    let r = if confirm {
-                        c.confirm_with_id(rid, &res, Some(&sku)).await
-                    } else {
-                        c.release_with_id(rid, &res, Some(&sku)).await
-                    };
-                    let done = match r {
-                        Ok(u) => u
-                            .stock
-                            .first()
-                            .map(|s| stock_done(s, u.applied.node_id))
-                            .unwrap_or(Completion::info("NO_RECORD")),
-                        Err(e) => completion_of(&e),
-                    };
-                    if history.complete(h, process, done) {
-                        next_process(&mut process);
-                    }
-                } else if roll < 75 {
-                    let h = history.invoke(process, Invocation::read(sku));
-                    let done = match c.get(&[sku], Consistency::Linearizable).await {
-                        Ok(r) => match r
-                            .first()
-                            .and_then(|r| r.stock.clone().map(|s| (s, r.node_id)))
-                        {
-                            Some((s, node)) => stock_done(&s, node),
-                            None => Completion::ok_stock(false, 0, 0, None),
-                        },
-                        Err(e) => completion_of(&e),
-                    };
-                    if history.complete(h, process, done) {
-                        next_process(&mut process);
-                    }
-                } else {
-                    // Read one of the held reservations (some may have expired by now).
-                    let (res, sku) = held[rng.random_range(0..held.len())].clone();
-                    let h = history.invoke(process, Invocation::read_reservation(&sku, &res));
-                    let done = match c
-                        .get_reservation(&res, Some(&sku), Consistency::Linearizable)
-                        .await
-                    {
-                        Ok(r) => Completion::ok_state(&format!("{:?}", r.state).to_lowercase()),
-                        Err(e) => completion_of(&e),
-                    };
-                    if history.complete(h, process, done) {
-                        next_process(&mut process);
-                    }
-                }
+            let inv = if decrement {
+                Invocation::decrement(sku, qty, &rid)
+            } else {
+                Invocation::adjust(sku, delta, &rid)
+            };
+            let h = self.history.invoke(self.process, inv);
+            let r = if decrement {
+                self.c.decrement_with_id(rid, sku, qty).await
+            } else {
+                self.c.adjust_stock_with_id(rid, sku, delta).await
+            };
+            let (done, unknown) = match r {
+                Ok(u) => (stock_done(&u.stock, u.applied.node_id), false),
+                Err(e) => (completion_of(&e), !e.is_definite()),
+            };
+            self.done(h, done);
+            if !unknown || self.stop.load(Ordering::Relaxed) {
+                break;
             }
-            _ => {
-                let sku = IDEMPOTENCY_SKUS[(index as usize) % IDEMPOTENCY_SKUS.len()];
-                let rid: RequestId = new_request_id();
-                let decrement = rng.random_bool(0.7);
-                let (qty, delta) = (rng.random_range(1..=2), rng.random_range(1..=3));
-                // The first attempt, then up to three retries with the same request id,
-                // each through a new client that starts discovery at another node.
-                for attempt in 0..4u64 {
-                    if attempt > 0 {
-                        match client(nodes, (index + attempt) % nodes + 1, timeout).await {
-                            Ok(fresh) => c = fresh,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                        }
-                    }
-                    let inv = if decrement {
-                        Invocation::decrement(sku, qty, &rid)
-                    } else {
-                        Invocation::adjust(sku, delta, &rid)
-                    };
-                    let h = history.invoke(process, inv);
-                    let r = if decrement {
-                        c.decrement_with_id(rid, sku, qty).await
-                    } else {
-                        c.adjust_stock_with_id(rid, sku, delta).await
-                    };
-                    let (done, unknown) = match r {
-                        Ok(u) => (stock_done(&u.stock, u.applied.node_id), false),
-                        Err(e) => (completion_of(&e), !e.is_definite()),
-                    };
-                    if history.complete(h, process, done) {
-                        next_process(&mut process);
-                    }
-                    if !unknown || stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    history.note(&format!(
-                        "worker {index}: retrying request {} after an unknown outcome",
-                        request_id_hex(&rid)
-                    ));
-                }
-            }
+            self.history.note(&format!(
+                "worker {}: retrying request {} after an unknown outcome",
+                self.index,
+                request_id_hex(&rid)
+            ));
         }
     }
 }

@@ -18,8 +18,8 @@ use tempfile::TempDir;
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// SKUs that land on each of the four standard shards (boundaries g, n, t).
-pub const SHARD_SKUS: [(u64, &str); 4] =
-    [(1, "apple"), (2, "grape"), (3, "nectarine"), (4, "tomato")];
+pub use stockpile_node::config::topology::SKU_PER_SHARD as SHARD_SKUS;
+use stockpile_node::config::topology::{NodeSpec, Topology, standard_replicas};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -53,14 +53,34 @@ pub struct TestCluster {
     /// Each node's Prometheus endpoint (host:port).
     pub metrics_addrs: BTreeMap<u64, String>,
     children: BTreeMap<u64, Child>,
+    /// Replicas of shards 1..=4.
+    pub replicas: [Vec<u64>; 4],
     _lock: MutexGuard<'static, ()>,
 }
 
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// A port that is free now, below Linux's ephemeral range (32768..61000): a port
+/// from inside it may be taken by some outgoing connection (a node's, to its peers)
+/// between this check and the node's bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1_000 {
+        let port = 20_000 + (rand::random::<u16>() % 12_000);
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000")
 }
 
 impl TestCluster {
@@ -75,35 +95,35 @@ impl TestCluster {
         let metrics_addrs: BTreeMap<u64, String> = (1..=opts.nodes)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
             .collect();
-        let replicas: Vec<String> = addrs.keys().map(|id| id.to_string()).collect();
-        let mut toml = String::from("cluster_name = \"test\"\n");
-        for (id, addr) in &addrs {
-            let region = opts
-                .regions
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| "local".into());
-            toml += &format!(
-                "[[nodes]]\nid = {id}\naddr = \"{addr}\"\nmetrics_addr = \"{}\"\nregion = \"{region}\"\nzone = \"z{id}\"\ndata_dir = \"{}\"\n",
-                metrics_addrs[id],
-                dir.path().join(format!("node-{id}")).display()
-            );
-        }
-        for (id, (start, end)) in [("", "g"), ("g", "n"), ("n", "t"), ("t", "")]
+        let nodes = addrs
             .iter()
-            .enumerate()
-        {
-            toml += &format!(
-                "[[shards]]\nid = {}\nstart = \"{start}\"\nend = \"{end}\"\nreplicas = [{}]\n",
-                id + 1,
-                replicas.join(", ")
-            );
+            .map(|(id, addr)| NodeSpec {
+                id: *id,
+                addr: addr.clone(),
+                metrics_addr: Some(metrics_addrs[id].clone()),
+                region: opts
+                    .regions
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| "local".into()),
+                zone: format!("z{id}"),
+                data_dir: dir.path().join(format!("node-{id}")),
+            })
+            .collect();
+        let replicas = opts
+            .shard_replicas
+            .clone()
+            .unwrap_or_else(|| standard_replicas(opts.nodes));
+        let toml = Topology {
+            cluster_name: "test".into(),
+            nodes,
+            replicas: Some(replicas.clone()),
+            extra_toml: format!(
+                "[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\nsnapshot_after_entries = {}\nlogs_kept_after_snapshot = {}\n{}",
+                opts.snapshot_after_entries, opts.logs_kept_after_snapshot, opts.extra_toml
+            ),
         }
-        toml += &format!(
-            "[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\nsnapshot_after_entries = {}\nlogs_kept_after_snapshot = {}\n",
-            opts.snapshot_after_entries, opts.logs_kept_after_snapshot
-        );
-        toml += &opts.extra_toml;
+        .to_toml();
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).expect("write config");
         let mut cluster = TestCluster {
@@ -112,6 +132,7 @@ impl TestCluster {
             addrs,
             metrics_addrs,
             children: BTreeMap::new(),
+            replicas,
             _lock: lock,
         };
         for id in cluster.addrs.keys().copied().collect::<Vec<_>>() {
@@ -154,10 +175,7 @@ impl TestCluster {
     /// SIGTERM and wait; returns the exit code.
     pub fn stop(&mut self, id: u64) -> Option<i32> {
         let mut child = self.children.remove(&id).expect("node running");
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        signal(child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -170,6 +188,16 @@ impl TestCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGSTOP: the node stops answering without closing its connections.
+    pub fn pause(&self, id: u64) {
+        signal(self.pid(id), "STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self, id: u64) {
+        signal(self.pid(id), "CONT");
     }
 
     pub fn wipe(&self, id: u64) {
@@ -275,10 +303,17 @@ impl TestCluster {
                     Err(_) => ok = false,
                 }
             }
+            let running = self.running();
+            let replicas_running = |shard: u64| {
+                self.replicas[(shard - 1) as usize]
+                    .iter()
+                    .filter(|n| running.contains(n))
+                    .count()
+            };
             if ok
-                && views
-                    .values()
-                    .all(|v| v.len() == self.running().len() && v.windows(2).all(|w| w[0] == w[1]))
+                && views.iter().all(|(shard, v)| {
+                    v.len() == replicas_running(*shard) && v.windows(2).all(|w| w[0] == w[1])
+                })
             {
                 return views.into_iter().map(|(s, v)| (s, v[0])).collect();
             }

@@ -1,11 +1,11 @@
 //! Every encoding Stockpile stores or sends between nodes: bincode 2 (serde mode,
 //! standard config) behind a leading format-version byte, so a node can refuse data
 //! written by a format it does not know instead of misreading it.
+//!
+//! A leaf: it knows no Stockpile type, so every module may use it and it uses none.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-use crate::inventory::Command;
 
 /// The format of every encoded value. Bump it when an encoded type changes shape.
 ///
@@ -71,22 +71,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
-/// A stable 128-bit fingerprint of a command, stored with its outcome so that a
-/// request id reused for a different command is recognised. xxh3 and bincode's
-/// standard encoding are both fixed formats, so every replica and every build
-/// computes the same value.
-pub fn fingerprint(command: &Command) -> u128 {
-    let mut buf = Vec::with_capacity(64);
-    // Encoding a plain enum of strings and integers into a Vec cannot fail.
-    let encoded = bincode::serde::encode_into_std_write(command, &mut buf, config());
-    debug_assert!(encoded.is_ok());
-    xxhash_rust::xxh3::xxh3_128(&buf)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{Item, StockRecord};
+    use crate::inventory::{Command, Item, StockRecord};
 
     #[test]
     fn round_trips() {
@@ -137,19 +125,5 @@ mod tests {
         ));
         let bytes = encode(&"a long enough string".to_string()).unwrap();
         assert!(decode::<String>(&bytes[..5]).is_err());
-    }
-
-    #[test]
-    fn fingerprints_differ_by_command() {
-        let a = Command::Decrement {
-            sku: "a".into(),
-            qty: 1,
-        };
-        let b = Command::Decrement {
-            sku: "a".into(),
-            qty: 2,
-        };
-        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
-        assert_ne!(fingerprint(&a), fingerprint(&b));
     }
 }

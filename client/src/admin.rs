@@ -1,0 +1,209 @@
+//! Operator calls of [`Client`]: cluster status, leadership transfer, reads from one
+//! named node, rebuild permission, digests and node status.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use stockpile_proto::v1 as pb;
+use stockpile_proto::v1::admin_client::AdminClient;
+
+use crate::classify::decode_detail;
+use crate::transport::{inventory, node_answer, with_timeout};
+use crate::{Client, Consistency, Error, NodeInfo, Read, ShardDigest, Stock, Target};
+impl Client {
+    /// Every node's status, gathered by one node.
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusReply, Error> {
+        let deadline = self.deadline();
+        let mut last = String::from("no node answered");
+        loop {
+            let nodes = self
+                .routing()
+                .discovery_order(self.inner.cfg.region.as_deref());
+            for n in nodes {
+                let t = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(self.inner.cfg.attempt_timeout);
+                if t.is_zero() {
+                    return Err(Error::Unavailable { message: last });
+                }
+                let mut req = tonic::Request::new(pb::ClusterStatusRequest {});
+                req.set_timeout(t);
+                self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(
+                    t,
+                    AdminClient::new(self.channel(&n.addr)?).cluster_status(req),
+                )
+                .await
+                {
+                    Ok(Ok(r)) => return Ok(r.into_inner()),
+                    Ok(Err(s)) => last = format!("node {}: {}", n.node_id, s.message()),
+                    Err(_) => last = format!("node {}: no answer", n.node_id),
+                }
+                self.routing().node_failed(n.node_id);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable { message: last });
+            }
+        }
+    }
+
+    /// Moves `shard_id`'s leadership to `to_node_id` (a replica); returns the leader
+    /// once the move is seen, or whoever leads when the wait ends.
+    pub async fn transfer_leader(&self, shard_id: u64, to_node_id: u64) -> Result<u64, Error> {
+        let req = pb::TransferLeaderRequest {
+            shard_id,
+            to_node_id,
+            timeout_ms: 5_000,
+        };
+        let reply = self
+            .call(
+                shard_id,
+                Target::Leader,
+                None,
+                Instant::now() + Duration::from_secs(15),
+                |ch, _| {
+                    let r = with_timeout(req, Duration::from_secs(6));
+                    async move { AdminClient::new(ch).transfer_leader(r).await }
+                },
+            )
+            .await?;
+        let leader = reply.into_inner().leader_id;
+        if leader != 0 {
+            self.routing().leaders.insert(shard_id, leader);
+        }
+        Ok(leader)
+    }
+
+    /// Stale reads of `skus` answered by one given node (which must hold their
+    /// shards): what that replica has applied, for tests and operators.
+    pub async fn get_from_node(&self, node_id: u64, skus: &[&str]) -> Result<Vec<Read>, Error> {
+        self.get_at_node(node_id, skus, Consistency::Stale).await
+    }
+
+    /// Reads `skus` from one given node with `consistency`, without retries or
+    /// routing: a linearizable read there answers only if that node leads the shards
+    /// (else `NOT_LEADER`). For tests that pin a client to a node.
+    pub async fn get_at_node(
+        &self,
+        node_id: u64,
+        skus: &[&str],
+        consistency: Consistency,
+    ) -> Result<Vec<Read>, Error> {
+        let addr = self.node_addr(node_id)?;
+        let t = self.inner.cfg.attempt_timeout;
+        let req = with_timeout(
+            pb::GetRequest {
+                skus: skus.iter().map(|s| s.to_string()).collect(),
+                consistency: consistency.to_pb(),
+            },
+            t,
+        );
+        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+        let reply = match tokio::time::timeout(t, inventory(self.channel(&addr)?).get(req)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => {
+                return Err(decode_detail(&s)
+                    .and_then(|d| Error::from_detail(&d, None))
+                    .unwrap_or(Error::Unavailable {
+                        message: format!("node {node_id}: {}", s.message()),
+                    }));
+            }
+            Err(_) => {
+                return Err(Error::Unavailable {
+                    message: format!("node {node_id}: no answer"),
+                });
+            }
+        };
+        Ok(reply
+            .results
+            .iter()
+            .map(|r| {
+                let (node_id, applied_index) = reply
+                    .shards
+                    .iter()
+                    .find(|s| s.shard_id == r.shard_id)
+                    .map(|s| (s.node_id, s.applied_index))
+                    .unwrap_or((0, 0));
+                Read {
+                    sku: r.sku.clone(),
+                    stock: if r.found {
+                        r.record.clone().map(Stock::from)
+                    } else {
+                        None
+                    },
+                    shard_id: r.shard_id,
+                    node_id,
+                    applied_index,
+                }
+            })
+            .collect())
+    }
+
+    /// Repair: asks every node to let the shards it leads rebuild `node_id` from
+    /// scratch once (its data directory was wiped). Returns the shards covered.
+    pub async fn allow_rebuild(&self, node_id: u64) -> Result<Vec<u64>, Error> {
+        let nodes: Vec<NodeInfo> = self.routing().map.nodes.values().cloned().collect();
+        if !nodes.iter().any(|n| n.node_id == node_id) {
+            return Err(Error::NodeNotFound { node_id });
+        }
+        let mut covered = Vec::new();
+        for n in nodes.into_iter().filter(|n| n.node_id != node_id) {
+            let t = self.inner.cfg.attempt_timeout;
+            self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+            let mut admin = AdminClient::new(self.channel(&n.addr)?);
+            match tokio::time::timeout(
+                t,
+                admin.allow_rebuild(with_timeout(pb::AllowRebuildRequest { node_id }, t)),
+            )
+            .await
+            {
+                Ok(Ok(r)) => covered.extend(r.into_inner().shard_ids),
+                // A definite refusal (an unknown node) holds for every node: report it.
+                Ok(Err(s)) => {
+                    if let Some(e) = decode_detail(&s).and_then(|d| Error::from_detail(&d, None)) {
+                        return Err(e);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        covered.sort_unstable();
+        Ok(covered)
+    }
+
+    /// Digests of a node's shard state machines, with their stored outcome counts.
+    /// Replicas at the same applied index must have the same digest.
+    pub async fn shard_digests(&self, node_id: u64) -> Result<Vec<ShardDigest>, Error> {
+        let addr = self.node_addr(node_id)?;
+        let t = self.inner.cfg.attempt_timeout;
+        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+        let answer = tokio::time::timeout(
+            t,
+            AdminClient::new(self.channel(&addr)?)
+                .shard_digests(with_timeout(pb::ShardDigestsRequest {}, t)),
+        )
+        .await;
+        let reply = node_answer(node_id, answer)?;
+        Ok(reply
+            .shards
+            .into_iter()
+            .map(|d| ShardDigest {
+                shard_id: d.shard_id,
+                applied_index: d.applied_index,
+                digest: d.digest,
+                outcomes_count: d.outcomes_count,
+            })
+            .collect())
+    }
+
+    /// One node's own status (its shards' Raft state and write-path counters).
+    pub async fn node_status(&self, node_id: u64) -> Result<pb::NodeStatusReply, Error> {
+        let addr = self.node_addr(node_id)?;
+        let t = self.inner.cfg.attempt_timeout;
+        let req = with_timeout(pb::NodeStatusRequest {}, t);
+        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+        let answer =
+            tokio::time::timeout(t, AdminClient::new(self.channel(&addr)?).node_status(req)).await;
+        node_answer(node_id, answer)
+    }
+}

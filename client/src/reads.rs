@@ -1,0 +1,183 @@
+//! The reads of [`Client`]: Get (many SKUs, one RPC per shard), List (ordered,
+//! across shards, with page tokens) and GetReservation, linearizable or stale.
+
+use std::collections::BTreeMap;
+
+use stockpile_proto::v1 as pb;
+
+use crate::transport::{inventory, with_timeout};
+use crate::{Client, Consistency, Error, Read, Reservation, Stock, Target};
+
+impl Client {
+    /// A reservation's items, state and expiry.
+    pub async fn get_reservation(
+        &self,
+        reservation_id: &str,
+        sku: Option<&str>,
+        consistency: Consistency,
+    ) -> Result<Reservation, Error> {
+        let route = match sku {
+            Some(s) => s.to_string(),
+            None => self.reservation_route(reservation_id, None).await?,
+        };
+        self.get_reservation_routed(reservation_id, route, consistency)
+            .await
+    }
+
+    pub(crate) async fn get_reservation_routed(
+        &self,
+        reservation_id: &str,
+        route: String,
+        consistency: Consistency,
+    ) -> Result<Reservation, Error> {
+        let shard_id = self.shard_for(&route)?;
+        let req = pb::GetReservationRequest {
+            reservation_id: reservation_id.to_string(),
+            sku: route,
+            consistency: consistency.to_pb(),
+        };
+        let reply = self
+            .call(
+                shard_id,
+                Target::of(consistency),
+                None,
+                self.deadline(),
+                |ch, t| {
+                    let r = with_timeout(req.clone(), t);
+                    async move { inventory(ch).get_reservation(r).await }
+                },
+            )
+            .await?;
+        reply
+            .into_inner()
+            .reservation
+            .map(Reservation::from)
+            .ok_or_else(|| Error::Internal {
+                message: "reply without reservation".into(),
+            })
+    }
+
+    /// Reads the stock of `skus` (in the order given). SKUs of different shards are
+    /// read from their shards concurrently.
+    pub async fn get(&self, skus: &[&str], consistency: Consistency) -> Result<Vec<Read>, Error> {
+        let mut by_shard: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, sku) in skus.iter().enumerate() {
+            by_shard.entry(self.shard_for(sku)?).or_default().push(i);
+        }
+        let deadline = self.deadline();
+        let calls = by_shard.into_iter().map(|(shard_id, idxs)| {
+            let req = pb::GetRequest {
+                skus: idxs.iter().map(|&i| skus[i].to_string()).collect(),
+                consistency: consistency.to_pb(),
+            };
+            async move {
+                let reply = self
+                    .call(
+                        shard_id,
+                        Target::of(consistency),
+                        None,
+                        deadline,
+                        |ch, t| {
+                            let r = with_timeout(req.clone(), t);
+                            async move { inventory(ch).get(r).await }
+                        },
+                    )
+                    .await?;
+                Ok::<_, Error>((idxs, reply.into_inner()))
+            }
+        });
+        let mut out: Vec<Option<Read>> = vec![None; skus.len()];
+        for result in futures::future::join_all(calls).await {
+            let (idxs, reply) = result?;
+            let info = |shard_id: u64| {
+                reply
+                    .shards
+                    .iter()
+                    .find(|s| s.shard_id == shard_id)
+                    .map(|s| (s.node_id, s.applied_index))
+                    .unwrap_or((0, 0))
+            };
+            for (i, r) in idxs.into_iter().zip(reply.results.iter()) {
+                let (node_id, applied_index) = info(r.shard_id);
+                out[i] = Some(Read {
+                    sku: r.sku.clone(),
+                    stock: if r.found {
+                        r.record.clone().map(Stock::from)
+                    } else {
+                        None
+                    },
+                    shard_id: r.shard_id,
+                    node_id,
+                    applied_index,
+                });
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.ok_or_else(|| Error::Internal {
+                    message: "a SKU got no read result".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// One SKU's stock (None when never set).
+    pub async fn get_one(
+        &self,
+        sku: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Stock>, Error> {
+        Ok(self
+            .get(&[sku], consistency)
+            .await?
+            .pop()
+            .and_then(|r| r.stock))
+    }
+
+    /// Up to `limit` stock records in SKU order, after `start_after` (None = from the
+    /// first SKU), across every shard.
+    pub async fn list(
+        &self,
+        start_after: Option<&str>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<Stock>, Error> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        let mut shard_id = self.shard_for(start_after.unwrap_or(""))?;
+        let deadline = self.deadline();
+        while out.len() < limit {
+            let page = u32::try_from((limit - out.len()).min(1_000)).unwrap_or(1_000);
+            let req = pb::ListRequest {
+                page_token: token.clone(),
+                start_after: if token.is_empty() {
+                    start_after.unwrap_or_default().to_string()
+                } else {
+                    String::new()
+                },
+                limit: page,
+                consistency: consistency.to_pb(),
+            };
+            let reply = self
+                .call(
+                    shard_id,
+                    Target::of(consistency),
+                    None,
+                    deadline,
+                    |ch, t| {
+                        let r = with_timeout(req.clone(), t);
+                        async move { inventory(ch).list(r).await }
+                    },
+                )
+                .await?
+                .into_inner();
+            out.extend(reply.records.into_iter().map(Stock::from));
+            if reply.next_page_token.is_empty() {
+                break;
+            }
+            token = reply.next_page_token;
+            shard_id = reply.next_shard_id;
+        }
+        Ok(out)
+    }
+}

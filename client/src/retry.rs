@@ -1,0 +1,308 @@
+//! Routing a call to a node of its shard and retrying what is safe to retry, inside
+//! the caller's deadline: leader hints followed, failed nodes skipped, the shard map
+//! refreshed when it is stale. What a failed attempt means is `classify`'s.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use stockpile_proto::v1 as pb;
+use stockpile_proto::v1::admin_client::AdminClient;
+
+use crate::classify::{Verdict, classify};
+use crate::transport::Conn;
+use crate::{Client, Error, RequestId, ShardMap, Target};
+/// Backoff between attempts: 10 ms doubling, at most 500 ms, full jitter above half.
+fn backoff(attempt: u32) -> Duration {
+    let ms = (10u64 << attempt.min(6)).min(500);
+    Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
+}
+
+impl Client {
+    /// Fetches the shard map from the first node that answers (own region first,
+    /// then the seeds).
+    pub async fn refresh_map(&self, deadline: Instant) -> Result<ShardMap, Error> {
+        let region = self.inner.cfg.region.clone();
+        let mut attempt = 0u32;
+        let mut last_error = String::from("no node answered");
+        loop {
+            let mut addrs: Vec<(Option<u64>, String)> = self
+                .routing()
+                .discovery_order(region.as_deref())
+                .into_iter()
+                .map(|n| (Some(n.node_id), n.addr))
+                .collect();
+            for s in &self.inner.cfg.seeds {
+                if !addrs.iter().any(|(_, a)| a == s) {
+                    addrs.push((None, s.clone()));
+                }
+            }
+            for (node_id, addr) in addrs {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                let channel = self.channel(&addr)?;
+                let t = remaining.min(self.inner.cfg.attempt_timeout);
+                let mut request = tonic::Request::new(pb::ShardMapRequest {});
+                request.set_timeout(t);
+                self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(t, AdminClient::new(channel).shard_map(request)).await {
+                    Ok(Ok(reply)) => {
+                        let reply = reply.into_inner();
+                        let map = ShardMap::from_pb(&reply);
+                        let mut r = self.routing();
+                        if map.epoch >= r.map.epoch {
+                            r.map = map.clone();
+                        }
+                        for s in &reply.shards {
+                            if s.leader_id != 0 {
+                                r.leaders.insert(s.shard_id, s.leader_id);
+                            }
+                        }
+                        if let Some(id) = node_id.or(Some(reply.node_id)) {
+                            r.node_ok(id);
+                        }
+                        return Ok(map);
+                    }
+                    Ok(Err(s)) => last_error = format!("{addr}: {}", s.message()),
+                    Err(_) => last_error = format!("{addr}: no answer within {} ms", t.as_millis()),
+                }
+                if let Some(id) = node_id {
+                    self.routing().node_failed(id);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable {
+                    message: format!("cannot fetch the shard map: {last_error}"),
+                });
+            }
+            tokio::time::sleep(
+                backoff(attempt).min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+            attempt += 1;
+        }
+    }
+
+    pub(crate) fn shard_for(&self, sku: &str) -> Result<u64, Error> {
+        self.routing()
+            .map
+            .shard_for(sku)
+            .map(|s| s.shard_id)
+            .ok_or_else(|| Error::Unavailable {
+                message: format!("no shard covers {sku:?}"),
+            })
+    }
+
+    /// Sends `call` to a node of `shard_id` and retries what is retryable until
+    /// `deadline`. For a mutation (`request_id` set), any attempt that may have reached
+    /// the store makes an eventual give-up `OutcomeUnknown` instead of `Unavailable`.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        shard_id: u64,
+        target: Target,
+        request_id: Option<RequestId>,
+        deadline: Instant,
+        call: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Conn, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut tries = Attempts::new(shard_id, request_id, deadline);
+        loop {
+            let remaining = tries.remaining().ok_or_else(|| tries.give_up())?;
+            let Some((node_id, addr)) = self.next_candidate(&mut tries, target).await? else {
+                continue;
+            };
+            let t = remaining.min(self.inner.cfg.attempt_timeout);
+            self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+            let verdict = match tokio::time::timeout(t, call(self.channel(&addr)?, t)).await {
+                Ok(Ok(v)) => {
+                    let mut r = self.routing();
+                    r.node_ok(node_id);
+                    if target == Target::Leader {
+                        r.leaders.insert(shard_id, node_id);
+                    }
+                    return Ok(v);
+                }
+                Ok(Err(status)) => classify(&status, request_id),
+                Err(_) => Verdict::NodeFailed {
+                    maybe_applied: true,
+                    message: format!("gave no answer within {} ms", t.as_millis()),
+                },
+            };
+            self.act(&mut tries, node_id, verdict).await?;
+        }
+    }
+
+    /// The next node to try, or None after waiting (every candidate tried this round)
+    /// or refreshing the map (none known).
+    async fn next_candidate(
+        &self,
+        tries: &mut Attempts,
+        target: Target,
+    ) -> Result<Option<(u64, String)>, Error> {
+        let region = self.inner.cfg.region.clone();
+        let candidates =
+            self.routing()
+                .candidates(tries.shard_id, region.as_deref(), target == Target::Leader);
+        if candidates.is_empty() {
+            self.refresh_map(tries.deadline)
+                .await
+                .map_err(|e| tries.unknown_if_sent(e))?;
+            tries.attempt += 1;
+            return Ok(None);
+        }
+        // Walk the candidates in order, starting over when all were tried.
+        let Some(&node_id) = candidates.iter().find(|c| !tries.tried.contains(c)) else {
+            tries.tried.clear();
+            let wait = backoff(tries.attempt).min(tries.remaining().unwrap_or_default());
+            tokio::time::sleep(wait).await;
+            tries.attempt += 1;
+            return Ok(None);
+        };
+        tries.tried.push(node_id);
+        let addr = self
+            .routing()
+            .map
+            .nodes
+            .get(&node_id)
+            .map(|n| n.addr.clone());
+        match addr {
+            Some(a) => Ok(Some((node_id, a))),
+            None => {
+                self.refresh_map(tries.deadline)
+                    .await
+                    .map_err(|e| tries.unknown_if_sent(e))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Acts on a failed attempt's verdict: returns the error that ends the call, or
+    /// Ok to try again.
+    async fn act(&self, tries: &mut Attempts, node_id: u64, verdict: Verdict) -> Result<(), Error> {
+        let shard_id = tries.shard_id;
+        match verdict {
+            Verdict::Definite(e) => return Err(e),
+            Verdict::NodeFailed {
+                maybe_applied,
+                message,
+            } => {
+                tries.maybe_applied |= maybe_applied;
+                tries.last_error = format!("node {node_id}: {message}");
+                self.routing().node_failed(node_id);
+            }
+            Verdict::NotLeader { hint, message } => {
+                tries.last_error = format!("node {node_id}: {message}");
+                let mut r = self.routing();
+                match hint.filter(|h| *h != node_id && r.map.nodes.contains_key(h)) {
+                    Some(leader) => {
+                        r.leaders.insert(shard_id, leader);
+                        // Follow the hint at once, even if tried in this round.
+                        tries.tried.retain(|n| *n != leader);
+                    }
+                    None => {
+                        r.leaders.remove(&shard_id);
+                    }
+                }
+            }
+            Verdict::Unavailable {
+                maybe_applied,
+                message,
+            } => {
+                tries.maybe_applied |= maybe_applied;
+                tries.last_error = format!("node {node_id}: {message}");
+                self.routing().leaders.remove(&shard_id);
+            }
+            Verdict::RateLimited {
+                retry_after_ms,
+                message,
+            } => {
+                tries.last_error = format!("node {node_id}: {message}");
+                let wait = Duration::from_millis(retry_after_ms.max(1));
+                if Instant::now() + wait >= tries.deadline {
+                    return Err(if tries.maybe_applied && tries.request_id.is_some() {
+                        tries.give_up()
+                    } else {
+                        Error::RateLimited {
+                            message,
+                            retry_after_ms,
+                        }
+                    });
+                }
+                tokio::time::sleep(wait).await;
+                tries.tried.retain(|n| *n != node_id);
+            }
+            Verdict::MapStale { message } => {
+                tries.last_error = format!("node {node_id}: {message}");
+                self.routing().leaders.remove(&shard_id);
+                self.refresh_map(tries.deadline)
+                    .await
+                    .map_err(|e| tries.unknown_if_sent(e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One call's attempts so far.
+struct Attempts {
+    shard_id: u64,
+    request_id: Option<RequestId>,
+    deadline: Instant,
+    /// An attempt may have reached the store (a mutation's outcome is then unknown if
+    /// the call gives up).
+    maybe_applied: bool,
+    last_error: String,
+    attempt: u32,
+    /// Nodes tried in this round of the candidates.
+    tried: Vec<u64>,
+}
+
+impl Attempts {
+    fn new(shard_id: u64, request_id: Option<RequestId>, deadline: Instant) -> Attempts {
+        Attempts {
+            shard_id,
+            request_id,
+            deadline,
+            maybe_applied: false,
+            last_error: String::from("no attempt made"),
+            attempt: 0,
+            tried: Vec::new(),
+        }
+    }
+
+    /// Time left, or None when the deadline passed.
+    fn remaining(&self) -> Option<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// The error when the deadline passed: unknown if a mutation may have been sent.
+    fn give_up(&self) -> Error {
+        match (self.request_id, self.maybe_applied) {
+            (Some(request_id), true) => Error::OutcomeUnknown {
+                request_id,
+                message: self.last_error.clone(),
+            },
+            _ => Error::Unavailable {
+                message: format!("shard {}: {}", self.shard_id, self.last_error),
+            },
+        }
+    }
+
+    /// A failure to refresh the map after an attempt that may have been applied leaves
+    /// the outcome unknown, not certainly failed.
+    fn unknown_if_sent(&self, e: Error) -> Error {
+        match (self.request_id, self.maybe_applied) {
+            (Some(request_id), true) => Error::OutcomeUnknown {
+                request_id,
+                message: e.to_string(),
+            },
+            _ => e,
+        }
+    }
+}

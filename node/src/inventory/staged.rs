@@ -1,0 +1,94 @@
+//! A write buffer over `Records` for all-or-nothing groups: reads see the buffered
+//! writes; `commit` replays them in order, dropping discards them.
+
+use super::apply::Records;
+use super::types::{RequestId, Reservation, StockRecord, StoredOutcome};
+
+/// A write buffer over `Records` for all-or-nothing groups: reads see the buffered
+/// writes; `commit` replays them in order, dropping discards them.
+pub(super) struct Staged<'a, R: Records> {
+    inner: &'a mut R,
+    stock: std::collections::HashMap<String, StockRecord>,
+    reservations: std::collections::HashMap<String, Option<Reservation>>,
+    outcomes: std::collections::HashMap<RequestId, StoredOutcome>,
+    writes: Vec<StagedWrite>,
+}
+
+enum StagedWrite {
+    Stock(String, StockRecord),
+    Reservation(Reservation, Option<u64>),
+    DeleteReservation(String, u64),
+    Outcome(RequestId, StoredOutcome),
+}
+
+impl<'a, R: Records> Staged<'a, R> {
+    pub(super) fn new(inner: &'a mut R) -> Self {
+        Staged {
+            inner,
+            stock: Default::default(),
+            reservations: Default::default(),
+            outcomes: Default::default(),
+            writes: Vec::new(),
+        }
+    }
+
+    pub(super) fn commit(self) {
+        for w in self.writes {
+            match w {
+                StagedWrite::Stock(sku, r) => self.inner.put_stock(&sku, r),
+                StagedWrite::Reservation(r, old) => self.inner.put_reservation(&r, old),
+                StagedWrite::DeleteReservation(id, t) => self.inner.delete_reservation(&id, t),
+                StagedWrite::Outcome(id, o) => self.inner.put_outcome(&id, &o),
+            }
+        }
+    }
+}
+
+impl<R: Records> Records for Staged<'_, R> {
+    type Error = R::Error;
+
+    fn stock(&mut self, sku: &str) -> Result<Option<StockRecord>, Self::Error> {
+        match self.stock.get(sku) {
+            Some(r) => Ok(Some(*r)),
+            None => self.inner.stock(sku),
+        }
+    }
+
+    fn put_stock(&mut self, sku: &str, record: StockRecord) {
+        self.stock.insert(sku.to_string(), record);
+        self.writes
+            .push(StagedWrite::Stock(sku.to_string(), record));
+    }
+
+    fn reservation(&mut self, id: &str) -> Result<Option<Reservation>, Self::Error> {
+        match self.reservations.get(id) {
+            Some(r) => Ok(r.clone()),
+            None => self.inner.reservation(id),
+        }
+    }
+
+    fn put_reservation(&mut self, r: &Reservation, old_timer_ms: Option<u64>) {
+        self.reservations.insert(r.id.clone(), Some(r.clone()));
+        self.writes
+            .push(StagedWrite::Reservation(r.clone(), old_timer_ms));
+    }
+
+    fn delete_reservation(&mut self, id: &str, timer_ms: u64) {
+        self.reservations.insert(id.to_string(), None);
+        self.writes
+            .push(StagedWrite::DeleteReservation(id.to_string(), timer_ms));
+    }
+
+    fn outcome(&mut self, request_id: &RequestId) -> Result<Option<StoredOutcome>, Self::Error> {
+        match self.outcomes.get(request_id) {
+            Some(o) => Ok(Some(o.clone())),
+            None => self.inner.outcome(request_id),
+        }
+    }
+
+    fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome) {
+        self.outcomes.insert(*request_id, stored.clone());
+        self.writes
+            .push(StagedWrite::Outcome(*request_id, stored.clone()));
+    }
+}

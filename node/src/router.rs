@@ -1,0 +1,293 @@
+//! Which shard owns a SKU, who leads it, and what a client is told when it asked the
+//! wrong node: the one place that answers these.
+//!
+//! The shard map holds every shard's descriptor (range, replicas, epoch) sorted by
+//! range, so that a SKU is routed by binary search, and carries the map's epoch. A
+//! node that does not hold a shard never guesses a leader: it answers
+//! `SHARD_NOT_HERE` with the shard's replicas, so the client refreshes its map.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClusterConfig;
+use crate::error::Error;
+
+/// A shard's id (DESIGN.md: `ShardId(u64)`); 0 is the meta shard.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ShardId(pub u64);
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// As its number: messages list shards as `[1, 2]`.
+impl std::fmt::Debug for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A shard descriptor's epoch (DESIGN.md): `version` grows on split and merge,
+/// `conf_ver` on every replica change. A newer epoch replaces an older descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Epoch {
+    pub version: u64,
+    pub conf_ver: u64,
+}
+
+/// A half-open SKU range `[start, end)`; an empty `end` is unbounded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuRange {
+    pub start: String,
+    pub end: String,
+}
+
+impl SkuRange {
+    pub fn contains(&self, sku: &str) -> bool {
+        sku >= self.start.as_str() && (self.end.is_empty() || sku < self.end.as_str())
+    }
+}
+
+impl std::fmt::Display for SkuRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{:?}, {:?})", self.start, self.end)
+    }
+}
+
+/// One shard: its range, the nodes holding its replicas, and its epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardDescriptor {
+    pub id: ShardId,
+    pub range: SkuRange,
+    pub replicas: Vec<u64>,
+    pub epoch: Epoch,
+}
+
+impl ShardDescriptor {
+    pub fn contains(&self, sku: &str) -> bool {
+        self.range.contains(sku)
+    }
+}
+
+/// The shard map as this node knows it.
+#[derive(Clone, Debug)]
+pub struct ShardMap {
+    /// Grows whenever the map changes (1 while it comes only from the config).
+    epoch: u64,
+    /// Sorted by `start`; the ranges tile the SKU space (config validation).
+    shards: Vec<ShardDescriptor>,
+    /// Node id → address, for leader and replica hints.
+    nodes: BTreeMap<u64, String>,
+}
+
+/// The epoch of a map that comes only from the static config.
+pub const CONFIG_MAP_EPOCH: u64 = 1;
+
+impl ShardMap {
+    pub fn from_config(cluster: &ClusterConfig) -> ShardMap {
+        let mut shards: Vec<ShardDescriptor> = cluster
+            .shards
+            .iter()
+            .map(|s| ShardDescriptor {
+                id: ShardId(s.id),
+                range: SkuRange {
+                    start: s.start.clone(),
+                    end: s.end.clone(),
+                },
+                replicas: s.replicas.clone(),
+                epoch: Epoch::default(),
+            })
+            .collect();
+        shards.sort_by(|a, b| a.range.start.cmp(&b.range.start));
+        assert!(
+            shards.first().is_some_and(|s| s.range.start.is_empty()),
+            "a validated config's shards start at \"\""
+        );
+        ShardMap {
+            epoch: CONFIG_MAP_EPOCH,
+            shards,
+            nodes: cluster
+                .nodes
+                .iter()
+                .map(|n| (n.id, n.addr.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn shards(&self) -> &[ShardDescriptor] {
+        &self.shards
+    }
+
+    pub fn shard(&self, id: ShardId) -> Option<&ShardDescriptor> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// The shard whose range holds `sku` (every SKU has one: the ranges tile).
+    pub fn shard_for(&self, sku: &str) -> &ShardDescriptor {
+        // The last shard starting at or before `sku`.
+        let i = self
+            .shards
+            .partition_point(|s| s.range.start.as_str() <= sku);
+        let shard = &self.shards[i.saturating_sub(1)];
+        assert!(shard.contains(sku), "the shard ranges tile the SKU space");
+        shard
+    }
+
+    /// The shard after `shard` in SKU order, if any.
+    pub fn next_after(&self, shard: &ShardDescriptor) -> Option<&ShardDescriptor> {
+        (!shard.range.end.is_empty()).then(|| self.shard_for(&shard.range.end))
+    }
+
+    /// The one shard all of `skus` live in, or CROSS_SHARD naming the shards.
+    pub fn single_shard(&self, skus: &[String], what: &str) -> Result<ShardId, Error> {
+        let mut ids: Vec<ShardId> = skus.iter().map(|s| self.shard_for(s).id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        match ids.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(Error::CrossShard {
+                what: what.to_string(),
+                shard_ids: ids,
+            }),
+        }
+    }
+
+    pub fn addr(&self, node_id: u64) -> Option<&str> {
+        self.nodes.get(&node_id).map(String::as_str)
+    }
+
+    /// NOT_LEADER for `shard_id`, with the leader `me` knows (never `me` itself) and
+    /// its address as a hint.
+    pub fn not_leader(&self, shard_id: ShardId, leader: Option<u64>, me: u64) -> Error {
+        let leader = leader
+            .filter(|l| *l != me)
+            .and_then(|id| self.addr(id).map(|a| (id, a.to_string())));
+        Error::NotLeader { shard_id, leader }
+    }
+
+    /// SHARD_NOT_HERE: this node holds no replica of `shard_id`; the replicas are
+    /// named so that the client can go there (after refreshing its map).
+    pub fn not_here(&self, shard_id: ShardId) -> Error {
+        match self.shard(shard_id) {
+            Some(s) => Error::ShardNotHere {
+                shard_id,
+                replicas: s.replicas.clone(),
+            },
+            None => Error::ShardNotFound { shard_id },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> ShardMap {
+        let text = r#"
+cluster_name = "t"
+[[nodes]]
+id = 1
+addr = "127.0.0.1:7001"
+data_dir = "d1"
+[[nodes]]
+id = 2
+addr = "127.0.0.1:7002"
+data_dir = "d2"
+[[shards]]
+id = 3
+start = "n"
+end = ""
+replicas = [1]
+[[shards]]
+id = 1
+start = ""
+end = "g"
+replicas = [1, 2]
+[[shards]]
+id = 2
+start = "g"
+end = "n"
+replicas = [2]
+"#;
+        ShardMap::from_config(&ClusterConfig::parse("t.toml", text).unwrap())
+    }
+
+    #[test]
+    fn skus_route_by_range_with_binary_search() {
+        let m = map();
+        for (sku, shard) in [
+            ("!", 1),
+            ("apple", 1),
+            ("f~", 1),
+            ("g", 2),
+            ("grape", 2),
+            ("m\u{10FFFF}", 2),
+            ("n", 3),
+            ("zzz", 3),
+            ("\u{10FFFF}", 3),
+        ] {
+            assert_eq!(m.shard_for(sku).id, ShardId(shard), "{sku:?}");
+        }
+        assert_eq!(
+            m.next_after(m.shard_for("a")).map(|s| s.id),
+            Some(ShardId(2))
+        );
+        assert_eq!(m.next_after(m.shard_for("z")), None);
+    }
+
+    #[test]
+    fn one_shard_or_cross_shard() {
+        let m = map();
+        assert_eq!(
+            m.single_shard(&["apple".into(), "fig".into()], "items"),
+            Ok(ShardId(1))
+        );
+        assert_eq!(
+            m.single_shard(&["kiwi".into(), "apple".into(), "fig".into()], "items"),
+            Err(Error::CrossShard {
+                what: "items".into(),
+                shard_ids: vec![ShardId(1), ShardId(2)]
+            })
+        );
+    }
+
+    #[test]
+    fn hints_never_point_at_the_asking_node_and_never_guess() {
+        let m = map();
+        assert_eq!(
+            m.not_leader(ShardId(1), Some(2), 1),
+            Error::NotLeader {
+                shard_id: ShardId(1),
+                leader: Some((2, "127.0.0.1:7002".into()))
+            }
+        );
+        assert_eq!(
+            m.not_leader(ShardId(1), Some(1), 1),
+            Error::NotLeader {
+                shard_id: ShardId(1),
+                leader: None
+            }
+        );
+        assert_eq!(
+            m.not_here(ShardId(2)),
+            Error::ShardNotHere {
+                shard_id: ShardId(2),
+                replicas: vec![2]
+            }
+        );
+        assert_eq!(
+            m.not_here(ShardId(9)),
+            Error::ShardNotFound {
+                shard_id: ShardId(9)
+            }
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! One shard on this node: its Raft group, a reader of its state machine, and its
+//! proposer (`proposer`), which turns concurrent requests into few log entries; and
+//! the node-level expiry sweeper (`sweeper`).
+
+mod proposer;
+mod sweeper;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use proposer::{ProposeStats, Proposed};
+pub use sweeper::spawn_sweeper;
+
+use crate::clock::Clock;
+use crate::config::ClusterConfig;
+use crate::error::Error;
+use crate::inventory::OpGroup;
+use crate::raft::{ReadError, ShardRaft};
+use crate::router::{ShardDescriptor, ShardId, ShardMap};
+use crate::storage::ShardReader;
+use proposer::Proposal;
+
+pub struct Shard {
+    pub descriptor: ShardDescriptor,
+    pub raft: ShardRaft,
+    pub reader: ShardReader,
+    node_id: u64,
+    cluster: Arc<ClusterConfig>,
+    /// Where leader hints get their addresses.
+    map: Arc<ShardMap>,
+    clock: Clock,
+    stats: Arc<ProposeStats>,
+    proposals: mpsc::Sender<Proposal>,
+    /// The state machine's earliest-timer hint (`u64::MAX` none, 0 unknown).
+    next_timer_ms: Arc<AtomicU64>,
+}
+
+/// What a shard is started with, besides its descriptor and Raft group.
+pub struct ShardContext {
+    pub node_id: u64,
+    pub cluster: Arc<ClusterConfig>,
+    pub map: Arc<ShardMap>,
+    pub clock: Clock,
+    pub stats: Arc<ProposeStats>,
+}
+
+impl Shard {
+    pub fn start(
+        descriptor: ShardDescriptor,
+        raft: ShardRaft,
+        reader: ShardReader,
+        next_timer_ms: Arc<AtomicU64>,
+        ctx: &ShardContext,
+        shutdown: &broadcast::Sender<()>,
+    ) -> Arc<Shard> {
+        let (tx, rx) = mpsc::channel(ctx.cluster.server.shard_queue_max);
+        let shard = Arc::new(Shard {
+            descriptor,
+            raft: raft.clone(),
+            reader,
+            node_id: ctx.node_id,
+            cluster: ctx.cluster.clone(),
+            map: ctx.map.clone(),
+            clock: ctx.clock,
+            stats: ctx.stats.clone(),
+            proposals: tx,
+            next_timer_ms,
+        });
+        let proposer = proposer::ProposerContext {
+            shard_id: shard.id(),
+            node_id: ctx.node_id,
+            raft,
+            cluster: ctx.cluster.clone(),
+            map: ctx.map.clone(),
+            clock: ctx.clock,
+            stats: ctx.stats.clone(),
+        };
+        tokio::spawn(proposer::run(proposer, rx, shutdown.subscribe()));
+        shard
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.descriptor.id
+    }
+
+    /// The leader as this node's Raft instance knows it.
+    pub fn leader_id(&self) -> Option<u64> {
+        self.raft.leader()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader_id() == Some(self.node_id)
+    }
+
+    fn not_leader(&self, leader: Option<u64>) -> Error {
+        self.map.not_leader(self.id(), leader, self.node_id)
+    }
+
+    /// NOT_LEADER unless this node leads the shard now (as far as it knows).
+    pub fn check_leader(&self) -> Result<(), Error> {
+        match self.leader_id() {
+            Some(l) if l == self.node_id => Ok(()),
+            other => Err(self.not_leader(other)),
+        }
+    }
+
+    /// Proposes `group` and waits for its results. Refuses at once, with nothing
+    /// proposed, when this node is not the leader or the shard's queue is full.
+    pub async fn propose(&self, group: OpGroup) -> Result<Proposed, Error> {
+        self.check_leader()?;
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::active() == crate::planted::Bug::AckBeforeCommit && !group.ops.is_empty()
+        {
+            return self.answer_before_commit(group);
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.proposals.try_send(Proposal { group, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::RateLimited {
+                    what: format!("shard {} proposal queue is full", self.id()),
+                    retry_after_ms: 50,
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Error::ShardUnavailable {
+                    shard_id: self.id(),
+                    reason: "the shard is shutting down".into(),
+                });
+            }
+        }
+        rx.await.map_err(|_| Error::OutcomeUnknown {
+            shard_id: self.id(),
+            reason: "the proposer stopped".into(),
+        })?
+    }
+
+    /// Asks the Raft group to hand leadership to `to` and waits (up to `timeout`) until
+    /// this node sees `to` as leader. Returns the leader seen last. NOT_LEADER when this
+    /// node is not the leader.
+    pub async fn transfer_leadership(
+        &self,
+        to: u64,
+        timeout: Duration,
+    ) -> Result<Option<u64>, Error> {
+        if self.leader_id() == Some(to) {
+            return Ok(Some(to));
+        }
+        self.check_leader()?;
+        self.raft
+            .transfer_leader(to)
+            .await
+            .map_err(|reason| Error::ShardUnavailable {
+                shard_id: self.id(),
+                reason,
+            })?;
+        crate::raft::wait_until(timeout, || self.leader_id() == Some(to)).await;
+        Ok(self.leader_id())
+    }
+
+    /// Planted bug `ack-before-commit`: answers from the local state at once and
+    /// proposes in the background, whatever becomes of it.
+    #[cfg(feature = "planted-bugs")]
+    fn answer_before_commit(&self, group: OpGroup) -> Result<Proposed, Error> {
+        let mut scratch =
+            crate::planted::scratch::Scratch::new(&self.reader).map_err(Error::internal)?;
+        let request = crate::inventory::ShardRequest {
+            now_ms: self.clock.now_ms(),
+            retention: self.cluster.retention.to_retention(),
+            groups: vec![group.clone()],
+        };
+        let response = crate::inventory::apply(&mut scratch, &request).map_err(Error::internal)?;
+        let (reply, _rx) = oneshot::channel();
+        let _ = self.proposals.try_send(Proposal { group, reply });
+        let results = response.groups.into_iter().next().unwrap_or_default();
+        Ok(Proposed {
+            results,
+            log_index: 0,
+        })
+    }
+
+    /// Waits until a read of the local state machine is linearizable: this node is
+    /// confirmed leader (read index or lease, per config) and has applied up to the
+    /// read point.
+    pub async fn linearize(&self) -> Result<(), Error> {
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::active() == crate::planted::Bug::LocalReads {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.cluster.server.read_timeout_ms);
+        let unavailable = |reason: String| Error::ShardUnavailable {
+            shard_id: self.id(),
+            reason,
+        };
+        match tokio::time::timeout(timeout, self.raft.linearize(self.cluster.raft.read_policy))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ReadError::NotLeader { leader })) => Err(self.not_leader(leader)),
+            Ok(Err(ReadError::NoQuorum(q))) => Err(unavailable(format!(
+                "leadership not confirmed by a quorum: {q}"
+            ))),
+            Ok(Err(ReadError::Stopped(reason))) => Err(unavailable(reason)),
+            Err(_) => Err(unavailable(format!(
+                "leadership not confirmed within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The eager half of reservation expiry, one task per node: for every shard this node
+//! leads, propose an empty entry (a tick) when a reservation timer is due, so that
+//! expired holds return their stock without anyone asking. The due time comes from the
+//! state machine's in-memory hint; the timer index is read only when it is unknown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use super::Shard;
+use crate::inventory::OpGroup;
+
+pub fn spawn_sweeper(
+    shards: Vec<Arc<Shard>>,
+    interval_ms: u64,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.recv() => return,
+            }
+            for shard in shards.iter().filter(|s| s.is_leader()) {
+                if due(shard).is_some_and(|t| t <= shard.clock.now_ms()) {
+                    let shard = shard.clone();
+                    tokio::spawn(async move {
+                        let tick = OpGroup {
+                            atomic: false,
+                            ops: Vec::new(),
+                        };
+                        if let Err(e) = shard.propose(tick).await {
+                            tracing::debug!(shard_id = %shard.id(), error = %e, "expiry tick not applied");
+                        }
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// The shard's earliest timer, from the hint or (when unknown) the timer index.
+fn due(shard: &Shard) -> Option<u64> {
+    match shard.next_timer_ms.load(Ordering::Relaxed) {
+        u64::MAX => None,
+        0 => match shard.reader.earliest_timer_ms() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(shard_id = %shard.id(), error = %e, "cannot read the timer index");
+                None
+            }
+        },
+        t => Some(t),
+    }
+}

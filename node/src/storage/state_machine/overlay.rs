@@ -1,0 +1,275 @@
+//! The overlay `inventory::apply` runs on: the inventory's state traits over RocksDB
+//! plus the pending write batch of one `apply` call. Reads see earlier writes of the
+//! same batch; every write goes into the batch, which the state machine writes in one
+//! step with the new applied log id.
+
+use std::collections::BTreeMap;
+
+use rocksdb::{ColumnFamily, DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use serde::Serialize;
+
+use super::hints::{Hint, Hints};
+use super::meta::SmMeta;
+use crate::codec;
+use crate::inventory::{Records, RequestId, Reservation, ShardState, StockRecord, StoredOutcome};
+use crate::storage::error::{Result, StorageError};
+use crate::storage::keys::{self, SmSpace};
+
+/// Implements the inventory's state traits over RocksDB plus the pending write batch.
+/// Reads see earlier writes of the same batch through `pending`.
+pub(super) struct Overlay<'a> {
+    shard_id: u64,
+    db: &'a DB,
+    cf: &'a ColumnFamily,
+    batch: &'a mut WriteBatch,
+    pub meta: &'a mut SmMeta,
+    pub hints: &'a mut Hints,
+    /// Keys written in this batch: Some(value) or None for deleted.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The first failure of an infallible-looking write (an encoding error).
+    error: Option<StorageError>,
+}
+
+impl<'a> Overlay<'a> {
+    pub fn new(
+        shard_id: u64,
+        db: &'a DB,
+        cf: &'a ColumnFamily,
+        batch: &'a mut WriteBatch,
+        meta: &'a mut SmMeta,
+        hints: &'a mut Hints,
+    ) -> Self {
+        Overlay {
+            shard_id,
+            db,
+            cf,
+            batch,
+            meta,
+            hints,
+            pending: BTreeMap::new(),
+            error: None,
+        }
+    }
+
+    pub fn take_error(&mut self) -> Result<()> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.pending.get(key) {
+            Some(Some(bytes)) => Ok(Some(codec::decode(bytes)?)),
+            Some(None) => Ok(None),
+            None => match self.db.get_pinned_cf(self.cf, key)? {
+                Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn put<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
+        match codec::encode(value) {
+            Ok(bytes) => {
+                self.batch.put_cf(self.cf, &key, &bytes);
+                self.pending.insert(key, Some(bytes));
+            }
+            Err(e) => {
+                self.error.get_or_insert(StorageError::from(e));
+            }
+        }
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.batch.delete_cf(self.cf, &key);
+        self.pending.insert(key, None);
+    }
+
+    /// Reads the earliest key of each index whose hint is unknown, so the next entries
+    /// can skip their scans.
+    pub fn resolve_hints(&mut self) -> Result<()> {
+        if let Hint::Unknown { from } = self.hints.earliest_timer {
+            let (_, end) = keys::sm_space_range(self.shard_id, SmSpace::Timer);
+            let start = keys::timer_key(self.shard_id, from, "");
+            self.hints.earliest_timer = match self.scan_keys(&start, &end, 1)?.first() {
+                Some(k) => Hint::At(
+                    keys::parse_timer_key(self.shard_id, k)
+                        .ok_or_else(|| StorageError::Corrupt("a malformed timer key".into()))?
+                        .0,
+                ),
+                None => Hint::Empty,
+            };
+        }
+        if let Hint::Unknown { from } = self.hints.oldest_outcome {
+            let (_, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
+            let start = keys::outcome_age_key(self.shard_id, from, &[0u8; 16]);
+            self.hints.oldest_outcome = match self.scan_keys(&start, &end, 1)?.first() {
+                Some(k) => Hint::At(
+                    keys::parse_outcome_age_key(self.shard_id, k)
+                        .ok_or_else(|| StorageError::Corrupt("a malformed outcome age key".into()))?
+                        .0,
+                ),
+                None => Hint::Empty,
+            };
+        }
+        Ok(())
+    }
+
+    pub fn put_meta(&mut self) {
+        let meta = self.meta.clone();
+        self.put(keys::sm_meta_key(self.shard_id), &meta);
+    }
+
+    /// Up to `max` keys in `[start, end)` as this batch will leave them, in order.
+    fn scan_keys(&self, start: &[u8], end: &[u8], max: usize) -> Result<Vec<Vec<u8>>> {
+        let pending: Vec<_> = self.pending.range(start.to_vec()..end.to_vec()).collect();
+        let deleted = pending.iter().filter(|(_, v)| v.is_none()).count();
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mut found = std::collections::BTreeSet::new();
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf, opts, IteratorMode::From(start, Direction::Forward))
+            .take(max + deleted)
+        {
+            let (k, _) = item?;
+            found.insert(k.to_vec());
+        }
+        for (k, v) in pending {
+            if v.is_some() {
+                found.insert(k.clone());
+            } else {
+                found.remove(k);
+            }
+        }
+        Ok(found.into_iter().take(max).collect())
+    }
+}
+
+impl Records for Overlay<'_> {
+    type Error = StorageError;
+
+    fn stock(&mut self, sku: &str) -> Result<Option<StockRecord>> {
+        self.get(&keys::stock_key(self.shard_id, sku))
+    }
+
+    fn put_stock(&mut self, sku: &str, record: StockRecord) {
+        self.put(keys::stock_key(self.shard_id, sku), &record);
+    }
+
+    fn reservation(&mut self, id: &str) -> Result<Option<Reservation>> {
+        self.get(&keys::reservation_key(self.shard_id, id))
+    }
+
+    fn put_reservation(&mut self, r: &Reservation, old_timer_ms: Option<u64>) {
+        if let Some(old) = old_timer_ms {
+            self.delete(keys::timer_key(self.shard_id, old, &r.id));
+            self.hints.earliest_timer = self.hints.earliest_timer.removed(old);
+        }
+        self.hints.earliest_timer = self.hints.earliest_timer.added(r.timer_ms);
+        self.put(keys::timer_key(self.shard_id, r.timer_ms, &r.id), &());
+        self.put(keys::reservation_key(self.shard_id, &r.id), r);
+    }
+
+    fn delete_reservation(&mut self, id: &str, timer_ms: u64) {
+        self.delete(keys::timer_key(self.shard_id, timer_ms, id));
+        self.hints.earliest_timer = self.hints.earliest_timer.removed(timer_ms);
+        self.delete(keys::reservation_key(self.shard_id, id));
+    }
+
+    fn outcome(&mut self, request_id: &RequestId) -> Result<Option<StoredOutcome>> {
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::active() == crate::planted::Bug::IgnoreRequestIds {
+            return Ok(None);
+        }
+        self.get(&keys::outcome_key(self.shard_id, request_id))
+    }
+
+    fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome) {
+        self.put(keys::outcome_key(self.shard_id, request_id), stored);
+        self.put(
+            keys::outcome_age_key(self.shard_id, stored.applied_at_ms, request_id),
+            &(),
+        );
+        self.meta.outcomes_count += 1;
+        self.hints.oldest_outcome = self.hints.oldest_outcome.added(stored.applied_at_ms);
+    }
+}
+
+impl ShardState for Overlay<'_> {
+    fn clock_ms(&self) -> u64 {
+        self.meta.clock_ms
+    }
+
+    fn set_clock_ms(&mut self, now_ms: u64) {
+        assert!(
+            now_ms >= self.meta.clock_ms,
+            "the shard clock never goes back"
+        );
+        self.meta.clock_ms = now_ms;
+    }
+
+    fn due_timers(&mut self, now_ms: u64, max: usize) -> Result<Vec<(u64, String)>> {
+        if self.hints.earliest_timer.nothing_at_or_before(now_ms) {
+            return Ok(Vec::new());
+        }
+        let Some(from) = self.hints.earliest_timer.scan_from() else {
+            return Ok(Vec::new());
+        };
+        let start = keys::timer_key(self.shard_id, from, "");
+        let end = keys::timer_key(self.shard_id, now_ms.saturating_add(1), "");
+        let keys = self.scan_keys(&start, &end, max)?;
+        keys.iter()
+            .map(|k| {
+                keys::parse_timer_key(self.shard_id, k)
+                    .ok_or_else(|| StorageError::Corrupt("a malformed timer key".into()))
+            })
+            .collect()
+    }
+
+    fn prune_outcomes(
+        &mut self,
+        applied_before_ms: u64,
+        keep_max: u64,
+        deletes_max: usize,
+    ) -> Result<u64> {
+        if self.meta.outcomes_count <= keep_max
+            && self
+                .hints
+                .oldest_outcome
+                .nothing_at_or_before(applied_before_ms.saturating_sub(1))
+        {
+            return Ok(0);
+        }
+        // Small first: usually only the first key is looked at.
+        let mut chunk_len: usize = 1;
+        let Some(from) = self.hints.oldest_outcome.scan_from() else {
+            return Ok(0);
+        };
+        let (_, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
+        let start = keys::outcome_age_key(self.shard_id, from, &[0u8; 16]);
+        let mut deleted = 0u64;
+        'scan: while (deleted as usize) < deletes_max {
+            let chunk =
+                self.scan_keys(&start, &end, chunk_len.min(deletes_max - deleted as usize))?;
+            chunk_len = (chunk_len * 4).min(256);
+            if chunk.is_empty() {
+                break;
+            }
+            for key in chunk {
+                let (at, id) = keys::parse_outcome_age_key(self.shard_id, &key)
+                    .ok_or_else(|| StorageError::Corrupt("a malformed outcome age key".into()))?;
+                if at >= applied_before_ms && self.meta.outcomes_count <= keep_max {
+                    break 'scan;
+                }
+                self.delete(key);
+                self.delete(keys::outcome_key(self.shard_id, &id));
+                self.meta.outcomes_count -= 1;
+                self.hints.oldest_outcome = Hint::Unknown { from: at };
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
