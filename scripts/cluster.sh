@@ -10,6 +10,8 @@
 #
 # CONFIG defaults to cluster-config/local-3node.toml. Data and logs live under
 # ./data/ (each node's data_dir from the config; logs in data/logs, PIDs in data/pids).
+# With [security] tls on (as shipped), `up` creates the certificates on first use in
+# data/certs/<cluster_name>/; use the CLI as admin with: . data/certs/<name>/env.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +44,28 @@ build() {
 
 endpoints() { nodes | awk '{print $2}' | paste -sd, -; }
 
+# The CA file of the config's [security] section (empty when TLS is off).
+security_ca() {
+  awk '/^\[security\]/{s=1; next} /^\[/{s=0} s && /^ca *=/{gsub(/"/,"",$3); print $3}' "$config"
+}
+
+# With TLS on: creates the CA, node certificates, an `admin` client certificate and
+# the access file on first use (stockpile certs init), and makes this script's CLI
+# calls the `admin` identity (the env.sh it writes: STOCKPILE_CA/CERT/KEY).
+certs() {
+  local ca dir
+  ca=$(security_ca)
+  [ -n "$ca" ] || return 0
+  dir=$(dirname "$ca")
+  if [ ! -f "$ca" ]; then
+    [ "${1:-}" = create ] || return 0
+    "$bin/stockpile" certs init "$dir" --config "$config" >/dev/null
+    echo "created certificates in $dir (CA, nodes, client 'admin'); use the CLI with: . $dir/env.sh"
+  fi
+  # shellcheck source=/dev/null
+  . "$dir/env.sh"
+}
+
 running() { [ -f "$pids/node-$1.pid" ] && kill -0 "$(cat "$pids/node-$1.pid")" 2>/dev/null; }
 
 start_node() {
@@ -70,9 +94,12 @@ stop_node() {
   rm -f "$pids/node-$id.pid"
 }
 
+[ "$cmd" = up ] || [ ! -x "$bin/stockpile" ] || certs
+
 case "$cmd" in
   up)
     build
+    certs create
     while read -r id _; do start_node "$id"; done < <(nodes)
     wait_ready 90
     echo "cluster up: every shard has a leader. Endpoints: $(endpoints)"

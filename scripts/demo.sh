@@ -44,6 +44,10 @@ scripts/cluster.sh down "$config" >/dev/null 2>&1 || true
 rm -rf data/node-1 data/node-2 data/node-3
 trap cleanup EXIT
 scripts/cluster.sh up "$config"
+# The cluster serves mutual TLS; the CLI is the `admin` identity the first `up` made.
+# shellcheck source=/dev/null
+. data/certs/local-3node/env.sh
+say "TLS on: certificates in data/certs/local-3node/, the CLI uses them via STOCKPILE_CA/CERT/KEY"
 say "each node keeps its RocksDB under data/node-N/db and logs in data/logs/"
 cli cluster status
 
@@ -97,4 +101,4 @@ if [ "$a" = "$b" ]; then say "node $leader matches the leaders' linearizable rea
 cli cluster status
 
 step "Done"
-say "try: target/release/stockpile --help    (the CLI; README.md has a tour)"
+say "try: . data/certs/local-3node/env.sh; target/release/stockpile --help    (the CLI; README.md has a tour)"

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::admin_client::AdminClient;
 
-use crate::classify::decode_detail;
-use crate::transport::{inventory, node_answer, with_timeout};
+use crate::transport::{inventory, with_timeout};
 use crate::{Client, Consistency, Error, NodeInfo, Read, ShardDigest, Stock, Target};
 impl Client {
     /// Every node's status, gathered by one node.
@@ -89,31 +88,15 @@ impl Client {
         skus: &[&str],
         consistency: Consistency,
     ) -> Result<Vec<Read>, Error> {
-        let addr = self.node_addr(node_id)?;
-        let t = self.inner.cfg.attempt_timeout;
-        let req = with_timeout(
-            pb::GetRequest {
-                skus: skus.iter().map(|s| s.to_string()).collect(),
-                consistency: consistency.to_pb(),
-            },
-            t,
-        );
-        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-        let reply = match tokio::time::timeout(t, inventory(self.channel(&addr)?).get(req)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => {
-                return Err(decode_detail(&s)
-                    .and_then(|d| Error::from_detail(&d, None))
-                    .unwrap_or(Error::Unavailable {
-                        message: format!("node {node_id}: {}", s.message()),
-                    }));
-            }
-            Err(_) => {
-                return Err(Error::Unavailable {
-                    message: format!("node {node_id}: no answer"),
-                });
-            }
+        let req = pb::GetRequest {
+            skus: skus.iter().map(|s| s.to_string()).collect(),
+            consistency: consistency.to_pb(),
         };
+        let reply = self
+            .at_node(node_id, |ch, t| async move {
+                inventory(ch).get(with_timeout(req, t)).await
+            })
+            .await?;
         Ok(reply
             .results
             .iter()
@@ -148,21 +131,17 @@ impl Client {
         }
         let mut covered = Vec::new();
         for n in nodes.into_iter().filter(|n| n.node_id != node_id) {
-            let t = self.inner.cfg.attempt_timeout;
-            self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-            let mut admin = AdminClient::new(self.channel(&n.addr)?);
-            match tokio::time::timeout(
-                t,
-                admin.allow_rebuild(with_timeout(pb::AllowRebuildRequest { node_id }, t)),
-            )
-            .await
-            {
-                Ok(Ok(r)) => covered.extend(r.into_inner().shard_ids),
+            let answer = self
+                .at_node(n.node_id, |ch, t| async move {
+                    let req = with_timeout(pb::AllowRebuildRequest { node_id }, t);
+                    AdminClient::new(ch).allow_rebuild(req).await
+                })
+                .await;
+            match answer {
+                Ok(r) => covered.extend(r.shard_ids),
                 // A definite refusal (an unknown node) holds for every node: report it.
-                Ok(Err(s)) => {
-                    if let Some(e) = decode_detail(&s).and_then(|d| Error::from_detail(&d, None)) {
-                        return Err(e);
-                    }
+                Err(e) if e.is_definite() && !matches!(e, Error::Unavailable { .. }) => {
+                    return Err(e);
                 }
                 Err(_) => {}
             }
@@ -174,16 +153,12 @@ impl Client {
     /// Digests of a node's shard state machines, with their stored outcome counts.
     /// Replicas at the same applied index must have the same digest.
     pub async fn shard_digests(&self, node_id: u64) -> Result<Vec<ShardDigest>, Error> {
-        let addr = self.node_addr(node_id)?;
-        let t = self.inner.cfg.attempt_timeout;
-        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-        let answer = tokio::time::timeout(
-            t,
-            AdminClient::new(self.channel(&addr)?)
-                .shard_digests(with_timeout(pb::ShardDigestsRequest {}, t)),
-        )
-        .await;
-        let reply = node_answer(node_id, answer)?;
+        let reply = self
+            .at_node(node_id, |ch, t| async move {
+                let req = with_timeout(pb::ShardDigestsRequest {}, t);
+                AdminClient::new(ch).shard_digests(req).await
+            })
+            .await?;
         Ok(reply
             .shards
             .into_iter()
@@ -198,12 +173,10 @@ impl Client {
 
     /// One node's own status (its shards' Raft state and write-path counters).
     pub async fn node_status(&self, node_id: u64) -> Result<pb::NodeStatusReply, Error> {
-        let addr = self.node_addr(node_id)?;
-        let t = self.inner.cfg.attempt_timeout;
-        let req = with_timeout(pb::NodeStatusRequest {}, t);
-        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-        let answer =
-            tokio::time::timeout(t, AdminClient::new(self.channel(&addr)?).node_status(req)).await;
-        node_answer(node_id, answer)
+        self.at_node(node_id, |ch, t| async move {
+            let req = with_timeout(pb::NodeStatusRequest {}, t);
+            AdminClient::new(ch).node_status(req).await
+        })
+        .await
     }
 }

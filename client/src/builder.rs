@@ -1,5 +1,5 @@
-//! Building a [`Client`]: seeds, region, deadlines, coalescing, identity, with
-//! documented defaults.
+//! Building a [`Client`]: seeds, region, deadlines, coalescing, identity, TLS and
+//! credentials, with documented defaults.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -18,6 +18,67 @@ pub struct ClientBuilder {
     pub(crate) connect_timeout: Duration,
     pub(crate) coalesce: CoalesceConfig,
     pub(crate) identity: String,
+    pub(crate) tls: Option<TlsOptions>,
+    pub(crate) token: Option<Token>,
+}
+
+/// TLS towards the cluster: the CA that signed the nodes' certificates, and this
+/// client's own certificate and key when it authenticates with one.
+#[derive(Clone)]
+pub struct TlsOptions {
+    ca_pem: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Config {
+        message: format!("{}: cannot read: {e}", path.display()),
+    })
+}
+
+impl TlsOptions {
+    /// TLS trusting the CA in `ca` (PEM), presenting the certificate `cert` with key
+    /// `key` (PEM) when given; without one, the client authenticates with a token.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<TlsOptions, Error> {
+        let identity = match cert_and_key {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
+        Ok(TlsOptions {
+            ca_pem: read(ca)?,
+            identity,
+        })
+    }
+
+    pub(crate) fn config(&self) -> tonic::transport::ClientTlsConfig {
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert, key)) => config.identity(tonic::transport::Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
+}
+
+/// A bearer token, never printed.
+#[derive(Clone)]
+pub(crate) struct Token(pub(crate) String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 impl Default for ClientBuilder {
@@ -30,6 +91,8 @@ impl Default for ClientBuilder {
             connect_timeout: Duration::from_millis(500),
             coalesce: CoalesceConfig::default(),
             identity: "anonymous".to_string(),
+            tls: None,
+            token: None,
         }
     }
 }
@@ -95,10 +158,51 @@ impl ClientBuilder {
         self
     }
 
+    /// Talk TLS to every node (a cluster with `[security] tls = true`). Default: off.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Authenticate with a bearer token (`stockpile token create`) instead of a client
+    /// certificate. Sent only over TLS.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Token(token.into()));
+        self
+    }
+
     /// Send every mutation as its own RPC.
     pub fn no_coalescing(mut self) -> Self {
         self.coalesce.enabled = false;
         self
+    }
+
+    fn headers(&self) -> Result<crate::transport::Headers, Error> {
+        let identity =
+            tonic::metadata::MetadataValue::try_from(self.identity.as_str()).map_err(|_| {
+                Error::Config {
+                    message: format!("identity {:?} is not printable ASCII", self.identity),
+                }
+            })?;
+        let authorization = match (&self.token, &self.tls) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(Error::Config {
+                    message: "a bearer token is sent only over TLS: give the CA too".into(),
+                });
+            }
+            (Some(t), Some(_)) => Some(
+                tonic::metadata::MetadataValue::try_from(format!("Bearer {}", t.0)).map_err(
+                    |_| Error::Config {
+                        message: "the token is not printable ASCII".into(),
+                    },
+                )?,
+            ),
+        };
+        Ok(crate::transport::Headers {
+            identity,
+            authorization,
+        })
     }
 
     /// Connects to the seeds and fetches the shard map.
@@ -115,15 +219,11 @@ impl ClientBuilder {
                 });
             }
         }
-        let identity =
-            tonic::metadata::MetadataValue::try_from(self.identity.as_str()).map_err(|_| {
-                Error::Config {
-                    message: format!("identity {:?} is not printable ASCII", self.identity),
-                }
-            })?;
+        let headers = self.headers()?;
         let client = Client {
             inner: Arc::new(Inner {
-                identity,
+                headers,
+                tls: self.tls.as_ref().map(TlsOptions::config),
                 cfg: self,
                 routing: Mutex::new(routing::Routing::default()),
                 channels: Mutex::new(HashMap::new()),

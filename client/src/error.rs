@@ -118,6 +118,23 @@ pub enum Error {
         /// What happened, for humans.
         message: String,
     },
+    /// No valid certificate or token, or it expired. Not applied.
+    #[error("unauthenticated: {message}")]
+    Unauthenticated {
+        /// What happened, for humans.
+        message: String,
+    },
+    /// The authenticated identity may not make this call (or touch this SKU). Not
+    /// applied.
+    #[error("permission denied to {identity} for {call}: {message}")]
+    PermissionDenied {
+        /// The identity the store authenticated.
+        identity: String,
+        /// The call refused.
+        call: String,
+        /// What happened, for humans.
+        message: String,
+    },
     /// A bug or storage failure on a node; the outcome is unknown.
     #[error("internal error: {message}")]
     Internal {
@@ -166,6 +183,8 @@ impl Error {
             Error::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
             Error::NodeNotFound { .. } => "NODE_NOT_FOUND",
             Error::ShardNotFound { .. } => "SHARD_NOT_FOUND",
+            Error::Unauthenticated { .. } => "UNAUTHENTICATED",
+            Error::PermissionDenied { .. } => "PERMISSION_DENIED",
             Error::Aborted { .. } => "ABORTED",
             Error::Unavailable { .. } => "UNAVAILABLE",
             Error::RateLimited { .. } => "RATE_LIMITED",
@@ -219,6 +238,14 @@ impl Error {
             R::NodeNotFound => Error::NodeNotFound { node_id: d.node_id },
             R::ShardNotFound => Error::ShardNotFound {
                 shard_id: d.shard_id,
+            },
+            R::Unauthenticated => Error::Unauthenticated {
+                message: d.message.clone(),
+            },
+            R::PermissionDenied => Error::PermissionDenied {
+                identity: d.identity.clone(),
+                call: d.field.clone(),
+                message: d.message.clone(),
             },
             R::Internal | R::RaftMessageRefused => Error::Internal {
                 message: d.message.clone(),

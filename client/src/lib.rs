@@ -20,7 +20,7 @@
 
 //!
 //! Modules: `builder` (the [`ClientBuilder`]), `transport` (one channel per node,
-//! identity header), `retry` (routing, retries, failure classification), `ops`
+//! identity header, TLS), `certs` (certificates and tokens), `retry` (routing, retries, failure classification), `ops`
 //! (mutations and reads), `batch`, `carts`, `coalesce` (per-shard Batch RPCs),
 //! `admin` (operator calls), `routing` (the cached shard map), `error`, `types`,
 //! `mutation`.
@@ -31,6 +31,7 @@ mod admin;
 mod batch;
 mod builder;
 mod carts;
+pub mod certs;
 pub mod classify;
 mod coalesce;
 mod error;
@@ -47,7 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub use builder::ClientBuilder;
+pub use builder::{ClientBuilder, TlsOptions};
 pub use coalesce::CoalesceConfig;
 pub use error::Error;
 pub use mutation::{Mutation, MutationOutcome};
@@ -68,8 +69,10 @@ pub struct Client {
 
 pub(crate) struct Inner {
     pub(crate) cfg: ClientBuilder,
-    /// The `x-stockpile-client` header value.
-    pub(crate) identity: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    /// The headers every request carries (identity, and the bearer token if any).
+    pub(crate) headers: transport::Headers,
+    /// TLS towards every node, when the cluster runs it.
+    pub(crate) tls: Option<tonic::transport::ClientTlsConfig>,
     pub(crate) routing: Mutex<routing::Routing>,
     /// One lazily connected channel per node address.
     pub(crate) channels: Mutex<HashMap<String, transport::Conn>>,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::admin_client::AdminClient;
 
-use crate::classify::{Verdict, classify};
+use crate::classify::{Verdict, classify, decode_detail};
 use crate::transport::Conn;
 use crate::{Client, Error, RequestId, ShardMap, Target};
 /// Backoff between attempts: 10 ms doubling, at most 500 ms, full jitter above half.
@@ -65,7 +65,18 @@ impl Client {
                         }
                         return Ok(map);
                     }
-                    Ok(Err(s)) => last_error = format!("{addr}: {}", s.message()),
+                    Ok(Err(s)) => {
+                        // Credentials refused by one node are refused by every node:
+                        // said at once, not retried until the deadline.
+                        let definite = decode_detail(&s).and_then(|d| Error::from_detail(&d, None));
+                        if let Some(
+                            e @ (Error::Unauthenticated { .. } | Error::PermissionDenied { .. }),
+                        ) = definite
+                        {
+                            return Err(e);
+                        }
+                        last_error = format!("{addr}: {}", s.message());
+                    }
                     Err(_) => last_error = format!("{addr}: no answer within {} ms", t.as_millis()),
                 }
                 if let Some(id) = node_id {

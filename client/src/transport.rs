@@ -1,5 +1,5 @@
-//! Connections: one lazily connected channel per node address, carrying the client's
-//! identity header; and the helpers every RPC uses (deadlines, the reply size limit,
+//! Connections: one lazily connected channel per node address (TLS when configured),
+//! carrying the client's identity header and bearer token; and the helpers every RPC uses (deadlines, the reply size limit,
 //! one answer mapping for calls to a named node).
 
 use std::time::Duration;
@@ -8,23 +8,34 @@ use stockpile_proto::v1::inventory_client::InventoryClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use std::sync::atomic::Ordering;
+
+use crate::classify::decode_detail;
 use crate::{Client, Error};
 /// A connection to one node: a lazily connected channel whose requests carry the
-/// client identity header (admission control budgets by it).
-pub(crate) type Conn = InterceptedService<Channel, Identity>;
+/// client's headers.
+pub(crate) type Conn = InterceptedService<Channel, Headers>;
 
-/// Adds `x-stockpile-client` to every request.
+type Ascii = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// Adds `x-stockpile-client` (admission control budgets by it) and, with a token,
+/// `authorization: Bearer …` to every request.
 #[derive(Clone)]
-pub(crate) struct Identity(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub(crate) struct Headers {
+    pub(crate) identity: Ascii,
+    pub(crate) authorization: Option<Ascii>,
+}
 
-impl tonic::service::Interceptor for Identity {
+impl tonic::service::Interceptor for Headers {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("x-stockpile-client", self.0.clone());
+        let m = request.metadata_mut();
+        m.insert("x-stockpile-client", self.identity.clone());
+        if let Some(a) = &self.authorization {
+            m.insert("authorization", a.clone());
+        }
         Ok(request)
     }
 }
@@ -43,22 +54,6 @@ pub(crate) fn with_timeout<T>(msg: T, t: Duration) -> tonic::Request<T> {
     r
 }
 
-/// The reply of an admin call to one named node, or `Unavailable` naming the node.
-pub(crate) fn node_answer<T>(
-    node_id: u64,
-    answer: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
-) -> Result<T, Error> {
-    match answer {
-        Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(Error::Unavailable {
-            message: format!("node {node_id}: {}", s.message()),
-        }),
-        Err(_) => Err(Error::Unavailable {
-            message: format!("node {node_id}: no answer"),
-        }),
-    }
-}
-
 impl Client {
     pub(crate) fn channel(&self, addr: &str) -> Result<Conn, Error> {
         let mut channels = self
@@ -69,20 +64,50 @@ impl Client {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Config {
-                message: format!("bad address {addr:?}: {e}"),
-            })?
+        let bad = |e: tonic::transport::Error| Error::Config {
+            message: format!("bad address {addr:?}: {e}"),
+        };
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(bad)?
             .connect_timeout(self.inner.cfg.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let conn = InterceptedService::new(
-            endpoint.connect_lazy(),
-            Identity(self.inner.identity.clone()),
-        );
+        if let Some(tls) = &self.inner.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+        }
+        let conn = InterceptedService::new(endpoint.connect_lazy(), self.inner.headers.clone());
         channels.insert(addr.to_string(), conn.clone());
         Ok(conn)
+    }
+
+    /// One call to the named node, without routing or retries (operator calls, and
+    /// tests that pin a node): a definite refusal keeps its reason; anything else is
+    /// `Unavailable` naming the node.
+    pub(crate) async fn at_node<T, F, Fut>(&self, node_id: u64, call: F) -> Result<T, Error>
+    where
+        F: FnOnce(Conn, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let addr = self.node_addr(node_id)?;
+        let t = self.inner.cfg.attempt_timeout;
+        self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(t, call(self.channel(&addr)?, t)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(decode_detail(&s)
+                .and_then(|d| Error::from_detail(&d, None))
+                .unwrap_or(Error::Unavailable {
+                    message: format!("node {node_id}: {}", s.message()),
+                })),
+            Err(_) => Err(Error::Unavailable {
+                message: format!("node {node_id}: no answer within {} ms", t.as_millis()),
+            }),
+        }
     }
 
     /// The address of `node_id` in the cached shard map.

@@ -3,18 +3,26 @@
 //! connections costs the node a file descriptor for a moment, not its memory or its
 //! ability to serve the connections it has. Every connection gets TCP_NODELAY (small
 //! replies are not held back by Nagle's algorithm and delayed ACKs).
+//!
+//! With TLS on, each connection's handshake runs in its own task (a slow client
+//! cannot hold up accepting others), bounded by a timeout, with the server
+//! configuration current at that moment: certificates reloaded on SIGHUP apply to new
+//! connections only.
 
-use crate::telemetry::names;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::security::Security;
+use crate::telemetry::names;
 
 /// After a failed accept (for example, out of file descriptors), wait this long before
 /// the next, instead of spinning on the same error.
@@ -59,6 +67,90 @@ pub fn incoming(
             return Some((Ok(conn), (listener, slots)));
         }
     })
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshaken connections waiting for the server to take them.
+const HANDSHAKEN_QUEUE_MAX: usize = 256;
+
+/// The listener's connections, each holding a slot of `connections_max`, after a TLS
+/// handshake with `security`'s current server configuration.
+pub fn tls_incoming(
+    listener: TcpListener,
+    connections_max: usize,
+    security: Arc<Security>,
+) -> impl Stream<Item = Result<TlsStream<Limited>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel::<TlsStream<Limited>>(HANDSHAKEN_QUEUE_MAX);
+    tokio::spawn(async move {
+        let mut plain = Box::pin(incoming(listener, connections_max));
+        loop {
+            let conn = tokio::select! {
+                c = plain.next() => c,
+                _ = tx.closed() => return,
+            };
+            let Some(Ok(conn)) = conn else { continue };
+            let Some(config) = security.server_config() else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if !starts_with_tls(&conn).await {
+                    refuse_plaintext(conn).await;
+                    return;
+                }
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(conn);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(tls).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
+                    }
+                    Err(_) => {
+                        metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
+                    }
+                }
+            });
+        }
+    });
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|s| (Ok(s), rx)) },
+    )
+}
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Whether the connection's first byte (waited for at most the handshake timeout)
+/// begins a TLS handshake.
+async fn starts_with_tls(conn: &Limited) -> bool {
+    let mut first = [0u8; 1];
+    let peek = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.stream.peek(&mut first)).await;
+    !matches!(peek, Ok(Ok(1))) || first[0] == TLS_HANDSHAKE_RECORD
+}
+
+/// Answers every call of a plaintext HTTP/2 (gRPC) connection UNAUTHENTICATED with
+/// the reason, through the one error mapping, instead of a bare protocol error the
+/// client cannot explain; the connection lives at most the handshake timeout.
+async fn refuse_plaintext(conn: Limited) {
+    metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
+    let service = hyper::service::service_fn(|_call: hyper::Request<hyper::body::Incoming>| {
+        let status = crate::api::status::to_status(crate::error::Error::Unauthenticated {
+            reason: "this node requires TLS: connect with https and the cluster's CA \
+                     (--ca or STOCKPILE_CA)"
+                .into(),
+        });
+        std::future::ready(Ok::<_, std::convert::Infallible>(
+            status.into_http::<tonic::body::Body>(),
+        ))
+    });
+    let http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let io = hyper_util::rt::TokioIo::new(conn);
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, http2.serve_connection(io, service)).await;
 }
 
 impl Drop for Limited {

@@ -64,6 +64,14 @@ pub enum Error {
         from_node_id: u64,
         problem: String,
     },
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
+    #[error("{identity} may not call {call}: {reason}")]
+    PermissionDenied {
+        identity: String,
+        call: String,
+        reason: String,
+    },
     #[error("internal error: {message}")]
     Internal { message: String },
 }

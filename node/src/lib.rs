@@ -31,6 +31,7 @@ pub mod node;
 pub mod planted;
 pub mod raft;
 pub mod router;
+pub mod security;
 pub mod server;
 pub mod shard;
 pub mod storage;

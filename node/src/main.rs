@@ -32,6 +32,10 @@ struct Args {
     /// Log filter (overrides RUST_LOG), e.g. "info" or "stockpile_node=debug,openraft=warn".
     #[arg(long)]
     log: Option<String>,
+    /// Serve plaintext on a non-loopback address (without `security.tls`). Anyone who
+    /// can reach the port can then do anything: the node logs it loudly.
+    #[arg(long)]
+    insecure: bool,
     /// Fault injection for tests only: shifts this node's wall clock by this many ms
     /// (may be negative). Logged loudly when set.
     #[arg(long, hide = true, allow_hyphen_values = true, default_value_t = 0)]
@@ -60,6 +64,51 @@ fn init_logging(args: &Args) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Refuses plaintext on a non-loopback address unless `--insecure` says so.
+fn check_exposure(config: &ClusterConfig, addr: &str, insecure: bool) -> anyhow::Result<()> {
+    if config.security.tls {
+        return Ok(());
+    }
+    let loopback = addr
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false);
+    if loopback {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        insecure,
+        "refusing to serve plaintext on {addr}, which is not a loopback address: turn on \
+         [security] tls (docs/SECURITY.md) or start with --insecure"
+    );
+    tracing::warn!(
+        addr,
+        "INSECURE: serving plaintext without authentication on a non-loopback address (--insecure)"
+    );
+    Ok(())
+}
+
+/// SIGHUP reloads certificates, the CA bundle and the access file.
+fn spawn_reload_on_sighup(node: std::sync::Arc<Node>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: certificates reload only on restart");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match node.reload_security() {
+                Ok(()) => {
+                    tracing::info!(target: "stockpile::audit", "SIGHUP: certificates and access file reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: reload failed; the old certificates stay in use")
+                }
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {
@@ -94,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
             )
         })?
         .clone();
+    check_exposure(&config, &me.addr, args.insecure)?;
     let listener = server::bind(&me.addr).await?;
     if let Some(addr) = &me.metrics_addr {
         stockpile_node::telemetry::install_exporter(addr)?;
@@ -115,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
     server::spawn_health(node.clone(), health_reporter, stopping_tx.subscribe());
     let shard_ids: Vec<u64> = node.shards.keys().map(|s| s.0).collect();
     tracing::info!(node_id = node.id, addr = %me.addr, shards = ?shard_ids, data_dir = %node.data_dir.display(), "node started");
+    spawn_reload_on_sighup(node.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(
         node.clone(),

@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::raft::ShardRaft;
 use crate::raft::network::{NetworkFactory, PeerPool, PeerTuning};
 use crate::router::{ShardDescriptor, ShardId, ShardMap};
+use crate::security::Security;
 use crate::shard::{ProposeStats, Shard, ShardContext};
 use crate::storage::node_meta::{self, NodeIdentity};
 use crate::storage::{
@@ -38,6 +39,10 @@ pub enum StartError {
     Mismatch(String),
     #[error(transparent)]
     Raft(#[from] crate::raft::StartError),
+    #[error(
+        "security: {0} (make a cluster's certificates with `stockpile certs init DIR --config CONFIG`; scripts/cluster.sh up does it on first use; docs/SECURITY.md)"
+    )]
+    Security(String),
 }
 
 fn storage(what: impl Into<String>) -> impl FnOnce(StorageError) -> StartError {
@@ -82,6 +87,8 @@ pub struct Node {
     pub shutdown: broadcast::Sender<()>,
     pub peers: Arc<PeerPool>,
     pub admission: crate::admission::Admission,
+    /// TLS material and access grants, reloadable (SIGHUP).
+    pub security: Arc<Security>,
 }
 
 /// What every shard of a node shares while it starts.
@@ -133,7 +140,10 @@ impl Node {
             .ok()
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified());
+        let security = Security::from_config(&cluster.security, node_id, options.clock)
+            .map_err(StartError::Security)?;
         let peers = PeerPool::new(node_id, PeerTuning::from_config(&cluster), source_ip);
+        peers.set_tls(security.peer_tls());
         let (shutdown, _) = broadcast::channel(1);
         let shared = Shared {
             node_id,
@@ -180,6 +190,7 @@ impl Node {
             admission,
             shutdown,
             peers,
+            security: Arc::new(security),
         }))
     }
 
@@ -244,6 +255,14 @@ impl Node {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// Reads the certificates, CA bundle and access file again (SIGHUP): new
+    /// connections, inbound and to peers, use them; existing ones are not cut.
+    pub fn reload_security(&self) -> Result<(), String> {
+        self.security.reload()?;
+        self.peers.set_tls(self.security.peer_tls());
+        Ok(())
     }
 
     /// True when every shard on this node knows a leader: it has joined its groups.

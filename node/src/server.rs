@@ -97,9 +97,8 @@ pub async fn serve(
         .max_decoding_message_size(node.cluster.raft_message_bytes_max())
         .max_encoding_message_size(node.cluster.raft_message_bytes_max());
     let tuning = &node.cluster.server;
-    let incoming = crate::connections::incoming(listener, tuning.connections_max);
     let keepalive = Duration::from_millis(tuning.keepalive_interval_ms);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(tuning.streams_per_connection_max)
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
@@ -109,9 +108,19 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(inventory)
         .add_service(admin)
-        .add_service(raft)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(raft);
+    let max = tuning.connections_max;
+    if node.security.tls_on() {
+        let incoming = crate::connections::tls_incoming(listener, max, node.security.clone());
+        router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+    } else {
+        let incoming = crate::connections::incoming(listener, max);
+        router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use super::status::to_status;
 use crate::error::Error;
 use crate::node::Node;
 use crate::router::ShardId;
+use crate::security::{Caller, Need, audit_call, audit_denied};
 
 /// How long ClusterStatus waits for each other node.
 const PEER_STATUS_TIMEOUT_MS: u64 = 1_000;
@@ -81,12 +82,106 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
     }
 }
 
+impl AdminService {
+    /// The caller of `request` if it may make `call`; else the refusal, audited.
+    fn authorized<T>(
+        &self,
+        call: &'static str,
+        request: &Request<T>,
+        need: Need,
+    ) -> Result<Caller, Status> {
+        let caller = self.node.security.caller(request).map_err(|e| {
+            audit_denied("unauthenticated", call, &e);
+            to_status(e)
+        })?;
+        caller.authorize(call, need).map_err(to_status)?;
+        Ok(caller)
+    }
+
+    async fn transfer(
+        &self,
+        req: pb::TransferLeaderRequest,
+    ) -> Result<pb::TransferLeaderReply, Error> {
+        if self.node.cluster.node(req.to_node_id).is_none() {
+            return Err(Error::NodeNotFound {
+                node_id: req.to_node_id,
+            });
+        }
+        let shard_id = ShardId(req.shard_id);
+        if self.node.map.shard(shard_id).is_none() {
+            return Err(Error::ShardNotFound { shard_id });
+        }
+        let shard = self.node.local_shard(shard_id)?;
+        if !shard.descriptor.replicas.contains(&req.to_node_id) {
+            return Err(Error::InvalidArgument {
+                field: "to_node_id".into(),
+                rule: format!(
+                    "node {} holds no replica of shard {}",
+                    req.to_node_id, req.shard_id
+                ),
+            });
+        }
+        let leader = shard
+            .transfer_leadership(
+                req.to_node_id,
+                Duration::from_millis(if req.timeout_ms == 0 {
+                    5_000
+                } else {
+                    req.timeout_ms
+                }),
+            )
+            .await?;
+        Ok(pb::TransferLeaderReply {
+            leader_id: leader.unwrap_or(0),
+        })
+    }
+
+    async fn rebuild(&self, target: u64) -> Result<pb::AllowRebuildReply, Error> {
+        if self.node.cluster.node(target).is_none() {
+            return Err(Error::NodeNotFound { node_id: target });
+        }
+        if target == self.node.id {
+            return Err(Error::InvalidArgument {
+                field: "node_id".into(),
+                rule: format!(
+                    "node {target} is the node you asked; ask a node that leads the shards of the wiped node"
+                ),
+            });
+        }
+        let mut shard_ids = Vec::new();
+        for (id, shard) in &self.node.shards {
+            if !shard.is_leader() || !shard.descriptor.replicas.contains(&target) {
+                continue;
+            }
+            match shard.raft.allow_next_revert(target).await {
+                Ok(Ok(())) => shard_ids.push(id.0),
+                Ok(Err(e)) => {
+                    tracing::warn!(shard_id = %id, target, error = %e, "allow_next_revert refused")
+                }
+                Err(reason) => {
+                    return Err(Error::ShardUnavailable {
+                        shard_id: *id,
+                        reason,
+                    });
+                }
+            }
+        }
+        tracing::warn!(
+            target,
+            ?shard_ids,
+            "allowed the next log reversion of a replica (rebuild after wipe)"
+        );
+        Ok(pb::AllowRebuildReply { shard_ids })
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn shard_map(
         &self,
-        _: Request<pb::ShardMapRequest>,
+        request: Request<pb::ShardMapRequest>,
     ) -> Result<Response<pb::ShardMapReply>, Status> {
+        self.authorized("shard_map", &request, Need::Status)?;
         let c = &self.node.cluster;
         let shards = self
             .node
@@ -118,15 +213,17 @@ impl Admin for AdminService {
 
     async fn node_status(
         &self,
-        _: Request<pb::NodeStatusRequest>,
+        request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusReply>, Status> {
+        self.authorized("node_status", &request, Need::Status)?;
         Ok(Response::new(node_status(&self.node)))
     }
 
     async fn cluster_status(
         &self,
-        _: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusReply>, Status> {
+        self.authorized("cluster_status", &request, Need::Status)?;
         let node = &self.node;
         let views = node.cluster.nodes.iter().map(|n| async move {
             if n.id == node.id {
@@ -180,88 +277,31 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderReply>, Status> {
-        let req = request.into_inner();
-        if self.node.cluster.node(req.to_node_id).is_none() {
-            return Err(to_status(Error::NodeNotFound {
-                node_id: req.to_node_id,
-            }));
-        }
-        let shard_id = ShardId(req.shard_id);
-        if self.node.map.shard(shard_id).is_none() {
-            return Err(to_status(Error::ShardNotFound { shard_id }));
-        }
-        let shard = self.node.local_shard(shard_id).map_err(to_status)?;
-        if !shard.descriptor.replicas.contains(&req.to_node_id) {
-            return Err(to_status(Error::InvalidArgument {
-                field: "to_node_id".into(),
-                rule: format!(
-                    "node {} holds no replica of shard {}",
-                    req.to_node_id, req.shard_id
-                ),
-            }));
-        }
-        let leader = shard
-            .transfer_leadership(
-                req.to_node_id,
-                Duration::from_millis(if req.timeout_ms == 0 {
-                    5_000
-                } else {
-                    req.timeout_ms
-                }),
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::TransferLeaderReply {
-            leader_id: leader.unwrap_or(0),
-        }))
+        let caller = self.authorized("transfer_leader", &request, Need::Operator)?;
+        let result = self.transfer(request.into_inner()).await;
+        audit_call(
+            &caller.name,
+            "transfer_leader",
+            &result.as_ref().map(|_| ()),
+        );
+        result.map(Response::new).map_err(to_status)
     }
 
     async fn allow_rebuild(
         &self,
         request: Request<pb::AllowRebuildRequest>,
     ) -> Result<Response<pb::AllowRebuildReply>, Status> {
-        let target = request.into_inner().node_id;
-        if self.node.cluster.node(target).is_none() {
-            return Err(to_status(Error::NodeNotFound { node_id: target }));
-        }
-        if target == self.node.id {
-            return Err(to_status(Error::InvalidArgument {
-                field: "node_id".into(),
-                rule: format!(
-                    "node {target} is the node you asked; ask a node that leads the shards of the wiped node"
-                ),
-            }));
-        }
-        let mut shard_ids = Vec::new();
-        for (id, shard) in &self.node.shards {
-            if !shard.is_leader() || !shard.descriptor.replicas.contains(&target) {
-                continue;
-            }
-            match shard.raft.allow_next_revert(target).await {
-                Ok(Ok(())) => shard_ids.push(id.0),
-                Ok(Err(e)) => {
-                    tracing::warn!(shard_id = %id, target, error = %e, "allow_next_revert refused")
-                }
-                Err(reason) => {
-                    return Err(to_status(Error::ShardUnavailable {
-                        shard_id: *id,
-                        reason,
-                    }));
-                }
-            }
-        }
-        tracing::warn!(
-            target,
-            ?shard_ids,
-            "allowed the next log reversion of a replica (rebuild after wipe)"
-        );
-        Ok(Response::new(pb::AllowRebuildReply { shard_ids }))
+        let caller = self.authorized("allow_rebuild", &request, Need::Operator)?;
+        let result = self.rebuild(request.into_inner().node_id).await;
+        audit_call(&caller.name, "allow_rebuild", &result.as_ref().map(|_| ()));
+        result.map(Response::new).map_err(to_status)
     }
 
     async fn shard_digests(
         &self,
-        _: Request<pb::ShardDigestsRequest>,
+        request: Request<pb::ShardDigestsRequest>,
     ) -> Result<Response<pb::ShardDigestsReply>, Status> {
+        self.authorized("shard_digests", &request, Need::Status)?;
         let node = self.node.clone();
         let shards = tokio::task::spawn_blocking(move || {
             node.shards

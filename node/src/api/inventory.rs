@@ -15,11 +15,12 @@ use tracing::Instrument;
 use super::decode::{self, Mutation};
 use super::encode;
 use super::status::{detail, detail_of_op, to_status, to_status_of_op};
-use crate::admission::{Admission, Kind};
+use crate::admission::Kind;
 use crate::error::Error;
 use crate::inventory::{OpGroup, OpResult, RequestId};
 use crate::node::Node;
 use crate::router::ShardId;
+use crate::security::{Caller, Need, audit_denied};
 use crate::telemetry::{self, names};
 
 pub struct InventoryService {
@@ -67,15 +68,25 @@ impl InventoryService {
         handle: F,
     ) -> Result<Response<Rep>, Status>
     where
-        F: FnOnce(Req) -> Fut,
+        F: FnOnce(Req, Caller) -> Fut,
         Fut: std::future::Future<Output = Result<Rep, Failure>>,
     {
         let started = Instant::now();
-        let identity = Admission::identity(request.metadata());
-        let span = tracing::info_span!("rpc", rpc, node_id = self.node.id, client = %identity, request_id = tracing::field::Empty, shard_id = tracing::field::Empty);
+        let caller = self.node.security.caller(&request);
+        let name = caller
+            .as_ref()
+            .map_or("unauthenticated", |c| c.name.as_str());
+        let span = tracing::info_span!("rpc", rpc, node_id = self.node.id, client = %name, request_id = tracing::field::Empty, shard_id = tracing::field::Empty);
         let result = async {
-            let _admitted = self.node.admission.admit(&identity, kind, cost)?;
-            handle(request.into_inner()).await
+            let caller = caller.inspect_err(|e| audit_denied("unauthenticated", rpc, e))?;
+            let need = match kind {
+                Kind::Read => Need::Read,
+                Kind::Write => Need::Write,
+            };
+            caller.authorize(rpc, need)?;
+            // Rate limits key on the authenticated identity, not on a name the client claims.
+            let _admitted = self.node.admission.admit(&caller.name, kind, cost)?;
+            handle(request.into_inner(), caller).await
         }
         .instrument(span)
         .await;
@@ -153,9 +164,16 @@ impl InventoryService {
 type ByShard = BTreeMap<ShardId, (Vec<usize>, Vec<crate::inventory::Op>)>;
 
 impl InventoryService {
-    async fn handle_batch(&self, req: pb::BatchRequest) -> Result<pb::BatchReply, Failure> {
+    async fn handle_batch(
+        &self,
+        req: pb::BatchRequest,
+        caller: &Caller,
+    ) -> Result<pb::BatchReply, Failure> {
         let atomic = req.atomic;
         let decoded = decode::batch(req, &self.node.cluster.limits)?;
+        // Every operation within the caller's scope, or the whole batch is refused.
+        let skus = decoded.iter().flatten().flat_map(|m| m.skus.iter());
+        caller.check_skus("batch", skus.map(String::as_str))?;
         let mut results: Vec<Option<pb::operation_result::Result>> = vec![None; decoded.len()];
         let mut by_shard = ByShard::new();
         for (i, d) in decoded.into_iter().enumerate() {
@@ -253,9 +271,17 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::SetStockRequest>,
     ) -> Result<Response<pb::StockReply>, Status> {
-        self.serve("set_stock", Kind::Write, 1, request, |r| async move {
-            self.stock(decode::set_stock(r, "")?).await
-        })
+        self.serve(
+            "set_stock",
+            Kind::Write,
+            1,
+            request,
+            |r, caller| async move {
+                let m = decode::set_stock(r, "")?;
+                caller.check_skus("set_stock", m.skus.iter().map(String::as_str))?;
+                self.stock(m).await
+            },
+        )
         .await
     }
 
@@ -263,9 +289,17 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::AdjustStockRequest>,
     ) -> Result<Response<pb::StockReply>, Status> {
-        self.serve("adjust_stock", Kind::Write, 1, request, |r| async move {
-            self.stock(decode::adjust_stock(r, "")?).await
-        })
+        self.serve(
+            "adjust_stock",
+            Kind::Write,
+            1,
+            request,
+            |r, caller| async move {
+                let m = decode::adjust_stock(r, "")?;
+                caller.check_skus("adjust_stock", m.skus.iter().map(String::as_str))?;
+                self.stock(m).await
+            },
+        )
         .await
     }
 
@@ -273,9 +307,17 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::DecrementRequest>,
     ) -> Result<Response<pb::StockReply>, Status> {
-        self.serve("decrement", Kind::Write, 1, request, |r| async move {
-            self.stock(decode::decrement(r, "")?).await
-        })
+        self.serve(
+            "decrement",
+            Kind::Write,
+            1,
+            request,
+            |r, caller| async move {
+                let m = decode::decrement(r, "")?;
+                caller.check_skus("decrement", m.skus.iter().map(String::as_str))?;
+                self.stock(m).await
+            },
+        )
         .await
     }
 
@@ -284,8 +326,10 @@ impl Inventory for InventoryService {
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReservationReply>, Status> {
         let limits = &self.node.cluster.limits;
-        self.serve("reserve", Kind::Write, 1, request, |r| async move {
-            self.reservation(decode::reserve(r, limits, "")?).await
+        self.serve("reserve", Kind::Write, 1, request, |r, caller| async move {
+            let m = decode::reserve(r, limits, "")?;
+            caller.check_skus("reserve", m.skus.iter().map(String::as_str))?;
+            self.reservation(m).await
         })
         .await
     }
@@ -294,8 +338,10 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::ConfirmRequest>,
     ) -> Result<Response<pb::ReservationReply>, Status> {
-        self.serve("confirm", Kind::Write, 1, request, |r| async move {
-            self.reservation(decode::confirm(r, "")?).await
+        self.serve("confirm", Kind::Write, 1, request, |r, caller| async move {
+            let m = decode::confirm(r, "")?;
+            caller.check_skus("confirm", m.skus.iter().map(String::as_str))?;
+            self.reservation(m).await
         })
         .await
     }
@@ -304,8 +350,10 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReservationReply>, Status> {
-        self.serve("release", Kind::Write, 1, request, |r| async move {
-            self.reservation(decode::release(r, "")?).await
+        self.serve("release", Kind::Write, 1, request, |r, caller| async move {
+            let m = decode::release(r, "")?;
+            caller.check_skus("release", m.skus.iter().map(String::as_str))?;
+            self.reservation(m).await
         })
         .await
     }
@@ -315,8 +363,8 @@ impl Inventory for InventoryService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetReply>, Status> {
         let cost = request.get_ref().skus.len() as u64;
-        self.serve("get", Kind::Read, cost, request, |r| async move {
-            Ok(self.handle_get(r).await?)
+        self.serve("get", Kind::Read, cost, request, |r, caller| async move {
+            Ok(self.handle_get(r, &caller).await?)
         })
         .await
     }
@@ -325,8 +373,8 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListReply>, Status> {
-        self.serve("list", Kind::Read, 1, request, |r| async move {
-            Ok(self.handle_list(r).await?)
+        self.serve("list", Kind::Read, 1, request, |r, caller| async move {
+            Ok(self.handle_list(r, &caller).await?)
         })
         .await
     }
@@ -335,9 +383,13 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::ReservationReply>, Status> {
-        self.serve("get_reservation", Kind::Read, 1, request, |r| async move {
-            Ok(self.handle_get_reservation(r).await?)
-        })
+        self.serve(
+            "get_reservation",
+            Kind::Read,
+            1,
+            request,
+            |r, caller| async move { Ok(self.handle_get_reservation(r, &caller).await?) },
+        )
         .await
     }
 
@@ -347,9 +399,13 @@ impl Inventory for InventoryService {
     ) -> Result<Response<pb::BatchReply>, Status> {
         let cost = request.get_ref().ops.len() as u64;
         metrics::histogram!(names::BATCH_OPS).record(cost as f64);
-        self.serve("batch", Kind::Write, cost, request, |r| {
-            self.handle_batch(r)
-        })
+        self.serve(
+            "batch",
+            Kind::Write,
+            cost,
+            request,
+            |r, caller| async move { self.handle_batch(r, &caller).await },
+        )
         .await
     }
 }

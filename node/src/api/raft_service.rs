@@ -1,5 +1,6 @@
 //! The internal Raft gRPC service: finds the shard named in each message, checks that
-//! the sender is one of its replicas, and hands the bytes to `raft::inbound` (which
+//! the sender is one of its replicas (and, with TLS, that the sender's certificate
+//! names that node), and hands the bytes to `raft::inbound` (which
 //! decodes and guards them). Snapshots arrive as a stream of chunks
 //! (`raft::snapshot_stream`) written to a file, then installed in one step. Refusals
 //! go through the one error mapping like every other service's.
@@ -18,6 +19,7 @@ use crate::node::Node;
 use crate::raft::inbound::InboundError;
 use crate::raft::snapshot_stream::{self, ReceiveError};
 use crate::router::ShardId;
+use crate::security::{Caller, Need, audit_denied};
 use crate::shard::Shard;
 use crate::telemetry::names;
 
@@ -67,6 +69,31 @@ impl RaftService {
         Ok(shard)
     }
 
+    /// The caller of a Raft call: only nodes may send Raft messages.
+    fn caller<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Caller, Status> {
+        let caller = self.node.security.caller(request).map_err(|e| {
+            audit_denied("unauthenticated", rpc, &e);
+            to_status(e)
+        })?;
+        caller.authorize(rpc, Need::Raft).map_err(to_status)?;
+        Ok(caller)
+    }
+
+    /// An authenticated message from a replica of its shard, and that shard.
+    fn message(
+        &self,
+        request: Request<pb::RaftMessage>,
+        rpc: &'static str,
+    ) -> Result<(pb::RaftMessage, &Arc<Shard>), Status> {
+        let caller = self.caller(&request, rpc)?;
+        let m = request.into_inner();
+        caller
+            .check_sender(rpc, m.from_node_id)
+            .map_err(to_status)?;
+        let shard = self.shard(ShardId(m.shard_id), m.from_node_id)?;
+        Ok((m, shard))
+    }
+
     fn reply(&self, shard_id: ShardId, payload: Vec<u8>) -> Response<pb::RaftMessage> {
         Response::new(pb::RaftMessage {
             shard_id: shard_id.0,
@@ -77,6 +104,7 @@ impl RaftService {
 
     async fn receive_snapshot(
         &self,
+        caller: &Caller,
         stream: &mut Streaming<pb::SnapshotChunk>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let timeout = Duration::from_millis(self.node.cluster.server.snapshot_chunk_timeout_ms);
@@ -85,6 +113,9 @@ impl RaftService {
             .map_err(|e| to_status(receive_error(ShardId(0), 0, e)))?
             .ok_or_else(|| to_status(receive_error(ShardId(0), 0, ReceiveError::Truncated)))?;
         let (shard_id, from) = (ShardId(first.shard_id), first.from_node_id);
+        caller
+            .check_sender("install_snapshot", from)
+            .map_err(to_status)?;
         let shard = self.shard(shard_id, from)?.clone();
         let header = shard
             .raft
@@ -136,9 +167,8 @@ impl RaftApi for RaftService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
+        let (m, shard) = self.message(request, "append_entries")?;
         let (shard_id, from) = (ShardId(m.shard_id), m.from_node_id);
-        let shard = self.shard(shard_id, from)?;
         let payload = shard
             .raft
             .handle_append_entries(from, &m.payload)
@@ -151,9 +181,8 @@ impl RaftApi for RaftService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
+        let (m, shard) = self.message(request, "vote")?;
         let (shard_id, from) = (ShardId(m.shard_id), m.from_node_id);
-        let shard = self.shard(shard_id, from)?;
         let payload = shard
             .raft
             .handle_vote(from, &m.payload, false)
@@ -166,9 +195,8 @@ impl RaftApi for RaftService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
+        let (m, shard) = self.message(request, "pre_vote")?;
         let (shard_id, from) = (ShardId(m.shard_id), m.from_node_id);
-        let shard = self.shard(shard_id, from)?;
         let payload = shard
             .raft
             .handle_vote(from, &m.payload, true)
@@ -181,9 +209,8 @@ impl RaftApi for RaftService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
+        let (m, shard) = self.message(request, "transfer_leader")?;
         let (shard_id, from) = (ShardId(m.shard_id), m.from_node_id);
-        let shard = self.shard(shard_id, from)?;
         let payload = shard
             .raft
             .handle_transfer_leader(from, &m.payload)
@@ -196,6 +223,7 @@ impl RaftApi for RaftService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        let caller = self.caller(&request, "install_snapshot")?;
         let Ok(_slot) = self.snapshot_slots.clone().try_acquire_owned() else {
             metrics::counter!(names::SNAPSHOT_RECEIVES_REFUSED_TOTAL).increment(1);
             return Err(to_status(Error::RateLimited {
@@ -206,6 +234,7 @@ impl RaftApi for RaftService {
                 retry_after_ms: 1_000,
             }));
         };
-        self.receive_snapshot(&mut request.into_inner()).await
+        self.receive_snapshot(&caller, &mut request.into_inner())
+            .await
     }
 }

@@ -11,6 +11,7 @@ use super::encode::{record_to_pb, reservation_to_pb};
 use super::inventory::InventoryService;
 use super::page_token::{self, Position};
 use crate::error::Error;
+use crate::security::Caller;
 use crate::shard::Shard;
 use crate::storage::reader::ListFrom;
 
@@ -22,8 +23,13 @@ async fn barrier(shard: &Shard, consistency: Consistency) -> Result<(), Error> {
 }
 
 impl InventoryService {
-    pub(super) async fn handle_get(&self, req: pb::GetRequest) -> Result<pb::GetReply, Error> {
+    pub(super) async fn handle_get(
+        &self,
+        req: pb::GetRequest,
+        caller: &Caller,
+    ) -> Result<pb::GetReply, Error> {
         let read = decode::get(req, &self.node.cluster.limits)?;
+        caller.check_skus("get", read.skus.iter().map(String::as_str))?;
         let mut by_shard: BTreeMap<_, Vec<usize>> = BTreeMap::new();
         for (i, sku) in read.skus.iter().enumerate() {
             by_shard
@@ -58,7 +64,17 @@ impl InventoryService {
         })
     }
 
-    pub(super) async fn handle_list(&self, req: pb::ListRequest) -> Result<pb::ListReply, Error> {
+    pub(super) async fn handle_list(
+        &self,
+        req: pb::ListRequest,
+        caller: &Caller,
+    ) -> Result<pb::ListReply, Error> {
+        if caller.scoped() {
+            // A listing walks every SKU: an identity limited to prefixes reads its SKUs
+            // with Get.
+            let reason = "List needs an identity without SKU prefixes".to_string();
+            return Err(caller.denied("list", reason));
+        }
         let read = decode::list(req, &self.node.cluster.limits)?;
         let route = match &read.from {
             Some(Position::After(s) | Position::AtOrAfter(s)) => s.as_str(),
@@ -106,8 +122,10 @@ impl InventoryService {
     pub(super) async fn handle_get_reservation(
         &self,
         req: pb::GetReservationRequest,
+        caller: &Caller,
     ) -> Result<pb::ReservationReply, Error> {
         let read = decode::get_reservation(req)?;
+        caller.check_skus("get_reservation", [read.sku.as_str()])?;
         let shard = self.node.shard_for(&read.sku)?;
         barrier(shard, read.consistency).await?;
         let (applied_index, r) = shard.reader.reservation(&read.reservation_id)?;

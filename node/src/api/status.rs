@@ -31,6 +31,8 @@ pub fn reason(e: &Error) -> pb::Reason {
         Error::NodeNotFound { .. } => R::NodeNotFound,
         Error::ShardNotFound { .. } => R::ShardNotFound,
         Error::RaftMessageRefused { .. } => R::RaftMessageRefused,
+        Error::Unauthenticated { .. } => R::Unauthenticated,
+        Error::PermissionDenied { .. } => R::PermissionDenied,
         Error::Internal { .. } => R::Internal,
     }
 }
@@ -60,6 +62,8 @@ pub fn code(e: &Error) -> Code {
         | Error::ShardUnavailable { .. }
         | Error::OutcomeUnknown { .. } => Code::Unavailable,
         Error::RateLimited { .. } => Code::ResourceExhausted,
+        Error::Unauthenticated { .. } => Code::Unauthenticated,
+        Error::PermissionDenied { .. } => Code::PermissionDenied,
         Error::Internal { .. } => Code::Internal,
     }
 }
@@ -130,7 +134,11 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
             d.shard_id = shard_id.0;
             d.node_id = *from_node_id;
         }
-        Error::Internal { .. } => {}
+        Error::PermissionDenied { identity, call, .. } => {
+            d.identity = identity.clone();
+            d.field = call.clone();
+        }
+        Error::Unauthenticated { .. } | Error::Internal { .. } => {}
     }
     d
 }

@@ -47,6 +47,25 @@ pub struct ClusterConfig {
     pub server: ServerTuning,
     #[serde(default)]
     pub admission: AdmissionConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// TLS and access control (docs/SECURITY.md). Paths may hold `{id}`, replaced by the
+/// node's id. Without `tls`, a node serves plaintext only on a loopback address, unless
+/// it is started with `--insecure`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Serve and connect over TLS, nodes authenticating each other mutually.
+    pub tls: bool,
+    /// The cluster's CA certificates (PEM; during a CA rotation, the old and the new).
+    pub ca: Option<PathBuf>,
+    /// This node's certificate and key (PEM), e.g. `data/certs/node-{id}.pem`.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Client identities and tokens with their roles (TOML; see docs/SECURITY.md).
+    pub access: Option<PathBuf>,
 }
 
 /// Admission control: bounds checked before a request costs a Raft round.

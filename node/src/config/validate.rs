@@ -17,7 +17,8 @@ impl ClusterConfig {
         retention(self, file)?;
         server(self, file)?;
         self.validate_sizes(file)?;
-        admission(self, file)
+        admission(self, file)?;
+        security(self, file)
     }
 }
 
@@ -372,5 +373,27 @@ impl ClusterConfig {
             .saturating_add(r.append_bytes_max)
             .max(r.snapshot_chunk_bytes);
         usize::try_from(payload.saturating_add(1 << 20)).unwrap_or(usize::MAX)
+    }
+}
+
+/// `[security]`: with TLS on, every file is named.
+fn security(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
+    let s = &c.security;
+    if !s.tls {
+        return Ok(());
+    }
+    let missing = [
+        ("security.ca", s.ca.is_none()),
+        ("security.cert", s.cert.is_none()),
+        ("security.key", s.key.is_none()),
+        ("security.access", s.access.is_none()),
+    ];
+    match missing.iter().find(|(_, m)| *m) {
+        Some((field, _)) => Err(ConfigError::Invalid {
+            file: file.to_string(),
+            field: field.to_string(),
+            problem: "is required when security.tls is on".into(),
+        }),
+        None => Ok(()),
     }
 }

@@ -77,6 +77,8 @@ pub struct PeerPool {
     source_ip: Option<std::net::IpAddr>,
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
     tuning: PeerTuning,
+    /// TLS towards peers (the node's certificate, the cluster's CA); None: plaintext.
+    tls: Mutex<Option<tonic::transport::ClientTlsConfig>>,
 }
 
 impl PeerPool {
@@ -90,7 +92,19 @@ impl PeerPool {
             source_ip,
             channels: Mutex::new(HashMap::new()),
             tuning,
+            tls: Mutex::new(None),
         })
+    }
+
+    /// Sets the TLS configuration for connections to peers, and forgets the channels
+    /// made with the old one: new calls dial again with the new material; calls in
+    /// flight finish on the old connections.
+    pub fn set_tls(&self, tls: Option<tonic::transport::ClientTlsConfig>) {
+        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// The channel to `target` at `addr`, made on first use (and again if the
@@ -105,8 +119,20 @@ impl PeerPool {
         {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad address {addr}: {e}"))?
+        let tls = self
+            .tls
+            .lock()
+            .map_err(|_| "peer pool lock poisoned")?
+            .clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad address {addr}: {e}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS towards {addr}: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .local_address(self.source_ip)
             .tcp_nodelay(true)

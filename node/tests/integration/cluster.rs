@@ -209,8 +209,8 @@ async fn concurrent_decrements_never_oversell() {
     // Without client-side coalescing, so that the node's own proposer has to combine
     // the concurrent requests.
     let client = Arc::new(
-        stockpile_client::Client::builder()
-            .seeds(cluster.addrs.values().cloned())
+        cluster
+            .builder()
             .no_coalescing()
             .build()
             .await

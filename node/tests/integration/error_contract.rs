@@ -74,6 +74,14 @@ fn every_variant() -> Vec<Error> {
             from_node_id: 2,
             problem: "term too large".into(),
         },
+        Error::Unauthenticated {
+            reason: "no client certificate".into(),
+        },
+        Error::PermissionDenied {
+            identity: "shop-reader".into(),
+            call: "adjust".into(),
+            reason: "role reader cannot write".into(),
+        },
         Error::Internal {
             message: "disk".into(),
         },
@@ -142,6 +150,12 @@ fn expected(e: &Error, rid: [u8; 16]) -> Verdict {
         Error::NodeNotFound { node_id } => definite(ClientError::NodeNotFound { node_id }),
         Error::ShardNotFound { shard_id } => definite(ClientError::ShardNotFound {
             shard_id: shard_id.0,
+        }),
+        Error::Unauthenticated { .. } => definite(ClientError::Unauthenticated { message: msg }),
+        Error::PermissionDenied { identity, call, .. } => definite(ClientError::PermissionDenied {
+            identity,
+            call,
+            message: msg,
         }),
         Error::RaftMessageRefused { .. } | Error::Internal { .. } => {
             definite(ClientError::Internal { message: msg })

@@ -49,17 +49,13 @@ impl Decoder for RawCodec {
     }
 }
 
-async fn channel(addr: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect")
-}
-
 /// Sends `body` as the request message of `path` and returns the status it fails with.
-async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> tonic::Status {
-    let mut grpc = tonic::client::Grpc::new(channel(addr).await)
+async fn raw_call(
+    endpoint: tonic::transport::Endpoint,
+    path: &'static str,
+    body: Vec<u8>,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(endpoint.connect().await.expect("connect"))
         .max_encoding_message_size(usize::MAX)
         .max_decoding_message_size(usize::MAX);
     grpc.ready().await.expect("ready");
@@ -149,7 +145,12 @@ async fn a_63_mib_batch_is_refused_unread_and_the_largest_legal_one_commits() {
     // 4,800 reservations x 100 items x 128-byte SKUs: every field within its limit.
     let huge = reserve_batch(4_800, &skus).encode_to_vec();
     assert!(huge.len() > 60 << 20, "{} bytes", huge.len());
-    let status = raw_call(&leader_addr, "/stockpile.v1.Inventory/Batch", huge.clone()).await;
+    let status = raw_call(
+        cluster.endpoint(&leader_addr),
+        "/stockpile.v1.Inventory/Batch",
+        huge.clone(),
+    )
+    .await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     let d = detail(&status);
     assert_eq!(d.reason(), pb::Reason::RequestTooLarge);
@@ -169,7 +170,7 @@ async fn a_63_mib_batch_is_refused_unread_and_the_largest_legal_one_commits() {
     }
     let largest = reserve_batch(ops, &skus);
     let started = Instant::now();
-    let reply = pb::inventory_client::InventoryClient::new(channel(&leader_addr).await)
+    let reply = pb::inventory_client::InventoryClient::new(cluster.channel(&leader_addr).await)
         .max_decoding_message_size(usize::MAX)
         .batch(largest)
         .await
@@ -245,7 +246,12 @@ async fn a_vote_with_term_2_pow_64_minus_1_is_refused_and_the_shard_stays_led() 
         .encode_to_vec();
         for addr in cluster.addrs.values() {
             for path in ["/stockpile.v1.Raft/Vote", "/stockpile.v1.Raft/PreVote"] {
-                let status = raw_call(addr, path, message.clone()).await;
+                let status = raw_call(
+                    cluster.endpoint_as(addr, &format!("node-{other}")),
+                    path,
+                    message.clone(),
+                )
+                .await;
                 assert_eq!(
                     status.code(),
                     tonic::Code::InvalidArgument,
@@ -296,7 +302,12 @@ async fn undecodable_requests_are_invalid_arguments_naming_the_field() {
         .position(|w| w == b"apple")
         .expect("the SKU");
     bad_utf8[at + 1] = 0xc3; // a lead byte followed by ASCII: not UTF-8
-    let status = raw_call(&addr, "/stockpile.v1.Inventory/SetStock", bad_utf8).await;
+    let status = raw_call(
+        cluster.endpoint(&addr),
+        "/stockpile.v1.Inventory/SetStock",
+        bad_utf8,
+    )
+    .await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     let d = detail(&status);
     assert_eq!(
@@ -305,7 +316,7 @@ async fn undecodable_requests_are_invalid_arguments_naming_the_field() {
     );
 
     let status = raw_call(
-        &addr,
+        cluster.endpoint(&addr),
         "/stockpile.v1.Inventory/SetStock",
         set[..set.len() - 3].to_vec(),
     )
@@ -330,7 +341,12 @@ async fn undecodable_requests_are_invalid_arguments_naming_the_field() {
     .encode_to_vec();
     let at = batch.windows(5).position(|w| w == b"apple").expect("SKU");
     batch[at] = 0xff;
-    let status = raw_call(&addr, "/stockpile.v1.Inventory/Batch", batch).await;
+    let status = raw_call(
+        cluster.endpoint(&addr),
+        "/stockpile.v1.Inventory/Batch",
+        batch,
+    )
+    .await;
     let d = detail(&status);
     assert_eq!(
         (status.code(), d.field.as_str()),
@@ -454,7 +470,7 @@ async fn out_of_policy_inputs_are_refused_with_their_field_named() {
     );
 
     // Admin calls name their targets: an unknown node is NOT_FOUND.
-    let mut admin = pb::admin_client::AdminClient::new(channel(&cluster.addrs[&1]).await);
+    let mut admin = pb::admin_client::AdminClient::new(cluster.channel(&cluster.addrs[&1]).await);
     let status = admin
         .allow_rebuild(pb::AllowRebuildRequest { node_id: 99 })
         .await

@@ -11,10 +11,11 @@ use stockpile_client::proto as pb;
 use stockpile_client::proto::inventory_client::InventoryClient;
 use stockpile_client::{Consistency, Error, Item, ReservationState, new_request_id};
 
-async fn raw_inventory(addr: &str) -> InventoryClient<tonic::transport::Channel> {
-    InventoryClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect")
+async fn raw_inventory(
+    cluster: &TestCluster,
+    addr: &str,
+) -> InventoryClient<tonic::transport::Channel> {
+    InventoryClient::new(cluster.channel(addr).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -89,7 +90,7 @@ async fn a_decrement_whose_reply_is_lost_is_applied_exactly_once() {
     let leader = cluster.leader_of(&client, 2).await;
     let followers: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
     let rid = new_request_id();
-    let mut raw = raw_inventory(&cluster.addrs[&leader]).await;
+    let mut raw = raw_inventory(&cluster, &cluster.addrs[&leader]).await;
     let mut req = tonic::Request::new(pb::DecrementRequest {
         request_id: rid.to_vec(),
         sku: "grape-x".into(),
@@ -130,7 +131,7 @@ async fn a_decrement_whose_reply_is_lost_is_applied_exactly_once() {
         let rid = new_request_id();
         let qty = 7 + round;
         // Send straight to the leader and kill it right after: the reply is lost.
-        let mut raw = raw_inventory(&cluster.addrs[&leader]).await;
+        let mut raw = raw_inventory(&cluster, &cluster.addrs[&leader]).await;
         let req = pb::DecrementRequest {
             request_id: rid.to_vec(),
             sku: "grape-x".into(),
@@ -369,7 +370,7 @@ async fn a_batch_over_four_shards_takes_one_raft_entry_per_shard() {
             })),
         })
         .collect();
-    let mut raw = raw_inventory(&cluster.addrs[&1]).await;
+    let mut raw = raw_inventory(&cluster, &cluster.addrs[&1]).await;
     let reply = raw
         .batch(pb::BatchRequest { ops, atomic: false })
         .await

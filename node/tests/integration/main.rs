@@ -16,5 +16,6 @@ mod error_contract;
 mod hardening;
 mod inventory;
 mod operability;
+mod security;
 mod state_machine_vs_model;
 mod storage_suite;

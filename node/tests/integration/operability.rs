@@ -10,24 +10,6 @@ use stockpile_client::proto as pb;
 use stockpile_client::proto::admin_client::AdminClient;
 use stockpile_client::proto::inventory_client::InventoryClient;
 use stockpile_client::{Error, new_request_id};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(addr: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read");
-    assert!(
-        body.starts_with("HTTP/1.1 200"),
-        "{}",
-        &body[..body.len().min(200)]
-    );
-    body
-}
 
 /// The value of the first sample whose line starts with `prefix`.
 fn sample(text: &str, prefix: &str) -> Option<f64> {
@@ -121,8 +103,8 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
     let cluster = TestCluster::start(Options::default());
     let client = cluster.client().await;
     cluster.wait_leaders(&client).await;
-    let addr = format!("http://{}", cluster.addrs[&1]);
-    let mut reflection = ServerReflectionClient::new(connect(&addr).await);
+    let addr = cluster.addrs[&1].clone();
+    let mut reflection = ServerReflectionClient::new(cluster.channel(&addr).await);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -152,26 +134,29 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
             "{want} missing from {names:?}"
         );
     }
-    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(&addr).await);
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "stockpile.v1.Inventory".into(),
-        })
-        .await
-        .expect("health check")
-        .into_inner();
-    assert_eq!(
-        status.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
-}
-
-async fn connect(url: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(url.to_string())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect")
+    // Health turns SERVING on the node's own tick once it has joined every shard,
+    // which may be just after the client saw leaders.
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(cluster.channel(&addr).await);
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "stockpile.v1.Inventory".into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        if status.status == serving {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not SERVING within 10 s: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -211,8 +196,8 @@ async fn overload_is_refused_with_retry_after_while_the_node_stays_responsive() 
     );
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     // 256 generators with no retries, far beyond the 2,000/s this identity is admitted.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader_addr}"))
-        .expect("endpoint")
+    let channel = cluster
+        .endpoint_as(&leader_addr, "client-loadgen")
         .connect_lazy();
     let generators: Vec<_> = (0..256)
         .map(|_| {
@@ -233,8 +218,6 @@ async fn overload_is_refused_with_retry_after_while_the_node_stays_responsive() 
                         sku: "apple-load".into(),
                         quantity: 1,
                     });
-                    req.metadata_mut()
-                        .insert("x-stockpile-client", "loadgen".parse().expect("ascii"));
                     req.set_timeout(Duration::from_secs(5));
                     let started = Instant::now();
                     match c.decrement(req).await {
@@ -273,17 +256,18 @@ async fn overload_is_refused_with_retry_after_while_the_node_stays_responsive() 
         for (id, addr) in &cluster.addrs {
             let t = Instant::now();
             let probe = async {
-                let mut h = tonic_health::pb::health_client::HealthClient::new(
-                    connect(&format!("http://{addr}")).await,
-                );
+                let channel = cluster
+                    .endpoint(addr)
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut h = tonic_health::pb::health_client::HealthClient::new(channel.clone());
                 h.check(tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                let mut a = AdminClient::connect(format!("http://{addr}"))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut a = AdminClient::new(channel);
                 a.node_status(pb::NodeStatusRequest {})
                     .await
                     .map_err(|e| e.to_string())?;
@@ -343,11 +327,12 @@ async fn overload_is_refused_with_retry_after_while_the_node_stays_responsive() 
         taken >= ok && taken <= ok + unknown,
         "taken {taken}, acknowledged {ok}, unknown {unknown}"
     );
-    // Throughput recovers once the load drops.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Throughput recovers once the load drops: the first decrement is admitted within
+    // the client's deadline (it waits out any retry-after), then every one is.
     let recovered = stockpile_client::Client::builder()
         .seeds(cluster.addrs.values().cloned())
-        .identity("loadgen")
+        .tls(cluster.tls_as(Some("loadgen")))
+        .request_timeout(Duration::from_secs(5))
         .build()
         .await
         .expect("client");
@@ -424,6 +409,7 @@ async fn bench_json_output_parses_and_its_drain_check_passes() {
     let endpoints: Vec<String> = cluster.addrs.values().cloned().collect();
     // A drain: 500 units, 8 clients, until the stock is gone.
     let out = tokio::process::Command::new(&cli)
+        .envs(cluster.cli_env())
         .args([
             "--endpoints",
             &endpoints.join(","),

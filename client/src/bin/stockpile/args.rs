@@ -1,5 +1,6 @@
 //! The CLI's arguments (clap): global flags, commands and their parsers.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -34,8 +35,27 @@ pub struct Cli {
     /// Deadline of each operation, retries included (e.g. 10s, 500ms).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub credentials: Credentials,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How the CLI proves who it is to a cluster running TLS (docs/SECURITY.md).
+#[derive(Args, Debug, Clone)]
+pub struct Credentials {
+    /// The cluster's CA certificate (PEM): turns TLS on.
+    #[arg(long, global = true, env = "STOCKPILE_CA")]
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (PEM), with --key.
+    #[arg(long, global = true, env = "STOCKPILE_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// This client's private key (PEM), with --cert.
+    #[arg(long, global = true, env = "STOCKPILE_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// A bearer token instead of a client certificate (`stockpile token create`).
+    #[arg(long, global = true, env = "STOCKPILE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +103,12 @@ pub enum Command {
     /// The cluster: status, map, leaders, repair.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Certificates: a cluster's CA, node and client certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// Bearer tokens for clients without certificates.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Drive a workload and report ops/s, latency percentiles and errors
     /// (docs/PERFORMANCE.md).
     Bench(bench::BenchArgs),
@@ -208,6 +234,94 @@ pub enum ClusterCmd {
     TransferLeader { shard: u64, to: u64 },
     /// Repair: let the leaders rebuild NODE from empty once (after its data was wiped).
     AllowRebuild { node: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCmd {
+    /// Make a CA, a certificate for every node of the cluster file, an `admin` client
+    /// certificate, an access file granting it the admin role, and `env.sh` setting
+    /// the CLI's credentials.
+    Init {
+        /// Directory for the files (refuses one that holds a CA already).
+        dir: PathBuf,
+        /// The cluster file whose nodes get certificates.
+        #[arg(long)]
+        config: PathBuf,
+        /// Validity of node and client certificates, in days.
+        #[arg(long, default_value_t = stockpile_client::certs::LEAF_VALIDITY_DAYS_DEFAULT)]
+        days: i64,
+    },
+    /// Issue (or re-issue, to rotate) node NODE's certificate from the CA in DIR.
+    Node {
+        dir: PathBuf,
+        node: u64,
+        /// Hosts or IPs the node is dialled at, besides 127.0.0.1 and localhost.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = stockpile_client::certs::LEAF_VALIDITY_DAYS_DEFAULT)]
+        days: i64,
+    },
+    /// Issue a client certificate for NAME from the CA in DIR and grant it a role in
+    /// the access file (nodes apply it on SIGHUP).
+    Client {
+        dir: PathBuf,
+        name: String,
+        #[command(flatten)]
+        grant: GrantArgs,
+        #[arg(long, default_value_t = stockpile_client::certs::LEAF_VALIDITY_DAYS_DEFAULT)]
+        days: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a bearer token for NAME, record its hash in the access file, print it once.
+    Create {
+        name: String,
+        #[command(flatten)]
+        grant: GrantArgs,
+        /// How long the token is valid (e.g. 1h, 30m).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+/// A role and its scope, written to an access file.
+#[derive(Args, Debug, Clone)]
+pub struct GrantArgs {
+    /// The access file the nodes read (`[security] access`).
+    #[arg(long)]
+    pub access: PathBuf,
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// Limit to SKUs starting with PREFIX (repeatable; default: every SKU).
+    #[arg(long = "prefix")]
+    pub prefixes: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum RoleArg {
+    /// Reads and status.
+    Reader,
+    /// Plus every mutation.
+    Writer,
+    /// Plus operator calls (leadership, repair).
+    Admin,
+}
+
+impl GrantArgs {
+    pub fn grant(&self, name: &str) -> stockpile_client::certs::Grant {
+        let role = match self.role {
+            RoleArg::Reader => "reader",
+            RoleArg::Writer => "writer",
+            RoleArg::Admin => "admin",
+        };
+        stockpile_client::certs::Grant {
+            name: name.to_string(),
+            role: role.to_string(),
+            prefixes: self.prefixes.clone(),
+        }
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

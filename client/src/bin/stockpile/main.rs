@@ -5,11 +5,13 @@
 //! mutation may be unknown: the error names its request id, and `--request-id`
 //! retries it safely).
 //!
-//! Modules: `args` (clap), `commands` (one function per command group), `output`
+//! Modules: `args` (clap), `commands` (one function per command group), `certs`
+//! (certificates and tokens, offline), `output`
 //! (tables and JSON), `bench` (the load generator), `svg` (its plot).
 
 mod args;
 mod bench;
+mod certs;
 mod commands;
 mod output;
 mod svg;
@@ -18,7 +20,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use serde_json::json;
-use stockpile_client::{Client, Error, LOCAL_CLUSTER, request_id_hex};
+use stockpile_client::{Client, ClientBuilder, Error, LOCAL_CLUSTER, TlsOptions, request_id_hex};
 
 use args::{Cli, Command};
 use output::print_json;
@@ -26,7 +28,10 @@ use output::print_json;
 fn exit_code(e: &Error) -> u8 {
     match e {
         e if e.is_refusal() => 1,
-        Error::NodeNotFound { .. } | Error::ShardNotFound { .. } => 1,
+        Error::NodeNotFound { .. }
+        | Error::ShardNotFound { .. }
+        | Error::Unauthenticated { .. }
+        | Error::PermissionDenied { .. } => 1,
         Error::InvalidArgument { .. }
         | Error::RequestIdReused { .. }
         | Error::CrossShard { .. }
@@ -36,14 +41,15 @@ fn exit_code(e: &Error) -> u8 {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Error> {
-    let endpoints = if cli.endpoints.is_empty() {
+/// A client builder from the global flags: seeds, region, deadline, credentials.
+fn builder(cli: &Cli) -> Result<ClientBuilder, Error> {
+    let endpoints: Vec<String> = if cli.endpoints.is_empty() {
         LOCAL_CLUSTER.iter().map(|s| s.to_string()).collect()
     } else {
         cli.endpoints.clone()
     };
     let mut builder = Client::builder()
-        .seeds(endpoints.clone())
+        .seeds(endpoints)
         .request_timeout(cli.timeout);
     if let Some(r) = &cli.region {
         builder = builder.region(r.clone());
@@ -51,8 +57,26 @@ async fn run(cli: Cli) -> Result<(), Error> {
     if cli.no_coalescing {
         builder = builder.no_coalescing();
     }
+    let c = &cli.credentials;
+    if let Some(ca) = &c.ca {
+        let pair = c.cert.as_deref().zip(c.key.as_deref());
+        builder = builder.tls(TlsOptions::from_files(ca, pair)?);
+    }
+    if let Some(t) = &c.token {
+        builder = builder.token(t.clone());
+    }
+    Ok(builder)
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Certs(cmd) => return certs::certs(cmd, cli.json),
+        Command::Token(cmd) => return certs::token(cmd, cli.json),
+        _ => {}
+    }
+    let builder = builder(&cli)?;
     if let Command::Bench(args) = cli.command {
-        let ok = bench::run(endpoints, cli.region.clone(), args, cli.json).await?;
+        let ok = bench::run(builder, args, cli.json).await?;
         return if ok {
             Ok(())
         } else {

@@ -5,7 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
+
+use stockpile_client::TlsOptions;
+use stockpile_client::certs::{Authority, Grant, grant_identity};
 
 pub const PORT: u16 = 7000;
 
@@ -17,9 +21,57 @@ pub fn addr(node: u64) -> String {
     format!("{}:{PORT}", ip(node))
 }
 
+/// TLS of this run's clients (None: plaintext), set by `write_config`.
+static CLIENT_TLS: RwLock<Option<TlsOptions>> = RwLock::new(None);
+
+/// The TLS options clients of this run connect with.
+pub fn client_tls() -> Option<TlsOptions> {
+    CLIENT_TLS
+        .read()
+        .map(|t| t.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
+/// Makes the run's CA, node certificates (for the nodes' own addresses) and an
+/// `admin` client certificate in `dir`, and returns the `[security]` section.
+fn make_certs(dir: &Path, nodes: u64) -> std::io::Result<String> {
+    let bad = |e: stockpile_client::certs::CertError| std::io::Error::other(e.to_string());
+    let ca = Authority::create(dir, "jepsen").map_err(bad)?;
+    for n in 1..=nodes {
+        ca.issue_node(n, &[ip(n)], 30).map_err(bad)?;
+    }
+    let admin = ca.issue_client("admin", 30).map_err(bad)?;
+    let grant = Grant {
+        name: "admin".into(),
+        role: "admin".into(),
+        prefixes: Vec::new(),
+    };
+    grant_identity(&dir.join("access.toml"), &grant).map_err(bad)?;
+    let tls = TlsOptions::from_files(&ca.ca_path(), Some((&admin.cert, &admin.key)))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    match CLIENT_TLS.write() {
+        Ok(mut t) => *t = Some(tls),
+        Err(p) => *p.into_inner() = Some(tls),
+    }
+    let file = |f: &str| format!("{:?}", dir.join(f).display().to_string());
+    Ok(format!(
+        "[security]\ntls = true\nca = {}\ncert = {}\nkey = {}\naccess = {}\n",
+        file("ca.pem"),
+        file("node-{id}.pem"),
+        file("node-{id}.key"),
+        file("access.toml")
+    ))
+}
+
 /// Writes the cluster config: `nodes` nodes and the standard four shards (split at
-/// g, n, t; every shard on every node up to three nodes, three replicas each beyond).
-pub fn write_config(dir: &Path, nodes: u64) -> std::io::Result<PathBuf> {
+/// g, n, t; every shard on every node up to three nodes, three replicas each beyond),
+/// over mutual TLS with certificates made for the run unless `plaintext`.
+pub fn write_config(dir: &Path, nodes: u64, plaintext: bool) -> std::io::Result<PathBuf> {
+    let security = if plaintext {
+        String::new()
+    } else {
+        make_certs(&dir.join("certs"), nodes)?
+    };
     use stockpile_node::config::topology::{NodeSpec, Topology};
     let t = Topology {
         cluster_name: "jepsen".into(),
@@ -40,7 +92,8 @@ pub fn write_config(dir: &Path, nodes: u64) -> std::io::Result<PathBuf> {
             "logs_kept_after_snapshot = 500\n",
             "[server]\nsweep_interval_ms = 200\npropose_timeout_ms = 3000\nread_timeout_ms = 2000\n"
         )
-        .into(),
+        .to_string()
+            + &security,
     };
     let path = dir.join("cluster.toml");
     std::fs::write(&path, t.to_toml())?;

@@ -63,6 +63,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     pub budget: u64,
     /// Internal: already inside the network namespace.
+    /// Run the nodes without TLS (for comparison; the default is mutual TLS with
+    /// certificates made for the run, as shipped).
+    #[arg(long)]
+    pub plaintext: bool,
     #[arg(long, hide = true)]
     pub inside: bool,
     /// Internal: the run directory chosen by the outer process.
@@ -143,6 +147,9 @@ fn outside(mut args: Args) -> ExitCode {
     cmd.arg("--time").arg(args.time.to_string());
     cmd.arg("--seed").arg(seed.to_string());
     cmd.arg("--budget").arg(args.budget.to_string());
+    if args.plaintext {
+        cmd.arg("--plaintext");
+    }
     if let Some(b) = &args.bug {
         cmd.arg("--bug").arg(b);
     }

@@ -151,8 +151,8 @@ pub async fn inside(args: Args) -> ExitCode {
 }
 
 async fn start_cluster(args: &Args, plan: &Plan) -> Result<Arc<AsyncMutex<Cluster>>, String> {
-    let config =
-        cluster::write_config(&plan.dir, args.nodes).map_err(|e| format!("config: {e}"))?;
+    let config = cluster::write_config(&plan.dir, args.nodes, args.plaintext)
+        .map_err(|e| format!("config: {e}"))?;
     let mut c = Cluster::new(
         plan.dir.clone(),
         config,

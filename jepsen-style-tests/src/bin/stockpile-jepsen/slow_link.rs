@@ -67,14 +67,18 @@ fn ops_in_largest_batch(skus: &[String]) -> usize {
 }
 
 async fn client(nodes: u64, timeout: Duration) -> Result<Client, String> {
-    Client::builder()
+    let b = Client::builder()
         .seeds((1..=nodes).map(cluster::addr))
         .no_coalescing()
         .request_timeout(timeout)
-        .attempt_timeout(timeout)
-        .build()
-        .await
-        .map_err(|e| format!("client: {e}"))
+        .attempt_timeout(timeout);
+    match cluster::client_tls() {
+        Some(tls) => b.tls(tls),
+        None => b,
+    }
+    .build()
+    .await
+    .map_err(|e| format!("client: {e}"))
 }
 
 /// Small writes to the shard until `stop`; returns (writes, failures, slowest).
@@ -105,7 +109,7 @@ pub async fn inside(args: Args) -> ExitCode {
             .map(|p| p.with_file_name("stockpile-node"))
             .unwrap_or_else(|_| "stockpile-node".into())
     });
-    let config = match cluster::write_config(&dir, args.nodes) {
+    let config = match cluster::write_config(&dir, args.nodes, args.plaintext) {
         Ok(c) => c,
         Err(e) => return fail_run(&format!("config: {e}")),
     };

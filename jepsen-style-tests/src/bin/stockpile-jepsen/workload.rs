@@ -33,14 +33,18 @@ pub async fn client(nodes: u64, first: u64, timeout: Duration) -> Result<Client,
     let seeds: Vec<String> = (0..nodes)
         .map(|i| cluster::addr((first - 1 + i) % nodes + 1))
         .collect();
-    Client::builder()
+    let b = Client::builder()
         .seeds(seeds)
         .no_coalescing()
         .request_timeout(timeout)
         .attempt_timeout(Duration::from_millis(400))
-        .connect_timeout(Duration::from_millis(300))
-        .build()
-        .await
+        .connect_timeout(Duration::from_millis(300));
+    match cluster::client_tls() {
+        Some(tls) => b.tls(tls),
+        None => b,
+    }
+    .build()
+    .await
 }
 
 fn completion_of(e: &Error) -> Completion {

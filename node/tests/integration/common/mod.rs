@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use stockpile_client::{Client, Consistency, Error, Stock};
+use stockpile_client::certs::{Authority, Grant, grant_identity};
+use stockpile_client::{Client, ClientBuilder, Consistency, Error, Stock, TlsOptions};
 use tempfile::TempDir;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -31,6 +32,9 @@ pub struct Options {
     pub logs_kept_after_snapshot: u64,
     /// Replicas of shards 1..=4 (default: every node).
     pub shard_replicas: Option<[Vec<u64>; 4]>,
+    /// Serve over mutual TLS with certificates from a fresh CA (default: on, as
+    /// shipped); the harness's clients are the `admin` identity.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -42,6 +46,7 @@ impl Default for Options {
             snapshot_after_entries: 20_000,
             shard_replicas: None,
             logs_kept_after_snapshot: 5_000,
+            tls: true,
         }
     }
 }
@@ -55,6 +60,8 @@ pub struct TestCluster {
     children: BTreeMap<u64, Child>,
     /// Replicas of shards 1..=4.
     pub replicas: [Vec<u64>; 4],
+    /// Whether the nodes serve TLS (certificates in `certs_dir()`).
+    pub tls: bool,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -114,12 +121,17 @@ impl TestCluster {
             .shard_replicas
             .clone()
             .unwrap_or_else(|| standard_replicas(opts.nodes));
+        let security = if opts.tls {
+            issue_certs(&dir.path().join("certs"), opts.nodes)
+        } else {
+            String::new()
+        };
         let toml = Topology {
             cluster_name: "test".into(),
             nodes,
             replicas: Some(replicas.clone()),
             extra_toml: format!(
-                "[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\nsnapshot_after_entries = {}\nlogs_kept_after_snapshot = {}\n{}",
+                "[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\nsnapshot_after_entries = {}\nlogs_kept_after_snapshot = {}\n{}\n{security}",
                 opts.snapshot_after_entries, opts.logs_kept_after_snapshot, opts.extra_toml
             ),
         }
@@ -133,6 +145,7 @@ impl TestCluster {
             metrics_addrs,
             children: BTreeMap::new(),
             replicas,
+            tls: opts.tls,
             _lock: lock,
         };
         for id in cluster.addrs.keys().copied().collect::<Vec<_>>() {
@@ -221,12 +234,115 @@ impl TestCluster {
     }
 
     pub async fn client_in(&self, region: Option<&str>) -> Client {
-        let mut b = Client::builder()
-            .seeds(self.addrs.values().cloned())
-            .request_timeout(Duration::from_secs(20));
+        let mut b = self.builder();
         if let Some(r) = region {
             b = b.region(r);
         }
+        self.client_with(b).await
+    }
+
+    /// Where the cluster's CA, node and client certificates and access file are.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// TLS trusting the cluster's CA, presenting the client certificate of `identity`
+    /// (issued by `issue_client`), or none (for a token).
+    pub fn tls_as(&self, identity: Option<&str>) -> TlsOptions {
+        let dir = self.certs_dir();
+        let files = identity.map(|n| {
+            (
+                dir.join(format!("client-{n}.pem")),
+                dir.join(format!("client-{n}.key")),
+            )
+        });
+        TlsOptions::from_files(
+            &dir.join("ca.pem"),
+            files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .expect("client TLS files")
+    }
+
+    /// A builder for the whole cluster as the `admin` identity (TLS on) or anonymous.
+    pub fn builder(&self) -> ClientBuilder {
+        let b = Client::builder()
+            .seeds(self.addrs.values().cloned())
+            .request_timeout(Duration::from_secs(20));
+        if self.tls {
+            b.tls(self.tls_as(Some("admin")))
+        } else {
+            b
+        }
+    }
+
+    /// The environment that makes the `stockpile` CLI the `admin` identity over TLS.
+    pub fn cli_env(&self) -> Vec<(&'static str, PathBuf)> {
+        if !self.tls {
+            return Vec::new();
+        }
+        let dir = self.certs_dir();
+        vec![
+            ("STOCKPILE_CA", dir.join("ca.pem")),
+            ("STOCKPILE_CERT", dir.join("client-admin.pem")),
+            ("STOCKPILE_KEY", dir.join("client-admin.key")),
+        ]
+    }
+
+    /// Issues a client certificate for `name` and grants it `role` on `prefixes`.
+    pub fn issue_client(&self, name: &str, role: &str, prefixes: &[&str]) {
+        let ca = Authority::open(&self.certs_dir()).expect("open CA");
+        ca.issue_client(name, 30).expect("issue client certificate");
+        grant_identity(
+            &self.certs_dir().join("access.toml"),
+            &Grant {
+                name: name.into(),
+                role: role.into(),
+                prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+            },
+        )
+        .expect("grant");
+    }
+
+    /// SIGHUP to every running node: certificates and access file are read again.
+    pub fn reload_all(&self) {
+        for id in self.running() {
+            signal(self.pid(id), "HUP");
+        }
+    }
+
+    /// A raw gRPC endpoint to `addr` (https as `admin` when TLS is on).
+    pub fn endpoint(&self, addr: &str) -> tonic::transport::Endpoint {
+        self.endpoint_as(addr, "client-admin")
+    }
+
+    /// A raw gRPC endpoint to `addr` presenting the certificate `stem` (`node-2`,
+    /// `client-admin`) when TLS is on.
+    pub fn endpoint_as(&self, addr: &str, stem: &str) -> tonic::transport::Endpoint {
+        if !self.tls {
+            return tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint");
+        }
+        let dir = self.certs_dir();
+        let read = |f: &str| std::fs::read(dir.join(f)).expect("certificate file");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&format!("{stem}.pem")),
+                read(&format!("{stem}.key")),
+            ));
+        tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("TLS config")
+    }
+
+    /// A connected raw gRPC channel to `addr`.
+    pub async fn channel(&self, addr: &str) -> tonic::transport::Channel {
+        self.endpoint(addr).connect().await.expect("connect")
+    }
+
+    /// Builds `b`, retrying while the cluster is starting.
+    pub async fn client_with(&self, b: ClientBuilder) -> Client {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match b.clone().build().await {
@@ -350,6 +466,42 @@ impl Drop for TestCluster {
     }
 }
 
+/// Client certificates every TLS test cluster has: name, role, SKU prefixes.
+pub const STANDARD_IDENTITIES: [(&str, &str, &[&str]); 5] = [
+    ("admin", "admin", &[]),
+    ("writer", "writer", &[]),
+    ("reader", "reader", &[]),
+    ("loadgen", "writer", &[]),
+    ("apple-writer", "writer", &["apple-"]),
+];
+
+/// A fresh CA in `dir` with a certificate for each node and each standard identity,
+/// and the `[security]` section that uses them.
+fn issue_certs(dir: &std::path::Path, nodes: u64) -> String {
+    let ca = Authority::create(dir, "test").expect("create CA");
+    for id in 1..=nodes {
+        ca.issue_node(id, &[], 30).expect("issue node certificate");
+    }
+    let access = dir.join("access.toml");
+    for (name, role, prefixes) in STANDARD_IDENTITIES {
+        ca.issue_client(name, 30).expect("issue client certificate");
+        let grant = Grant {
+            name: name.to_string(),
+            role: role.to_string(),
+            prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+        };
+        grant_identity(&access, &grant).expect("grant");
+    }
+    let file = |f: &str| format!("{:?}", dir.join(f).display().to_string());
+    format!(
+        "[security]\ntls = true\nca = {}\ncert = {}\nkey = {}\naccess = {}\n",
+        file("ca.pem"),
+        file("node-{id}.pem"),
+        file("node-{id}.key"),
+        file("access.toml"),
+    )
+}
+
 /// `n` SKUs named `<fruit>-<tag><i>`, spread round-robin over the four shards of the
 /// local test config (split at `g`, `n`, `t`).
 pub fn skus_on_every_shard(tag: &str, n: usize) -> Vec<String> {
@@ -398,4 +550,23 @@ where
             }
         }
     }
+}
+
+/// The Prometheus text of the metrics endpoint at `addr`.
+pub async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    assert!(
+        body.starts_with("HTTP/1.1 200"),
+        "{}",
+        &body[..body.len().min(200)]
+    );
+    body
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use stockpile_client::{Client, Error};
+use stockpile_client::{Client, ClientBuilder, Error};
 
 use load::Shared;
 
@@ -85,19 +85,11 @@ fn hot_sku(prefix: &str) -> String {
     format!("k{prefix}-hot")
 }
 
-pub async fn run(
-    endpoints: Vec<String>,
-    region: Option<String>,
-    args: BenchArgs,
-    json_out: bool,
-) -> Result<bool, Error> {
-    let mut b = Client::builder()
-        .seeds(endpoints)
+/// Runs the benchmark with a client from `b` (seeds, region and credentials set).
+pub async fn run(b: ClientBuilder, args: BenchArgs, json_out: bool) -> Result<bool, Error> {
+    let mut b = b
         .request_timeout(Duration::from_secs(10))
         .identity("stockpile-bench");
-    if let Some(r) = region {
-        b = b.region(r);
-    }
     if args.coalesce == OnOff::Off {
         b = b.no_coalescing();
     }
