@@ -5,8 +5,11 @@
 #   scripts/jepsen.sh [--nodes N] [--nemesis partition,kill,pause,clock|none]
 #                     [--workload register,reservations,idempotency] [--time SECONDS]
 #                     [--seed N] [--bug local-reads|ignore-request-ids|ack-before-commit]
-#   scripts/jepsen.sh --scenario slow-link [--nodes N]
+#                     [--plaintext]
+#   scripts/jepsen.sh --scenario slow-link [--nodes N] [--plaintext]
 #
+# Nodes serve mutual TLS with certificates made for the run (as shipped);
+# --plaintext runs them without, for comparison.
 # Builds what it needs (with --bug: a node with the planted-bugs feature, kept as
 # target/release/stockpile-node-planted). Exit status: 0 every check passed, 1 an
 # anomaly was found (the report says which), 2 the run could not be carried out.
@@ -20,7 +23,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --bug) bug=${2:?--bug needs a mode}; args+=("$1" "$2"); shift 2 ;;
     --nodes|--nemesis|--workload|--time|--seed|--budget|--out|--scenario) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --plaintext) args+=("$1"); shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done

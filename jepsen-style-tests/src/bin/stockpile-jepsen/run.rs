@@ -78,10 +78,11 @@ fn plan(args: &Args) -> Result<Plan, String> {
         .map(|b| format!(" --bug {b}"))
         .unwrap_or_default();
     let command = format!(
-        "scripts/jepsen.sh --nodes {} --nemesis {nemeses} --workload {} --time {} --seed {seed}{bug}",
+        "scripts/jepsen.sh --nodes {} --nemesis {nemeses} --workload {} --time {} --seed {seed}{bug}{}",
         args.nodes,
         args.workload.join(","),
         args.time,
+        if args.plaintext { " --plaintext" } else { "" },
     );
     Ok(Plan {
         dir,
