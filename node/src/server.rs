@@ -77,10 +77,23 @@ pub async fn serve(
     >,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(stockpile_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection as both `v1` and `v1alpha`: older grpcurl releases, Postman and
+    // Python's grpcio-reflection still ask for v1alpha.
+    let reflection_files = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(stockpile_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection = reflection_files()
         .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection_files()
+        .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     // A request over `limits.request_bytes_max` is refused from its length prefix,
     // unread, and answered REQUEST_TOO_LARGE; Raft messages may carry one call's
@@ -106,6 +119,7 @@ pub async fn serve(
         .http2_max_pending_accept_reset_streams(Some(PENDING_RESETS_MAX))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(inventory)
         .add_service(admin)
         .add_service(raft);

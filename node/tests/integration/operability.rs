@@ -128,11 +128,37 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
         "stockpile.v1.Admin",
         "stockpile.v1.Raft",
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
     ] {
         assert!(
             names.iter().any(|n| n == want),
             "{want} missing from {names:?}"
         );
+    }
+    // The same list through v1alpha, for older tools.
+    {
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as Alpha;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+        let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(AlphaRequest::ListServices(String::new())),
+        };
+        let first = Alpha::new(cluster.channel(&addr).await)
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .expect("v1alpha reflection")
+            .into_inner()
+            .message()
+            .await
+            .expect("stream")
+            .expect("a response");
+        let Some(AlphaResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("not a service list: {first:?}")
+        };
+        let alpha: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert_eq!(alpha, names, "v1alpha lists what v1 lists");
     }
     // Health turns SERVING on the node's own tick once it has joined every shard,
     // which may be just after the client saw leaders.
