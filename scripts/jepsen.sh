@@ -7,6 +7,9 @@
 #                     [--seed N] [--bug local-reads|ignore-request-ids|ack-before-commit]
 #                     [--plaintext]
 #   scripts/jepsen.sh --scenario slow-link [--nodes N] [--plaintext]
+#   scripts/jepsen.sh --scenario failover [--kills N] [--time QUIET_SECONDS]
+#       (a measurement: leader kills under load, write unavailability, and leader
+#        changes during QUIET_SECONDS of load and of idleness)
 #
 # Nodes serve mutual TLS with certificates made for the run (as shipped);
 # --plaintext runs them without, for comparison.
@@ -22,9 +25,9 @@ args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --bug) bug=${2:?--bug needs a mode}; args+=("$1" "$2"); shift 2 ;;
-    --nodes|--nemesis|--workload|--time|--seed|--budget|--out|--scenario) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+    --nodes|--nemesis|--workload|--time|--seed|--budget|--out|--scenario|--kills) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     --plaintext) args+=("$1"); shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done

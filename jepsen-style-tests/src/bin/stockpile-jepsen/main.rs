@@ -10,6 +10,7 @@
 
 mod checks;
 mod cluster;
+mod failover;
 mod nemesis;
 mod run;
 mod slow_link;
@@ -56,9 +57,13 @@ pub struct Args {
     #[arg(long, default_value = "data/jepsen")]
     pub out: PathBuf,
     /// Run a scenario instead of workloads under a nemesis: "slow-link" (the largest
-    /// legal entry over rate-limited links; the shard must keep committing).
+    /// legal entry over rate-limited links; the shard must keep committing), or
+    /// "failover" (a measurement: leader kills under load, write unavailability).
     #[arg(long)]
     pub scenario: Option<String>,
+    /// Kills of a shard leader in the failover scenario.
+    #[arg(long, default_value_t = 20)]
+    pub kills: u64,
     /// Search budget of the linearizability checker, in states per SKU.
     #[arg(long, default_value_t = 1_000_000)]
     pub budget: u64,
@@ -97,8 +102,9 @@ fn main() -> ExitCode {
         return match args.scenario.as_deref() {
             None => runtime.block_on(run::inside(args)),
             Some("slow-link") => runtime.block_on(slow_link::inside(args)),
+            Some("failover") => runtime.block_on(failover::inside(args)),
             Some(other) => {
-                eprintln!("stockpile-jepsen: unknown scenario {other:?} (slow-link)");
+                eprintln!("stockpile-jepsen: unknown scenario {other:?} (slow-link, failover)");
                 ExitCode::from(2)
             }
         };
@@ -147,6 +153,7 @@ fn outside(mut args: Args) -> ExitCode {
     cmd.arg("--time").arg(args.time.to_string());
     cmd.arg("--seed").arg(seed.to_string());
     cmd.arg("--budget").arg(args.budget.to_string());
+    cmd.arg("--kills").arg(args.kills.to_string());
     if args.plaintext {
         cmd.arg("--plaintext");
     }
