@@ -122,4 +122,18 @@ fn publish(node: &Node) {
         metrics::gauge!(names::REQUESTS_IN_FLIGHT, "kind" => kind.as_str())
             .set(node.admission.in_flight(kind) as f64);
     }
+    publish_disk(&node.data_dir);
+}
+
+/// The data directory's free and total space (the disk-full alert reads these).
+fn publish_disk(data_dir: &std::path::Path) {
+    match rustix::fs::statvfs(data_dir) {
+        Ok(st) => {
+            let available = st.f_bavail.saturating_mul(st.f_frsize);
+            let capacity = st.f_blocks.saturating_mul(st.f_frsize);
+            metrics::gauge!(names::DATA_DIR_AVAILABLE_BYTES).set(available as f64);
+            metrics::gauge!(names::DATA_DIR_CAPACITY_BYTES).set(capacity as f64);
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot stat the data directory's filesystem"),
+    }
 }

@@ -40,6 +40,8 @@ pub const RAFT_APPLIED_INDEX: &str = "stockpile_raft_applied_index";
 pub const RAFT_SNAPSHOT_INDEX: &str = "stockpile_raft_snapshot_index";
 pub const RAFT_PURGED_INDEX: &str = "stockpile_raft_purged_index";
 pub const RAFT_REPLICATION_LAG_ENTRIES: &str = "stockpile_raft_replication_lag_entries";
+pub const DATA_DIR_AVAILABLE_BYTES: &str = "stockpile_data_dir_available_bytes";
+pub const DATA_DIR_CAPACITY_BYTES: &str = "stockpile_data_dir_capacity_bytes";
 
 /// (name, kind, labels, description) of every series, for `describe` and the docs.
 pub const ALL: &[(&str, Kind, &str, &str)] = &[
@@ -231,6 +233,18 @@ pub const ALL: &[(&str, Kind, &str, &str)] = &[
         Kind::Gauge,
         "shard_id, follower",
         "On the leader: its last log index minus a follower's matched index",
+    ),
+    (
+        DATA_DIR_AVAILABLE_BYTES,
+        Kind::Gauge,
+        "",
+        "Bytes available to the node on its data directory's filesystem",
+    ),
+    (
+        DATA_DIR_CAPACITY_BYTES,
+        Kind::Gauge,
+        "",
+        "Size of the data directory's filesystem",
     ),
 ];
 

@@ -368,6 +368,41 @@ async fn overload_is_refused_with_retry_after_while_the_node_stays_responsive() 
             .await
             .expect("admitted again after the overload");
     }
+    // After traffic, refusals and recovery: every metric the monitoring assets name
+    // is exported by the nodes.
+    let mut exported = String::new();
+    for addr in cluster.metrics_addrs.values() {
+        exported += &scrape(addr).await;
+    }
+    for (file, name) in monitoring_metric_names() {
+        assert!(
+            exported.contains(&name),
+            "deploy/monitoring/{file} names {name}, which no node exports"
+        );
+    }
+}
+
+/// Every `stockpile_*` metric named in the dashboard's and the alert rules' queries.
+fn monitoring_metric_names() -> Vec<(&'static str, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring");
+    let mut names = Vec::new();
+    for file in ["grafana-dashboard.json", "alerts.yml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("monitoring asset");
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("stockpile_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = tail[..end].to_string();
+            if !names.iter().any(|(_, n)| *n == name) {
+                names.push((file, name));
+            }
+            rest = &tail[end..];
+        }
+    }
+    assert!(names.len() >= 10, "queries found: {names:?}");
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
