@@ -20,20 +20,29 @@ pub fn decode_detail(status: &tonic::Status) -> Option<pb::ErrorDetail> {
         .filter(|d| d.reason() != pb::Reason::Unspecified)
 }
 
-/// True when a transport error shows the request never left (no connection).
+/// True when a transport error shows the request never left: the connection could
+/// not be made (an `io::Error` of connect(2) in the error's source chain). A reset or
+/// broken connection may come after the node received the request, so it does not
+/// count. Reads error types, never message text.
 fn never_sent(status: &tonic::Status) -> bool {
-    let mut text = status.message().to_lowercase();
+    use std::io::ErrorKind::{
+        AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable,
+    };
     let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        text.push_str(&s.to_string().to_lowercase());
+    // Bounded: error chains are a few links long.
+    for _ in 0..16 {
+        let Some(s) = source else { return false };
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+            )
+        {
+            return true;
+        }
         source = s.source();
     }
-    // Only a failure to establish the connection proves the request never left; a
-    // reset or broken connection ("connection reset" contains "connect"!) may come after
-    // the node received it.
-    text.contains("error trying to connect")
-        || text.contains("tcp connect error")
-        || text.contains("connection refused")
+    false
 }
 
 /// What a failed attempt means for the call.
@@ -115,6 +124,27 @@ pub fn classify(status: &tonic::Status, request_id: Option<RequestId>) -> Verdic
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_never_sent_and_a_bare_status_may_have_been() {
+        // Port 1 on loopback: nothing listens, connect(2) is refused.
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let status = stockpile_proto::v1::inventory_client::InventoryClient::new(channel)
+            .get(pb::GetRequest::default())
+            .await
+            .expect_err("nothing listens");
+        assert!(never_sent(&status), "{status:?}");
+        assert!(matches!(
+            classify(&status, None),
+            Verdict::NodeFailed {
+                maybe_applied: false,
+                ..
+            }
+        ));
+        // The same words without the typed cause prove nothing.
+        let text_only = tonic::Status::unavailable("tcp connect error: connection refused");
+        assert!(!never_sent(&text_only));
+    }
 
     fn status(code: tonic::Code, d: pb::ErrorDetail) -> tonic::Status {
         tonic::Status::with_details(code, d.message.clone(), d.encode_to_vec().into())
@@ -202,7 +232,9 @@ mod tests {
                 ..
             }
         ));
-        let refused = tonic::Status::unavailable("tcp connect error: Connection refused");
+        let refused = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
         assert!(matches!(
             classify(&refused, Some([1; 16])),
             Verdict::NodeFailed {
