@@ -118,15 +118,16 @@ pub enum Error {
         /// What happened, for humans.
         message: String,
     },
-    /// No valid certificate or token, or it expired. Not applied.
-    #[error("unauthenticated: {message}")]
+    /// No valid certificate or token, or it expired. Not applied. (The store's
+    /// message already says "unauthenticated: ...".)
+    #[error("{message}")]
     Unauthenticated {
         /// What happened, for humans.
         message: String,
     },
     /// The authenticated identity may not make this call (or touch this SKU). Not
     /// applied.
-    #[error("permission denied to {identity} for {call}: {message}")]
+    #[error("permission denied: {message}")]
     PermissionDenied {
         /// The identity the store authenticated.
         identity: String,
