@@ -130,6 +130,25 @@ impl Cluster {
         }
     }
 
+    /// A scenario's cluster (no planted bug): the config written into `dir` and every
+    /// node started, from `args.node_bin` or the `stockpile-node` next to this binary.
+    pub fn start_scenario(args: &crate::Args, dir: &Path) -> Result<Cluster, String> {
+        let node_bin = args.node_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .map(|p| p.with_file_name("stockpile-node"))
+                .unwrap_or_else(|_| "stockpile-node".into())
+        });
+        let config =
+            write_config(dir, args.nodes, args.plaintext).map_err(|e| format!("config: {e}"))?;
+        let mut nodes = Cluster::new(dir.to_path_buf(), config, args.nodes, node_bin, None);
+        for id in nodes.ids() {
+            nodes
+                .start(id)
+                .map_err(|e| format!("starting node {id}: {e}"))?;
+        }
+        Ok(nodes)
+    }
+
     pub fn ids(&self) -> Vec<u64> {
         (1..=self.nodes).collect()
     }

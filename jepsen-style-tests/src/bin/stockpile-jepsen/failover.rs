@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use stockpile_client::Client;
 
 use crate::Args;
-use crate::cluster::{self, Cluster, Net, wait_ready};
+use crate::cluster::{Cluster, Net, wait_ready};
 use crate::fail_run;
 
 /// The SKU written (shard 1: below "g").
@@ -40,21 +40,10 @@ pub async fn inside(args: Args) -> ExitCode {
     if let Err(e) = Net::init() {
         return fail_run(&format!("network namespace setup: {e}"));
     }
-    let node_bin = args.node_bin.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .map(|p| p.with_file_name("stockpile-node"))
-            .unwrap_or_else(|_| "stockpile-node".into())
-    });
-    let config = match cluster::write_config(&dir, args.nodes, args.plaintext) {
+    let mut nodes = match Cluster::start_scenario(&args, &dir) {
         Ok(c) => c,
-        Err(e) => return fail_run(&format!("config: {e}")),
+        Err(e) => return fail_run(&e),
     };
-    let mut nodes = Cluster::new(dir.clone(), config, args.nodes, node_bin, None);
-    for id in nodes.ids() {
-        if let Err(e) = nodes.start(id) {
-            return fail_run(&format!("starting node {id}: {e}"));
-        }
-    }
     println!(
         "run {}: scripts/jepsen.sh --scenario failover --nodes {} --kills {} --time {}",
         dir.display(),
