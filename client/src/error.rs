@@ -37,6 +37,17 @@ pub enum Error {
         /// Units that may still be sold or held (`on_hand - reserved`).
         available: u64,
     },
+    /// A conditional set or adjust (`expected_version`) found the record at another
+    /// version (0: no record). Not applied.
+    #[error("SKU {sku:?} is at version {actual}, not the expected {expected}")]
+    VersionMismatch {
+        /// The SKU concerned.
+        sku: String,
+        /// The version the request expected.
+        expected: u64,
+        /// The record's version.
+        actual: u64,
+    },
     /// The reservation expired first; its stock went back. Not applied.
     #[error("reservation expired; its stock was returned")]
     ReservationExpired {
@@ -177,6 +188,7 @@ impl Error {
             Error::SkuNotFound { .. } => "SKU_NOT_FOUND",
             Error::ReservationNotFound { .. } => "RESERVATION_NOT_FOUND",
             Error::InsufficientStock { .. } => "INSUFFICIENT_STOCK",
+            Error::VersionMismatch { .. } => "VERSION_MISMATCH",
             Error::ReservationExpired { .. } => "RESERVATION_EXPIRED",
             Error::ReservationNotActive { .. } => "RESERVATION_NOT_ACTIVE",
             Error::RequestIdReused { .. } => "REQUEST_ID_REUSED",
@@ -217,6 +229,11 @@ impl Error {
             R::InsufficientStock => Error::InsufficientStock {
                 sku: d.sku.clone(),
                 available: d.available,
+            },
+            R::VersionMismatch => Error::VersionMismatch {
+                sku: d.sku.clone(),
+                expected: d.expected_version,
+                actual: d.actual_version,
             },
             R::ReservationExpired => Error::ReservationExpired {
                 reservation_id: reservation_id(),

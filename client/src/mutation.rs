@@ -79,6 +79,7 @@ impl Mutation {
                     request_id,
                     sku,
                     on_hand,
+                    expected_version: None,
                 })
             }
             Mutation::AdjustStock { sku, delta } => {
@@ -86,6 +87,7 @@ impl Mutation {
                     request_id,
                     sku,
                     delta,
+                    expected_version: None,
                 })
             }
             Mutation::Decrement { sku, quantity } => {

@@ -10,9 +10,11 @@ use serde::de::DeserializeOwned;
 /// The format of every encoded value. Bump it when an encoded type changes shape.
 ///
 /// History: 1 = first release; 2 = `Confirm`/`Release` carry their routing SKU (checked
-/// against the reservation's items at apply). Data of an older format is refused at
+/// against the reservation's items at apply); 3 = `SetStock`/`AdjustStock` carry an
+/// optional `expected_version` and `Rejection::VersionMismatch` exists (conditional
+/// writes, HTTP's If-Match). Data of an older format is refused at
 /// start (`node::check_identity`), never misread.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

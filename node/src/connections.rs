@@ -133,24 +133,32 @@ async fn starts_with_tls(conn: &Limited) -> bool {
     !matches!(peek, Ok(Ok(1))) || first[0] == TLS_HANDSHAKE_RECORD
 }
 
-/// Answers every call of a plaintext HTTP/2 (gRPC) connection UNAUTHENTICATED with
-/// the reason, through the one error mapping, instead of a bare protocol error the
-/// client cannot explain; the connection lives at most the handshake timeout.
+/// Answers every call of a plaintext connection (gRPC, or HTTP/1.1 and HTTP/2 JSON)
+/// UNAUTHENTICATED with the reason, through the one error mapping, instead of a bare
+/// protocol error the client cannot explain; the connection lives at most the
+/// handshake timeout.
 async fn refuse_plaintext(conn: Limited) {
     metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
-    let service = hyper::service::service_fn(|_call: hyper::Request<hyper::body::Incoming>| {
+    let service = hyper::service::service_fn(|call: hyper::Request<hyper::body::Incoming>| {
         let status = crate::api::status::to_status(crate::error::Error::Unauthenticated {
             reason: "this node requires TLS: connect with https and the cluster's CA \
                      (--ca or STOCKPILE_CA)"
                 .into(),
         });
-        std::future::ready(Ok::<_, std::convert::Infallible>(
-            status.into_http::<tonic::body::Body>(),
-        ))
+        let is_grpc = call
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+        let answer = if is_grpc {
+            status.into_http::<tonic::body::Body>()
+        } else {
+            crate::api::http::reply::plain_refusal(&status)
+        };
+        std::future::ready(Ok::<_, std::convert::Infallible>(answer))
     });
-    let http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let server = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     let io = hyper_util::rt::TokioIo::new(conn);
-    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, http2.serve_connection(io, service)).await;
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, server.serve_connection(io, service)).await;
 }
 
 impl Drop for Limited {

@@ -16,6 +16,12 @@ pub enum Error {
     ReservationNotFound { reservation_id: String },
     #[error("insufficient stock for {sku:?}: {available} available")]
     InsufficientStock { sku: String, available: u64 },
+    #[error("SKU {sku:?} is at version {actual}, not the expected {expected}")]
+    VersionMismatch {
+        sku: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("reservation {reservation_id:?} expired; its stock was returned")]
     ReservationExpired { reservation_id: String },
     #[error("reservation {reservation_id:?} is {}, not active", state.as_str())]
@@ -151,6 +157,15 @@ impl From<Rejection> for Error {
             },
             Rejection::RequestIdReused => Error::RequestIdReused,
             Rejection::Aborted { failed_op } => Error::Aborted { failed_op },
+            Rejection::VersionMismatch {
+                sku,
+                expected,
+                actual,
+            } => Error::VersionMismatch {
+                sku,
+                expected,
+                actual,
+            },
         }
     }
 }

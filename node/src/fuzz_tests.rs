@@ -113,6 +113,7 @@ fn wire_op() -> impl Strategy<Value = pb::operation::Op> {
                 request_id,
                 sku,
                 on_hand,
+                expected_version: Some(on_hand % 7).filter(|v| v % 2 == 0),
             })
         }),
         (request_id(), sku(), delta).prop_map(|(request_id, sku, delta)| {
@@ -120,6 +121,7 @@ fn wire_op() -> impl Strategy<Value = pb::operation::Op> {
                 request_id,
                 sku,
                 delta,
+                expected_version: None,
             })
         }),
         (request_id(), sku(), quantity()).prop_map(|(request_id, sku, quantity)| {
@@ -168,8 +170,8 @@ fn op_in_policy(op: &Op, limits: &Limits) -> bool {
     };
     op.request_id != [0u8; 16]
         && match &op.command {
-            Command::SetStock { sku, on_hand } => sku_in_policy(sku) && *on_hand <= QTY_MAX,
-            Command::AdjustStock { sku, delta } => {
+            Command::SetStock { sku, on_hand, .. } => sku_in_policy(sku) && *on_hand <= QTY_MAX,
+            Command::AdjustStock { sku, delta, .. } => {
                 sku_in_policy(sku) && *delta != 0 && delta.unsigned_abs() <= QTY_MAX
             }
             Command::Decrement { sku, qty } => sku_in_policy(sku) && (1..=QTY_MAX).contains(qty),
@@ -204,6 +206,7 @@ fn shard_request() -> impl Strategy<Value = ShardRequest> {
             2 => Command::AdjustStock {
                 sku,
                 delta: n as i64,
+                expected_version: Some(n / 3).filter(|v| v % 2 == 0),
             },
             _ => Command::Reserve {
                 reservation_id: rid,

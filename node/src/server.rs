@@ -1,5 +1,5 @@
-//! Serves a node's gRPC services (Inventory, Admin, Raft) on its one address, until
-//! the shutdown signal.
+//! Serves a node's gRPC services (Inventory, Admin, Raft) and its HTTP/JSON face
+//! (`api::http`) on its one address, until the shutdown signal.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -111,18 +111,25 @@ pub async fn serve(
         .max_encoding_message_size(node.cluster.raft_message_bytes_max());
     let tuning = &node.cluster.server;
     let keepalive = Duration::from_millis(tuning.keepalive_interval_ms);
+    // gRPC services and the HTTP/JSON face (`api::http`) share one axum router: gRPC
+    // by service path, HTTP under `/v1/`; anything else is answered by `fallback`.
+    let routes = tonic::service::Routes::new(health)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(inventory)
+        .add_service(admin)
+        .add_service(raft)
+        .into_axum_router()
+        .merge(crate::api::http::router(node.clone()))
+        .fallback(crate::api::http::fallback);
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
         .max_concurrent_streams(tuning.streams_per_connection_max)
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
         .http2_max_pending_accept_reset_streams(Some(PENDING_RESETS_MAX))
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .add_service(inventory)
-        .add_service(admin)
-        .add_service(raft);
+        .add_routes(routes.into());
     let max = tuning.connections_max;
     if node.security.tls_on() {
         let incoming = crate::connections::tls_incoming(listener, max, node.security.clone());

@@ -157,6 +157,7 @@ mod tests {
             sku: "a-long-enough-sku".into(),
             on_hand: 5,
             request_id: vec![7; 16],
+            expected_version: None,
         }
         .encode_to_vec();
         for cut in 1..bytes.len() {

@@ -69,6 +69,7 @@ pub fn set_stock(r: pb::SetStockRequest, prefix: &str) -> Result<Mutation, Error
     let command = Command::SetStock {
         sku: r.sku.clone(),
         on_hand: r.on_hand,
+        expected_version: r.expected_version,
     };
     Ok(mutation(request_id, command, vec![r.sku]))
 }
@@ -80,6 +81,7 @@ pub fn adjust_stock(r: pb::AdjustStockRequest, prefix: &str) -> Result<Mutation,
     let command = Command::AdjustStock {
         sku: r.sku.clone(),
         delta: r.delta,
+        expected_version: r.expected_version,
     };
     Ok(mutation(request_id, command, vec![r.sku]))
 }

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod decode;
 pub mod encode;
+pub mod http;
 pub mod inventory;
 pub mod page_token;
 pub mod raft_service;

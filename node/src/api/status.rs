@@ -17,6 +17,7 @@ pub fn reason(e: &Error) -> pb::Reason {
         Error::SkuNotFound { .. } => R::SkuNotFound,
         Error::ReservationNotFound { .. } => R::ReservationNotFound,
         Error::InsufficientStock { .. } => R::InsufficientStock,
+        Error::VersionMismatch { .. } => R::VersionMismatch,
         Error::ReservationExpired { .. } => R::ReservationExpired,
         Error::ReservationNotActive { .. } => R::ReservationNotActive,
         Error::NotLeader { .. } => R::NotLeader,
@@ -43,28 +44,35 @@ pub fn reason_name(e: &Error) -> &'static str {
 }
 
 pub fn code(e: &Error) -> Code {
-    match e {
-        Error::InvalidArgument { .. }
-        | Error::RequestIdReused
-        | Error::CrossShard { .. }
-        | Error::RequestTooLarge { .. }
-        | Error::RaftMessageRefused { .. } => Code::InvalidArgument,
-        Error::SkuNotFound { .. }
-        | Error::ReservationNotFound { .. }
-        | Error::NodeNotFound { .. }
-        | Error::ShardNotFound { .. } => Code::NotFound,
-        Error::InsufficientStock { .. }
-        | Error::ReservationExpired { .. }
-        | Error::ReservationNotActive { .. } => Code::FailedPrecondition,
-        Error::Aborted { .. } => Code::Aborted,
-        Error::NotLeader { .. }
-        | Error::ShardNotHere { .. }
-        | Error::ShardUnavailable { .. }
-        | Error::OutcomeUnknown { .. } => Code::Unavailable,
-        Error::RateLimited { .. } => Code::ResourceExhausted,
-        Error::Unauthenticated { .. } => Code::Unauthenticated,
-        Error::PermissionDenied { .. } => Code::PermissionDenied,
-        Error::Internal { .. } => Code::Internal,
+    code_of_reason(reason(e))
+}
+
+/// The gRPC code of each reason (docs/ERRORS.md): also what a batch operation's
+/// refusal, which travels as a bare detail, would have had as a call.
+pub fn code_of_reason(reason: pb::Reason) -> Code {
+    use pb::Reason as R;
+    match reason {
+        R::InvalidArgument
+        | R::RequestIdReused
+        | R::CrossShard
+        | R::RequestTooLarge
+        | R::RaftMessageRefused => Code::InvalidArgument,
+        R::SkuNotFound | R::ReservationNotFound | R::NodeNotFound | R::ShardNotFound => {
+            Code::NotFound
+        }
+        R::InsufficientStock
+        | R::VersionMismatch
+        | R::ReservationExpired
+        | R::ReservationNotActive
+        | R::ShardMoved => Code::FailedPrecondition,
+        R::Aborted => Code::Aborted,
+        R::NotLeader | R::ShardNotHere | R::ShardUnavailable | R::OutcomeUnknown => {
+            Code::Unavailable
+        }
+        R::RateLimited => Code::ResourceExhausted,
+        R::Unauthenticated => Code::Unauthenticated,
+        R::PermissionDenied => Code::PermissionDenied,
+        R::Internal | R::Unspecified => Code::Internal,
     }
 }
 
@@ -81,6 +89,15 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
             d.rule = rule.clone();
         }
         Error::SkuNotFound { sku } => d.sku = sku.clone(),
+        Error::VersionMismatch {
+            sku,
+            expected,
+            actual,
+        } => {
+            d.sku = sku.clone();
+            d.expected_version = *expected;
+            d.actual_version = *actual;
+        }
         Error::InsufficientStock { sku, available } => {
             d.sku = sku.clone();
             d.available = *available;
@@ -162,6 +179,47 @@ pub fn to_status(e: Error) -> tonic::Status {
 /// The status of a failed mutation: its detail carries the request id.
 pub fn to_status_of_op(e: Error, request_id: &RequestId) -> tonic::Status {
     status_of(&e, detail_of_op(&e, request_id))
+}
+
+/// The HTTP status of a refusal (the HTTP face, docs/HTTP.md): from the reason when the
+/// detail has one, else from the gRPC code, following the usual gRPC → HTTP table.
+/// NOT_LEADER and SHARD_NOT_HERE are answered with a redirect where a node to go to
+/// is known (`api::http::reply`); this is their status when none is.
+pub fn http_status(reason: pb::Reason, code: Code) -> u16 {
+    use pb::Reason as R;
+    match reason {
+        R::InvalidArgument | R::CrossShard | R::RaftMessageRefused => 400,
+        R::RequestIdReused => 422,
+        R::RequestTooLarge => 413,
+        R::SkuNotFound | R::ReservationNotFound | R::NodeNotFound | R::ShardNotFound => 404,
+        R::InsufficientStock | R::ReservationExpired | R::ReservationNotActive | R::Aborted => 409,
+        R::VersionMismatch => 412,
+        R::RateLimited => 429,
+        R::NotLeader | R::ShardNotHere | R::ShardUnavailable | R::ShardMoved => 503,
+        R::OutcomeUnknown => 504,
+        R::Unauthenticated => 401,
+        R::PermissionDenied => 403,
+        R::Internal => 500,
+        R::Unspecified => http_status_of_code(code),
+    }
+}
+
+fn http_status_of_code(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::FailedPrecondition => 412,
+        Code::ResourceExhausted => 429,
+        Code::Cancelled => 499,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    }
 }
 
 #[cfg(test)]

@@ -225,8 +225,16 @@ fn execute<R: Records>(
     retention: Retention,
 ) -> Result<Outcome, R::Error> {
     match command {
-        Command::SetStock { sku, on_hand } => set_stock(state, sku, *on_hand),
-        Command::AdjustStock { sku, delta } => adjust_stock(state, sku, *delta),
+        Command::SetStock {
+            sku,
+            on_hand,
+            expected_version,
+        } => set_stock(state, sku, *on_hand, *expected_version),
+        Command::AdjustStock {
+            sku,
+            delta,
+            expected_version,
+        } => adjust_stock(state, sku, *delta, *expected_version),
         Command::Decrement { sku, qty } => decrement(state, sku, *qty),
         Command::Reserve {
             reservation_id,
@@ -257,8 +265,26 @@ fn stock_outcome<R: Records>(state: &mut R, sku: &str, record: StockRecord) -> O
     }
 }
 
-fn set_stock<R: Records>(state: &mut R, sku: &str, on_hand: u64) -> Result<Outcome, R::Error> {
+/// The refusal of a conditional command whose record (version 0: absent) moved on.
+fn version_mismatch(sku: &str, actual: u64, expected: Option<u64>) -> Option<Rejection> {
+    let expected = expected?;
+    (expected != actual).then(|| Rejection::VersionMismatch {
+        sku: sku.to_string(),
+        expected,
+        actual,
+    })
+}
+
+fn set_stock<R: Records>(
+    state: &mut R,
+    sku: &str,
+    on_hand: u64,
+    expected_version: Option<u64>,
+) -> Result<Outcome, R::Error> {
     let mut record = state.stock(sku)?.unwrap_or_default();
+    if let Some(r) = version_mismatch(sku, record.version, expected_version) {
+        return Ok(rejected(r));
+    }
     if on_hand > QTY_MAX {
         return Ok(rejected(Rejection::QuantityOverflow {
             sku: sku.to_string(),
@@ -274,11 +300,19 @@ fn set_stock<R: Records>(state: &mut R, sku: &str, on_hand: u64) -> Result<Outco
     Ok(stock_outcome(state, sku, record))
 }
 
-fn adjust_stock<R: Records>(state: &mut R, sku: &str, delta: i64) -> Result<Outcome, R::Error> {
+fn adjust_stock<R: Records>(
+    state: &mut R,
+    sku: &str,
+    delta: i64,
+    expected_version: Option<u64>,
+) -> Result<Outcome, R::Error> {
     let mut record = match must_exist(state, sku)? {
         Ok(r) => r,
         Err(e) => return Ok(rejected(e)),
     };
+    if let Some(r) = version_mismatch(sku, record.version, expected_version) {
+        return Ok(rejected(r));
+    }
     let magnitude = delta.unsigned_abs();
     if delta >= 0 {
         match record.on_hand.checked_add(magnitude) {

@@ -142,7 +142,21 @@ impl Model {
     fn exec(&mut self, c: &Command, now: u64, ret: &Retention) -> Outcome {
         let rej = Outcome::Rejected;
         match c {
-            Command::SetStock { sku, on_hand } => {
+            Command::SetStock {
+                sku,
+                on_hand,
+                expected_version,
+            } => {
+                let version = self.stock.get(sku).map_or(0, |e| e.2);
+                if let Some(expected) = *expected_version
+                    && expected != version
+                {
+                    return rej(Rejection::VersionMismatch {
+                        sku: sku.clone(),
+                        expected,
+                        actual: version,
+                    });
+                }
                 let (_, rs, _) = *self.stock.entry(sku.clone()).or_insert((0, 0, 0));
                 if *on_hand < rs {
                     let (oh, rs, _) = self.stock[sku];
@@ -156,10 +170,23 @@ impl Model {
                     record: self.bump(sku, *on_hand, rs),
                 }
             }
-            Command::AdjustStock { sku, delta } => {
-                let Some(&(oh, rs, _)) = self.stock.get(sku) else {
+            Command::AdjustStock {
+                sku,
+                delta,
+                expected_version,
+            } => {
+                let Some(&(oh, rs, version)) = self.stock.get(sku) else {
                     return rej(Rejection::SkuNotFound { sku: sku.clone() });
                 };
+                if let Some(expected) = *expected_version
+                    && expected != version
+                {
+                    return rej(Rejection::VersionMismatch {
+                        sku: sku.clone(),
+                        expected,
+                        actual: version,
+                    });
+                }
                 let new = oh as i128 + *delta as i128;
                 if new < rs as i128 {
                     return rej(Rejection::InsufficientStock {

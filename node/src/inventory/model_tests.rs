@@ -14,14 +14,29 @@ use super::*;
 
 const SKUS: [&str; 3] = ["a", "b", "c"];
 
+/// Mostly unconditional; sometimes a small version, which is often the current one.
+fn expected_version() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![3 => Just(None), 1 => (0u64..4).prop_map(Some)]
+}
+
 fn command() -> impl Strategy<Value = Command> {
     let sku = prop::sample::select(SKUS.to_vec()).prop_map(String::from);
     let rid = (0u8..4).prop_map(|i| format!("r{i}"));
     prop_oneof![
-        (sku.clone(), 0u64..20).prop_map(|(sku, on_hand)| Command::SetStock { sku, on_hand }),
-        (sku.clone(), -10i64..10)
-            .prop_filter("non-zero", |(_, d)| *d != 0)
-            .prop_map(|(sku, delta)| Command::AdjustStock { sku, delta }),
+        (sku.clone(), 0u64..20, expected_version()).prop_map(|(sku, on_hand, expected_version)| {
+            Command::SetStock {
+                sku,
+                on_hand,
+                expected_version,
+            }
+        }),
+        (sku.clone(), -10i64..10, expected_version())
+            .prop_filter("non-zero", |(_, d, _)| *d != 0)
+            .prop_map(|(sku, delta, expected_version)| Command::AdjustStock {
+                sku,
+                delta,
+                expected_version
+            }),
         (sku.clone(), 1u64..8).prop_map(|(sku, qty)| Command::Decrement { sku, qty }),
         (
             rid.clone(),
@@ -233,6 +248,7 @@ fn a_retry_returns_the_first_outcome_and_changes_nothing() {
         command: Command::SetStock {
             sku: "a".into(),
             on_hand: 5,
+            expected_version: None,
         },
     };
     let dec = Op {
@@ -267,6 +283,47 @@ fn a_retry_returns_the_first_outcome_and_changes_nothing() {
 }
 
 #[test]
+fn a_conditional_set_or_adjust_applies_only_at_the_expected_version() {
+    let mut s = MemState::default();
+    let entry = |request_id: u8, command: Command| ShardRequest {
+        now_ms: 10,
+        retention: Retention::default(),
+        groups: vec![OpGroup {
+            atomic: false,
+            ops: vec![Op {
+                request_id: [request_id; 16],
+                command,
+            }],
+        }],
+    };
+    let set = |on_hand, expected_version| Command::SetStock {
+        sku: "a".into(),
+        on_hand,
+        expected_version,
+    };
+    // Version 0 means "no record yet": a create-only set.
+    apply(&mut s, &entry(1, set(5, Some(0)))).unwrap();
+    assert_eq!((s.stock["a"].on_hand, s.stock["a"].version), (5, 1));
+    let stale = apply(&mut s, &entry(2, set(9, Some(0)))).unwrap();
+    assert_eq!(
+        stale.groups[0][0].outcome,
+        Outcome::Rejected(Rejection::VersionMismatch {
+            sku: "a".into(),
+            expected: 0,
+            actual: 1
+        })
+    );
+    assert_eq!(s.stock["a"].on_hand, 5, "a refused set changes nothing");
+    let adjust = Command::AdjustStock {
+        sku: "a".into(),
+        delta: -2,
+        expected_version: Some(1),
+    };
+    apply(&mut s, &entry(3, adjust)).unwrap();
+    assert_eq!((s.stock["a"].on_hand, s.stock["a"].version), (3, 2));
+}
+
+#[test]
 fn expiry_returns_stock_eagerly_and_lazily() {
     let mut s = MemState::default();
     let ret = Retention::default();
@@ -287,6 +344,7 @@ fn expiry_returns_stock_eagerly_and_lazily() {
                 Command::SetStock {
                     sku: "a".into(),
                     on_hand: 5,
+                    expected_version: None,
                 },
             )],
             0,

@@ -70,13 +70,17 @@ pub struct Reservation {
 /// One mutation as the state machine sees it (already validated by the API layer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// `expected_version`: applied only if the record is at that version (0: no
+    /// record yet), else `VersionMismatch` (HTTP's If-Match).
     SetStock {
         sku: String,
         on_hand: u64,
+        expected_version: Option<u64>,
     },
     AdjustStock {
         sku: String,
         delta: i64,
+        expected_version: Option<u64>,
     },
     Decrement {
         sku: String,
@@ -224,6 +228,12 @@ pub enum Rejection {
     /// Not applied because another operation of the same atomic group was refused.
     Aborted {
         failed_op: u32,
+    },
+    /// A conditional set or adjust found the record at another version (0: absent).
+    VersionMismatch {
+        sku: String,
+        expected: u64,
+        actual: u64,
     },
 }
 

@@ -66,7 +66,8 @@ impl TlsMaterial {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(|e| format!("{}: {e}", files.cert.display()))?;
-        server.alpn_protocols = vec![b"h2".to_vec()];
+        // h2 for gRPC (and HTTP/2 JSON); http/1.1 for the HTTP face's plain clients.
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let peer = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
             .identity(tonic::transport::Identity::from_pem(&cert_pem, &key_pem));

@@ -85,6 +85,11 @@ fn every_variant() -> Vec<Error> {
         Error::Internal {
             message: "disk".into(),
         },
+        Error::VersionMismatch {
+            sku: "apple".into(),
+            expected: 3,
+            actual: 4,
+        },
     ]
 }
 
@@ -104,6 +109,15 @@ fn expected(e: &Error, rid: [u8; 16]) -> Verdict {
         Error::InsufficientStock { sku, available } => {
             definite(ClientError::InsufficientStock { sku, available })
         }
+        Error::VersionMismatch {
+            sku,
+            expected,
+            actual,
+        } => definite(ClientError::VersionMismatch {
+            sku,
+            expected,
+            actual,
+        }),
         Error::ReservationExpired { reservation_id } => {
             definite(ClientError::ReservationExpired { reservation_id })
         }

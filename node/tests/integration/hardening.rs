@@ -294,6 +294,7 @@ async fn undecodable_requests_are_invalid_arguments_naming_the_field() {
         request_id: vec![3; 16],
         sku: "apple-utf8".into(),
         on_hand: 5,
+        expected_version: None,
     }
     .encode_to_vec();
     let mut bad_utf8 = set.clone();

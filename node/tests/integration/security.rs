@@ -66,6 +66,7 @@ async fn strangers_are_refused_and_each_role_does_only_what_it_may() {
             request_id: vec![1; 16],
             sku: "apple-sec".into(),
             on_hand: 0,
+            expected_version: None,
         })
         .await
         .expect_err("plaintext refused");

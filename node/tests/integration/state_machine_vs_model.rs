@@ -28,10 +28,12 @@ fn random_request(rng: &mut impl Rng, now_ms: u64, retention: Retention) -> Shar
                 0 => Command::SetStock {
                     sku,
                     on_hand: rng.random_range(0..30),
+                    expected_version: rng.random_bool(0.2).then(|| rng.random_range(0..4)),
                 },
                 1 => Command::AdjustStock {
                     sku,
                     delta: rng.random_range(1..10) * if rng.random_bool(0.5) { 1 } else { -1 },
+                    expected_version: rng.random_bool(0.2).then(|| rng.random_range(0..4)),
                 },
                 2 => Command::Decrement {
                     sku,
