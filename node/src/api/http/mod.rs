@@ -50,6 +50,7 @@ use routes::Api;
         routes::cluster_status,
         routes::health,
     ),
+    components(schemas(schema::Consistency)),
     tags(
         (name = "stock", description = "Stock records: read, list, set, adjust, decrement, batches"),
         (name = "reservations", description = "Holds with a time to live: reserve, read, confirm, release"),

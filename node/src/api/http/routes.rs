@@ -130,7 +130,7 @@ fn reservation_json(reply: pb::ReservationReply) -> (s::ReservationReply, Header
 }
 
 #[utoipa::path(get, path = "/v1/skus/{sku}", tag = "stock",
-    params(("sku" = String, Path, description = "The SKU"), s::ReadQuery),
+    params(("sku" = String, Path, example = "apple", min_length = 1, max_length = 128, description = "The SKU: 1..=128 bytes of NFC UTF-8 (docs/ERRORS.md, SKU policy)"), s::ReadQuery),
     responses((status = 200, description = "The record; `ETag` is its version", body = s::SkuReply), s::Refusals))]
 pub async fn get_sku(
     State(api): State<Api>,
@@ -166,9 +166,9 @@ pub async fn get_sku(
 }
 
 #[utoipa::path(put, path = "/v1/skus/{sku}", tag = "stock",
-    params(("sku" = String, Path, description = "The SKU"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (docs/HTTP.md)"),
-        ("If-Match" = Option<String>, Header, description = "Apply only at this version, e.g. \"7\"")),
+    params(("sku" = String, Path, example = "apple", min_length = 1, max_length = 128, description = "The SKU: 1..=128 bytes of NFC UTF-8 (docs/ERRORS.md, SKU policy)"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key (docs/HTTP.md)"),
+        ("If-Match" = Option<String>, Header, pattern = "^(W/)?\"[0-9]{1,19}\"$", description = "Apply only at this version, e.g. \"7\"")),
     request_body = s::SetStock,
     responses((status = 200, description = "Set; `ETag` is the new version", body = s::StockReply), s::Refusals))]
 pub async fn set_sku(
@@ -198,16 +198,16 @@ pub async fn set_sku(
 }
 
 #[utoipa::path(post, path = "/v1/skus/{sku}:adjust", tag = "stock",
-    params(("sku" = String, Path, description = "The SKU"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (docs/HTTP.md)"),
-        ("If-Match" = Option<String>, Header, description = "Apply only at this version, e.g. \"7\"")),
+    params(("sku" = String, Path, example = "apple", min_length = 1, max_length = 128, description = "The SKU: 1..=128 bytes of NFC UTF-8 (docs/ERRORS.md, SKU policy)"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key (docs/HTTP.md)"),
+        ("If-Match" = Option<String>, Header, pattern = "^(W/)?\"[0-9]{1,19}\"$", description = "Apply only at this version, e.g. \"7\"")),
     request_body = s::AdjustStock,
     responses((status = 200, description = "Adjusted; `ETag` is the new version", body = s::StockReply), s::Refusals))]
 pub async fn adjust_sku_doc() {}
 
 #[utoipa::path(post, path = "/v1/skus/{sku}:decrement", tag = "stock",
-    params(("sku" = String, Path, description = "The SKU"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (docs/HTTP.md)")),
+    params(("sku" = String, Path, example = "apple", min_length = 1, max_length = 128, description = "The SKU: 1..=128 bytes of NFC UTF-8 (docs/ERRORS.md, SKU policy)"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key (docs/HTTP.md)")),
     request_body = s::Decrement,
     responses((status = 200, description = "Sold; `ETag` is the new version", body = s::StockReply), s::Refusals))]
 pub async fn decrement_sku_doc() {}
@@ -298,7 +298,7 @@ fn items_pb(items: Vec<s::Item>) -> Vec<pb::Item> {
 }
 
 #[utoipa::path(post, path = "/v1/reservations", tag = "reservations",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (docs/HTTP.md)")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key (docs/HTTP.md)")),
     request_body = s::Reserve,
     responses((status = 201, description = "Held; `Location` is the reservation's URL", body = s::ReservationReply), s::Refusals))]
 pub async fn reserve(State(api): State<Api>, parts: Parts, bytes: Bytes) -> Answer {
@@ -336,7 +336,7 @@ pub async fn reserve(State(api): State<Api>, parts: Parts, bytes: Bytes) -> Answ
 }
 
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",
-    params(("id" = String, Path, description = "The reservation id"), s::ReservationQuery),
+    params(("id" = String, Path, example = "order-1001", description = "The reservation id"), s::ReservationQuery),
     responses((status = 200, description = "The reservation", body = s::ReservationReply), s::Refusals))]
 pub async fn get_reservation(
     State(api): State<Api>,
@@ -362,15 +362,15 @@ pub async fn get_reservation(
 }
 
 #[utoipa::path(post, path = "/v1/reservations/{id}:confirm", tag = "reservations",
-    params(("id" = String, Path, description = "The reservation id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (docs/HTTP.md)")),
+    params(("id" = String, Path, example = "order-1001", description = "The reservation id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key (docs/HTTP.md)")),
     request_body = s::Close,
     responses((status = 200, description = "Confirmed: the held units are sold", body = s::ReservationReply), s::Refusals))]
 pub async fn confirm_doc() {}
 
 #[utoipa::path(post, path = "/v1/reservations/{id}:release", tag = "reservations",
-    params(("id" = String, Path, description = "The reservation id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (docs/HTTP.md)")),
+    params(("id" = String, Path, example = "order-1001", description = "The reservation id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key (docs/HTTP.md)")),
     request_body = s::Close,
     responses((status = 200, description = "Released: the held units are available again", body = s::ReservationReply), s::Refusals))]
 pub async fn release_doc() {}
@@ -508,7 +508,7 @@ fn batch_result(r: pb::OperationResult) -> s::BatchResult {
 }
 
 #[utoipa::path(post, path = "/v1/batch", tag = "stock",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key for the whole batch (docs/HTTP.md)")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key for the whole batch (docs/HTTP.md)")),
     request_body = s::Batch,
     responses((status = 200, description = "One result per operation, in order", body = s::BatchReply), s::Refusals))]
 pub async fn batch(State(api): State<Api>, parts: Parts, bytes: Bytes) -> Answer {

@@ -72,6 +72,7 @@ impl From<pb::StockReply> for StockReply {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStock {
+    #[schema(maximum = 1_000_000_000_000_000_u64, example = 100)]
     pub on_hand: u64,
 }
 
@@ -79,6 +80,8 @@ pub struct SetStock {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustStock {
+    /// Not zero; at most 10^15 either way.
+    #[schema(minimum = -1_000_000_000_000_000_i64, maximum = 1_000_000_000_000_000_i64, example = 5)]
     pub delta: i64,
 }
 
@@ -87,6 +90,7 @@ pub struct AdjustStock {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Decrement {
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_u64, example = 1)]
     pub quantity: u64,
 }
 
@@ -155,7 +159,10 @@ impl From<pb::ListReply> for ListReply {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Item {
+    /// 1..=128 bytes of NFC UTF-8 (docs/ERRORS.md, SKU policy).
+    #[schema(min_length = 1, max_length = 128, example = "apple")]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_u64, example = 1)]
     pub quantity: u64,
 }
 
@@ -165,8 +172,11 @@ pub struct Item {
 pub struct Reserve {
     /// 1..=64 of `[A-Za-z0-9._:-]`; when absent the store derives one from the
     /// idempotency key.
+    #[schema(example = "order-1001")]
     pub reservation_id: Option<String>,
     pub items: Vec<Item>,
+    /// Within `limits.ttl_ms_min..=limits.ttl_ms_max` (docs/CONFIG.md).
+    #[schema(example = 60000)]
     pub ttl_ms: u64,
 }
 
@@ -175,6 +185,7 @@ pub struct Reserve {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Close {
+    #[schema(example = "apple")]
     pub sku: String,
 }
 
@@ -182,6 +193,7 @@ pub struct Close {
 #[into_params(parameter_in = Query)]
 pub struct ReservationQuery {
     /// One of the reservation's SKUs (it routes the read to the reservation's shard).
+    #[param(example = "apple")]
     pub sku: String,
     pub consistency: Option<Consistency>,
 }
@@ -507,4 +519,13 @@ pub enum Refusals {
     /// OUTCOME_UNKNOWN: retry with the same idempotency key; applied at most once.
     #[response(status = 504)]
     OutcomeUnknown(ErrorBody),
+}
+
+#[cfg(test)]
+mod tests {
+    /// The schema's quantity bounds are the store's.
+    #[test]
+    fn quantity_bounds_match_the_store() {
+        assert_eq!(crate::inventory::QTY_MAX, 1_000_000_000_000_000);
+    }
 }
