@@ -14,6 +14,7 @@ mod client;
 mod cluster;
 mod error_contract;
 mod hardening;
+mod http;
 mod inventory;
 mod operability;
 mod security;
