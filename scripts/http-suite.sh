@@ -19,12 +19,18 @@ bin=target/release
 
 # Pinned so that a run is repeatable.
 SCHEMATHESIS_VERSION=4.32.5
-VALIDATOR_VERSION=0.7.2
+VALIDATOR_VERSION=0.9.0
+pip_install() {
+  # Debian's own Python refuses system-wide installs (PEP 668); a machine's pyenv or
+  # venv Python does not need the flag.
+  python3 -m pip install -q --root-user-action=ignore "$@" 2>/dev/null ||
+    python3 -m pip install -q --root-user-action=ignore --break-system-packages "$@"
+}
 if ! command -v st >/dev/null || ! st --version | grep -q "$SCHEMATHESIS_VERSION"; then
-  python3 -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION" 2>&1 | grep -v "running pip as the 'root'" || true
+  pip_install "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 if ! command -v openapi-spec-validator >/dev/null; then
-  python3 -m pip install -q "openapi-spec-validator==$VALIDATOR_VERSION" 2>&1 | grep -v "running pip as the 'root'" || true
+  pip_install "openapi-spec-validator==$VALIDATOR_VERSION"
 fi
 
 work=$(mktemp -d /tmp/stockpile-http.XXXXXX)
@@ -81,8 +87,11 @@ echo "--- stock invariants and replica convergence after Schemathesis"
 python3 scripts/http/check_invariants.py "$STOCKPILE_CA" "$STOCKPILE_CERT" "$STOCKPILE_KEY" \
   https://127.0.0.1:7111 https://127.0.0.1:7112 https://127.0.0.1:7113
 
-if [ -f scripts/http/console_test.mjs ]; then
-  echo "--- web console in headless Chromium"
-  scripts/http/console-test.sh "$base" "${pids[2]}"
-fi
+echo "--- web console in headless Chromium (playwright-core, Debian's chromium)"
+scripts/http/ensure-chromium.sh
+token=$("$bin/stockpile" token create console --role writer --ttl 1h --access "$work/certs/access.toml" 2>/dev/null | grep -o 'spk_[0-9a-f]*' | head -1)
+[ -n "$token" ] || { echo "could not create a token" >&2; exit 1; }
+for pid in "${pids[@]}"; do kill -HUP "$pid"; done   # the nodes re-read the access file
+sleep 1
+NODE_PATH=$PWD/scripts/http/node_modules node scripts/http/console_test.mjs "$base" "$token" "${pids[2]}" 3 "$work/console.png"
 echo "HTTP suite passed"

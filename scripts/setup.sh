@@ -7,8 +7,8 @@ need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # libclang-dev: bindgen (RocksDB's Rust bindings); g++/make: RocksDB's C++ build;
 # nftables/iproute2: the Jepsen-style tests' network namespaces and partitions;
-# pkg-config: -sys crates.
-for p in libclang-dev g++ make pkg-config nftables iproute2 procps util-linux; do
+# pkg-config: -sys crates; curl: the HTTP face's tests.
+for p in libclang-dev g++ make pkg-config nftables iproute2 procps util-linux curl; do
   have_pkg "$p" || need+=("$p")
 done
 

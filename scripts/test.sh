@@ -6,7 +6,10 @@
 #   3. unit and property tests: keys, codec, config, validation, apply vs a model
 #   4. storage conformance: openraft's storage suite over our RocksDB stores
 #   5. integration: real stockpile-node processes on loopback, through the client
-#   6. Jepsen-style: real nodes in a network namespace under partitions, kills and
+#   6. HTTP face (scripts/http-suite.sh): the OpenAPI document validated and served
+#      as checked in, Schemathesis against a TLS cluster, stock invariants after it,
+#      the web console in headless Chromium (a killed node turns to down)
+#   7. Jepsen-style: real nodes in a network namespace under partitions, kills and
 #      pauses, histories checked for linearizability and stock conservation; and the
 #      planted bugs must be caught (scripts/jepsen-suite.sh)
 # Everything builds with one profile (release) into one target directory, so
@@ -49,6 +52,9 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 
 section "tests: unit, property, storage conformance, integration"
 cargo test --release --workspace 2>&1 | tee /tmp/stockpile-test.log
+
+section "HTTP face: OpenAPI validator, Schemathesis, stock invariants, console in headless Chromium"
+scripts/http-suite.sh
 
 section "Jepsen-style suite"
 scripts/jepsen-suite.sh

@@ -84,7 +84,8 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
 
 impl AdminService {
     /// The caller of `request` if it may make `call`; else the refusal, audited.
-    fn authorized<T>(
+    /// Authenticates and authorizes one call (also the HTTP console's).
+    pub(crate) fn authorized<T>(
         &self,
         call: &'static str,
         request: &Request<T>,

@@ -110,6 +110,9 @@ impl InventoryService {
     /// where it was applied.
     async fn propose_one(&self, m: Mutation) -> Result<(OpResult, pb::Applied), Failure> {
         let request_id = m.op.request_id;
+        if let Some(sku) = m.skus.first() {
+            telemetry::console::touch_sku(sku);
+        }
         let shard_id = self
             .node
             .map
@@ -174,6 +177,9 @@ impl InventoryService {
         // Every operation within the caller's scope, or the whole batch is refused.
         let skus = decoded.iter().flatten().flat_map(|m| m.skus.iter());
         caller.check_skus("batch", skus.map(String::as_str))?;
+        for sku in decoded.iter().flatten().filter_map(|m| m.skus.first()) {
+            telemetry::console::touch_sku(sku);
+        }
         let mut results: Vec<Option<pb::operation_result::Result>> = vec![None; decoded.len()];
         let mut by_shard = ByShard::new();
         for (i, d) in decoded.into_iter().enumerate() {

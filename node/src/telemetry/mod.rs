@@ -4,6 +4,7 @@
 //! and totals the node also reports in its status (`NodeStatus`) are kept in the
 //! node's atomics and published from them here.
 
+pub mod console;
 pub mod names;
 
 use std::net::SocketAddr;
@@ -63,8 +64,10 @@ pub fn observe<T>(rpc: &'static str, started: Instant, result: &Result<T, Error>
         Err(e) => crate::api::status::reason_name(e),
     };
     metrics::counter!(names::REQUESTS_TOTAL, "rpc" => rpc, "reason" => reason).increment(1);
+    let elapsed = started.elapsed();
     metrics::histogram!(names::REQUEST_DURATION_SECONDS, "rpc" => rpc)
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
+    console::record(rpc, reason, elapsed);
 }
 
 /// How often the Raft gauges and the node's totals are published: a fraction of usual

@@ -455,3 +455,43 @@ async fn the_http_face_sells_reserves_pages_and_refuses_like_grpc() {
         .expect("docs/openapi.json");
     assert_eq!(spec.body, checked_in);
 }
+
+/// The checked-in contract is the generated one: regenerate it with
+/// `STOCKPILE_WRITE_OPENAPI=1 cargo test --release -p stockpile-node --test integration openapi`.
+#[test]
+fn docs_openapi_json_is_the_generated_document() {
+    let generated = stockpile_node::api::http::openapi_json();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+    if std::env::var_os("STOCKPILE_WRITE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).expect("write docs/openapi.json");
+    }
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "docs/openapi.json differs from the API's generated document: regenerate it with \
+         STOCKPILE_WRITE_OPENAPI=1 cargo test --release -p stockpile-node --test integration openapi"
+    );
+}
+
+#[test]
+fn the_openapi_document_is_3_1_with_every_path() {
+    let doc: Value =
+        serde_json::from_str(&stockpile_node::api::http::openapi_json()).expect("JSON");
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3.1"));
+    for path in [
+        "/v1/skus",
+        "/v1/skus/{sku}",
+        "/v1/skus/{sku}:adjust",
+        "/v1/skus/{sku}:decrement",
+        "/v1/reservations",
+        "/v1/reservations/{id}",
+        "/v1/reservations/{id}:confirm",
+        "/v1/reservations/{id}:release",
+        "/v1/batch",
+        "/v1/cluster/status",
+        "/v1/console/stats",
+        "/v1/health",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+}

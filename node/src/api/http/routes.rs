@@ -582,3 +582,39 @@ pub async fn health(State(api): State<Api>) -> Answer {
     };
     json(status, &body, HeaderMap::new())
 }
+
+#[utoipa::path(get, path = "/v1/console/stats", tag = "cluster",
+    responses((status = 200, description = "This node's request rates, latency, refusals and hottest SKUs", body = crate::telemetry::console::ConsoleStats), s::Refusals))]
+pub async fn console_stats(State(api): State<Api>, parts: Parts) -> Answer {
+    if let Err(refused) = api.admin.authorized(
+        "console_stats",
+        &grpc(&parts, ()),
+        crate::security::Need::Status,
+    ) {
+        return refusal(&api.node, &parts.uri, &refused);
+    }
+    let stats = crate::telemetry::console::snapshot(api.node.id, HOT_SKUS_SHOWN);
+    json(StatusCode::OK, &stats, HeaderMap::new())
+}
+
+/// Hottest SKUs the console lists.
+const HOT_SKUS_SHOWN: usize = 10;
+
+/// `GET /ui`: the console page (static; the data it fetches is authorized).
+pub async fn console_page() -> Answer {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // The page loads nothing from elsewhere and is not framed.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    let mut response = Response::new(axum::body::Body::from(include_str!("console.html")));
+    response.headers_mut().extend(headers);
+    response
+}
