@@ -38,7 +38,10 @@ config=$work/cluster.toml
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   if [ "${KEEP:-}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -56,6 +59,7 @@ sed -e 's/cluster_name = "local-3node"/cluster_name = "http-suite"/' \
 for id in 1 2 3; do
   "$bin/stockpile-node" --config "$config" --node-id "$id" >"$work/node-$id.log" 2>&1 &
   pids+=($!)
+  disown   # the console test kill -9s one: no job-control noise about it
 done
 endpoints=127.0.0.1:7111,127.0.0.1:7112,127.0.0.1:7113
 "$bin/stockpile" --endpoints "$endpoints" --timeout 3s cluster wait --within 90s >/dev/null
