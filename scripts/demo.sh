@@ -69,6 +69,16 @@ cli stock get peach-flat
 cli confirm "$res_id" --sku peach-flat
 cli stock get peach-flat
 
+step "The same store over HTTP/JSON on the same port (curl; docs/HTTP.md)"
+http() { curl -sS -L --cacert "$STOCKPILE_CA" --cert "$STOCKPILE_CERT" --key "$STOCKPILE_KEY" "$@"; echo; }
+say "PUT /v1/skus/lemon-fresh, then the same decrement sent twice with one Idempotency-Key:"
+http -X PUT https://127.0.0.1:7001/v1/skus/lemon-fresh -d '{"on_hand": 50}'
+http -X POST https://127.0.0.1:7001/v1/skus/lemon-fresh:decrement -H 'Idempotency-Key: demo-order-1' -d '{"quantity": 2}'
+http -X POST https://127.0.0.1:7001/v1/skus/lemon-fresh:decrement -H 'Idempotency-Key: demo-order-1' -d '{"quantity": 2}'
+say "the retry says \"replayed\": true and on_hand stayed 48: sold once"
+say "a set conditional on an old version (If-Match: \"1\") is refused 412 VERSION_MISMATCH:"
+http -X PUT https://127.0.0.1:7001/v1/skus/lemon-fresh -H 'If-Match: "1"' -d '{"on_hand": 10}'
+
 step "Killing (kill -9) the leader of shard 3 (SKUs n..t)"
 leader=$(cli cluster leader 3)
 scripts/cluster.sh kill "$leader" "$config"
@@ -102,3 +112,4 @@ cli cluster status
 
 step "Done"
 say "try: . data/certs/local-3node/env.sh; target/release/stockpile --help    (the CLI; README.md has a tour)"
+say "HTTP/JSON: docs/HTTP.md (curl tour); web console: https://127.0.0.1:7001/ui (scripts/demo.sh --keep)"
