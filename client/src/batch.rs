@@ -16,7 +16,7 @@ impl Client {
     /// use stockpile_client::Mutation;
     /// let results = client
     ///     .batch(vec![
-    ///         Mutation::SetStock { sku: "apple".into(), on_hand: 10 },
+    ///         Mutation::SetStock { sku: "apple".into(), on_hand: 10, expected_version: None },
     ///         Mutation::Decrement { sku: "kiwi".into(), quantity: 1 },
     ///     ])
     ///     .await?;

@@ -175,6 +175,7 @@ impl Error {
             Error::SkuNotFound { .. }
                 | Error::ReservationNotFound { .. }
                 | Error::InsufficientStock { .. }
+                | Error::VersionMismatch { .. }
                 | Error::ReservationExpired { .. }
                 | Error::ReservationNotActive { .. }
                 | Error::Aborted { .. }

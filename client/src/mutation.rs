@@ -17,6 +17,9 @@ pub enum Mutation {
         sku: String,
         /// Units in stock, held ones included.
         on_hand: u64,
+        /// Apply only if the record is at this version (0: no record yet), else
+        /// [`Error::VersionMismatch`](crate::Error::VersionMismatch); None: always.
+        expected_version: Option<u64>,
     },
     /// Add a signed delta to on-hand stock.
     AdjustStock {
@@ -24,6 +27,8 @@ pub enum Mutation {
         sku: String,
         /// The signed change of on-hand stock.
         delta: i64,
+        /// As for `SetStock`.
+        expected_version: Option<u64>,
     },
     /// Take `quantity` units if available.
     Decrement {
@@ -74,22 +79,26 @@ impl Mutation {
     pub fn to_pb(&self, request_id: &RequestId) -> pb::operation::Op {
         let request_id = request_id.to_vec();
         match self.clone() {
-            Mutation::SetStock { sku, on_hand } => {
-                pb::operation::Op::SetStock(pb::SetStockRequest {
-                    request_id,
-                    sku,
-                    on_hand,
-                    expected_version: None,
-                })
-            }
-            Mutation::AdjustStock { sku, delta } => {
-                pb::operation::Op::AdjustStock(pb::AdjustStockRequest {
-                    request_id,
-                    sku,
-                    delta,
-                    expected_version: None,
-                })
-            }
+            Mutation::SetStock {
+                sku,
+                on_hand,
+                expected_version,
+            } => pb::operation::Op::SetStock(pb::SetStockRequest {
+                request_id,
+                sku,
+                on_hand,
+                expected_version,
+            }),
+            Mutation::AdjustStock {
+                sku,
+                delta,
+                expected_version,
+            } => pb::operation::Op::AdjustStock(pb::AdjustStockRequest {
+                request_id,
+                sku,
+                delta,
+                expected_version,
+            }),
             Mutation::Decrement { sku, quantity } => {
                 pb::operation::Op::Decrement(pb::DecrementRequest {
                     request_id,

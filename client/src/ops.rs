@@ -122,6 +122,49 @@ impl Client {
             Mutation::SetStock {
                 sku: sku.to_string(),
                 on_hand,
+                expected_version: None,
+            },
+        )
+        .await
+    }
+
+    /// Sets `sku`'s on-hand stock only if its record is still at `expected_version`
+    /// (0: only if the SKU has no record yet): optimistic concurrency for a
+    /// read-modify-write. Otherwise [`Error::VersionMismatch`] with the record's
+    /// version, and nothing changes.
+    pub async fn set_stock_if_version(
+        &self,
+        request_id: RequestId,
+        sku: &str,
+        on_hand: u64,
+        expected_version: u64,
+    ) -> Result<StockUpdate, Error> {
+        self.execute_stock(
+            request_id,
+            Mutation::SetStock {
+                sku: sku.to_string(),
+                on_hand,
+                expected_version: Some(expected_version),
+            },
+        )
+        .await
+    }
+
+    /// [`adjust_stock`](Self::adjust_stock) only if the record is still at
+    /// `expected_version` (else [`Error::VersionMismatch`]).
+    pub async fn adjust_stock_if_version(
+        &self,
+        request_id: RequestId,
+        sku: &str,
+        delta: i64,
+        expected_version: u64,
+    ) -> Result<StockUpdate, Error> {
+        self.execute_stock(
+            request_id,
+            Mutation::AdjustStock {
+                sku: sku.to_string(),
+                delta,
+                expected_version: Some(expected_version),
             },
         )
         .await
@@ -146,6 +189,7 @@ impl Client {
             Mutation::AdjustStock {
                 sku: sku.to_string(),
                 delta,
+                expected_version: None,
             },
         )
         .await

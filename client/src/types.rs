@@ -94,7 +94,6 @@ pub struct StockUpdate {
     /// Where the mutation was applied.
     pub applied: Applied,
     /// The request id the mutation was sent with: retry with it.
-    /// The request id the mutation was sent with: retry with it.
     #[serde(serialize_with = "ser_hex")]
     pub request_id: RequestId,
 }

@@ -286,6 +286,7 @@ async fn concurrent_decrements_are_coalesced_into_few_rpcs() {
             stockpile_client::Mutation::SetStock {
                 sku: "zebra-new".into(),
                 on_hand: 3,
+                expected_version: None,
             },
         ])
         .await

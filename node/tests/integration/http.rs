@@ -265,6 +265,25 @@ async fn the_http_face_sells_reserves_pages_and_refuses_like_grpc() {
         "the version moved with the set: {adjusted:?}"
     );
 
+    // gRPC has the same condition: the Rust client's conditional set.
+    let grpc_stale = client
+        .set_stock_if_version([0x31; 16], "apple-h", 7, version)
+        .await
+        .expect_err("the version moved with the HTTP set");
+    assert_eq!(
+        grpc_stale,
+        stockpile_client::Error::VersionMismatch {
+            sku: "apple-h".into(),
+            expected: version,
+            actual: version + 1,
+        }
+    );
+    let grpc_ok = client
+        .set_stock_if_version([0x32; 16], "apple-h", 50, version + 1)
+        .await
+        .expect("at the current version");
+    assert_eq!(grpc_ok.stock.version, version + 2);
+
     // A node that does not lead the shard redirects (307) to the leader; -L follows.
     let elsewhere = format!("{}/v1/skus/apple-h:decrement", follower_url(1));
     let redirect = admin.call(

@@ -132,6 +132,7 @@ async fn strangers_are_refused_and_each_role_does_only_what_it_may() {
     let set = |sku: &str, on_hand| Mutation::SetStock {
         sku: sku.into(),
         on_hand,
+        expected_version: None,
     };
     let results = scoped
         .batch(vec![set("apple-sec", 1), set("banana-sec", 1)])

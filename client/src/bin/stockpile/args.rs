@@ -144,6 +144,10 @@ pub enum StockCmd {
     Set {
         sku: String,
         on_hand: u64,
+        /// Only if the record is still at this version (0: only if the SKU is new);
+        /// else VERSION_MISMATCH and nothing changes.
+        #[arg(long)]
+        if_version: Option<u64>,
         #[command(flatten)]
         rid: RequestIdArg,
     },
@@ -152,6 +156,9 @@ pub enum StockCmd {
         sku: String,
         #[arg(allow_negative_numbers = true)]
         delta: i64,
+        /// Only if the record is still at this version; else VERSION_MISMATCH.
+        #[arg(long)]
+        if_version: Option<u64>,
         #[command(flatten)]
         rid: RequestIdArg,
     },

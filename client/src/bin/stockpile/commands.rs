@@ -41,14 +41,38 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<(), Error>
 /// `stock set|adjust|decrement|get|list`.
 pub async fn stock(client: &Client, cmd: StockCmd, json: bool) -> Result<(), Error> {
     match cmd {
-        StockCmd::Set { sku, on_hand, rid } => show_update(
-            json,
-            &client.set_stock_with_id(rid.get(), &sku, on_hand).await?,
-        ),
-        StockCmd::Adjust { sku, delta, rid } => show_update(
-            json,
-            &client.adjust_stock_with_id(rid.get(), &sku, delta).await?,
-        ),
+        StockCmd::Set {
+            sku,
+            on_hand,
+            if_version,
+            rid,
+        } => {
+            let update = match if_version {
+                Some(v) => {
+                    client
+                        .set_stock_if_version(rid.get(), &sku, on_hand, v)
+                        .await?
+                }
+                None => client.set_stock_with_id(rid.get(), &sku, on_hand).await?,
+            };
+            show_update(json, &update)
+        }
+        StockCmd::Adjust {
+            sku,
+            delta,
+            if_version,
+            rid,
+        } => {
+            let update = match if_version {
+                Some(v) => {
+                    client
+                        .adjust_stock_if_version(rid.get(), &sku, delta, v)
+                        .await?
+                }
+                None => client.adjust_stock_with_id(rid.get(), &sku, delta).await?,
+            };
+            show_update(json, &update)
+        }
         StockCmd::Decrement { sku, qty, rid } => {
             show_update(json, &client.decrement_with_id(rid.get(), &sku, qty).await?)
         }

@@ -81,6 +81,7 @@ pub async fn setup(client: &Client, args: &BenchArgs) -> Result<Vec<String>, Err
             .map(|s| Mutation::SetStock {
                 sku: s.clone(),
                 on_hand: args.stock,
+                expected_version: None,
             })
             .collect();
         for r in client.batch(ops).await? {
