@@ -85,6 +85,19 @@ pub enum Error {
         /// The largest request the store accepts.
         limit_bytes: u64,
     },
+    /// A replica move could not take `step` (docs/OPERATIONS.md): the same command
+    /// resumes it once the cause (`message`) is gone.
+    #[error("shard {shard_id}: move refused at {step} (node {node_id}): {message}")]
+    MoveRefused {
+        /// The shard being moved.
+        shard_id: u64,
+        /// The node concerned.
+        node_id: u64,
+        /// The step refused (`create_replica`, `catch_up`, `replace_voter`, ...).
+        step: String,
+        /// Why, for humans.
+        message: String,
+    },
     /// An admin call named a node the cluster does not have. Not applied.
     #[error("node {node_id} is not in the cluster")]
     NodeNotFound {
@@ -196,6 +209,7 @@ impl Error {
             Error::CrossShard { .. } => "CROSS_SHARD",
             Error::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
             Error::NodeNotFound { .. } => "NODE_NOT_FOUND",
+            Error::MoveRefused { .. } => "MOVE_REFUSED",
             Error::ShardNotFound { .. } => "SHARD_NOT_FOUND",
             Error::Unauthenticated { .. } => "UNAUTHENTICATED",
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
@@ -255,6 +269,12 @@ impl Error {
                 limit_bytes: d.limit_bytes,
             },
             R::NodeNotFound => Error::NodeNotFound { node_id: d.node_id },
+            R::MoveRefused => Error::MoveRefused {
+                shard_id: d.shard_id,
+                node_id: d.node_id,
+                step: d.step.clone(),
+                message: d.message.clone(),
+            },
             R::ShardNotFound => Error::ShardNotFound {
                 shard_id: d.shard_id,
             },

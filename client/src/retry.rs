@@ -121,13 +121,40 @@ impl Client {
         F: Fn(Conn, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
+        let attempt_timeout = self.inner.cfg.attempt_timeout;
+        self.call_within(
+            shard_id,
+            target,
+            request_id,
+            deadline,
+            attempt_timeout,
+            call,
+        )
+        .await
+    }
+
+    /// `call` with attempts of up to `attempt_timeout` each (operator calls that
+    /// legitimately take long, such as a replica move).
+    pub(crate) async fn call_within<T, F, Fut>(
+        &self,
+        shard_id: u64,
+        target: Target,
+        request_id: Option<RequestId>,
+        deadline: Instant,
+        attempt_timeout: Duration,
+        call: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Conn, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
         let mut tries = Attempts::new(shard_id, request_id, deadline);
         loop {
             let remaining = tries.remaining().ok_or_else(|| tries.give_up())?;
             let Some((node_id, addr)) = self.next_candidate(&mut tries, target).await? else {
                 continue;
             };
-            let t = remaining.min(self.inner.cfg.attempt_timeout);
+            let t = remaining.min(attempt_timeout);
             self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
             let verdict = match tokio::time::timeout(t, call(self.channel(&addr)?, t)).await {
                 Ok(Ok(v)) => {

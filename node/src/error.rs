@@ -78,6 +78,13 @@ pub enum Error {
         call: String,
         reason: String,
     },
+    #[error("shard {shard_id}: replica move refused at {step} (node {node_id}): {problem}")]
+    MoveRefused {
+        shard_id: ShardId,
+        node_id: u64,
+        step: &'static str,
+        problem: String,
+    },
     #[error("internal error: {message}")]
     Internal { message: String },
 }

@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let (stopping_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     server::spawn_health(node.clone(), health_reporter, stopping_tx.subscribe());
-    let shard_ids: Vec<u64> = node.shards.keys().map(|s| s.0).collect();
+    let shard_ids: Vec<u64> = node.shards().iter().map(|s| s.id().0).collect();
     tracing::info!(node_id = node.id, addr = %me.addr, shards = ?shard_ids, data_dir = %node.data_dir.display(), "node started");
     spawn_reload_on_sighup(node.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

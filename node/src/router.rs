@@ -173,6 +173,25 @@ impl ShardMap {
         Error::NotLeader { shard_id, leader }
     }
 
+    /// This map with shard `shard_id`'s replicas replaced, if `epoch` is newer than
+    /// the descriptor's (an older or equal epoch changes nothing: None).
+    pub fn with_replicas(
+        &self,
+        shard_id: ShardId,
+        replicas: Vec<u64>,
+        epoch: Epoch,
+    ) -> Option<ShardMap> {
+        let i = self.shards.iter().position(|s| s.id == shard_id)?;
+        if epoch <= self.shards[i].epoch {
+            return None;
+        }
+        let mut next = self.clone();
+        next.shards[i].replicas = replicas;
+        next.shards[i].epoch = epoch;
+        next.epoch += 1;
+        Some(next)
+    }
+
     /// SHARD_NOT_HERE: this node holds no replica of `shard_id`; the replicas are
     /// named so that the client can go there (after refreshing its map).
     pub fn not_here(&self, shard_id: ShardId) -> Error {
@@ -182,6 +201,37 @@ impl ShardMap {
                 replicas: s.replicas.clone(),
             },
             None => Error::ShardNotFound { shard_id },
+        }
+    }
+}
+
+/// The node's shard map, replaced whole when a descriptor changes: readers take the
+/// current map (one `Arc` clone) and never see a half-changed one.
+#[derive(Clone)]
+pub struct LiveMap(std::sync::Arc<std::sync::RwLock<std::sync::Arc<ShardMap>>>);
+
+impl LiveMap {
+    pub fn new(map: ShardMap) -> LiveMap {
+        LiveMap(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(map),
+        )))
+    }
+
+    /// The current map.
+    pub fn get(&self) -> std::sync::Arc<ShardMap> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes shard `shard_id`'s replicas at `epoch` if that is newer than what the
+    /// map holds; returns whether the map changed.
+    pub fn update_replicas(&self, shard_id: ShardId, replicas: Vec<u64>, epoch: Epoch) -> bool {
+        let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match current.with_replicas(shard_id, replicas, epoch) {
+            Some(next) => {
+                *current = std::sync::Arc::new(next);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -256,6 +306,35 @@ replicas = [2]
                 what: "items".into(),
                 shard_ids: vec![ShardId(1), ShardId(2)]
             })
+        );
+    }
+
+    #[test]
+    fn replicas_change_only_with_a_newer_epoch() {
+        let live = LiveMap::new(map());
+        let newer = Epoch {
+            version: 0,
+            conf_ver: 5,
+        };
+        assert!(live.update_replicas(ShardId(2), vec![1], newer));
+        assert_eq!(live.get().shard(ShardId(2)).unwrap().replicas, vec![1]);
+        assert_eq!(live.get().epoch(), CONFIG_MAP_EPOCH + 1);
+        assert!(
+            !live.update_replicas(ShardId(2), vec![2], newer),
+            "same epoch"
+        );
+        let older = Epoch {
+            version: 0,
+            conf_ver: 4,
+        };
+        assert!(
+            !live.update_replicas(ShardId(2), vec![2], older),
+            "older epoch"
+        );
+        assert_eq!(live.get().shard(ShardId(2)).unwrap().replicas, vec![1]);
+        assert!(
+            !live.update_replicas(ShardId(9), vec![2], newer),
+            "unknown shard"
         );
     }
 

@@ -38,8 +38,10 @@ pub fn node_info(n: &crate::config::NodeConfig) -> pb::NodeInfo {
 }
 
 pub fn node_status(node: &Node) -> pb::NodeStatusReply {
-    let mut shards = Vec::with_capacity(node.shards.len());
-    for (id, shard) in &node.shards {
+    let local = node.shards();
+    let mut shards = Vec::with_capacity(local.len());
+    for shard in &local {
+        let id = shard.id();
         let st = shard.raft.status();
         let replication = st
             .matched
@@ -55,7 +57,7 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
             shard_id: id.0,
             start: shard.descriptor.range.start.clone(),
             end: shard.descriptor.range.end.clone(),
-            replicas: shard.descriptor.replicas.clone(),
+            replicas: st.voters.iter().copied().collect(),
             role: st.role.to_string(),
             leader_id: st.leader.unwrap_or(0),
             term: st.term,
@@ -109,11 +111,11 @@ impl AdminService {
             });
         }
         let shard_id = ShardId(req.shard_id);
-        if self.node.map.shard(shard_id).is_none() {
+        if self.node.map.get().shard(shard_id).is_none() {
             return Err(Error::ShardNotFound { shard_id });
         }
         let shard = self.node.local_shard(shard_id)?;
-        if !shard.descriptor.replicas.contains(&req.to_node_id) {
+        if !shard.raft.status().voters.contains(&req.to_node_id) {
             return Err(Error::InvalidArgument {
                 field: "to_node_id".into(),
                 rule: format!(
@@ -150,8 +152,9 @@ impl AdminService {
             });
         }
         let mut shard_ids = Vec::new();
-        for (id, shard) in &self.node.shards {
-            if !shard.is_leader() || !shard.descriptor.replicas.contains(&target) {
+        for shard in self.node.shards() {
+            let id = &shard.id();
+            if !shard.is_leader() || !shard.raft.status().voters.contains(&target) {
                 continue;
             }
             match shard.raft.allow_next_revert(target).await {
@@ -184,15 +187,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ShardMapReply>, Status> {
         self.authorized("shard_map", &request, Need::Status)?;
         let c = &self.node.cluster;
-        let shards = self
-            .node
-            .map
+        let map = self.node.map.get();
+        let shards = map
             .shards()
             .iter()
             .map(|d| {
-                let (leader_id, term) = match self.node.shards.get(&d.id) {
-                    Some(shard) => (shard.raft.leader().unwrap_or(0), shard.raft.term()),
-                    None => (0, 0),
+                let (leader_id, term) = match self.node.local_shard(d.id) {
+                    Ok(shard) => (shard.raft.leader().unwrap_or(0), shard.raft.term()),
+                    Err(_) => (0, 0),
                 };
                 pb::ShardInfo {
                     shard_id: d.id.0,
@@ -205,7 +207,7 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::ShardMapReply {
-            epoch: self.node.map.epoch(),
+            epoch: map.epoch(),
             nodes: c.nodes.iter().map(node_info).collect(),
             shards,
             node_id: self.node.id,
@@ -269,7 +271,7 @@ impl Admin for AdminService {
         });
         let nodes = futures::future::join_all(views).await;
         Ok(Response::new(pb::ClusterStatusReply {
-            epoch: node.map.epoch(),
+            epoch: node.map.get().epoch(),
             nodes,
         }))
     }
@@ -298,6 +300,46 @@ impl Admin for AdminService {
         result.map(Response::new).map_err(to_status)
     }
 
+    async fn move_replica(
+        &self,
+        request: Request<pb::MoveReplicaRequest>,
+    ) -> Result<Response<pb::MoveReplicaReply>, Status> {
+        let caller = self.authorized("move_replica", &request, Need::Operator)?;
+        let result = super::admin_moves::move_replica(&self.node, request.into_inner()).await;
+        audit_call(&caller.name, "move_replica", &result.as_ref().map(|_| ()));
+        result.map(Response::new).map_err(to_status)
+    }
+
+    async fn create_replica(
+        &self,
+        request: Request<pb::CreateReplicaRequest>,
+    ) -> Result<Response<pb::CreateReplicaReply>, Status> {
+        let caller = self.authorized("create_replica", &request, Need::Replica)?;
+        let req = request.into_inner();
+        let result = self
+            .node
+            .create_replica(ShardId(req.shard_id), req.replica_id)
+            .await
+            .map(|created| pb::CreateReplicaReply { created });
+        audit_call(&caller.name, "create_replica", &result.as_ref().map(|_| ()));
+        result.map(Response::new).map_err(to_status)
+    }
+
+    async fn drop_replica(
+        &self,
+        request: Request<pb::DropReplicaRequest>,
+    ) -> Result<Response<pb::DropReplicaReply>, Status> {
+        let caller = self.authorized("drop_replica", &request, Need::Replica)?;
+        let req = request.into_inner();
+        let result = self
+            .node
+            .drop_replica(ShardId(req.shard_id), req.replica_id, &req.voters)
+            .await
+            .map(|dropped| pb::DropReplicaReply { dropped });
+        audit_call(&caller.name, "drop_replica", &result.as_ref().map(|_| ()));
+        result.map(Response::new).map_err(to_status)
+    }
+
     async fn shard_digests(
         &self,
         request: Request<pb::ShardDigestsRequest>,
@@ -305,11 +347,11 @@ impl Admin for AdminService {
         self.authorized("shard_digests", &request, Need::Status)?;
         let node = self.node.clone();
         let shards = tokio::task::spawn_blocking(move || {
-            node.shards
+            node.shards()
                 .iter()
-                .map(|(id, shard)| {
+                .map(|shard| {
                     shard.reader.digest().map(|d| pb::ShardDigest {
-                        shard_id: id.0,
+                        shard_id: shard.id().0,
                         applied_index: d.applied_index,
                         digest: d.digest,
                         outcomes_count: d.outcomes_count,

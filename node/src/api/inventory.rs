@@ -116,6 +116,7 @@ impl InventoryService {
         let shard_id = self
             .node
             .map
+            .get()
             .single_shard(&m.skus, "the reservation's items")
             .map_err(Failure::of(request_id))?;
         let span = tracing::Span::current();
@@ -184,7 +185,12 @@ impl InventoryService {
         let mut by_shard = ByShard::new();
         for (i, d) in decoded.into_iter().enumerate() {
             let refused = match d {
-                Ok(m) => match self.node.map.single_shard(&m.skus, &format!("ops[{i}]")) {
+                Ok(m) => match self
+                    .node
+                    .map
+                    .get()
+                    .single_shard(&m.skus, &format!("ops[{i}]"))
+                {
                     Ok(shard_id) => {
                         let e = by_shard.entry(shard_id).or_default();
                         e.0.push(i);

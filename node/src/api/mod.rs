@@ -8,6 +8,7 @@
 //! - `page_token`: List's opaque positions.
 
 pub mod admin;
+mod admin_moves;
 pub mod decode;
 pub mod encode;
 pub mod http;

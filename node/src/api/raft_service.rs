@@ -57,9 +57,9 @@ impl RaftService {
     }
 
     /// The local replica of `shard_id`, if `from` is one of the shard's replicas.
-    fn shard(&self, shard_id: ShardId, from: u64) -> Result<&Arc<Shard>, Status> {
+    fn shard(&self, shard_id: ShardId, from: u64) -> Result<Arc<Shard>, Status> {
         let shard = self.node.local_shard(shard_id).map_err(to_status)?;
-        if !shard.descriptor.replicas.contains(&from) {
+        if !shard.accepts_raft_from(from) {
             return Err(to_status(Error::RaftMessageRefused {
                 shard_id,
                 from_node_id: from,
@@ -84,7 +84,7 @@ impl RaftService {
         &self,
         request: Request<pb::RaftMessage>,
         rpc: &'static str,
-    ) -> Result<(pb::RaftMessage, &Arc<Shard>), Status> {
+    ) -> Result<(pb::RaftMessage, Arc<Shard>), Status> {
         let caller = self.caller(&request, rpc)?;
         let m = request.into_inner();
         caller
@@ -116,7 +116,7 @@ impl RaftService {
         caller
             .check_sender("install_snapshot", from)
             .map_err(to_status)?;
-        let shard = self.shard(shard_id, from)?.clone();
+        let shard = self.shard(shard_id, from)?;
         let header = shard
             .raft
             .snapshot_header(from, &first.vote, &first.meta)

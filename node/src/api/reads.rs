@@ -33,7 +33,7 @@ impl InventoryService {
         let mut by_shard: BTreeMap<_, Vec<usize>> = BTreeMap::new();
         for (i, sku) in read.skus.iter().enumerate() {
             by_shard
-                .entry(self.node.map.shard_for(sku).id)
+                .entry(self.node.map.get().shard_for(sku).id)
                 .or_default()
                 .push(i);
         }
@@ -41,7 +41,7 @@ impl InventoryService {
         let mut shards = Vec::with_capacity(by_shard.len());
         for (shard_id, idxs) in by_shard {
             let shard = self.node.local_shard(shard_id)?;
-            barrier(shard, read.consistency).await?;
+            barrier(&shard, read.consistency).await?;
             let skus: Vec<&str> = idxs.iter().map(|&i| read.skus[i].as_str()).collect();
             let (applied_index, records) = shard.reader.get_many(&skus)?;
             for (&i, record) in idxs.iter().zip(records) {
@@ -80,9 +80,9 @@ impl InventoryService {
             Some(Position::After(s) | Position::AtOrAfter(s)) => s.as_str(),
             None => "",
         };
-        let descriptor = self.node.map.shard_for(route).clone();
+        let descriptor = self.node.map.get().shard_for(route).clone();
         let shard = self.node.local_shard(descriptor.id)?;
-        barrier(shard, read.consistency).await?;
+        barrier(&shard, read.consistency).await?;
         let from = match &read.from {
             None => ListFrom::Start,
             Some(Position::After(s)) => ListFrom::After(s),
@@ -97,7 +97,7 @@ impl InventoryService {
                 .map(|(sku, _)| page_token::encode(&Position::After(sku.clone())))
                 .unwrap_or_default();
             (token, descriptor.id.0)
-        } else if let Some(next) = self.node.map.next_after(&descriptor) {
+        } else if let Some(next) = self.node.map.get().next_after(&descriptor) {
             let at = Position::AtOrAfter(next.range.start.clone());
             (page_token::encode(&at), next.id.0)
         } else {
@@ -127,7 +127,7 @@ impl InventoryService {
         let read = decode::get_reservation(req)?;
         caller.check_skus("get_reservation", [read.sku.as_str()])?;
         let shard = self.node.shard_for(&read.sku)?;
-        barrier(shard, read.consistency).await?;
+        barrier(&shard, read.consistency).await?;
         let (applied_index, r) = shard.reader.reservation(&read.reservation_id)?;
         let r = r.ok_or(Error::ReservationNotFound {
             reservation_id: read.reservation_id,

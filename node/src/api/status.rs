@@ -34,6 +34,7 @@ pub fn reason(e: &Error) -> pb::Reason {
         Error::RaftMessageRefused { .. } => R::RaftMessageRefused,
         Error::Unauthenticated { .. } => R::Unauthenticated,
         Error::PermissionDenied { .. } => R::PermissionDenied,
+        Error::MoveRefused { .. } => R::MoveRefused,
         Error::Internal { .. } => R::Internal,
     }
 }
@@ -64,7 +65,8 @@ pub fn code_of_reason(reason: pb::Reason) -> Code {
         | R::VersionMismatch
         | R::ReservationExpired
         | R::ReservationNotActive
-        | R::ShardMoved => Code::FailedPrecondition,
+        | R::ShardMoved
+        | R::MoveRefused => Code::FailedPrecondition,
         R::Aborted => Code::Aborted,
         R::NotLeader | R::ShardNotHere | R::ShardUnavailable | R::OutcomeUnknown => {
             Code::Unavailable
@@ -155,6 +157,16 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
             d.identity = identity.clone();
             d.field = call.clone();
         }
+        Error::MoveRefused {
+            shard_id,
+            node_id,
+            step,
+            ..
+        } => {
+            d.shard_id = shard_id.0;
+            d.node_id = *node_id;
+            d.step = (*step).to_string();
+        }
         Error::Unauthenticated { .. } | Error::Internal { .. } => {}
     }
     d
@@ -192,7 +204,11 @@ pub fn http_status(reason: pb::Reason, code: Code) -> u16 {
         R::RequestIdReused => 422,
         R::RequestTooLarge => 413,
         R::SkuNotFound | R::ReservationNotFound | R::NodeNotFound | R::ShardNotFound => 404,
-        R::InsufficientStock | R::ReservationExpired | R::ReservationNotActive | R::Aborted => 409,
+        R::InsufficientStock
+        | R::ReservationExpired
+        | R::ReservationNotActive
+        | R::Aborted
+        | R::MoveRefused => 409,
         R::VersionMismatch => 412,
         R::RateLimited => 429,
         R::NotLeader | R::ShardNotHere | R::ShardUnavailable | R::ShardMoved => 503,

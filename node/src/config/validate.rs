@@ -44,6 +44,16 @@ fn nodes(c: &ClusterConfig, file: &str) -> Result<BTreeSet<u64>, ConfigError> {
                 "node ids start at 1 (0 means \"no node\")".into(),
             ));
         }
+        if n.id > crate::raft::replica_id::NODE_ID_MAX {
+            return Err(bad(
+                format!("nodes[{i}].id"),
+                format!(
+                    "node id {} is above {}: a replica id carries its node id in 16 bits",
+                    n.id,
+                    crate::raft::replica_id::NODE_ID_MAX
+                ),
+            ));
+        }
         if !ids.insert(n.id) {
             return Err(bad(
                 format!("nodes[{i}].id"),

@@ -45,14 +45,15 @@ impl Check {
         }
     }
 
-    /// The sender is the node the vote names; its term is below `TERM_MAX`, and, for
+    /// The sender is the node of the replica the vote names; its term is below `TERM_MAX`, and, for
     /// elections, at most `TERM_JUMP_MAX` past `local_term`.
     fn vote(&self, vote: &Vote, local_term: Option<u64>) -> Result<u64, Refused> {
         let leader = vote.leader_id();
-        if leader.node_id != self.from {
+        if super::replica_id::node_of(leader.node_id) != self.from {
             return Err(self.refuse(format!(
-                "it names node {} as its {}",
+                "it names replica {} (on node {}) as its {}",
                 leader.node_id,
+                super::replica_id::node_of(leader.node_id),
                 if self.what == "append_entries" || self.what == "install_snapshot" {
                     "leader"
                 } else {
@@ -207,7 +208,7 @@ mod tests {
     #[test]
     fn a_vote_for_another_node_is_refused() {
         let err = vote_request(&vote_req(6, 3), 2, 5, "vote").unwrap_err();
-        assert!(err.problem.contains("names node 3"), "{err}");
+        assert!(err.problem.contains("on node 3"), "{err}");
     }
 
     fn entry(term: u64, index: u64) -> Entry {
@@ -245,7 +246,7 @@ mod tests {
         assert!(huge.problem.contains("not below"), "{huge}");
         let impostor = append_entries(&append(prev, vec![]), 2).unwrap_err();
         assert!(
-            impostor.problem.contains("names node 1 as its leader"),
+            impostor.problem.contains("(on node 1) as its leader"),
             "{impostor}"
         );
     }

@@ -6,11 +6,18 @@
 //! - `network`: outgoing Raft traffic, one channel per peer node, byte-bounded calls;
 //! - `inbound`: incoming Raft messages, decoded and checked by `guard` first;
 //! - `snapshot_stream`: a snapshot's chunks on the wire, both directions;
-//! - `guard`: validation of everything a peer sends.
+//! - `guard`: validation of everything a peer sends;
+//! - `replica_id`: the member ids of a group (never reused; they name their node);
+//! - `membership`: replica moves' steps (learner, guarded replacement, removal).
+//!
+//! openraft speaks replica ids; everything `ShardRaft` returns speaks node ids (a
+//! replica id names its node), so the rest of the node never sees a replica id.
 
 pub mod guard;
 pub mod inbound;
+pub mod membership;
 pub mod network;
+pub mod replica_id;
 pub mod snapshot_stream;
 pub mod types;
 
@@ -33,7 +40,11 @@ type Inner = openraft::Raft<types::TypeConfig, StateMachineStore>;
 #[derive(Clone)]
 pub struct ShardRaft {
     shard_id: ShardId,
+    /// This replica's member id in the group (`replica_id`).
+    replica_id: u64,
     inner: Inner,
+    /// The leader's allocations in its current term: `(term, next seq)`.
+    allocated: Arc<std::sync::Mutex<(u64, u64)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +89,14 @@ pub struct RaftStatus {
     pub applied_index: u64,
     pub snapshot_index: u64,
     pub purged_index: u64,
+    /// Nodes holding a voter of the effective membership.
     pub voters: BTreeSet<u64>,
+    /// Nodes holding a learner.
+    pub learners: BTreeSet<u64>,
+    /// The index of the effective membership's entry: the epoch's `conf_ver`.
+    pub membership_index: u64,
+    /// True while a joint membership (a change half done) is in effect.
+    pub joint: bool,
     /// On the leader: each replica's matched index (0 when none yet).
     pub matched: Option<BTreeMap<u64, u64>>,
 }
@@ -125,7 +143,7 @@ fn role(s: openraft::ServerState) -> &'static str {
 impl ShardRaft {
     /// Starts the shard's Raft group over its log and state machine.
     pub async fn start(
-        node_id: u64,
+        replica_id: u64,
         shard_id: ShardId,
         cluster: &ClusterConfig,
         network: NetworkFactory,
@@ -133,20 +151,35 @@ impl ShardRaft {
         sm: StateMachineStore,
     ) -> Result<ShardRaft, StartError> {
         let config = shard_config(cluster, shard_id)?;
-        let inner = Inner::new(node_id, config, network, log, sm)
+        let inner = Inner::new(replica_id, config, network, log, sm)
             .await
             .map_err(|e| StartError::Start {
                 shard_id,
                 message: e.to_string(),
             })?;
-        Ok(ShardRaft { shard_id, inner })
+        Ok(ShardRaft {
+            shard_id,
+            replica_id,
+            inner,
+            allocated: Arc::new(std::sync::Mutex::new((0, 0))),
+        })
     }
 
-    /// Makes a fresh group of `members` (node id, address); call on one node, once.
+    pub fn replica_id(&self) -> u64 {
+        self.replica_id
+    }
+
+    /// Makes a fresh group of `members` (node id, address), each with its seeded
+    /// replica id; call on one node, once.
     pub async fn initialize(&self, members: &[(u64, String)]) -> Result<(), StartError> {
         let members: BTreeMap<u64, openraft::BasicNode> = members
             .iter()
-            .map(|(id, addr)| (*id, openraft::BasicNode::new(addr.clone())))
+            .map(|(id, addr)| {
+                (
+                    replica_id::seeded(*id),
+                    openraft::BasicNode::new(addr.clone()),
+                )
+            })
             .collect();
         self.inner
             .initialize(members)
@@ -159,7 +192,11 @@ impl ShardRaft {
 
     /// The leader as this replica knows it.
     pub fn leader(&self) -> Option<u64> {
-        self.inner.metrics().borrow_watched().current_leader
+        self.inner
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .map(replica_id::node_of)
     }
 
     /// This replica's current term.
@@ -169,19 +206,23 @@ impl ShardRaft {
 
     pub fn status(&self) -> RaftStatus {
         let m = self.inner.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
         RaftStatus {
             role: role(m.state),
-            leader: m.current_leader,
+            leader: m.current_leader.map(replica_id::node_of),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
-            voters: m.membership_config.membership().voter_ids().collect(),
+            voters: membership.voter_ids().map(replica_id::node_of).collect(),
+            learners: membership.learner_ids().map(replica_id::node_of).collect(),
+            membership_index: m.membership_config.log_id().map(|l| l.index).unwrap_or(0),
+            joint: membership.get_joint_config().len() > 1,
             matched: m.replication.as_ref().map(|r| {
                 r.iter()
-                    .map(|(id, l)| (*id, l.map(|l| l.index).unwrap_or(0)))
+                    .map(|(id, l)| (replica_id::node_of(*id), l.map(|l| l.index).unwrap_or(0)))
                     .collect()
             }),
         }
@@ -193,7 +234,7 @@ impl ShardRaft {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(WriteError::NotLeader {
-                    leader: f.leader_id,
+                    leader: f.leader_id.map(replica_id::node_of),
                 })
             }
             Err(e) => Err(WriteError::Unknown(e.to_string())),
@@ -211,7 +252,7 @@ impl ShardRaft {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(ReadError::NotLeader {
-                    leader: f.leader_id,
+                    leader: f.leader_id.map(replica_id::node_of),
                 })
             }
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
@@ -221,8 +262,11 @@ impl ShardRaft {
         }
     }
 
-    /// Asks the group to hand leadership to `to` (returns once asked).
+    /// Asks the group to hand leadership to the voter on node `to` (returns once asked).
     pub async fn transfer_leader(&self, to: u64) -> Result<(), String> {
+        let to = self
+            .replica_on(to)
+            .ok_or_else(|| format!("node {to} holds no replica of shard {}", self.shard_id))?;
         self.inner
             .trigger()
             .transfer_leader(to)
@@ -230,9 +274,22 @@ impl ShardRaft {
             .map_err(|e| e.to_string())
     }
 
-    /// Lets the replica on `target` (wiped) be rebuilt from scratch once. The outer
+    /// The replica id of the member (voter or learner) on node `node`.
+    pub fn replica_on(&self, node: u64) -> Option<u64> {
+        let m = self.inner.metrics().borrow_watched().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .find(|id| replica_id::node_of(*id) == node)
+    }
+
+    /// Lets the replica on node `target` (wiped) be rebuilt from scratch once. The outer
     /// error is the group's (stopped); the inner, openraft's refusal.
     pub async fn allow_next_revert(&self, target: u64) -> Result<Result<(), String>, String> {
+        let Some(target) = self.replica_on(target) else {
+            return Ok(Err(format!("node {target} holds no replica of this shard")));
+        };
         match self.inner.trigger().allow_next_revert(&target, true).await {
             Ok(r) => Ok(r.map_err(|e| e.to_string())),
             Err(e) => Err(e.to_string()),

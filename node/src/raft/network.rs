@@ -158,7 +158,10 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             shard_id: self.shard_id.0,
             from: self.pool.node_id,
             target,
-            channel: self.pool.channel(target, &node.addr),
+            // One channel per node: a replica id names its node.
+            channel: self
+                .pool
+                .channel(super::replica_id::node_of(target), &node.addr),
             tuning: self.pool.tuning,
         }
     }

@@ -42,6 +42,8 @@ pub enum Need {
     Operator,
     /// The internal Raft service: nodes of this cluster only.
     Raft,
+    /// Creating and dropping a replica (steps of a move): nodes and admins.
+    Replica,
 }
 
 /// Who is calling.
@@ -254,12 +256,12 @@ impl Caller {
     pub fn authorize(&self, call: &'static str, needs: Need) -> Result<(), Error> {
         let allowed = match (&self.principal, needs) {
             (Principal::Open, _) => true,
-            (Principal::Node(_), Need::Raft | Need::Status) => true,
+            (Principal::Node(_), Need::Raft | Need::Status | Need::Replica) => true,
             (Principal::Node(_), _) => false,
             (Principal::Client(_), Need::Raft) => false,
             (Principal::Client(g), Need::Read | Need::Status) => g.role >= Role::Reader,
             (Principal::Client(g), Need::Write) => g.role >= Role::Writer,
-            (Principal::Client(g), Need::Operator) => g.role >= Role::Admin,
+            (Principal::Client(g), Need::Operator | Need::Replica) => g.role >= Role::Admin,
         };
         if allowed {
             return Ok(());
@@ -269,13 +271,14 @@ impl Caller {
                 "only nodes of this cluster may call the Raft service".to_string()
             }
             (Principal::Node(_), _) => {
-                "a node certificate may only call the Raft service and status".to_string()
+                "a node certificate may only call the Raft service, status and replica steps"
+                    .to_string()
             }
             (_, needs) => format!(
                 "needs the {} role, this identity is {}",
                 match needs {
                     Need::Write => "writer",
-                    Need::Operator => "admin",
+                    Need::Operator | Need::Replica => "admin",
                     _ => "reader",
                 },
                 self.grant().map_or("none", |g| g.role.as_str())

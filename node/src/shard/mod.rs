@@ -19,7 +19,7 @@ use crate::config::ClusterConfig;
 use crate::error::Error;
 use crate::inventory::OpGroup;
 use crate::raft::{ReadError, ShardRaft};
-use crate::router::{ShardDescriptor, ShardId, ShardMap};
+use crate::router::{LiveMap, ShardDescriptor, ShardId};
 use crate::storage::ShardReader;
 use proposer::Proposal;
 
@@ -30,7 +30,7 @@ pub struct Shard {
     node_id: u64,
     cluster: Arc<ClusterConfig>,
     /// Where leader hints get their addresses.
-    map: Arc<ShardMap>,
+    map: LiveMap,
     clock: Clock,
     stats: Arc<ProposeStats>,
     proposals: mpsc::Sender<Proposal>,
@@ -42,7 +42,7 @@ pub struct Shard {
 pub struct ShardContext {
     pub node_id: u64,
     pub cluster: Arc<ClusterConfig>,
-    pub map: Arc<ShardMap>,
+    pub map: LiveMap,
     pub clock: Clock,
     pub stats: Arc<ProposeStats>,
 }
@@ -96,7 +96,17 @@ impl Shard {
     }
 
     fn not_leader(&self, leader: Option<u64>) -> Error {
-        self.map.not_leader(self.id(), leader, self.node_id)
+        self.map.get().not_leader(self.id(), leader, self.node_id)
+    }
+
+    /// True when node `node` holds a member (voter or learner) of this shard, or this
+    /// replica knows no membership yet (a replica a move just created: the leader
+    /// feeding it is not in anything it knows).
+    pub fn accepts_raft_from(&self, node: u64) -> bool {
+        let st = self.raft.status();
+        (st.voters.is_empty() && st.learners.is_empty())
+            || st.voters.contains(&node)
+            || st.learners.contains(&node)
     }
 
     /// NOT_LEADER unless this node leads the shard now (as far as it knows).

@@ -19,7 +19,7 @@ use crate::config::ClusterConfig;
 use crate::error::Error;
 use crate::inventory::{OpGroup, OpResult, ShardRequest};
 use crate::raft::{ShardRaft, WriteError};
-use crate::router::{ShardId, ShardMap};
+use crate::router::{LiveMap, ShardId};
 use crate::telemetry::names;
 
 /// Counters of the proposal path, shared by a node's shards: the one source of these
@@ -60,7 +60,7 @@ pub(super) struct ProposerContext {
     pub raft: ShardRaft,
     pub cluster: Arc<ClusterConfig>,
     /// Builds NOT_LEADER with the leader's address.
-    pub map: Arc<ShardMap>,
+    pub map: LiveMap,
     pub clock: Clock,
     pub stats: Arc<ProposeStats>,
 }
@@ -131,7 +131,7 @@ pub(super) async fn run(
             let outcome = propose(&raft, request, timeout).await;
             let outcome = outcome.map_err(|e| match e {
                 // Rejected before it was appended: certainly not applied.
-                WriteError::NotLeader { leader } => map.not_leader(shard_id, leader, node_id),
+                WriteError::NotLeader { leader } => map.get().not_leader(shard_id, leader, node_id),
                 WriteError::Unknown(reason) => Error::OutcomeUnknown { shard_id, reason },
             });
             answer(shard_id, outcome, replies);

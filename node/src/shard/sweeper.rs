@@ -13,7 +13,7 @@ use super::Shard;
 use crate::inventory::OpGroup;
 
 pub fn spawn_sweeper(
-    shards: Vec<Arc<Shard>>,
+    shards: crate::node::ShardSet,
     interval_ms: u64,
     mut shutdown: broadcast::Receiver<()>,
 ) {
@@ -25,7 +25,14 @@ pub fn spawn_sweeper(
                 _ = tick.tick() => {}
                 _ = shutdown.recv() => return,
             }
-            for shard in shards.iter().filter(|s| s.is_leader()) {
+            let led: Vec<Arc<Shard>> = shards
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|s| s.is_leader())
+                .cloned()
+                .collect();
+            for shard in &led {
                 if due(shard).is_some_and(|t| t <= shard.clock.now_ms()) {
                     let shard = shard.clone();
                     tokio::spawn(async move {

@@ -8,7 +8,7 @@
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `raft_log`   | shard ‖ index | log entry |
-//! | `raft_state` | shard ‖ tag | vote, committed, last purged, shard descriptor |
+//! | `raft_state` | shard ‖ tag | vote, committed, last purged, shard descriptor, replica id |
 //! | `sm`         | shard ‖ 0x00 | applied log id, membership, clock, counters |
 //! | `sm`         | shard ‖ 0x01 ‖ sku | stock record |
 //! | `sm`         | shard ‖ 0x02 ‖ reservation id | reservation |
@@ -38,8 +38,11 @@ pub enum StateTag {
     Vote = 1,
     Committed = 2,
     LastPurged = 3,
-    /// The shard's range and initial replicas as first configured: checked at start.
+    /// The shard's range and initial replicas as first configured (or as given when
+    /// a move created the replica): its presence says this node holds the shard.
     Descriptor = 4,
+    /// This node's replica id in the shard's group (u64 BE); absent: the seeded id.
+    ReplicaId = 5,
 }
 
 /// Sub-spaces of a shard's state machine prefix in `sm`.
@@ -69,6 +72,13 @@ pub fn log_key_index(shard_id: u64, key: &[u8]) -> Option<u64> {
     let mut b = [0u8; 8];
     b.copy_from_slice(&key[8..]);
     Some(u64::from_be_bytes(b))
+}
+
+/// `[start, end)` covering every key of `shard_id` in any column family: each key
+/// begins with the shard id (u64 BE).
+pub fn shard_bounds(shard_id: u64) -> ([u8; 8], [u8; 8]) {
+    assert!(shard_id < u64::MAX, "shard ids stay below u64::MAX");
+    (shard_id.to_be_bytes(), (shard_id + 1).to_be_bytes())
 }
 
 pub fn raft_state_key(shard_id: u64, tag: StateTag) -> [u8; 9] {

@@ -1,6 +1,7 @@
-//! What a node remembers about itself, to refuse a start with a config that
-//! disagrees with its data: its identity, and each shard's range and initial
-//! replicas as first configured.
+//! What a node remembers about itself: its identity, and the replicas it holds (each
+//! shard's range and initial replicas, and this node's replica id). After the first
+//! boot these records, not the config, say which shards a node starts: replicas come
+//! and go by moves (`node::moves`).
 
 use rocksdb::{Direction, IteratorMode};
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,68 @@ pub fn write_descriptor(store: &Store, shard_id: ShardId, d: &ShardDescriptor) -
         codec::encode(d)?,
         &opts,
     )?)
+}
+
+/// Records that this node holds a replica of `shard_id` with id `replica_id`: its
+/// descriptor and id in one synced write (a crash leaves both or neither).
+pub fn write_replica(
+    store: &Store,
+    shard_id: ShardId,
+    d: &ShardDescriptor,
+    replica_id: u64,
+) -> Result<()> {
+    let db = store.db();
+    let cf = cf(db, CF_RAFT_STATE)?;
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(
+        cf,
+        keys::raft_state_key(shard_id.0, StateTag::Descriptor),
+        codec::encode(d)?,
+    );
+    batch.put_cf(
+        cf,
+        keys::raft_state_key(shard_id.0, StateTag::ReplicaId),
+        replica_id.to_be_bytes(),
+    );
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    Ok(db.write_opt(batch, &opts)?)
+}
+
+/// This node's replica id in `shard_id`'s group, if one was recorded (None: the
+/// seeded replica of the first layout, whose id is the node id).
+pub fn read_replica_id(store: &Store, shard_id: ShardId) -> Result<Option<u64>> {
+    let db = store.db();
+    let cf = cf(db, CF_RAFT_STATE)?;
+    let raw = db.get_cf(cf, keys::raft_state_key(shard_id.0, StateTag::ReplicaId))?;
+    Ok(raw.and_then(|b| {
+        <[u8; 8]>::try_from(b.as_slice())
+            .ok()
+            .map(u64::from_be_bytes)
+    }))
+}
+
+/// Deletes everything this node stores for `shard_id` (log, Raft state, state
+/// machine in one synced write; then its snapshot files in `snapshot_dir`): a replica
+/// removed from its group. Call only after the shard's Raft group here has stopped.
+pub fn delete_shard(
+    store: &Store,
+    snapshot_dir: &std::path::Path,
+    shard_id: ShardId,
+) -> Result<()> {
+    let db = store.db();
+    let (start, end) = keys::shard_bounds(shard_id.0);
+    let mut batch = rocksdb::WriteBatch::default();
+    for name in [keys::CF_RAFT_LOG, keys::CF_RAFT_STATE, keys::CF_SM] {
+        batch.delete_range_cf(cf(db, name)?, start, end);
+    }
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)?;
+    if snapshot_dir.exists() {
+        super::snapshot::remove_all(snapshot_dir, shard_id.0)?;
+    }
+    Ok(())
 }
 
 /// Ids of every shard with a descriptor on this node.

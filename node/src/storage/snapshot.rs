@@ -59,6 +59,17 @@ pub fn remove_leftovers(dir: &Path, shard_id: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes every snapshot file of `shard_id`: a replica removed from its group leaves
+/// nothing a later replica of the same shard on this node could mistake for its own.
+pub fn remove_all(dir: &Path, shard_id: u64) -> io::Result<()> {
+    match std::fs::remove_file(current_path(dir, shard_id)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    remove_leftovers(dir, shard_id)
+}
+
 /// A writer that checksums what passes through it.
 struct Crc<W> {
     inner: W,

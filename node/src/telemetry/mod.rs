@@ -90,9 +90,9 @@ pub fn spawn_publisher(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
 }
 
 fn publish(node: &Node) {
-    for (id, shard) in &node.shards {
+    for shard in node.shards() {
         let st = shard.raft.status();
-        let label = id.to_string();
+        let label = shard.id().to_string();
         let g = |name: &'static str, v: u64| {
             metrics::gauge!(name, names::SHARD_ID => label.clone()).set(v as f64)
         };

@@ -90,6 +90,12 @@ fn every_variant() -> Vec<Error> {
             expected: 3,
             actual: 4,
         },
+        Error::MoveRefused {
+            shard_id: ShardId(2),
+            node_id: 4,
+            step: "catch_up",
+            problem: "too slow".into(),
+        },
     ]
 }
 
@@ -162,6 +168,17 @@ fn expected(e: &Error, rid: [u8; 16]) -> Verdict {
             limit_bytes,
         }),
         Error::NodeNotFound { node_id } => definite(ClientError::NodeNotFound { node_id }),
+        Error::MoveRefused {
+            shard_id,
+            node_id,
+            step,
+            ..
+        } => definite(ClientError::MoveRefused {
+            shard_id: shard_id.0,
+            node_id,
+            step: step.into(),
+            message: msg,
+        }),
         Error::ShardNotFound { shard_id } => definite(ClientError::ShardNotFound {
             shard_id: shard_id.0,
         }),

@@ -103,6 +103,12 @@ pub enum Command {
     /// The cluster: status, map, leaders, repair.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Nodes: list, drain, remove (docs/OPERATIONS.md).
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Shards: move a replica (docs/OPERATIONS.md).
+    #[command(subcommand)]
+    Shard(ShardCmd),
     /// Certificates: a cluster's CA, node and client certificates.
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -241,6 +247,44 @@ pub enum ClusterCmd {
     TransferLeader { shard: u64, to: u64 },
     /// Repair: let the leaders rebuild NODE from empty once (after its data was wiped).
     AllowRebuild { node: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Every node: up or not, replicas and leaderships held.
+    List,
+    /// Take every replica and leadership off NODE, one move at a time, while it
+    /// serves; afterwards stopping it costs no availability.
+    Drain {
+        node: u64,
+        /// Print the moves without making them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// NODE is gone for good: recreate its replicas on the other nodes from the
+    /// survivors (it is not asked to drop anything).
+    Remove {
+        node: u64,
+        /// Confirms that the node is dead (its data will not come back).
+        #[arg(long, required = true)]
+        dead: bool,
+        /// Print the moves without making them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ShardCmd {
+    /// Move SHARD's replica from one node to another (a learner catches up, then
+    /// replaces the old replica; the same command resumes an interrupted move).
+    Move {
+        shard: u64,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

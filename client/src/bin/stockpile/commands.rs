@@ -25,6 +25,8 @@ pub async fn run(client: &Client, cmd: Command, json: bool) -> Result<(), Error>
             cluster_info(client, cmd, json).await
         }
         Command::Cluster(_) => cluster_ops(client, cmd, json).await,
+        Command::Node(c) => crate::elastic::node(client, c, json).await,
+        Command::Shard(c) => crate::elastic::shard(client, c, json).await,
         Command::Rush {
             sku,
             clients,

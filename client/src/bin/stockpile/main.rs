@@ -13,6 +13,7 @@ mod args;
 mod bench;
 mod certs;
 mod commands;
+mod elastic;
 mod output;
 mod svg;
 

@@ -1,11 +1,16 @@
 //! A running node: opens its database, checks its data against the config, starts one
-//! Raft group per shard it holds, initializes fresh shards exactly once, and hands
-//! requests to its shards (routing itself is `router`'s).
+//! Raft group per replica it holds, initializes fresh shards exactly once, hands
+//! requests to its shards (routing itself is `router`'s), and creates and drops
+//! replicas as moves ask (`moves`).
+//!
+//! Which replicas a node holds: on the first boot of its data directory, the config's
+//! layout; afterwards its own replica records (`storage::node_meta`), which moves
+//! change. The config's shard layout only seeds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use tokio::sync::broadcast;
@@ -15,10 +20,17 @@ use crate::config::{ClusterConfig, NodeConfig};
 use crate::error::Error;
 use crate::raft::ShardRaft;
 use crate::raft::network::{NetworkFactory, PeerPool, PeerTuning};
-use crate::router::{ShardDescriptor, ShardId, ShardMap};
+use crate::raft::replica_id;
+use crate::router::{LiveMap, ShardDescriptor, ShardId, ShardMap, SkuRange};
 use crate::security::Security;
 use crate::shard::{ProposeStats, Shard, ShardContext};
 use crate::storage::node_meta::{self, NodeIdentity};
+mod moves;
+mod replicas;
+
+pub use moves::{MoveOptions, MoveReport};
+use replicas::spawn_map_follower;
+
 use crate::storage::{
     ApplyStats, LogStore, LogSyncer, ShardReader, StateMachineStore, StorageError, Store,
     WritePathStats,
@@ -72,12 +84,17 @@ pub struct Totals {
     pub entries_applied: u64,
 }
 
+/// The replicas running on a node, by shard: replaced as moves add and drop them.
+pub type ShardSet = Arc<RwLock<BTreeMap<ShardId, Arc<Shard>>>>;
+
 pub struct Node {
     pub id: u64,
     pub me: NodeConfig,
     pub cluster: Arc<ClusterConfig>,
-    pub map: Arc<ShardMap>,
-    pub shards: BTreeMap<ShardId, Arc<Shard>>,
+    /// The shard map: the config's layout, then each shard's replicas as its own
+    /// membership says (local shards) or as a move announced (others).
+    pub map: LiveMap,
+    shards: ShardSet,
     pub data_dir: PathBuf,
     pub store: Store,
     pub write_stats: Arc<WritePathStats>,
@@ -89,6 +106,10 @@ pub struct Node {
     pub admission: crate::admission::Admission,
     /// TLS material and access grants, reloadable (SIGHUP).
     pub security: Arc<Security>,
+    /// What starting one more replica needs.
+    shared: Shared,
+    /// One replica create or drop at a time on this node.
+    replica_changes: tokio::sync::Mutex<()>,
 }
 
 /// What every shard of a node shares while it starts.
@@ -123,9 +144,13 @@ impl Node {
         })?;
         let store =
             Store::open(&data_dir.join("db")).map_err(storage("cannot open the database"))?;
-        check_identity(&store, &cluster, node_id)?;
-        let map = Arc::new(ShardMap::from_config(&cluster));
-        check_shards(&store, &map, node_id)?;
+        let first_boot = check_identity(&store, &cluster, node_id)?;
+        let map = ShardMap::from_config(&cluster);
+        if first_boot {
+            seed_replicas(&store, &map, node_id)?;
+        }
+        let records = replica_records(&store, &map, node_id)?;
+        let map = LiveMap::new(map);
 
         let write_stats = Arc::new(WritePathStats::default());
         let propose_stats = Arc::new(ProposeStats::default());
@@ -162,18 +187,16 @@ impl Node {
             },
         };
         let mut shards = BTreeMap::new();
-        for d in map
-            .shards()
-            .iter()
-            .filter(|d| d.replicas.contains(&node_id))
-        {
-            shards.insert(d.id, start_shard(d.clone(), &shared, &shutdown).await?);
+        for (d, replica) in records {
+            shards.insert(d.id, start_shard(d, replica, &shared, &shutdown).await?);
         }
+        let shards: ShardSet = Arc::new(RwLock::new(shards));
         crate::shard::spawn_sweeper(
-            shards.values().cloned().collect(),
+            shards.clone(),
             cluster.server.sweep_interval_ms,
             shutdown.subscribe(),
         );
+        spawn_map_follower(shards.clone(), map.clone(), shutdown.subscribe());
         let admission = crate::admission::Admission::new(cluster.admission.clone());
         Ok(Arc::new(Node {
             id: node_id,
@@ -184,27 +207,42 @@ impl Node {
             data_dir,
             store,
             write_stats,
-            apply_stats: shared.apply_stats,
+            apply_stats: shared.apply_stats.clone(),
             propose_stats,
             started_at: Instant::now(),
             admission,
             shutdown,
             peers,
             security: Arc::new(security),
+            shared,
+            replica_changes: tokio::sync::Mutex::new(()),
         }))
     }
 
     /// The local shard `shard_id`, or SHARD_NOT_HERE naming its replicas (this node
     /// never guesses a leader for a shard it does not hold).
-    pub fn local_shard(&self, shard_id: ShardId) -> Result<&Arc<Shard>, Error> {
+    pub fn local_shard(&self, shard_id: ShardId) -> Result<Arc<Shard>, Error> {
         self.shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(&shard_id)
-            .ok_or_else(|| self.map.not_here(shard_id))
+            .cloned()
+            .ok_or_else(|| self.map.get().not_here(shard_id))
     }
 
     /// The local shard that owns `sku` (see `local_shard`).
-    pub fn shard_for(&self, sku: &str) -> Result<&Arc<Shard>, Error> {
-        self.local_shard(self.map.shard_for(sku).id)
+    pub fn shard_for(&self, sku: &str) -> Result<Arc<Shard>, Error> {
+        self.local_shard(self.map.get().shard_for(sku).id)
+    }
+
+    /// Every replica running on this node, in shard id order.
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn totals(&self) -> Totals {
@@ -225,10 +263,10 @@ impl Node {
     /// Hands the leadership of every shard this node leads to the most up-to-date
     /// other replica, waiting up to `per_shard` for each. Returns the shards moved.
     pub async fn hand_over_leadership(&self, per_shard: std::time::Duration) -> Vec<ShardId> {
-        let led = self
-            .shards
-            .values()
-            .filter(|s| s.is_leader() && s.descriptor.replicas.len() > 1);
+        let shards = self.shards();
+        let led = shards
+            .iter()
+            .filter(|s| s.is_leader() && s.raft.status().voters.len() > 1);
         let moves = led.map(|shard| async move {
             let status = shard.raft.status();
             let target = status
@@ -267,15 +305,15 @@ impl Node {
 
     /// True when every shard on this node knows a leader: it has joined its groups.
     pub fn joined(&self) -> bool {
-        self.shards.values().all(|s| s.leader_id().is_some())
+        self.shards().iter().all(|s| s.leader_id().is_some())
     }
 
     /// Stops every shard's Raft group and syncs the WAL.
     pub async fn stop(&self) {
         let _ = self.shutdown.send(());
-        for (id, shard) in &self.shards {
+        for shard in self.shards() {
             if let Err(e) = shard.raft.shutdown().await {
-                tracing::warn!(shard_id = %id, error = %e, "raft shutdown");
+                tracing::warn!(shard_id = %shard.id(), error = %e, "raft shutdown");
             }
         }
         if let Err(e) = self.store.sync_wal() {
@@ -288,10 +326,11 @@ impl Node {
     }
 }
 
-/// Opens one shard's log and state machine, starts its Raft group (initializing a
+/// Opens one replica's log and state machine, starts its Raft group (initializing a
 /// fresh shard exactly once), and its proposer.
 async fn start_shard(
     d: ShardDescriptor,
+    replica: u64,
     shared: &Shared,
     shutdown: &broadcast::Sender<()>,
 ) -> Result<Arc<Shard>, StartError> {
@@ -315,23 +354,21 @@ async fn start_shard(
         shard_id,
         pool: shared.peers.clone(),
     };
-    let raft =
-        ShardRaft::start(shared.node_id, shard_id, &shared.cluster, network, log, sm).await?;
-    check_membership(&raft, &d)?;
+    let raft = ShardRaft::start(replica, shard_id, &shared.cluster, network, log, sm).await?;
     // Exactly one node initializes a fresh shard, and only when it has never stored
-    // anything for the shard; restarts never re-initialize. The initializer is the
-    // shard's `(id - 1) % n`-th replica in id order, so that first leaders spread over
-    // the nodes instead of all landing on the lowest id.
-    if pristine && initializer_of(&d) == shared.node_id {
+    // anything for the shard; restarts never re-initialize, and neither does a replica
+    // a move created (its id is not the seeded one: the leader feeds it). The
+    // initializer is the shard's `(id - 1) % n`-th replica in id order, so that first
+    // leaders spread over the nodes instead of all landing on the lowest id.
+    if pristine
+        && replica == replica_id::seeded(shared.node_id)
+        && initializer_of(&d) == shared.node_id
+    {
+        let map = shared.ctx.map.get();
         let members: Vec<(u64, String)> = d
             .replicas
             .iter()
-            .map(|id| {
-                (
-                    *id,
-                    shared.ctx.map.addr(*id).unwrap_or_default().to_string(),
-                )
-            })
+            .map(|id| (*id, map.addr(*id).unwrap_or_default().to_string()))
             .collect();
         raft.initialize(&members).await?;
         tracing::info!(%shard_id, replicas = ?d.replicas, "initialized fresh shard");
@@ -347,7 +384,13 @@ async fn start_shard(
     ))
 }
 
-fn check_identity(store: &Store, cluster: &ClusterConfig, node_id: u64) -> Result<(), StartError> {
+/// Checks the data directory's identity; writes it on first boot. Returns true on a
+/// first boot (an empty data directory).
+fn check_identity(
+    store: &Store,
+    cluster: &ClusterConfig,
+    node_id: u64,
+) -> Result<bool, StartError> {
     let wanted = NodeIdentity {
         cluster_name: cluster.cluster_name.clone(),
         node_id,
@@ -360,7 +403,7 @@ fn check_identity(store: &Store, cluster: &ClusterConfig, node_id: u64) -> Resul
         e => storage("cannot read the node identity")(e),
     })?;
     match stored {
-        Some(stored) if stored == wanted => Ok(()),
+        Some(stored) if stored == wanted => Ok(false),
         Some(stored) => Err(StartError::Mismatch(format!(
             "this data directory belongs to node {} of cluster {:?}, but this is node {} of cluster {:?}",
             stored.node_id, stored.cluster_name, node_id, cluster.cluster_name
@@ -374,64 +417,66 @@ fn check_identity(store: &Store, cluster: &ClusterConfig, node_id: u64) -> Resul
                 )));
             }
             node_meta::write_identity(store, &wanted)
-                .map_err(storage("cannot write the node identity"))
+                .map_err(storage("cannot write the node identity"))?;
+            Ok(true)
         }
     }
 }
 
-fn check_shards(store: &Store, map: &ShardMap, node_id: u64) -> Result<(), StartError> {
-    let mine: Vec<&ShardDescriptor> = map
+/// First boot: records the config's replicas of this node (seeded replica ids).
+fn seed_replicas(store: &Store, map: &ShardMap, node_id: u64) -> Result<(), StartError> {
+    for d in map
         .shards()
         .iter()
         .filter(|d| d.replicas.contains(&node_id))
-        .collect();
-    let configured: BTreeSet<ShardId> = mine.iter().map(|d| d.id).collect();
-    for stored in node_meta::stored_shards(store).map_err(storage("cannot list stored shards"))? {
-        if !configured.contains(&stored) {
-            return Err(StartError::Mismatch(format!(
-                "this node holds data of shard {stored}, which the config does not place on node {node_id}"
-            )));
-        }
-    }
-    for d in mine {
-        let wanted = node_meta::ShardDescriptor {
+    {
+        let record = node_meta::ShardDescriptor {
             start: d.range.start.clone(),
             end: d.range.end.clone(),
             replicas: d.replicas.clone(),
         };
-        let read = node_meta::read_descriptor(store, d.id).map_err(storage(format!(
-            "shard {}: cannot read its descriptor",
-            d.id
-        )))?;
-        match read {
-            Some(stored) if stored.start != wanted.start || stored.end != wanted.end => {
-                return Err(StartError::Mismatch(format!(
-                    "the config says shard {} covers [{:?}, {:?}) but this node stored [{:?}, {:?})",
-                    d.id, wanted.start, wanted.end, stored.start, stored.end
-                )));
-            }
-            Some(_) => {}
-            None => node_meta::write_descriptor(store, d.id, &wanted).map_err(storage(format!(
-                "shard {}: cannot write its descriptor",
-                d.id
-            )))?,
-        }
+        node_meta::write_replica(store, d.id, &record, replica_id::seeded(node_id)).map_err(
+            storage(format!("shard {}: cannot record its replica", d.id)),
+        )?;
     }
     Ok(())
 }
 
-/// Once a shard has a membership, it must be the configured replica set (until
-/// membership changes exist, nothing else can change it).
-fn check_membership(raft: &ShardRaft, d: &ShardDescriptor) -> Result<(), StartError> {
-    let voters = raft.status().voters;
-    let wanted: BTreeSet<u64> = d.replicas.iter().copied().collect();
-    if !voters.is_empty() && voters != wanted {
-        return Err(StartError::Mismatch(format!(
-            "the config says shard {} has replicas {wanted:?} but its stored membership is {voters:?}",
-            d.id
-        )));
+/// The replicas this node holds (its records) with their replica ids, each checked
+/// against the config: a shard the config does not know, or whose range differs, is
+/// refused (ranges change only by splits, which do not exist yet).
+fn replica_records(
+    store: &Store,
+    map: &ShardMap,
+    node_id: u64,
+) -> Result<Vec<(ShardDescriptor, u64)>, StartError> {
+    let mut out = Vec::new();
+    for id in node_meta::stored_shards(store).map_err(storage("cannot list stored shards"))? {
+        let what = |w: &str| storage(format!("shard {id}: cannot read its {w}"));
+        let stored = node_meta::read_descriptor(store, id)
+            .map_err(what("descriptor"))?
+            .ok_or_else(|| StartError::Mismatch(format!("shard {id}: its descriptor vanished")))?;
+        let Some(configured) = map.shard(id) else {
+            return Err(StartError::Mismatch(format!(
+                "this node holds data of shard {id}, which the config does not define"
+            )));
+        };
+        let range = SkuRange {
+            start: stored.start.clone(),
+            end: stored.end.clone(),
+        };
+        if range != configured.range {
+            return Err(StartError::Mismatch(format!(
+                "the config says shard {id} covers {} but this node stored {range}",
+                configured.range
+            )));
+        }
+        let replica = node_meta::read_replica_id(store, id)
+            .map_err(what("replica id"))?
+            .unwrap_or(replica_id::seeded(node_id));
+        out.push((configured.clone(), replica));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The replica that initializes a fresh shard: the `(shard id - 1) % replicas`-th in

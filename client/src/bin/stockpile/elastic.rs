@@ -1,0 +1,140 @@
+//! `stockpile node list|drain|remove` and `stockpile shard move`: the cluster's shape
+//! changed while it serves. Each command says what it will do, then what it did.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use stockpile_client::{Client, Error, MoveReport, PlannedMove};
+
+use crate::args::{NodeCmd, ShardCmd};
+use crate::output::print_json;
+
+pub async fn node(client: &Client, cmd: NodeCmd, json: bool) -> Result<(), Error> {
+    match cmd {
+        NodeCmd::List => list(client, json).await,
+        NodeCmd::Drain { node, dry_run } => evacuate(client, node, false, dry_run, json).await,
+        NodeCmd::Remove {
+            node,
+            dead,
+            dry_run,
+        } => evacuate(client, node, dead, dry_run, json).await,
+    }
+}
+
+pub async fn shard(client: &Client, cmd: ShardCmd, json: bool) -> Result<(), Error> {
+    match cmd {
+        ShardCmd::Move { shard, from, to } => {
+            if !json {
+                println!("moving shard {shard}'s replica from node {from} to node {to}");
+            }
+            let report = client.move_replica(shard, from, to, false).await?;
+            show_moves(json, &[report]);
+            Ok(())
+        }
+    }
+}
+
+async fn list(client: &Client, json: bool) -> Result<(), Error> {
+    let status = client.cluster_status().await?;
+    let replicas = client.shard_replicas().await?;
+    let mut held: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+    for n in replicas.values().flatten() {
+        held.entry(*n).or_default().0 += 1;
+    }
+    for st in status.nodes.iter().filter_map(|v| v.status.as_ref()) {
+        let me = st.node.as_ref().map(|n| n.node_id).unwrap_or(0);
+        let led = st.shards.iter().filter(|s| s.role == "leader").count();
+        held.entry(me).or_default().1 = led;
+    }
+    let rows: Vec<_> = status
+        .nodes
+        .iter()
+        .map(|v| {
+            let n = v.node.clone().unwrap_or_default();
+            let (replicas, leaders) = held.get(&n.node_id).copied().unwrap_or_default();
+            (n, v.reachable, replicas, leaders)
+        })
+        .collect();
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(n, up, r, l)| {
+                json!({"node_id": n.node_id, "addr": n.addr, "region": n.region, "zone": n.zone,
+                       "up": up, "replicas": r, "leaders": l})
+            })
+            .collect();
+        print_json(&json!(rows));
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:<22} {:<12} {:<6} {:<5} {:>8} {:>7}",
+        "NODE", "ADDRESS", "REGION", "ZONE", "STATE", "REPLICAS", "LEADERS"
+    );
+    for (n, up, r, l) in rows {
+        println!(
+            "{:<5} {:<22} {:<12} {:<6} {:<5} {:>8} {:>7}",
+            n.node_id,
+            n.addr,
+            n.region,
+            n.zone,
+            if up { "up" } else { "down" },
+            r,
+            l
+        );
+    }
+    Ok(())
+}
+
+async fn evacuate(
+    client: &Client,
+    node: u64,
+    dead: bool,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), Error> {
+    let plan = client.plan_drain(node).await?;
+    if !json || dry_run {
+        show_plan(json, node, dead, &plan);
+    }
+    if dry_run {
+        return Ok(());
+    }
+    let mut done = Vec::with_capacity(plan.len());
+    for m in &plan {
+        done.push(client.move_replica(m.shard_id, m.from, m.to, dead).await?);
+    }
+    show_moves(json, &done);
+    Ok(())
+}
+
+fn show_plan(json: bool, node: u64, dead: bool, plan: &[PlannedMove]) {
+    if json {
+        print_json(&json!({"node_id": node, "dead": dead, "plan": plan}));
+        return;
+    }
+    if plan.is_empty() {
+        println!("node {node} holds no replica: nothing to move");
+        return;
+    }
+    let verb = if dead { "recreate" } else { "move" };
+    println!("will {verb} {} replica(s) of node {node}:", plan.len());
+    for m in plan {
+        println!("  shard {}: node {} -> node {}", m.shard_id, m.from, m.to);
+    }
+}
+
+fn show_moves(json: bool, done: &[MoveReport]) {
+    if json {
+        print_json(&json!(done));
+        return;
+    }
+    for r in done {
+        println!(
+            "shard {}: node {} -> node {} done (replica {}); replicas now {:?}, conf_ver {}",
+            r.shard_id, r.from, r.to, r.replica_id, r.replicas, r.conf_ver
+        );
+        for step in &r.steps {
+            println!("  - {step}");
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Replica moves for operators: one move (`move_replica`, sent to the shard's leader
+//! and following leader changes), and a node's drain or removal as a plan of moves
+//! (`plan_evacuation`, pure and unit-tested) carried out one at a time.
+//!
+//! Where a replica goes: a node that holds no replica of the shard, preferring a zone
+//! (then a region) none of the shard's other replicas is in, then the node holding
+//! the fewest replicas, then the lowest id, so that plans are deterministic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use stockpile_proto::v1 as pb;
+use stockpile_proto::v1::admin_client::AdminClient;
+
+use crate::transport::with_timeout;
+use crate::{Client, Error, NodeInfo, Target};
+
+/// How long the new replica may take to catch up, per move.
+pub const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+/// How long one move may take in all (catch-up, changes, clean-up, retries).
+const MOVE_DEADLINE_MS: u64 = 120_000;
+
+/// What one move did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MoveReport {
+    /// The shard moved.
+    pub shard_id: u64,
+    /// The node the replica left.
+    pub from: u64,
+    /// The node it went to.
+    pub to: u64,
+    /// What happened, step by step.
+    pub steps: Vec<String>,
+    /// The shard's voters (node ids) afterwards.
+    pub replicas: Vec<u64>,
+    /// The membership epoch (`conf_ver`) afterwards.
+    pub conf_ver: u64,
+    /// The new replica's id.
+    pub replica_id: u64,
+}
+
+/// One planned move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedMove {
+    /// The shard.
+    pub shard_id: u64,
+    /// From this node.
+    pub from: u64,
+    /// To this node.
+    pub to: u64,
+}
+
+/// The moves that take every replica off `node`: for each shard in `replicas`
+/// (shard → voters) holding one, a target among `nodes` minus `node` and the shard's
+/// other replicas (see the module's comment). A shard with no possible target is
+/// reported as an error naming it.
+pub fn plan_evacuation(
+    node: u64,
+    nodes: &[NodeInfo],
+    replicas: &BTreeMap<u64, Vec<u64>>,
+) -> Result<Vec<PlannedMove>, Error> {
+    let by_id: BTreeMap<u64, &NodeInfo> = nodes.iter().map(|n| (n.node_id, n)).collect();
+    let mut load: BTreeMap<u64, usize> = by_id.keys().map(|id| (*id, 0)).collect();
+    for held in replicas.values() {
+        for n in held {
+            *load.entry(*n).or_default() += 1;
+        }
+    }
+    let mut plan = Vec::new();
+    for (shard_id, held) in replicas.iter().filter(|(_, h)| h.contains(&node)) {
+        let others: Vec<&NodeInfo> = held
+            .iter()
+            .filter(|n| **n != node)
+            .filter_map(|n| by_id.get(n).copied())
+            .collect();
+        let zones: BTreeSet<(&str, &str)> = others
+            .iter()
+            .map(|n| (n.region.as_str(), n.zone.as_str()))
+            .collect();
+        let regions: BTreeSet<&str> = others.iter().map(|n| n.region.as_str()).collect();
+        let target = by_id
+            .values()
+            .filter(|n| n.node_id != node && !held.contains(&n.node_id))
+            .min_by_key(|n| {
+                (
+                    zones.contains(&(n.region.as_str(), n.zone.as_str())),
+                    regions.contains(n.region.as_str()),
+                    load.get(&n.node_id).copied().unwrap_or(0),
+                    n.node_id,
+                )
+            })
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "node".into(),
+                message: format!(
+                    "shard {shard_id} has replicas on {held:?}; no other node can take node {node}'s replica"
+                ),
+            })?;
+        *load.entry(target.node_id).or_default() += 1;
+        plan.push(PlannedMove {
+            shard_id: *shard_id,
+            from: node,
+            to: target.node_id,
+        });
+    }
+    Ok(plan)
+}
+
+impl Client {
+    /// Moves `shard_id`'s replica from `from` to `to` (docs/OPERATIONS.md), sent to
+    /// the shard's leader; resumes an interrupted move; `from_dead`: the source is
+    /// gone for good and is not asked to drop its replica.
+    pub async fn move_replica(
+        &self,
+        shard_id: u64,
+        from: u64,
+        to: u64,
+        from_dead: bool,
+    ) -> Result<MoveReport, Error> {
+        let req = pb::MoveReplicaRequest {
+            shard_id,
+            from_node_id: from,
+            to_node_id: to,
+            catch_up_timeout_ms: CATCH_UP_TIMEOUT_MS,
+            from_dead,
+        };
+        let attempt = Duration::from_millis(CATCH_UP_TIMEOUT_MS + 30_000);
+        let reply = self
+            .call_within(
+                shard_id,
+                Target::Leader,
+                None,
+                Instant::now() + Duration::from_millis(MOVE_DEADLINE_MS),
+                attempt,
+                |ch, t| {
+                    let r = with_timeout(req, t);
+                    async move { AdminClient::new(ch).move_replica(r).await }
+                },
+            )
+            .await?
+            .into_inner();
+        Ok(MoveReport {
+            shard_id,
+            from,
+            to,
+            steps: reply.steps,
+            replicas: reply.replicas,
+            conf_ver: reply.conf_ver,
+            replica_id: reply.replica_id,
+        })
+    }
+
+    /// Each shard's voters (node ids), from the leaders' views in the cluster status.
+    pub async fn shard_replicas(&self) -> Result<BTreeMap<u64, Vec<u64>>, Error> {
+        let status = self.cluster_status().await?;
+        let mut out = BTreeMap::new();
+        for st in status.nodes.iter().filter_map(|v| v.status.as_ref()) {
+            for sh in st.shards.iter().filter(|s| s.role == "leader") {
+                out.insert(sh.shard_id, sh.replicas.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The moves that would take every replica off `node` (nothing is changed).
+    pub async fn plan_drain(&self, node: u64) -> Result<Vec<PlannedMove>, Error> {
+        self.refresh_map(Instant::now() + Duration::from_secs(10))
+            .await?;
+        let nodes: Vec<NodeInfo> = self.shard_map().nodes.values().cloned().collect();
+        if !nodes.iter().any(|n| n.node_id == node) {
+            return Err(Error::NodeNotFound { node_id: node });
+        }
+        let replicas = self.shard_replicas().await?;
+        let missing: Vec<u64> = self
+            .shard_map()
+            .shards
+            .iter()
+            .map(|s| s.shard_id)
+            .filter(|id| !replicas.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Unavailable {
+                message: format!("shards {missing:?} have no leader now; try again"),
+            });
+        }
+        plan_evacuation(node, &nodes, &replicas)
+    }
+
+    /// Takes every replica (and so every leadership) off `node`, one move at a time;
+    /// `dead`: the node is gone for good (`node remove --dead`). Returns what each
+    /// move did; stops at the first refusal.
+    pub async fn drain_node(&self, node: u64, dead: bool) -> Result<Vec<MoveReport>, Error> {
+        let plan = self.plan_drain(node).await?;
+        let mut done = Vec::with_capacity(plan.len());
+        for m in plan {
+            done.push(self.move_replica(m.shard_id, m.from, m.to, dead).await?);
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, zone: &str) -> NodeInfo {
+        NodeInfo {
+            node_id: id,
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            region: "local".into(),
+            zone: zone.into(),
+        }
+    }
+
+    #[test]
+    fn a_drain_moves_each_replica_to_a_free_zone_then_the_least_loaded_node() {
+        let nodes = [
+            node(1, "a"),
+            node(2, "b"),
+            node(3, "c"),
+            node(4, "a"),
+            node(5, "d"),
+        ];
+        let replicas = BTreeMap::from([(1, vec![1, 2, 3]), (2, vec![1, 2, 3]), (3, vec![2, 3, 4])]);
+        let plan = plan_evacuation(1, &nodes, &replicas).unwrap();
+        // Zone "a" is free once node 1 leaves; node 5 (zone d) is free too, and empty.
+        assert_eq!(
+            plan,
+            vec![
+                PlannedMove {
+                    shard_id: 1,
+                    from: 1,
+                    to: 5
+                },
+                PlannedMove {
+                    shard_id: 2,
+                    from: 1,
+                    to: 4
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_shard_with_nowhere_to_go_is_named() {
+        let nodes = [node(1, "a"), node(2, "b"), node(3, "c")];
+        let replicas = BTreeMap::from([(7, vec![1, 2, 3])]);
+        let err = plan_evacuation(1, &nodes, &replicas).unwrap_err();
+        assert!(err.to_string().contains("shard 7"), "{err}");
+    }
+
+    #[test]
+    fn a_node_without_replicas_needs_no_moves() {
+        let nodes = [node(1, "a"), node(2, "b")];
+        let replicas = BTreeMap::from([(1, vec![2])]);
+        assert_eq!(plan_evacuation(1, &nodes, &replicas).unwrap(), vec![]);
+    }
+}

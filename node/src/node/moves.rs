@@ -1,0 +1,348 @@
+//! A replica move, run by the shard's leader (DESIGN.md, "Elastic cluster"): a
+//! learner with a fresh replica id on the target node, caught up within a deadline
+//! (else removed again), one guarded membership change replacing the old voter by
+//! it, then the old replica dropped (its data deleted only after the removal
+//! committed).
+//!
+//! The procedure is a loop over the shard's current membership, each pass taking the
+//! next step that membership calls for. So the same command resumes a move
+//! interrupted anywhere (a crash, a leader change, a lost reply): it finishes a joint
+//! membership left half done, reuses a learner already added, and only cleans up
+//! when the move is already done. Every change is guarded by the membership it was
+//! decided on (`raft::membership`), so two moves of one shard never interleave.
+
+use std::time::Duration;
+
+use stockpile_proto::v1 as pb;
+use stockpile_proto::v1::admin_client::AdminClient;
+
+use super::Node;
+use crate::error::Error;
+use crate::raft::membership::{ChangeError, Members};
+use crate::router::ShardId;
+use crate::shard::Shard;
+
+/// Passes over the membership one move may take: each pass takes one step (finish a
+/// joint change, add the learner, catch up and replace, clean up), so a move needs
+/// four; the rest absorbs steps other movers' conflicts forced again.
+const MOVE_PASSES_MAX: usize = 8;
+/// How long a create/drop call to another node may take.
+const REPLICA_CALL_TIMEOUT_MS: u64 = 10_000;
+/// How long a leader moving away waits for its successor.
+const HAND_OVER_TIMEOUT_MS: u64 = 5_000;
+
+/// What to move.
+#[derive(Clone, Copy, Debug)]
+pub struct MoveOptions {
+    pub from: u64,
+    pub to: u64,
+    /// How long the new replica may take to catch up before the move is undone.
+    pub catch_up_timeout: Duration,
+    /// The source node is gone for good: its replica is not asked to drop itself.
+    pub from_dead: bool,
+}
+
+/// What a move did.
+#[derive(Clone, Debug, Default)]
+pub struct MoveReport {
+    pub steps: Vec<String>,
+    /// The shard's voters (node ids) afterwards.
+    pub replicas: Vec<u64>,
+    pub conf_ver: u64,
+    pub replica_id: u64,
+}
+
+fn refused(shard_id: ShardId, node_id: u64, step: &'static str, problem: String) -> Error {
+    Error::MoveRefused {
+        shard_id,
+        node_id,
+        step,
+        problem,
+    }
+}
+
+/// The node error of a membership step.
+fn change_error(node: &Node, shard_id: ShardId, step: &'static str, e: ChangeError) -> Error {
+    match e {
+        ChangeError::NotLeader { leader } => node.map.get().not_leader(shard_id, leader, node.id),
+        ChangeError::Conflict(m) => refused(
+            shard_id,
+            node.id,
+            step,
+            format!("{m}; run the command again to continue from the current membership"),
+        ),
+        ChangeError::Refused(m) => refused(shard_id, node.id, step, m),
+        ChangeError::Unknown(reason) => Error::OutcomeUnknown { shard_id, reason },
+    }
+}
+
+impl Node {
+    /// Moves `shard_id`'s replica from `o.from` to `o.to` (see the module's comment).
+    pub async fn move_replica(
+        &self,
+        shard_id: ShardId,
+        o: MoveOptions,
+    ) -> Result<MoveReport, Error> {
+        self.check_move(shard_id, &o)?;
+        let shard = self.local_shard(shard_id)?;
+        shard.check_leader()?;
+        let mut report = MoveReport::default();
+        // The replica id the source held, once seen (to drop it after the change).
+        let mut old_replica = 0;
+        for _ in 0..MOVE_PASSES_MAX {
+            let m = shard.raft.members();
+            if m.joint {
+                shard
+                    .raft
+                    .finish_joint(&m)
+                    .await
+                    .map_err(|e| change_error(self, shard_id, "finish_joint", e))?;
+                report
+                    .steps
+                    .push("finished a membership change left half done".into());
+                continue;
+            }
+            let source = m.voters.get(&o.from).copied();
+            old_replica = source.unwrap_or(old_replica);
+            match (source, m.voters.get(&o.to), m.learners.get(&o.to)) {
+                (None, Some(new), _) => {
+                    report.replica_id = *new;
+                    self.finish(&shard, &m, old_replica, &o, &mut report).await;
+                    return Ok(report);
+                }
+                (Some(_), Some(_), _) => {
+                    return Err(refused(
+                        shard_id,
+                        o.to,
+                        "plan",
+                        format!("node {} already holds a voter of the shard", o.to),
+                    ));
+                }
+                (None, None, _) => {
+                    return Err(refused(
+                        shard_id,
+                        o.from,
+                        "plan",
+                        format!("node {} holds no replica of the shard", o.from),
+                    ));
+                }
+                (Some(_), None, None) => {
+                    if o.from == self.id {
+                        return Err(self.hand_over(&shard, o.from, &m).await);
+                    }
+                    let id = self.add_learner(&shard, &m, o.to).await?;
+                    report.replica_id = id;
+                    report
+                        .steps
+                        .push(format!("added replica {id} on node {} as a learner", o.to));
+                }
+                (Some(_), None, Some(new)) => {
+                    self.catch_up(&shard, o.to, *new, o.catch_up_timeout)
+                        .await?;
+                    report
+                        .steps
+                        .push(format!("replica {new} on node {} caught up", o.to));
+                    let m = shard.raft.members();
+                    shard
+                        .raft
+                        .replace_voter(o.from, o.to, &m)
+                        .await
+                        .map_err(|e| change_error(self, shard_id, "replace_voter", e))?;
+                    report.steps.push(format!(
+                        "replaced the voter on node {} by the one on node {} (committed)",
+                        o.from, o.to
+                    ));
+                }
+            }
+        }
+        Err(refused(
+            shard_id,
+            self.id,
+            "plan",
+            format!("no progress after {MOVE_PASSES_MAX} steps; run the command again"),
+        ))
+    }
+
+    fn check_move(&self, shard_id: ShardId, o: &MoveOptions) -> Result<(), Error> {
+        for node_id in [o.from, o.to] {
+            if self.cluster.node(node_id).is_none() {
+                return Err(Error::NodeNotFound { node_id });
+            }
+        }
+        if o.from == o.to {
+            return Err(Error::InvalidArgument {
+                field: "to_node_id".into(),
+                rule: format!("node {} is the source too; name another node", o.to),
+            });
+        }
+        if self.map.get().shard(shard_id).is_none() {
+            return Err(Error::ShardNotFound { shard_id });
+        }
+        Ok(())
+    }
+
+    /// The leader is the replica to move: hands leadership to the most caught-up
+    /// other voter and answers NOT_LEADER naming it, so that the caller resends there.
+    async fn hand_over(&self, shard: &Shard, from: u64, m: &Members) -> Error {
+        let matched = shard.raft.status().matched.unwrap_or_default();
+        let target = m
+            .voters
+            .keys()
+            .filter(|n| **n != from)
+            .max_by_key(|n| matched.get(n).copied().unwrap_or(0))
+            .copied();
+        let leader = match target {
+            Some(t) => shard
+                .transfer_leadership(t, Duration::from_millis(HAND_OVER_TIMEOUT_MS))
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        self.map.get().not_leader(shard.id(), leader, self.id)
+    }
+
+    /// Allocates a replica id on `to`, starts the empty replica there, and adds it as
+    /// a learner (guarded by `m`).
+    async fn add_learner(&self, shard: &Shard, m: &Members, to: u64) -> Result<u64, Error> {
+        let shard_id = shard.id();
+        let id = shard
+            .raft
+            .allocate_replica_id(to)
+            .map_err(|e| change_error(self, shard_id, "allocate_replica_id", e))?;
+        let addr = self.addr_of(to)?;
+        let mut client = AdminClient::new(self.peer_channel(to, &addr, shard_id)?);
+        let mut request = tonic::Request::new(pb::CreateReplicaRequest {
+            shard_id: shard_id.0,
+            replica_id: id,
+        });
+        request.set_timeout(Duration::from_millis(REPLICA_CALL_TIMEOUT_MS));
+        client
+            .create_replica(request)
+            .await
+            .map_err(|s| refused(shard_id, to, "create_replica", s.message().to_string()))?;
+        shard
+            .raft
+            .add_learner(id, &addr, m)
+            .await
+            .map_err(|e| change_error(self, shard_id, "add_learner", e))?;
+        Ok(id)
+    }
+
+    /// Waits until the learner on `to` has every entry committed when the wait began;
+    /// past the deadline the learner is removed again (never left forever) and the
+    /// move is refused.
+    async fn catch_up(
+        &self,
+        shard: &Shard,
+        to: u64,
+        learner: u64,
+        within: Duration,
+    ) -> Result<(), Error> {
+        let target = shard.raft.status().commit_index;
+        let caught_up = crate::raft::wait_until(within, || {
+            let st = shard.raft.status();
+            st.matched
+                .and_then(|m| m.get(&to).copied())
+                .is_some_and(|matched| matched >= target)
+        })
+        .await;
+        if caught_up {
+            return Ok(());
+        }
+        let m = shard.raft.members();
+        let undo = shard.raft.remove_learner(to, &m).await;
+        let voters: Vec<u64> = m.voters.values().copied().collect();
+        if undo.is_ok() {
+            self.drop_on(shard.id(), to, learner, &voters).await;
+        }
+        Err(refused(
+            shard.id(),
+            to,
+            "catch_up",
+            format!(
+                "replica {learner} did not reach index {target} within {} ms; it was {}",
+                within.as_millis(),
+                if undo.is_ok() {
+                    "removed again"
+                } else {
+                    "left as a learner (removing it failed; run the command again)"
+                }
+            ),
+        ))
+    }
+
+    /// The move is done: drops the source's replica (unless the node is dead) and
+    /// fills in the report.
+    async fn finish(
+        &self,
+        shard: &Shard,
+        m: &Members,
+        old_replica: u64,
+        o: &MoveOptions,
+        report: &mut MoveReport,
+    ) {
+        let voters: Vec<u64> = m.voters.values().copied().collect();
+        if o.from_dead {
+            report.steps.push(format!(
+                "node {} is dead: its replica was not asked to drop itself",
+                o.from
+            ));
+        } else if self.drop_on(shard.id(), o.from, old_replica, &voters).await {
+            report
+                .steps
+                .push(format!("dropped the replica on node {}", o.from));
+        } else {
+            report.steps.push(format!(
+                "the replica on node {} could not be dropped now; run the command again to retry",
+                o.from
+            ));
+        }
+        report.replicas = m.voters.keys().copied().collect();
+        report.conf_ver = m.index;
+    }
+
+    /// Asks `node` to drop its replica `replica` (0: whichever it holds) of `shard_id`,
+    /// which `voters` no longer holds. True when it did or had none.
+    async fn drop_on(&self, shard_id: ShardId, node: u64, replica: u64, voters: &[u64]) -> bool {
+        let call = async {
+            let addr = self.addr_of(node)?;
+            let mut client = AdminClient::new(self.peer_channel(node, &addr, shard_id)?);
+            let mut request = tonic::Request::new(pb::DropReplicaRequest {
+                shard_id: shard_id.0,
+                replica_id: replica,
+                voters: voters.to_vec(),
+            });
+            request.set_timeout(Duration::from_millis(REPLICA_CALL_TIMEOUT_MS));
+            client
+                .drop_replica(request)
+                .await
+                .map_err(|s| refused(shard_id, node, "drop_replica", s.message().to_string()))
+        };
+        match call.await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(%shard_id, node, error = %e, "dropping a removed replica failed");
+                false
+            }
+        }
+    }
+
+    fn addr_of(&self, node_id: u64) -> Result<String, Error> {
+        self.cluster
+            .node(node_id)
+            .map(|n| n.addr.clone())
+            .ok_or(Error::NodeNotFound { node_id })
+    }
+
+    fn peer_channel(
+        &self,
+        node: u64,
+        addr: &str,
+        shard_id: ShardId,
+    ) -> Result<tonic::transport::Channel, Error> {
+        self.peers
+            .channel(node, addr)
+            .map_err(|e| refused(shard_id, node, "connect", e))
+    }
+}
