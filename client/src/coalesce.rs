@@ -154,6 +154,7 @@ fn shard_level(reason: pb::Reason) -> bool {
     matches!(
         reason,
         pb::Reason::NotLeader
+            | pb::Reason::ShardNotHere
             | pb::Reason::ShardUnavailable
             | pb::Reason::RateLimited
             | pb::Reason::OutcomeUnknown

@@ -18,6 +18,8 @@ use crate::{Client, Error, NodeInfo, Target};
 
 /// How long the new replica may take to catch up, per move.
 pub const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+/// Rounds of 500 ms a plan waits for every shard to have a leader.
+const LEADER_WAIT_ROUNDS_MAX: usize = 20;
 /// How long one move may take in all (catch-up, changes, clean-up, retries).
 const MOVE_DEADLINE_MS: u64 = 120_000;
 
@@ -170,20 +172,26 @@ impl Client {
         if !nodes.iter().any(|n| n.node_id == node) {
             return Err(Error::NodeNotFound { node_id: node });
         }
-        let replicas = self.shard_replicas().await?;
-        let missing: Vec<u64> = self
-            .shard_map()
-            .shards
-            .iter()
-            .map(|s| s.shard_id)
-            .filter(|id| !replicas.contains_key(id))
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::Unavailable {
-                message: format!("shards {missing:?} have no leader now; try again"),
-            });
+        // A shard whose leader just died elects another within an election timeout
+        // or two: wait for that rather than refuse at once.
+        let mut missing = Vec::new();
+        for _ in 0..LEADER_WAIT_ROUNDS_MAX {
+            let replicas = self.shard_replicas().await?;
+            missing = self
+                .shard_map()
+                .shards
+                .iter()
+                .map(|s| s.shard_id)
+                .filter(|id| !replicas.contains_key(id))
+                .collect();
+            if missing.is_empty() {
+                return plan_evacuation(node, &nodes, &replicas);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        plan_evacuation(node, &nodes, &replicas)
+        Err(Error::Unavailable {
+            message: format!("shards {missing:?} have no leader; try again"),
+        })
     }
 
     /// Takes every replica (and so every leadership) off `node`, one move at a time;

@@ -52,9 +52,7 @@ impl Client {
                         let reply = reply.into_inner();
                         let map = ShardMap::from_pb(&reply);
                         let mut r = self.routing();
-                        if map.epoch >= r.map.epoch {
-                            r.map = map.clone();
-                        }
+                        r.map.merge(map.clone());
                         for s in &reply.shards {
                             if s.leader_id != 0 {
                                 r.leaders.insert(s.shard_id, s.leader_id);

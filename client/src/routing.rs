@@ -32,6 +32,9 @@ pub struct ShardInfo {
     pub end: String,
     /// Node ids holding a replica.
     pub replicas: Vec<u64>,
+    /// The descriptor's epoch `(version, conf_ver)`: a cached descriptor is replaced
+    /// only by a newer one.
+    pub epoch: (u64, u64),
 }
 
 impl ShardInfo {
@@ -89,6 +92,7 @@ impl ShardMap {
                 start: s.start.clone(),
                 end: s.end.clone(),
                 replicas: s.replicas.clone(),
+                epoch: (s.version, s.conf_ver),
             })
             .collect();
         shards.sort_by(|a, b| a.start.cmp(&b.start));
@@ -96,6 +100,25 @@ impl ShardMap {
             epoch: r.epoch,
             nodes,
             shards,
+        }
+    }
+
+    /// Takes `newer` as the map, keeping each of this map's descriptors that has a
+    /// newer epoch than `newer`'s (the answering node may not hold that shard and
+    /// know less about it than an earlier answer did).
+    pub(crate) fn merge(&mut self, newer: ShardMap) {
+        let kept: Vec<ShardInfo> = std::mem::take(&mut self.shards);
+        self.epoch = self.epoch.max(newer.epoch);
+        self.nodes = newer.nodes;
+        self.shards = newer.shards;
+        for s in &mut self.shards {
+            if let Some(old) = kept.iter().find(|o| o.shard_id == s.shard_id)
+                && old.epoch > s.epoch
+                && old.start == s.start
+                && old.end == s.end
+            {
+                *s = old.clone();
+            }
         }
     }
 
@@ -171,6 +194,14 @@ impl Routing {
             None
         };
         let mut nodes: Vec<u64> = shard.replicas.clone();
+        // A leader learned from a hint may be newer than the cached descriptor (its
+        // replica moved there): try it too.
+        if let Some(l) = leader
+            && !nodes.contains(&l)
+            && self.map.nodes.contains_key(&l)
+        {
+            nodes.push(l);
+        }
         let region_of = |id: u64| self.map.nodes.get(&id).map(|n| n.region.as_str());
         nodes.sort_by_key(|&id| {
             let is_leader = Some(id) == leader;
@@ -227,12 +258,14 @@ mod tests {
                     start: "".into(),
                     end: "m".into(),
                     replicas: vec![1, 2, 3],
+                    epoch: (0, 5),
                 },
                 ShardInfo {
                     shard_id: 2,
                     start: "m".into(),
                     end: "".into(),
                     replicas: vec![1, 2, 3],
+                    epoch: (0, 5),
                 },
             ],
         }
@@ -245,6 +278,43 @@ mod tests {
         assert_eq!(m.shard_for("m").unwrap().shard_id, 2);
         assert_eq!(m.shard_for("zebra").unwrap().shard_id, 2);
         assert_eq!(m.shard(1).unwrap().routing_sku(), "!");
+    }
+
+    #[test]
+    fn a_descriptor_is_replaced_only_by_a_newer_one() {
+        let mut cached = map();
+        let mut answer = map();
+        answer.shards[0].replicas = vec![1, 2, 4];
+        answer.shards[0].epoch = (0, 9);
+        answer.shards[1].replicas = vec![9];
+        answer.shards[1].epoch = (0, 4);
+        cached.merge(answer);
+        assert_eq!(cached.shards[0].replicas, vec![1, 2, 4], "newer: taken");
+        assert_eq!(cached.shards[1].replicas, vec![1, 2, 3], "older: kept");
+    }
+
+    #[test]
+    fn a_leader_hint_outside_the_cached_replicas_is_tried() {
+        let mut m = map();
+        m.nodes.insert(
+            4,
+            NodeInfo {
+                node_id: 4,
+                addr: "127.0.0.1:7004".into(),
+                region: "eu".into(),
+                zone: "b".into(),
+            },
+        );
+        let mut r = Routing {
+            map: m,
+            ..Default::default()
+        };
+        r.leaders.insert(1, 4);
+        assert_eq!(r.candidates(1, None, true)[0], 4);
+        assert!(
+            !r.candidates(1, None, false).contains(&4),
+            "only as the leader"
+        );
     }
 
     #[test]

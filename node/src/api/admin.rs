@@ -203,6 +203,8 @@ impl Admin for AdminService {
                     replicas: d.replicas.clone(),
                     leader_id,
                     term,
+                    version: d.epoch.version,
+                    conf_ver: d.epoch.conf_ver,
                 }
             })
             .collect();

@@ -56,14 +56,17 @@ impl RaftService {
         }
     }
 
-    /// The local replica of `shard_id`, if `from` is one of the shard's replicas.
+    /// The local replica of `shard_id`, if `from` is a node of the cluster. Not "a
+    /// member as this replica knows it": a replica a move just created learns the
+    /// membership that names its leader only from the leader's own entries. The
+    /// guard checks that the replica a message speaks for is on the sending node.
     fn shard(&self, shard_id: ShardId, from: u64) -> Result<Arc<Shard>, Status> {
         let shard = self.node.local_shard(shard_id).map_err(to_status)?;
-        if !shard.accepts_raft_from(from) {
+        if self.node.cluster.node(from).is_none() {
             return Err(to_status(Error::RaftMessageRefused {
                 shard_id,
                 from_node_id: from,
-                problem: format!("node {from} is not a replica of shard {shard_id}"),
+                problem: format!("node {from} is not a node of this cluster"),
             }));
         }
         Ok(shard)

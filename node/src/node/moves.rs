@@ -106,6 +106,12 @@ impl Node {
             old_replica = source.unwrap_or(old_replica);
             match (source, m.voters.get(&o.to), m.learners.get(&o.to)) {
                 (None, Some(new), _) => {
+                    if old_replica == 0 {
+                        report.steps.push(format!(
+                            "node {} holds no voter and node {} holds one: nothing to move",
+                            o.from, o.to
+                        ));
+                    }
                     report.replica_id = *new;
                     self.finish(&shard, &m, old_replica, &o, &mut report).await;
                     return Ok(report);

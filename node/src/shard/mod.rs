@@ -99,16 +99,6 @@ impl Shard {
         self.map.get().not_leader(self.id(), leader, self.node_id)
     }
 
-    /// True when node `node` holds a member (voter or learner) of this shard, or this
-    /// replica knows no membership yet (a replica a move just created: the leader
-    /// feeding it is not in anything it knows).
-    pub fn accepts_raft_from(&self, node: u64) -> bool {
-        let st = self.raft.status();
-        (st.voters.is_empty() && st.learners.is_empty())
-            || st.voters.contains(&node)
-            || st.learners.contains(&node)
-    }
-
     /// NOT_LEADER unless this node leads the shard now (as far as it knows).
     pub fn check_leader(&self) -> Result<(), Error> {
         match self.leader_id() {

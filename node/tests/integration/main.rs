@@ -12,6 +12,7 @@ mod common;
 
 mod client;
 mod cluster;
+mod elastic;
 mod error_contract;
 mod hardening;
 mod http;

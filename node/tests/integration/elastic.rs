@@ -1,0 +1,250 @@
+//! The cluster changes shape while it sells (issue: Elastic cluster I): replicas move
+//! to a node that held none, a node is drained and stopped, a killed node is declared
+//! dead and its replicas are recreated from the survivors; all under continuous
+//! decrements, with no acknowledged write lost and every replica converged.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use stockpile_client::{Client, Error};
+
+use crate::common::{Options, TestCluster, must_get, skus_on_every_shard};
+
+/// Stock per SKU: never runs out during the test.
+const STOCK: u64 = 1_000_000;
+
+/// Decrements of 1 on `skus`, round robin, until `stop`: per SKU, how many were
+/// acknowledged and how many ended with an unknown outcome.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Vec<AtomicU64>>,
+    unknown: Arc<Vec<AtomicU64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(client: Client, skus: Vec<String>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Vec<AtomicU64>> = Arc::new(skus.iter().map(|_| AtomicU64::new(0)).collect());
+        let unknown: Arc<Vec<AtomicU64>> =
+            Arc::new(skus.iter().map(|_| AtomicU64::new(0)).collect());
+        let (s, a, u) = (stop.clone(), acked.clone(), unknown.clone());
+        let task = tokio::spawn(async move {
+            let mut i = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                let k = i % skus.len();
+                match client.decrement(&skus[k], 1).await {
+                    Ok(_) => a[k].fetch_add(1, Ordering::Relaxed),
+                    Err(e) if e.is_definite() => panic!("decrement {}: {e}", skus[k]),
+                    Err(e) => {
+                        if u[k].load(Ordering::Relaxed) < 3 {
+                            eprintln!("elastic: unknown outcome: {e}");
+                        }
+                        u[k].fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                i += 1;
+            }
+        });
+        Load {
+            stop,
+            acked,
+            unknown,
+            task,
+        }
+    }
+
+    fn total_acked(&self) -> u64 {
+        self.acked.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Waits until `more` further decrements were acknowledged (the store sells).
+    async fn sells(&self, more: u64) {
+        let target = self.total_acked() + more;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.total_acked() < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no sales for 30 s (acked {})",
+                self.total_acked()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn finish(self) -> (Vec<u64>, Vec<u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("load task");
+        let read = |v: &Vec<AtomicU64>| v.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        (read(&self.acked), read(&self.unknown))
+    }
+}
+
+/// Each shard's voters as its leader reports them, once every shard has a leader.
+async fn replicas(client: &Client) -> BTreeMap<u64, Vec<u64>> {
+    for _ in 0..300 {
+        if let Ok(r) = client.shard_replicas().await
+            && r.len() == 4
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("shards without a leader for 30 s")
+}
+
+/// The shards a node runs, from its own status.
+async fn shards_on(client: &Client, node: u64) -> Vec<u64> {
+    let st = client.node_status(node).await.expect("node status");
+    st.shards.iter().map(|s| s.shard_id).collect()
+}
+
+/// Moves that cannot be made are refused with the reason, a move whose end state
+/// holds already does nothing, and nothing changes.
+async fn refuses_bad_moves(client: &Client) {
+    let done = client
+        .move_replica(1, 4, 3, false)
+        .await
+        .expect("nothing to do");
+    assert!(
+        done.steps[0].contains("nothing to move") && !done.replicas.contains(&4),
+        "{done:?}"
+    );
+    let err = client
+        .move_replica(1, 1, 2, false)
+        .await
+        .expect_err("a voter already there");
+    assert!(
+        matches!(&err, Error::MoveRefused { step, node_id: 2, .. } if step == "plan"),
+        "{err:?}"
+    );
+    let err = client
+        .move_replica(1, 1, 9, false)
+        .await
+        .expect_err("no node 9");
+    assert!(matches!(err, Error::NodeNotFound { node_id: 9 }), "{err:?}");
+    let err = client
+        .move_replica(1, 1, 1, false)
+        .await
+        .expect_err("same node");
+    assert_eq!(err.reason(), "INVALID_ARGUMENT", "{err:?}");
+    let now = replicas(client).await;
+    assert!(
+        now.values().all(|v| v.len() == 3 && !v.contains(&4)),
+        "{now:?}"
+    );
+}
+
+fn adopt(cluster: &mut TestCluster, now: &BTreeMap<u64, Vec<u64>>) {
+    for (shard, voters) in now {
+        cluster.replicas[(*shard - 1) as usize] = voters.clone();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_move_drain_and_repair_while_the_store_sells() {
+    let mut cluster = TestCluster::start(Options {
+        nodes: 4,
+        shard_replicas: Some([vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3]]),
+        ..Options::default()
+    });
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    assert!(
+        shards_on(&client, 4).await.is_empty(),
+        "node 4 starts empty"
+    );
+    refuses_bad_moves(&client).await;
+    let skus = skus_on_every_shard("elastic", 8);
+    for sku in &skus {
+        client.set_stock(sku, STOCK).await.expect("seed");
+    }
+    let load = Load::start(cluster.client().await, skus.clone());
+    load.sells(50).await;
+
+    // 1. One replica of every shard moves from node 3 to node 4 (node 3 leads some:
+    //    it hands its leadership over first).
+    for shard in 1..=4 {
+        let r = client.move_replica(shard, 3, 4, false).await.expect("move");
+        assert!(r.replicas.contains(&4) && !r.replicas.contains(&3), "{r:?}");
+        assert_ne!(
+            r.replica_id, 4,
+            "a fresh replica id, not the node id: {r:?}"
+        );
+        assert_eq!(r.replica_id & 0xFFFF, 4, "the id names its node: {r:?}");
+        load.sells(20).await;
+    }
+    assert_eq!(shards_on(&client, 4).await, vec![1, 2, 3, 4]);
+    assert!(
+        shards_on(&client, 3).await.is_empty(),
+        "node 3's replicas dropped"
+    );
+    let again = client
+        .move_replica(1, 3, 4, false)
+        .await
+        .expect("idempotent");
+    assert!(
+        again.replicas.contains(&4),
+        "a move already done: {again:?}"
+    );
+    adopt(&mut cluster, &replicas(&client).await);
+
+    // 2. Drain node 1 while it sells: no replica, no leadership; stopping it costs
+    //    nothing.
+    let moves = client.drain_node(1, false).await.expect("drain");
+    assert_eq!(moves.len(), 4, "{moves:?}");
+    assert!(
+        moves.iter().all(|m| m.to == 3),
+        "node 3 is the only free node: {moves:?}"
+    );
+    assert!(
+        shards_on(&client, 1).await.is_empty(),
+        "node 1 holds nothing"
+    );
+    let now = replicas(&client).await;
+    assert!(now.values().all(|v| !v.contains(&1)), "{now:?}");
+    adopt(&mut cluster, &now);
+    cluster.stop(1);
+    load.sells(100).await;
+
+    // 3. Node 1 comes back empty (its records say it holds nothing); node 2 is killed
+    //    and declared dead: every shard is back to three replicas, on 1, 3 and 4.
+    cluster.start_node(1);
+    cluster.kill9(2);
+    let moves = client.drain_node(2, true).await.expect("remove --dead");
+    assert_eq!(moves.len(), 4, "{moves:?}");
+    let now = replicas(&client).await;
+    for voters in now.values() {
+        let mut v = voters.clone();
+        v.sort_unstable();
+        assert_eq!(v, vec![1, 3, 4], "{now:?}");
+    }
+    adopt(&mut cluster, &now);
+    load.sells(100).await;
+
+    // 4. A node holding moved replicas restarts and rejoins them.
+    cluster.stop(4);
+    load.sells(50).await;
+    cluster.start_node(4);
+    cluster.wait_leaders(&client).await;
+    load.sells(50).await;
+
+    let (acked, unknown) = load.finish().await;
+    cluster.wait_converged(&client).await;
+    for (k, sku) in skus.iter().enumerate() {
+        let sold = STOCK - must_get(&client, sku).await.expect("record").on_hand;
+        assert!(
+            sold >= acked[k] && sold <= acked[k] + unknown[k],
+            "{sku}: sold {sold}, acknowledged {}, unknown {}",
+            acked[k],
+            unknown[k]
+        );
+    }
+    eprintln!(
+        "elastic: {} decrements acknowledged, {} unknown",
+        acked.iter().sum::<u64>(),
+        unknown.iter().sum::<u64>()
+    );
+}
