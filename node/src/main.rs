@@ -26,6 +26,11 @@ struct Args {
     /// Overrides the config's data directory for this node.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// On a first boot (empty data directory), start with no replica: they come by
+    /// moves (`stockpile shard move`, `node drain`, `node remove --dead`). For a node
+    /// added to a running cluster, or one declared dead and brought back empty.
+    #[arg(long)]
+    join: bool,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -157,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
     let options = StartOptions {
         data_dir: args.data_dir.clone(),
         clock: Clock::skewed(args.clock_skew_ms),
+        join: args.join,
     };
     let node = Node::start(config, args.node_id, options).await?;
     stockpile_node::telemetry::spawn_publisher(node.clone(), node.shutdown.subscribe());

@@ -58,6 +58,7 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
             start: shard.descriptor.range.start.clone(),
             end: shard.descriptor.range.end.clone(),
             replicas: st.voters.iter().copied().collect(),
+            replica_ids: shard.raft.members().voters.into_values().collect(),
             role: st.role.to_string(),
             leader_id: st.leader.unwrap_or(0),
             term: st.term,
@@ -81,6 +82,13 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
         raft_entries_proposed_total: t.entries_proposed,
         requests_applied_total: t.ops_applied,
         requests_replayed_total: t.ops_replayed,
+        rebuild_allowed_node_ids: node
+            .rebuild_allowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect(),
     }
 }
 
@@ -170,6 +178,11 @@ impl AdminService {
                 }
             }
         }
+        self.node
+            .rebuild_allowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target);
         tracing::warn!(
             target,
             ?shard_ids,

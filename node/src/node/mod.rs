@@ -21,10 +21,10 @@ use crate::error::Error;
 use crate::raft::ShardRaft;
 use crate::raft::network::{NetworkFactory, PeerPool, PeerTuning};
 use crate::raft::replica_id;
-use crate::router::{LiveMap, ShardDescriptor, ShardId, ShardMap, SkuRange};
+use crate::router::{LiveMap, ShardDescriptor, ShardId, ShardMap};
 use crate::security::Security;
 use crate::shard::{ProposeStats, Shard, ShardContext};
-use crate::storage::node_meta::{self, NodeIdentity};
+mod boot;
 mod moves;
 mod replicas;
 
@@ -69,6 +69,10 @@ pub struct StartOptions {
     pub data_dir: Option<PathBuf>,
     /// The wall clock (skewed only by fault-injection tests).
     pub clock: Clock,
+    /// On a first boot, start with no replica (they come by moves) instead of the
+    /// config's layout: a node added to a running cluster, or one declared dead and
+    /// brought back.
+    pub join: bool,
 }
 
 /// Totals of the node's write path, from their one source (status, telemetry).
@@ -110,6 +114,9 @@ pub struct Node {
     shared: Shared,
     /// One replica create or drop at a time on this node.
     replica_changes: tokio::sync::Mutex<()>,
+    /// Nodes whose wiped replicas the shards led here were told to accept
+    /// (`allow-rebuild`): a first boot of those nodes is not refused.
+    pub rebuild_allowed: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// What every shard of a node shares while it starts.
@@ -144,21 +151,9 @@ impl Node {
         })?;
         let store =
             Store::open(&data_dir.join("db")).map_err(storage("cannot open the database"))?;
-        let first_boot = check_identity(&store, &cluster, node_id)?;
-        let map = ShardMap::from_config(&cluster);
-        if first_boot {
-            seed_replicas(&store, &map, node_id)?;
-        }
-        let records = replica_records(&store, &map, node_id)?;
-        let map = LiveMap::new(map);
-
+        let first_boot = boot::check_identity(&store, &cluster, node_id)?;
         let write_stats = Arc::new(WritePathStats::default());
         let propose_stats = Arc::new(ProposeStats::default());
-        let syncer =
-            LogSyncer::start(&store, write_stats.clone()).map_err(|source| StartError::Io {
-                what: "cannot start the WAL syncer".into(),
-                source,
-            })?;
         let source_ip = me
             .addr
             .parse::<std::net::SocketAddr>()
@@ -169,6 +164,23 @@ impl Node {
             .map_err(StartError::Security)?;
         let peers = PeerPool::new(node_id, PeerTuning::from_config(&cluster), source_ip);
         peers.set_tls(security.peer_tls());
+        let map = ShardMap::from_config(&cluster);
+        if first_boot {
+            if !options.join {
+                boot::check_not_wiped(&cluster, node_id, &peers).await?;
+            }
+            boot::write_identity(&store, &cluster, node_id)?;
+            if !options.join {
+                boot::seed_replicas(&store, &map, node_id)?;
+            }
+        }
+        let records = boot::replica_records(&store, &map, node_id)?;
+        let map = LiveMap::new(map);
+        let syncer =
+            LogSyncer::start(&store, write_stats.clone()).map_err(|source| StartError::Io {
+                what: "cannot start the WAL syncer".into(),
+                source,
+            })?;
         let (shutdown, _) = broadcast::channel(1);
         let shared = Shared {
             node_id,
@@ -216,6 +228,7 @@ impl Node {
             security: Arc::new(security),
             shared,
             replica_changes: tokio::sync::Mutex::new(()),
+            rebuild_allowed: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         }))
     }
 
@@ -382,101 +395,6 @@ async fn start_shard(
         &shared.ctx,
         shutdown,
     ))
-}
-
-/// Checks the data directory's identity; writes it on first boot. Returns true on a
-/// first boot (an empty data directory).
-fn check_identity(
-    store: &Store,
-    cluster: &ClusterConfig,
-    node_id: u64,
-) -> Result<bool, StartError> {
-    let wanted = NodeIdentity {
-        cluster_name: cluster.cluster_name.clone(),
-        node_id,
-    };
-    let stored = node_meta::read_identity(store).map_err(|e| match e {
-        StorageError::Codec(e) => StartError::Mismatch(format!(
-            "cannot read this data directory's node identity ({e}): it was written in another storage format. \
-             Start it with the build that wrote it, or rebuild this node from an empty data directory (docs/OPERATIONS.md)"
-        )),
-        e => storage("cannot read the node identity")(e),
-    })?;
-    match stored {
-        Some(stored) if stored == wanted => Ok(false),
-        Some(stored) => Err(StartError::Mismatch(format!(
-            "this data directory belongs to node {} of cluster {:?}, but this is node {} of cluster {:?}",
-            stored.node_id, stored.cluster_name, node_id, cluster.cluster_name
-        ))),
-        None => {
-            let stored =
-                node_meta::stored_shards(store).map_err(storage("cannot list stored shards"))?;
-            if !stored.is_empty() {
-                return Err(StartError::Mismatch(format!(
-                    "the data directory holds shards {stored:?} but no node identity"
-                )));
-            }
-            node_meta::write_identity(store, &wanted)
-                .map_err(storage("cannot write the node identity"))?;
-            Ok(true)
-        }
-    }
-}
-
-/// First boot: records the config's replicas of this node (seeded replica ids).
-fn seed_replicas(store: &Store, map: &ShardMap, node_id: u64) -> Result<(), StartError> {
-    for d in map
-        .shards()
-        .iter()
-        .filter(|d| d.replicas.contains(&node_id))
-    {
-        let record = node_meta::ShardDescriptor {
-            start: d.range.start.clone(),
-            end: d.range.end.clone(),
-            replicas: d.replicas.clone(),
-        };
-        node_meta::write_replica(store, d.id, &record, replica_id::seeded(node_id)).map_err(
-            storage(format!("shard {}: cannot record its replica", d.id)),
-        )?;
-    }
-    Ok(())
-}
-
-/// The replicas this node holds (its records) with their replica ids, each checked
-/// against the config: a shard the config does not know, or whose range differs, is
-/// refused (ranges change only by splits, which do not exist yet).
-fn replica_records(
-    store: &Store,
-    map: &ShardMap,
-    node_id: u64,
-) -> Result<Vec<(ShardDescriptor, u64)>, StartError> {
-    let mut out = Vec::new();
-    for id in node_meta::stored_shards(store).map_err(storage("cannot list stored shards"))? {
-        let what = |w: &str| storage(format!("shard {id}: cannot read its {w}"));
-        let stored = node_meta::read_descriptor(store, id)
-            .map_err(what("descriptor"))?
-            .ok_or_else(|| StartError::Mismatch(format!("shard {id}: its descriptor vanished")))?;
-        let Some(configured) = map.shard(id) else {
-            return Err(StartError::Mismatch(format!(
-                "this node holds data of shard {id}, which the config does not define"
-            )));
-        };
-        let range = SkuRange {
-            start: stored.start.clone(),
-            end: stored.end.clone(),
-        };
-        if range != configured.range {
-            return Err(StartError::Mismatch(format!(
-                "the config says shard {id} covers {} but this node stored {range}",
-                configured.range
-            )));
-        }
-        let replica = node_meta::read_replica_id(store, id)
-            .map_err(what("replica id"))?
-            .unwrap_or(replica_id::seeded(node_id));
-        out.push((configured.clone(), replica));
-    }
-    Ok(out)
 }
 
 /// The replica that initializes a fresh shard: the `(shard id - 1) % replicas`-th in

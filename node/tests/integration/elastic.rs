@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use stockpile_client::{Client, Error};
 
-use crate::common::{Options, TestCluster, must_get, skus_on_every_shard};
+use crate::common::{Options, TestCluster, eventually, must_get, skus_on_every_shard};
 
 /// Stock per SKU: never runs out during the test.
 const STOCK: u64 = 1_000_000;
@@ -95,9 +95,9 @@ async fn replicas(client: &Client) -> BTreeMap<u64, Vec<u64>> {
     panic!("shards without a leader for 30 s")
 }
 
-/// The shards a node runs, from its own status.
+/// The shards a node runs, from its own status (waiting for a node that is starting).
 async fn shards_on(client: &Client, node: u64) -> Vec<u64> {
-    let st = client.node_status(node).await.expect("node status");
+    let (st, _) = eventually(Duration::from_secs(20), || client.node_status(node)).await;
     st.shards.iter().map(|s| s.shard_id).collect()
 }
 
@@ -229,6 +229,37 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
     load.sells(50).await;
     cluster.start_node(4);
     cluster.wait_leaders(&client).await;
+    load.sells(50).await;
+
+    // 5. Node 3 loses its data and restarts with its old identity: refused, saying
+    //    what to do. Node 2 (declared dead above) comes back empty with `--join`;
+    //    node 3 is declared dead, its replicas recreated on node 2, and it too comes
+    //    back empty with `--join`.
+    cluster.kill9(3);
+    cluster.wipe(3);
+    cluster.start_node(3);
+    assert_ne!(cluster.wait_exit(3, Duration::from_secs(20)), Some(0));
+    let log = std::fs::read_to_string(cluster.log_path(3)).expect("log");
+    assert!(
+        log.contains("cannot come back as its old replicas") && log.contains("--join"),
+        "{log}"
+    );
+    cluster.wipe(2);
+    cluster.start_node_with(2, &["--join"]);
+    let moves = client.drain_node(3, true).await.expect("remove 3 --dead");
+    assert!(moves.iter().all(|m| m.to == 2), "{moves:?}");
+    cluster.wipe(3);
+    cluster.start_node_with(3, &["--join"]);
+    let now = replicas(&client).await;
+    assert!(
+        now.values().all(|v| !v.contains(&3) && v.contains(&2)),
+        "{now:?}"
+    );
+    adopt(&mut cluster, &now);
+    assert!(
+        shards_on(&client, 3).await.is_empty(),
+        "node 3 joined empty"
+    );
     load.sells(50).await;
 
     let (acked, unknown) = load.finish().await;

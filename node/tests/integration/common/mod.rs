@@ -159,6 +159,11 @@ impl TestCluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
+        self.start_node_with(id, &[]);
+    }
+
+    /// Starts node `id` with extra command-line arguments (e.g. `--join`).
+    pub fn start_node_with(&mut self, id: u64, args: &[&str]) {
         assert!(!self.children.contains_key(&id), "node {id} is running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -170,6 +175,7 @@ impl TestCluster {
             .arg(&self.config)
             .arg("--node-id")
             .arg(id.to_string())
+            .args(args)
             .env("RUST_LOG", "info,openraft=error")
             .stdout(Stdio::null())
             .stderr(log)
@@ -217,6 +223,24 @@ impl TestCluster {
         let path = self.dir.path().join(format!("node-{id}"));
         if path.exists() {
             std::fs::remove_dir_all(path).expect("wipe data dir");
+        }
+    }
+
+    /// Waits for node `id`'s process to exit by itself (a refused start); returns its
+    /// exit code.
+    pub fn wait_exit(&mut self, id: u64, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.children.get_mut(&id).expect("node started");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children.remove(&id);
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} still runs after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
