@@ -87,7 +87,7 @@ pub enum Error {
     },
     /// A replica move could not take `step` (docs/OPERATIONS.md): the same command
     /// resumes it once the cause (`message`) is gone.
-    #[error("shard {shard_id}: move refused at {step} (node {node_id}): {message}")]
+    #[error("{message}")]
     MoveRefused {
         /// The shard being moved.
         shard_id: u64,
@@ -95,7 +95,7 @@ pub enum Error {
         node_id: u64,
         /// The step refused (`create_replica`, `catch_up`, `replace_voter`, ...).
         step: String,
-        /// Why, for humans.
+        /// Why, for humans (names the shard, step and node too).
         message: String,
     },
     /// An admin call named a node the cluster does not have. Not applied.

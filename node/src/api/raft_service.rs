@@ -1,7 +1,7 @@
 //! The internal Raft gRPC service: finds the shard named in each message, checks that
-//! the sender is one of its replicas (and, with TLS, that the sender's certificate
-//! names that node), and hands the bytes to `raft::inbound` (which
-//! decodes and guards them). Snapshots arrive as a stream of chunks
+//! the sender is a node of the cluster (and, with TLS, that the sender's certificate
+//! names that node), and hands the bytes to `raft::inbound` (which decodes them and
+//! whose guard checks that the replica a message speaks for is on the sender). Snapshots arrive as a stream of chunks
 //! (`raft::snapshot_stream`) written to a file, then installed in one step. Refusals
 //! go through the one error mapping like every other service's.
 
@@ -82,7 +82,7 @@ impl RaftService {
         Ok(caller)
     }
 
-    /// An authenticated message from a replica of its shard, and that shard.
+    /// An authenticated message from a node of the cluster, and its shard.
     fn message(
         &self,
         request: Request<pb::RaftMessage>,
