@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The short Jepsen-style suite run by scripts/test.sh (a few minutes):
-#   1. partition, kill and pause scenarios, each on a 3-node cluster: every check must pass;
+#   1. partition, kill and pause scenarios, each on a 3-node cluster, and replica moves
+#      (membership) with partitions and kills on 4 nodes: every check must pass;
 #   2. the slow-link scenario: the largest legal entry over rate-limited links commits;
 #   3. each planted bug must be flagged as an anomaly within three seeds.
 # Needs root or user namespaces (unshare), nftables and iproute2 (scripts/setup.sh).
@@ -15,6 +16,11 @@ for nemesis in partition kill pause; do
   code=${PIPESTATUS[0]}
   if [ "$code" != 0 ]; then echo "jepsen $nemesis: exit $code (1 = anomaly, 2 = run failed)"; fail=1; fi
 done
+
+echo "--- jepsen: membership (replica moves) with partitions and kills, 4 nodes, ${secs}s"
+scripts/jepsen.sh --nodes 4 --nemesis membership,partition,kill --time "$secs" --seed "$((RANDOM + 1))" | tail -3
+code=${PIPESTATUS[0]}
+if [ "$code" != 0 ]; then echo "jepsen membership: exit $code (1 = anomaly, 2 = run failed)"; fail=1; fi
 
 echo "--- jepsen: slow-link scenario (the largest legal entry over rate-limited links)"
 scripts/jepsen.sh --scenario slow-link | tail -8

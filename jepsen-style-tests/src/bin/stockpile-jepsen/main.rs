@@ -27,10 +27,12 @@ use clap::Parser;
     about = "Jepsen-style tests of Stockpile against real nodes"
 )]
 pub struct Args {
-    /// Nodes in the cluster (3 or 5).
+    /// Nodes in the cluster (3 to 5; the membership nemesis needs 4 or more: a node
+    /// without a replica of the shard it moves).
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
-    /// Faults to inject: partition, kill, pause, clock (comma-separated; "none" for none).
+    /// Faults to inject: partition, kill, pause, clock, membership (comma-separated;
+    /// "none" for none).
     #[arg(long, value_delimiter = ',', default_value = "partition,kill,pause")]
     pub nemesis: Vec<String>,
     /// Workloads: register, reservations, idempotency (comma-separated).

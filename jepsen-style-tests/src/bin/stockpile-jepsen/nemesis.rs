@@ -7,7 +7,11 @@
 //!   the same data when healed;
 //! - pause: SIGSTOP of one node or a shard's leader; SIGCONT when healed;
 //! - clock: a node restarted with its clock skewed (the node's hidden, test-only
-//!   `--clock-skew-ms`); restarted without skew when healed.
+//!   `--clock-skew-ms`); restarted without skew when healed;
+//! - membership: one replica of a random shard moved to a node that holds none
+//!   (learner, catch-up, guarded replacement, drop), running in the background while
+//!   the next faults strike; unfinished moves are completed (the same command
+//!   resumes them) before the run's checks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +50,20 @@ pub struct Nemesis {
     pub client: Option<stockpile_client::Client>,
     active: Option<Active>,
     pub schedule: Vec<String>,
+    /// Replica moves started by the membership nemesis, still running.
+    moves: Vec<tokio::task::JoinHandle<MoveDone>>,
 }
+
+/// A move of the membership nemesis: what was asked and how it ended.
+struct MoveDone {
+    shard: u64,
+    from: u64,
+    to: u64,
+    result: Result<Vec<u64>, String>,
+}
+
+/// How long one nemesis move may take (it may wait out partitions and kills).
+const MOVE_TIMEOUT_MS: u64 = 40_000;
 
 impl Nemesis {
     pub fn new(
@@ -65,6 +82,7 @@ impl Nemesis {
             client: None,
             active: None,
             schedule: Vec::new(),
+            moves: Vec::new(),
         }
     }
 
@@ -110,6 +128,7 @@ impl Nemesis {
             "kill" => self.kill(&at).await,
             "pause" => self.pause(&at).await,
             "clock" => self.skew_clock(&at).await,
+            "membership" => self.move_replica(&at).await,
             other => self.log("unknown-nemesis", other.to_string()),
         }
     }
@@ -265,6 +284,86 @@ impl Nemesis {
         }
     }
 
+    /// Starts moving one replica of a random shard to a node without one; the move
+    /// runs in the background while the next faults strike.
+    async fn move_replica(&mut self, at: &Layout) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let replicas = match tokio::time::timeout(Duration::from_secs(5), client.shard_replicas())
+            .await
+        {
+            Ok(Ok(r)) => r,
+            _ => return self.log("move-skipped", "shard replicas unknown now".into()),
+        };
+        let shard = self.rng.random_range(1..=4u64);
+        let Some(held) = replicas.get(&shard) else {
+            return self.log("move-skipped", format!("shard {shard} has no leader now"));
+        };
+        let free: Vec<u64> = at
+            .nodes
+            .iter()
+            .copied()
+            .filter(|n| !held.contains(n))
+            .collect();
+        let (Some(&from), Some(&to)) = (held.choose(&mut self.rng), free.choose(&mut self.rng))
+        else {
+            return self.log("move-skipped", format!("shard {shard} on {held:?}: no free node"));
+        };
+        self.log("move-start", format!("shard {shard}: node {from} -> node {to}"));
+        self.moves.push(tokio::spawn(async move {
+            let call = client.move_replica(shard, from, to, false);
+            let result = match tokio::time::timeout(Duration::from_millis(MOVE_TIMEOUT_MS), call)
+                .await
+            {
+                Ok(Ok(r)) => Ok(r.replicas),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {MOVE_TIMEOUT_MS} ms")),
+            };
+            MoveDone {
+                shard,
+                from,
+                to,
+                result,
+            }
+        }));
+    }
+
+    /// Waits for the moves still running, then runs each again (a finished move only
+    /// cleans up; an interrupted one resumes), so that no replica is left half moved
+    /// before the checks. Each outcome goes into the history.
+    pub async fn finish_moves(&mut self) {
+        let mut done = Vec::new();
+        for m in std::mem::take(&mut self.moves) {
+            if let Ok(d) = m.await {
+                done.push(d);
+            }
+        }
+        for d in done {
+            self.log(
+                "move-end",
+                format!("shard {}: node {} -> node {}: {:?}", d.shard, d.from, d.to, d.result),
+            );
+            let Some(client) = self.client.clone() else {
+                continue;
+            };
+            let again = tokio::time::timeout(
+                Duration::from_millis(MOVE_TIMEOUT_MS),
+                client.move_replica(d.shard, d.from, d.to, false),
+            )
+            .await;
+            let detail = match again {
+                Ok(Ok(r)) => format!("replicas {:?}", r.replicas),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {MOVE_TIMEOUT_MS} ms"),
+            };
+            self.log(
+                "move-resumed",
+                format!("shard {}: node {} -> node {}: {detail}", d.shard, d.from, d.to),
+            );
+        }
+    }
+
     /// Undoes the active fault.
     pub async fn heal(&mut self) {
         let Some(active) = self.active.take() else {
@@ -321,6 +420,7 @@ impl Nemesis {
             self.heal().await;
         }
         self.heal().await;
+        self.finish_moves().await;
         self
     }
 }

@@ -19,7 +19,7 @@ use crate::nemesis::Nemesis;
 use crate::workload::{self, IDEMPOTENCY_SKUS, INITIAL_STOCK, REGISTER_SKUS, RESERVATION_SKUS};
 use crate::{Args, checks, fail_run};
 
-const NEMESES: [&str; 4] = ["partition", "kill", "pause", "clock"];
+const NEMESES: [&str; 5] = ["partition", "kill", "pause", "clock", "membership"];
 const WORKLOADS: [&str; 3] = ["register", "reservations", "idempotency"];
 
 /// What a run is, decided before anything starts.
