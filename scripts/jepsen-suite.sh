@@ -27,13 +27,13 @@ scripts/jepsen.sh --scenario slow-link | tail -8
 code=${PIPESTATUS[0]}
 if [ "$code" != 0 ]; then echo "jepsen slow-link: exit $code (1 = the shard stalled, 2 = run failed)"; fail=1; fi
 
-for spec in "local-reads partition" "ignore-request-ids partition,kill" "ack-before-commit kill,partition"; do
+for spec in "local-reads partition 3" "ignore-request-ids partition,kill 3" "ack-before-commit kill,partition 3" "keep-removed-replicas membership,partition 4"; do
   set -- $spec
-  bug=$1 nemesis=$2
+  bug=$1 nemesis=$2 nodes=$3
   flagged=0
   for seed in 1 2 3; do
-    echo "--- jepsen: planted bug $bug under $nemesis, seed $seed"
-    scripts/jepsen.sh --nodes 3 --nemesis "$nemesis" --time 15 --seed "$seed" --bug "$bug" | tail -2
+    echo "--- jepsen: planted bug $bug under $nemesis, $nodes nodes, seed $seed"
+    scripts/jepsen.sh --nodes "$nodes" --nemesis "$nemesis" --time 15 --seed "$seed" --bug "$bug" | tail -2
     code=${PIPESTATUS[0]}
     if [ "$code" = 1 ]; then flagged=1; break; fi
     if [ "$code" != 0 ]; then echo "jepsen $bug: the run itself failed (exit $code)"; break; fi

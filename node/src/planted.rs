@@ -6,7 +6,10 @@
 //! - `ignore-request-ids`: the state machine never looks up stored outcomes, so a retry
 //!   applies again;
 //! - `ack-before-commit`: a mutation is answered from local state as soon as it is
-//!   proposed, before it commits.
+//!   proposed, before it commits;
+//! - `keep-removed-replicas`: a replica a move removed from its shard is reported
+//!   dropped but keeps running on its node with its old data (a stale replica that
+//!   still answers reads).
 //!
 //! The module exists only with the feature (lib.rs), so no default build can reach it;
 //! every use is behind `#[cfg(feature = "planted-bugs")]` (scripts/check-placement.sh).
@@ -17,6 +20,7 @@ pub enum Bug {
     LocalReads,
     IgnoreRequestIds,
     AckBeforeCommit,
+    KeepRemovedReplicas,
 }
 
 pub fn active() -> Bug {
@@ -25,6 +29,7 @@ pub fn active() -> Bug {
         Ok("local-reads") => Bug::LocalReads,
         Ok("ignore-request-ids") => Bug::IgnoreRequestIds,
         Ok("ack-before-commit") => Bug::AckBeforeCommit,
+        Ok("keep-removed-replicas") => Bug::KeepRemovedReplicas,
         _ => Bug::None,
     })
 }

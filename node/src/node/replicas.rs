@@ -113,6 +113,10 @@ impl Node {
                 format!("replica {held} is still a voter of the shard (voters {voters:?})"),
             ));
         }
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::active() == crate::planted::Bug::KeepRemovedReplicas {
+            return Ok(true);
+        }
         self.shards
             .write()
             .unwrap_or_else(|p| p.into_inner())

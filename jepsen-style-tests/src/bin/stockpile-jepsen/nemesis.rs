@@ -290,12 +290,11 @@ impl Nemesis {
         let Some(client) = self.client.clone() else {
             return;
         };
-        let replicas = match tokio::time::timeout(Duration::from_secs(5), client.shard_replicas())
-            .await
-        {
-            Ok(Ok(r)) => r,
-            _ => return self.log("move-skipped", "shard replicas unknown now".into()),
-        };
+        let replicas =
+            match tokio::time::timeout(Duration::from_secs(5), client.shard_replicas()).await {
+                Ok(Ok(r)) => r,
+                _ => return self.log("move-skipped", "shard replicas unknown now".into()),
+            };
         let shard = self.rng.random_range(1..=4u64);
         let Some(held) = replicas.get(&shard) else {
             return self.log("move-skipped", format!("shard {shard} has no leader now"));
@@ -308,18 +307,23 @@ impl Nemesis {
             .collect();
         let (Some(&from), Some(&to)) = (held.choose(&mut self.rng), free.choose(&mut self.rng))
         else {
-            return self.log("move-skipped", format!("shard {shard} on {held:?}: no free node"));
+            return self.log(
+                "move-skipped",
+                format!("shard {shard} on {held:?}: no free node"),
+            );
         };
-        self.log("move-start", format!("shard {shard}: node {from} -> node {to}"));
+        self.log(
+            "move-start",
+            format!("shard {shard}: node {from} -> node {to}"),
+        );
         self.moves.push(tokio::spawn(async move {
             let call = client.move_replica(shard, from, to, false);
-            let result = match tokio::time::timeout(Duration::from_millis(MOVE_TIMEOUT_MS), call)
-                .await
-            {
-                Ok(Ok(r)) => Ok(r.replicas),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {MOVE_TIMEOUT_MS} ms")),
-            };
+            let result =
+                match tokio::time::timeout(Duration::from_millis(MOVE_TIMEOUT_MS), call).await {
+                    Ok(Ok(r)) => Ok(r.replicas),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {MOVE_TIMEOUT_MS} ms")),
+                };
             MoveDone {
                 shard,
                 from,
@@ -342,7 +346,10 @@ impl Nemesis {
         for d in done {
             self.log(
                 "move-end",
-                format!("shard {}: node {} -> node {}: {:?}", d.shard, d.from, d.to, d.result),
+                format!(
+                    "shard {}: node {} -> node {}: {:?}",
+                    d.shard, d.from, d.to, d.result
+                ),
             );
             let Some(client) = self.client.clone() else {
                 continue;
@@ -359,7 +366,10 @@ impl Nemesis {
             };
             self.log(
                 "move-resumed",
-                format!("shard {}: node {} -> node {}: {detail}", d.shard, d.from, d.to),
+                format!(
+                    "shard {}: node {} -> node {}: {detail}",
+                    d.shard, d.from, d.to
+                ),
             );
         }
     }
