@@ -1,14 +1,15 @@
 //! The cluster changes shape while it sells (issue: Elastic cluster I): replicas move
 //! to a node that held none, a node is drained and stopped, a killed node is declared
 //! dead and its replicas are recreated from the survivors; all under continuous
-//! decrements, with no acknowledged write lost and every replica converged.
+//! decrements, with no acknowledged write lost, every replica converged, and a request
+//! id recognised after every first replica of its shard was replaced.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use stockpile_client::{Client, Error};
+use stockpile_client::{Client, Error, new_request_id};
 
 use crate::common::{Options, TestCluster, eventually, must_get, skus_on_every_shard};
 
@@ -161,6 +162,15 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
     for sku in &skus {
         client.set_stock(sku, STOCK).await.expect("seed");
     }
+    // A decrement whose request id is retried after every replica of its shard was
+    // replaced (below): it must come back as the first outcome, not apply again.
+    client.set_stock("apple-once", 10).await.expect("seed");
+    let rid = new_request_id();
+    let first = client
+        .decrement_with_id(rid, "apple-once", 1)
+        .await
+        .expect("decrement");
+    assert_eq!(first.stock.on_hand, 9);
     let load = Load::start(cluster.client().await, skus.clone());
     load.sells(50).await;
 
@@ -261,6 +271,20 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         "node 3 joined empty"
     );
     load.sells(50).await;
+
+    // Shard 1's first replicas (on nodes 1, 2, 3) have all been replaced by now.
+    let retried = client
+        .decrement_with_id(rid, "apple-once", 1)
+        .await
+        .expect("retry");
+    assert!(
+        retried.applied.replayed,
+        "recognised after the moves: {retried:?}"
+    );
+    assert_eq!(
+        must_get(&client, "apple-once").await.map(|s| s.on_hand),
+        Some(9)
+    );
 
     let (acked, unknown) = load.finish().await;
     cluster.wait_converged(&client).await;
