@@ -62,6 +62,16 @@ fn storage(what: impl Into<String>) -> impl FnOnce(StorageError) -> StartError {
     move |source| StartError::Storage { what, source }
 }
 
+/// MOVE_REFUSED: a step of a replica move (or its create/drop) could not happen.
+fn refused(shard_id: ShardId, node_id: u64, step: &'static str, problem: String) -> Error {
+    Error::MoveRefused {
+        shard_id,
+        node_id,
+        step,
+        problem,
+    }
+}
+
 /// How a node is started besides its config (command-line choices).
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {

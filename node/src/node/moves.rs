@@ -16,7 +16,7 @@ use std::time::Duration;
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::admin_client::AdminClient;
 
-use super::Node;
+use super::{Node, refused};
 use crate::error::Error;
 use crate::raft::membership::{ChangeError, Members};
 use crate::router::ShardId;
@@ -50,15 +50,6 @@ pub struct MoveReport {
     pub replicas: Vec<u64>,
     pub conf_ver: u64,
     pub replica_id: u64,
-}
-
-fn refused(shard_id: ShardId, node_id: u64, step: &'static str, problem: String) -> Error {
-    Error::MoveRefused {
-        shard_id,
-        node_id,
-        step,
-        problem,
-    }
 }
 
 /// The node error of a membership step.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use super::{Node, ShardSet, start_shard};
+use super::{Node, ShardSet, refused, start_shard};
 use crate::error::Error;
 use crate::raft::replica_id;
 use crate::router::{Epoch, LiveMap, ShardId};
@@ -16,15 +16,6 @@ use crate::storage::node_meta;
 
 /// How often the map is brought up to date with the local shards' memberships.
 const MAP_FOLLOW_INTERVAL_MS: u64 = 500;
-
-fn refused(shard_id: ShardId, node_id: u64, step: &'static str, problem: String) -> Error {
-    Error::MoveRefused {
-        shard_id,
-        node_id,
-        step,
-        problem,
-    }
-}
 
 impl Node {
     /// Starts an empty replica `replica` of `shard_id` here (recorded first, so a
