@@ -179,4 +179,39 @@ impl Client {
         })
         .await
     }
+
+    /// The cluster map the meta shard holds (nodes with their states, moves under
+    /// way), read from `node_id`'s meta replica (SHARD_NOT_HERE when it holds none).
+    pub async fn cluster_map_at(&self, node_id: u64) -> Result<pb::ClusterMapReply, Error> {
+        self.at_node(node_id, |ch, t| async move {
+            let req = with_timeout(pb::ClusterMapRequest {}, t);
+            AdminClient::new(ch).cluster_map(req).await
+        })
+        .await
+    }
+
+    /// The cluster map from whichever node holds a meta replica and answers first,
+    /// preferring the meta leader's answer (it has applied the most).
+    pub async fn cluster_map(&self) -> Result<pb::ClusterMapReply, Error> {
+        let nodes: Vec<u64> = self.shard_map().nodes.keys().copied().collect();
+        let mut last = Error::Unavailable {
+            message: "no node holds a replica of the meta shard".into(),
+        };
+        let mut found: Option<pb::ClusterMapReply> = None;
+        for node_id in nodes {
+            match self.cluster_map_at(node_id).await {
+                Ok(reply) if reply.meta_leader_id == node_id => return Ok(reply),
+                Ok(reply) => {
+                    if found
+                        .as_ref()
+                        .is_none_or(|f| f.applied_index < reply.applied_index)
+                    {
+                        found = Some(reply);
+                    }
+                }
+                Err(e) => last = e,
+            }
+        }
+        found.ok_or(last)
+    }
 }

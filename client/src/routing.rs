@@ -63,8 +63,10 @@ pub struct ShardMap {
     pub epoch: u64,
     /// Every node, by id.
     pub nodes: BTreeMap<u64, NodeInfo>,
-    /// Sorted by `start`.
+    /// The SKU shards, sorted by `start`.
     pub shards: Vec<ShardInfo>,
+    /// The meta shard (id 0: the cluster map; it owns no SKU), when the node said.
+    pub meta: Option<ShardInfo>,
 }
 
 impl ShardMap {
@@ -84,22 +86,20 @@ impl ShardMap {
                 )
             })
             .collect();
-        let mut shards: Vec<ShardInfo> = r
-            .shards
-            .iter()
-            .map(|s| ShardInfo {
-                shard_id: s.shard_id,
-                start: s.start.clone(),
-                end: s.end.clone(),
-                replicas: s.replicas.clone(),
-                epoch: (s.version, s.conf_ver),
-            })
-            .collect();
+        let info = |s: &pb::ShardInfo| ShardInfo {
+            shard_id: s.shard_id,
+            start: s.start.clone(),
+            end: s.end.clone(),
+            replicas: s.replicas.clone(),
+            epoch: (s.version, s.conf_ver),
+        };
+        let mut shards: Vec<ShardInfo> = r.shards.iter().map(info).collect();
         shards.sort_by(|a, b| a.start.cmp(&b.start));
         ShardMap {
             epoch: r.epoch,
             nodes,
             shards,
+            meta: r.meta.as_ref().map(info),
         }
     }
 
@@ -111,6 +111,13 @@ impl ShardMap {
         self.epoch = self.epoch.max(newer.epoch);
         self.nodes = newer.nodes;
         self.shards = newer.shards;
+        if newer
+            .meta
+            .as_ref()
+            .is_some_and(|n| self.meta.as_ref().is_none_or(|m| n.epoch > m.epoch))
+        {
+            self.meta = newer.meta;
+        }
         for s in &mut self.shards {
             if let Some(old) = kept.iter().find(|o| o.shard_id == s.shard_id)
                 && old.epoch > s.epoch
@@ -127,9 +134,12 @@ impl ShardMap {
         self.shards.iter().find(|s| s.contains(sku))
     }
 
-    /// The shard with this id.
+    /// The shard with this id (0: the meta shard).
     pub fn shard(&self, shard_id: u64) -> Option<&ShardInfo> {
-        self.shards.iter().find(|s| s.shard_id == shard_id)
+        self.meta
+            .iter()
+            .chain(self.shards.iter())
+            .find(|s| s.shard_id == shard_id)
     }
 }
 
@@ -268,6 +278,7 @@ mod tests {
                     epoch: (0, 5),
                 },
             ],
+            meta: None,
         }
     }
 

@@ -192,6 +192,8 @@ fn op_in_policy(op: &Op, limits: &Limits) -> bool {
                 reservation_id,
                 sku,
             } => reservation_id_in_policy(reservation_id) && sku_in_policy(sku),
+            // Never produced by request decoding (nodes propose these themselves).
+            Command::Cluster(_) => false,
         }
 }
 

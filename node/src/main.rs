@@ -45,6 +45,10 @@ struct Args {
     /// (may be negative). Logged loudly when set.
     #[arg(long, hide = true, allow_hyphen_values = true, default_value_t = 0)]
     clock_skew_ms: i64,
+    /// Test-only: a replica move pauses this long after each recorded step (so a
+    /// test can strike in the middle of one).
+    #[arg(long, hide = true, default_value_t = 0)]
+    move_step_pause_ms: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -163,8 +167,10 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         clock: Clock::skewed(args.clock_skew_ms),
         join: args.join,
+        move_step_pause_ms: args.move_step_pause_ms,
     };
     let node = Node::start(config, args.node_id, options).await?;
+    node.spawn_meta_duties();
     stockpile_node::telemetry::spawn_publisher(node.clone(), node.shutdown.subscribe());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let (stopping_tx, _) = tokio::sync::broadcast::channel::<()>(1);

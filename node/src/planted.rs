@@ -40,6 +40,7 @@ pub mod scratch {
     use std::collections::HashMap;
     use std::io;
 
+    use crate::inventory::cluster::{MoveRecord, NodeRecord};
     use crate::inventory::{
         Records, RequestId, Reservation, ShardState, StockRecord, StoredOutcome,
     };
@@ -95,6 +96,20 @@ pub mod scratch {
         fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome) {
             self.outcomes.insert(*request_id, stored.clone());
         }
+        // The planted modes preview inventory entries only; the cluster map (meta
+        // shard) is never previewed, so its records read as absent here.
+        fn node_record(&mut self, _id: u64) -> io::Result<Option<NodeRecord>> {
+            Ok(None)
+        }
+        fn any_node_record(&mut self) -> io::Result<bool> {
+            Ok(false)
+        }
+        fn put_node_record(&mut self, _node: &NodeRecord) {}
+        fn move_record(&mut self, _shard_id: u64) -> io::Result<Option<MoveRecord>> {
+            Ok(None)
+        }
+        fn put_move_record(&mut self, _record: &MoveRecord) {}
+        fn delete_move_record(&mut self, _shard_id: u64) {}
     }
 
     impl ShardState for Scratch<'_> {

@@ -73,6 +73,22 @@ impl ShardDescriptor {
     }
 }
 
+/// The meta shard: its state is the cluster map (`inventory::cluster`). It owns no
+/// SKU, so it is kept beside the SKU shards, never routed to by a SKU.
+pub const META_SHARD_ID: ShardId = ShardId(0);
+
+/// How many replicas the meta shard is seeded with: 5 when the config's layout uses
+/// at least 5 nodes (it survives two failures), else 3 (or fewer on a smaller cluster).
+fn meta_replicas_of(cluster: &ClusterConfig) -> Vec<u64> {
+    let used: std::collections::BTreeSet<u64> = cluster
+        .shards
+        .iter()
+        .flat_map(|s| s.replicas.iter().copied())
+        .collect();
+    let n = if used.len() >= 5 { 5 } else { 3 };
+    used.into_iter().take(n).collect()
+}
+
 /// The shard map as this node knows it.
 #[derive(Clone, Debug)]
 pub struct ShardMap {
@@ -80,6 +96,8 @@ pub struct ShardMap {
     epoch: u64,
     /// Sorted by `start`; the ranges tile the SKU space (config validation).
     shards: Vec<ShardDescriptor>,
+    /// The meta shard's descriptor (`META_SHARD_ID`; its range is unused).
+    meta: ShardDescriptor,
     /// Node id → address, for leader and replica hints.
     nodes: BTreeMap<u64, String>,
 }
@@ -107,9 +125,16 @@ impl ShardMap {
             shards.first().is_some_and(|s| s.range.start.is_empty()),
             "a validated config's shards start at \"\""
         );
+        let meta = ShardDescriptor {
+            id: META_SHARD_ID,
+            range: SkuRange::default(),
+            replicas: meta_replicas_of(cluster),
+            epoch: Epoch::default(),
+        };
         ShardMap {
             epoch: CONFIG_MAP_EPOCH,
             shards,
+            meta,
             nodes: cluster
                 .nodes
                 .iter()
@@ -122,12 +147,38 @@ impl ShardMap {
         self.epoch
     }
 
+    /// The SKU shards, in SKU order.
     pub fn shards(&self) -> &[ShardDescriptor] {
         &self.shards
     }
 
+    /// The meta shard, then the SKU shards in SKU order: every Raft group.
+    pub fn all_shards(&self) -> impl Iterator<Item = &ShardDescriptor> {
+        std::iter::once(&self.meta).chain(self.shards.iter())
+    }
+
+    pub fn meta(&self) -> &ShardDescriptor {
+        &self.meta
+    }
+
     pub fn shard(&self, id: ShardId) -> Option<&ShardDescriptor> {
-        self.shards.iter().find(|s| s.id == id)
+        self.all_shards().find(|s| s.id == id)
+    }
+
+    /// Node id → address as known (the config's nodes, then the cluster map's).
+    pub fn node_addrs(&self) -> &BTreeMap<u64, String> {
+        &self.nodes
+    }
+
+    /// This map with the node addresses `nodes` (None when they are the same).
+    pub fn with_nodes(&self, nodes: BTreeMap<u64, String>) -> Option<ShardMap> {
+        if nodes == self.nodes {
+            return None;
+        }
+        let mut next = self.clone();
+        next.nodes = nodes;
+        next.epoch += 1;
+        Some(next)
     }
 
     /// The shard whose range holds `sku` (every SKU has one: the ranges tile).
@@ -181,13 +232,17 @@ impl ShardMap {
         replicas: Vec<u64>,
         epoch: Epoch,
     ) -> Option<ShardMap> {
-        let i = self.shards.iter().position(|s| s.id == shard_id)?;
-        if epoch <= self.shards[i].epoch {
+        if epoch <= self.shard(shard_id)?.epoch {
             return None;
         }
         let mut next = self.clone();
-        next.shards[i].replicas = replicas;
-        next.shards[i].epoch = epoch;
+        let d = if shard_id == META_SHARD_ID {
+            &mut next.meta
+        } else {
+            next.shards.iter_mut().find(|s| s.id == shard_id)?
+        };
+        d.replicas = replicas;
+        d.epoch = epoch;
         next.epoch += 1;
         Some(next)
     }
@@ -227,6 +282,18 @@ impl LiveMap {
     pub fn update_replicas(&self, shard_id: ShardId, replicas: Vec<u64>, epoch: Epoch) -> bool {
         let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
         match current.with_replicas(shard_id, replicas, epoch) {
+            Some(next) => {
+                *current = std::sync::Arc::new(next);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes `nodes` as the node addresses; returns whether the map changed.
+    pub fn update_nodes(&self, nodes: BTreeMap<u64, String>) -> bool {
+        let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match current.with_nodes(nodes) {
             Some(next) => {
                 *current = std::sync::Arc::new(next);
                 true

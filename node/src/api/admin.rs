@@ -11,8 +11,11 @@ use tonic::{Request, Response, Status};
 
 use super::status::to_status;
 use crate::error::Error;
+use crate::inventory::RequestId;
+use crate::inventory::cluster::{ClusterCommand, ClusterOutcome};
 use crate::node::Node;
-use crate::router::ShardId;
+use crate::node::records_to_pb;
+use crate::router::{META_SHARD_ID, ShardId};
 use crate::security::{Caller, Need, audit_call, audit_denied};
 
 /// How long ClusterStatus waits for each other node.
@@ -201,31 +204,29 @@ impl Admin for AdminService {
         self.authorized("shard_map", &request, Need::Status)?;
         let c = &self.node.cluster;
         let map = self.node.map.get();
-        let shards = map
-            .shards()
-            .iter()
-            .map(|d| {
-                let (leader_id, term) = match self.node.local_shard(d.id) {
-                    Ok(shard) => (shard.raft.leader().unwrap_or(0), shard.raft.term()),
-                    Err(_) => (0, 0),
-                };
-                pb::ShardInfo {
-                    shard_id: d.id.0,
-                    start: d.range.start.clone(),
-                    end: d.range.end.clone(),
-                    replicas: d.replicas.clone(),
-                    leader_id,
-                    term,
-                    version: d.epoch.version,
-                    conf_ver: d.epoch.conf_ver,
-                }
-            })
-            .collect();
+        let info = |d: &crate::router::ShardDescriptor| {
+            let (leader_id, term) = match self.node.local_shard(d.id) {
+                Ok(shard) => (shard.raft.leader().unwrap_or(0), shard.raft.term()),
+                Err(_) => (0, 0),
+            };
+            pb::ShardInfo {
+                shard_id: d.id.0,
+                start: d.range.start.clone(),
+                end: d.range.end.clone(),
+                replicas: d.replicas.clone(),
+                leader_id,
+                term,
+                version: d.epoch.version,
+                conf_ver: d.epoch.conf_ver,
+            }
+        };
+        let shards = map.shards().iter().map(info).collect();
         Ok(Response::new(pb::ShardMapReply {
             epoch: map.epoch(),
             nodes: c.nodes.iter().map(node_info).collect(),
             shards,
             node_id: self.node.id,
+            meta: Some(info(map.meta())),
         }))
     }
 
@@ -319,7 +320,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::MoveReplicaRequest>,
     ) -> Result<Response<pb::MoveReplicaReply>, Status> {
-        let caller = self.authorized("move_replica", &request, Need::Operator)?;
+        let caller = self.authorized("move_replica", &request, Need::Replica)?;
         let result = super::admin_moves::move_replica(&self.node, request.into_inner()).await;
         audit_call(&caller.name, "move_replica", &result.as_ref().map(|_| ()));
         result.map(Response::new).map_err(to_status)
@@ -353,6 +354,62 @@ impl Admin for AdminService {
             .map(|dropped| pb::DropReplicaReply { dropped });
         audit_call(&caller.name, "drop_replica", &result.as_ref().map(|_| ()));
         result.map(Response::new).map_err(to_status)
+    }
+
+    async fn cluster_map(
+        &self,
+        request: Request<pb::ClusterMapRequest>,
+    ) -> Result<Response<pb::ClusterMapReply>, Status> {
+        self.authorized("cluster_map", &request, Need::Status)?;
+        let meta = self.node.local_shard(META_SHARD_ID).map_err(to_status)?;
+        let reader = meta.reader.clone();
+        let (records, applied) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::storage::StorageError>((reader.cluster_map()?, reader.meta()?))
+        })
+        .await
+        .map_err(|e| to_status(Error::internal(e)))?
+        .map_err(|e| to_status(e.into()))?;
+        let applied_index = applied.last_applied.map(|l| l.index).unwrap_or(0);
+        Ok(Response::new(records_to_pb(
+            &records,
+            meta.leader_id().unwrap_or(0),
+            applied_index,
+        )))
+    }
+
+    async fn cluster_propose(
+        &self,
+        request: Request<pb::ClusterProposeRequest>,
+    ) -> Result<Response<pb::ClusterProposeReply>, Status> {
+        self.authorized("cluster_propose", &request, Need::Raft)?;
+        let req = request.into_inner();
+        let request_id: RequestId = req.request_id.as_slice().try_into().map_err(|_| {
+            to_status(Error::InvalidArgument {
+                field: "request_id".into(),
+                rule: format!("must be 16 bytes, got {}", req.request_id.len()),
+            })
+        })?;
+        let command: ClusterCommand = crate::codec::decode(&req.command).map_err(|e| {
+            to_status(Error::InvalidArgument {
+                field: "command".into(),
+                rule: format!("not a cluster command: {e}"),
+            })
+        })?;
+        let outcome = self
+            .node
+            .cluster_write_here(request_id, command)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(match outcome {
+            ClusterOutcome::Done => pb::ClusterProposeReply {
+                done: true,
+                problem: String::new(),
+            },
+            ClusterOutcome::Refused { problem } => pb::ClusterProposeReply {
+                done: false,
+                problem,
+            },
+        }))
     }
 
     async fn shard_digests(

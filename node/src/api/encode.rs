@@ -50,8 +50,8 @@ pub fn stock_reply(result: OpResult, applied: pb::Applied) -> Result<pb::StockRe
             record: Some(record_to_pb(&sku, &record)),
             applied: Some(applied),
         }),
-        Outcome::Reservation { .. } => Err(Error::internal(
-            "a stock command produced a reservation outcome",
+        Outcome::Reservation { .. } | Outcome::Cluster(_) => Err(Error::internal(
+            "a stock command produced another command's outcome",
         )),
         Outcome::Rejected(r) => Err(r.into()),
     }
@@ -74,8 +74,8 @@ pub fn reservation_reply(
                 .collect(),
             applied: Some(applied),
         }),
-        Outcome::Stock { .. } => Err(Error::internal(
-            "a reservation command produced a stock outcome",
+        Outcome::Stock { .. } | Outcome::Cluster(_) => Err(Error::internal(
+            "a reservation command produced another command's outcome",
         )),
         Outcome::Rejected(r) => Err(r.into()),
     }
@@ -91,5 +91,8 @@ pub fn batch_result(
         Outcome::Stock { .. } => stock_reply(result, applied).map(R::Stock),
         Outcome::Reservation { .. } => reservation_reply(result, applied).map(R::Reservation),
         Outcome::Rejected(r) => Err(r.clone().into()),
+        Outcome::Cluster(_) => Err(Error::internal(
+            "a batch operation produced a cluster outcome",
+        )),
     }
 }

@@ -9,6 +9,7 @@
 //! `on_hand >= reserved` per SKU, `reserved == Σ qty of active reservations` (the
 //! property tests check the sum), and a request id is never applied twice.
 
+use super::cluster::{self, MoveRecord, NodeRecord};
 use super::staged::Staged;
 use super::types::*;
 
@@ -35,6 +36,14 @@ pub trait Records {
     fn delete_reservation(&mut self, id: &str, timer_ms: u64);
     fn outcome(&mut self, request_id: &RequestId) -> Result<Option<StoredOutcome>, Self::Error>;
     fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome);
+    /// The cluster map's records (meta shard only; `inventory::cluster`).
+    fn node_record(&mut self, id: u64) -> Result<Option<NodeRecord>, Self::Error>;
+    /// True when at least one node is recorded.
+    fn any_node_record(&mut self) -> Result<bool, Self::Error>;
+    fn put_node_record(&mut self, node: &NodeRecord);
+    fn move_record(&mut self, shard_id: u64) -> Result<Option<MoveRecord>, Self::Error>;
+    fn put_move_record(&mut self, record: &MoveRecord);
+    fn delete_move_record(&mut self, shard_id: u64);
 }
 
 /// A whole shard: records plus its clock, timer index and outcome retention.
@@ -255,6 +264,7 @@ fn execute<R: Records>(
             reservation_id,
             sku,
         } => close(state, reservation_id, sku, false, now_ms, retention),
+        Command::Cluster(c) => cluster::apply(state, c, now_ms).map(Outcome::Cluster),
     }
 }
 

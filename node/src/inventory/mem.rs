@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 
 use super::apply::{Records, ShardState};
+use super::cluster::{MoveRecord, NodeRecord};
 use super::types::*;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -15,6 +16,9 @@ pub struct MemState {
     pub outcomes: BTreeMap<RequestId, StoredOutcome>,
     pub timers: BTreeSet<(u64, String)>,
     pub outcome_ages: BTreeSet<(u64, RequestId)>,
+    /// The cluster map (meta shard only).
+    pub cluster_nodes: BTreeMap<u64, NodeRecord>,
+    pub cluster_moves: BTreeMap<u64, MoveRecord>,
 }
 
 impl Records for MemState {
@@ -58,6 +62,29 @@ impl Records for MemState {
         assert!(previous.is_none(), "request id {request_id:?} stored twice");
         self.outcome_ages
             .insert((stored.applied_at_ms, *request_id));
+    }
+    fn node_record(&mut self, id: u64) -> Result<Option<NodeRecord>, Infallible> {
+        Ok(self.cluster_nodes.get(&id).cloned())
+    }
+
+    fn any_node_record(&mut self) -> Result<bool, Infallible> {
+        Ok(!self.cluster_nodes.is_empty())
+    }
+
+    fn put_node_record(&mut self, node: &NodeRecord) {
+        self.cluster_nodes.insert(node.id, node.clone());
+    }
+
+    fn move_record(&mut self, shard_id: u64) -> Result<Option<MoveRecord>, Infallible> {
+        Ok(self.cluster_moves.get(&shard_id).cloned())
+    }
+
+    fn put_move_record(&mut self, record: &MoveRecord) {
+        self.cluster_moves.insert(record.shard_id, record.clone());
+    }
+
+    fn delete_move_record(&mut self, shard_id: u64) {
+        self.cluster_moves.remove(&shard_id);
     }
 }
 

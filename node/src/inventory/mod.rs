@@ -4,6 +4,7 @@
 //! from the rest of the crate (scripts/check-placement.sh).
 
 mod apply;
+pub mod cluster;
 mod mem;
 mod staged;
 mod types;

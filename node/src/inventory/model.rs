@@ -142,6 +142,9 @@ impl Model {
     fn exec(&mut self, c: &Command, now: u64, ret: &Retention) -> Outcome {
         let rej = Outcome::Rejected;
         match c {
+            // The model is of the inventory; the cluster map has its own unit tests
+            // (`inventory::cluster`), and API decoding never yields a cluster command.
+            Command::Cluster(_) => unreachable!("the model is never given a cluster command"),
             Command::SetStock {
                 sku,
                 on_hand,

@@ -2,6 +2,7 @@
 //! writes; `commit` replays them in order, dropping discards them.
 
 use super::apply::Records;
+use super::cluster::{MoveRecord, NodeRecord};
 use super::types::{RequestId, Reservation, StockRecord, StoredOutcome};
 
 /// A write buffer over `Records` for all-or-nothing groups: reads see the buffered
@@ -11,6 +12,8 @@ pub(super) struct Staged<'a, R: Records> {
     stock: std::collections::HashMap<String, StockRecord>,
     reservations: std::collections::HashMap<String, Option<Reservation>>,
     outcomes: std::collections::HashMap<RequestId, StoredOutcome>,
+    nodes: std::collections::HashMap<u64, NodeRecord>,
+    moves: std::collections::HashMap<u64, Option<MoveRecord>>,
     writes: Vec<StagedWrite>,
 }
 
@@ -19,6 +22,9 @@ enum StagedWrite {
     Reservation(Reservation, Option<u64>),
     DeleteReservation(String, u64),
     Outcome(RequestId, StoredOutcome),
+    Node(NodeRecord),
+    Move(MoveRecord),
+    DeleteMove(u64),
 }
 
 impl<'a, R: Records> Staged<'a, R> {
@@ -28,6 +34,8 @@ impl<'a, R: Records> Staged<'a, R> {
             stock: Default::default(),
             reservations: Default::default(),
             outcomes: Default::default(),
+            nodes: Default::default(),
+            moves: Default::default(),
             writes: Vec::new(),
         }
     }
@@ -39,6 +47,9 @@ impl<'a, R: Records> Staged<'a, R> {
                 StagedWrite::Reservation(r, old) => self.inner.put_reservation(&r, old),
                 StagedWrite::DeleteReservation(id, t) => self.inner.delete_reservation(&id, t),
                 StagedWrite::Outcome(id, o) => self.inner.put_outcome(&id, &o),
+                StagedWrite::Node(n) => self.inner.put_node_record(&n),
+                StagedWrite::Move(m) => self.inner.put_move_record(&m),
+                StagedWrite::DeleteMove(shard_id) => self.inner.delete_move_record(shard_id),
             }
         }
     }
@@ -90,5 +101,38 @@ impl<R: Records> Records for Staged<'_, R> {
         self.outcomes.insert(*request_id, stored.clone());
         self.writes
             .push(StagedWrite::Outcome(*request_id, stored.clone()));
+    }
+
+    fn node_record(&mut self, id: u64) -> Result<Option<NodeRecord>, Self::Error> {
+        match self.nodes.get(&id) {
+            Some(n) => Ok(Some(n.clone())),
+            None => self.inner.node_record(id),
+        }
+    }
+
+    fn any_node_record(&mut self) -> Result<bool, Self::Error> {
+        Ok(!self.nodes.is_empty() || self.inner.any_node_record()?)
+    }
+
+    fn put_node_record(&mut self, node: &NodeRecord) {
+        self.nodes.insert(node.id, node.clone());
+        self.writes.push(StagedWrite::Node(node.clone()));
+    }
+
+    fn move_record(&mut self, shard_id: u64) -> Result<Option<MoveRecord>, Self::Error> {
+        match self.moves.get(&shard_id) {
+            Some(m) => Ok(m.clone()),
+            None => self.inner.move_record(shard_id),
+        }
+    }
+
+    fn put_move_record(&mut self, record: &MoveRecord) {
+        self.moves.insert(record.shard_id, Some(record.clone()));
+        self.writes.push(StagedWrite::Move(record.clone()));
+    }
+
+    fn delete_move_record(&mut self, shard_id: u64) {
+        self.moves.insert(shard_id, None);
+        self.writes.push(StagedWrite::DeleteMove(shard_id));
     }
 }

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::{ClusterCommand, ClusterOutcome};
+
 /// A client-generated 128-bit id carried by every mutation (DESIGN.md: request id).
 pub type RequestId = [u8; 16];
 
@@ -102,6 +104,9 @@ pub enum Command {
         reservation_id: String,
         sku: String,
     },
+    /// A change of the cluster map; only the meta shard applies these (and it applies
+    /// nothing else). Last, so the encodings of the variants above did not change.
+    Cluster(ClusterCommand),
 }
 
 impl Command {
@@ -115,6 +120,7 @@ impl Command {
             | Command::Confirm { sku, .. }
             | Command::Release { sku, .. } => (Some(sku.as_str()), &[][..]),
             Command::Reserve { items, .. } => (None, items.as_slice()),
+            Command::Cluster(_) => (None, &[][..]),
         };
         one.into_iter().chain(items.iter().map(|i| i.sku.as_str()))
     }
@@ -127,6 +133,7 @@ impl Command {
             Command::Reserve { .. } => "reserve",
             Command::Confirm { .. } => "confirm",
             Command::Release { .. } => "release",
+            Command::Cluster(c) => c.name(),
         }
     }
 }
@@ -249,6 +256,8 @@ pub enum Outcome {
         records: Vec<(String, StockRecord)>,
     },
     Rejected(Rejection),
+    /// A cluster command's outcome (meta shard). Last, like `Command::Cluster`.
+    Cluster(ClusterOutcome),
 }
 
 /// One operation's result as returned to the proposer.
@@ -302,6 +311,18 @@ impl Command {
                             .iter()
                             .map(|i| str_bytes_max(&i.sku) + VARINT_BYTES_MAX)
                             .sum::<usize>()
+                }
+                Command::Cluster(c) => {
+                    // Rare and small: measured exactly (bincode's standard encoding,
+                    // as the codec writes it).
+                    let mut buf = Vec::new();
+                    let encoded = bincode::serde::encode_into_std_write(
+                        c,
+                        &mut buf,
+                        bincode::config::standard(),
+                    );
+                    debug_assert!(encoded.is_ok());
+                    buf.len()
                 }
                 Command::Confirm {
                     reservation_id,

@@ -174,11 +174,7 @@ pub(super) fn check_identity(
 
 /// First boot: records the config's replicas of this node (seeded replica ids).
 pub(super) fn seed_replicas(store: &Store, map: &ShardMap, node_id: u64) -> Result<(), StartError> {
-    for d in map
-        .shards()
-        .iter()
-        .filter(|d| d.replicas.contains(&node_id))
-    {
+    for d in map.all_shards().filter(|d| d.replicas.contains(&node_id)) {
         let record = node_meta::ShardDescriptor {
             start: d.range.start.clone(),
             end: d.range.end.clone(),

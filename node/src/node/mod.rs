@@ -25,9 +25,11 @@ use crate::router::{LiveMap, ShardDescriptor, ShardId, ShardMap};
 use crate::security::Security;
 use crate::shard::{ProposeStats, Shard, ShardContext};
 mod boot;
+mod meta;
 mod moves;
 mod replicas;
 
+pub use meta::{cluster_request_id, records_to_pb};
 pub use moves::{MoveOptions, MoveReport};
 use replicas::spawn_map_follower;
 
@@ -83,6 +85,9 @@ pub struct StartOptions {
     /// config's layout: a node added to a running cluster, or one declared dead and
     /// brought back.
     pub join: bool,
+    /// Test-only (hidden flag): a move pauses this long after each recorded step, so
+    /// that a test can strike in the middle of a move.
+    pub move_step_pause_ms: u64,
 }
 
 /// Totals of the node's write path, from their one source (status, telemetry).
@@ -127,6 +132,10 @@ pub struct Node {
     /// Nodes whose wiped replicas the shards led here were told to accept
     /// (`allow-rebuild`): a first boot of those nodes is not refused.
     pub rebuild_allowed: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// Shards this node is moving a replica of now: one move per shard at a time.
+    moves_running: std::sync::Mutex<std::collections::BTreeSet<ShardId>>,
+    /// See `StartOptions::move_step_pause_ms`.
+    move_step_pause_ms: u64,
 }
 
 /// What every shard of a node shares while it starts.
@@ -239,7 +248,31 @@ impl Node {
             shared,
             replica_changes: tokio::sync::Mutex::new(()),
             rebuild_allowed: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            moves_running: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            move_step_pause_ms: options.move_step_pause_ms,
         }))
+    }
+
+    /// Starts the meta leader's duties (`meta`): seeding the cluster map once, driving
+    /// silent recorded moves again. Every node runs the loop; only the meta leader acts.
+    pub fn spawn_meta_duties(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let driving = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(
+                meta::META_DUTY_INTERVAL_MS,
+            ));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.recv() => return,
+                }
+                let Some(node) = node.upgrade() else { return };
+                node.meta_duties(&driving).await;
+            }
+        });
     }
 
     /// The local shard `shard_id`, or SHARD_NOT_HERE naming its replicas (this node

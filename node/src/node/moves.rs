@@ -67,14 +67,71 @@ fn change_error(node: &Node, shard_id: ShardId, step: &'static str, e: ChangeErr
     }
 }
 
+/// Removes a shard from the node's running moves when its move ends, however it ends.
+struct Running<'a> {
+    set: &'a std::sync::Mutex<std::collections::BTreeSet<ShardId>>,
+    shard_id: ShardId,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.shard_id);
+    }
+}
+
 impl Node {
-    /// Moves `shard_id`'s replica from `o.from` to `o.to` (see the module's comment).
+    /// Moves `shard_id`'s replica from `o.from` to `o.to` (see the module's comment),
+    /// recorded in the cluster map first and forgotten there when it finished or was
+    /// undone; a move that stops otherwise stays recorded, and the meta leader drives
+    /// it again when it has been silent for a while (`meta`).
     pub async fn move_replica(
         &self,
         shard_id: ShardId,
         o: MoveOptions,
     ) -> Result<MoveReport, Error> {
         self.check_move(shard_id, &o)?;
+        self.local_shard(shard_id)?.check_leader()?;
+        let _running = self.start_running(shard_id)?;
+        self.record_move(shard_id, &o, "started").await?;
+        let result = self.run_move(shard_id, &o).await;
+        let ended = match &result {
+            Ok(_) => true,
+            // Nothing to move (any more), or a learner that could not catch up was
+            // removed again: the move is over either way.
+            Err(Error::MoveRefused { step, .. }) => matches!(*step, "plan" | "catch_up"),
+            Err(_) => false,
+        };
+        if ended && let Err(e) = self.end_move(shard_id, &o).await {
+            tracing::warn!(%shard_id, error = %e, "a finished move stays recorded; the meta leader will forget it");
+        }
+        result
+    }
+
+    /// Marks `shard_id` as being moved by this node; MOVE_REFUSED when it already is.
+    fn start_running(&self, shard_id: ShardId) -> Result<Running<'_>, Error> {
+        let mut set = self.moves_running.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.insert(shard_id) {
+            return Err(refused(
+                shard_id,
+                self.id,
+                "start",
+                format!(
+                    "a move of shard {shard_id} is already running on node {}; wait for it",
+                    self.id
+                ),
+            ));
+        }
+        Ok(Running {
+            set: &self.moves_running,
+            shard_id,
+        })
+    }
+
+    async fn run_move(&self, shard_id: ShardId, o: &MoveOptions) -> Result<MoveReport, Error> {
+        let o = *o;
         let shard = self.local_shard(shard_id)?;
         shard.check_leader()?;
         let mut report = MoveReport::default();
@@ -132,6 +189,7 @@ impl Node {
                     report
                         .steps
                         .push(format!("added replica {id} on node {} as a learner", o.to));
+                    self.note_step(shard_id, &o, "learner added").await;
                 }
                 (Some(_), None, Some(new)) => {
                     self.catch_up(&shard, o.to, *new, o.catch_up_timeout)
@@ -158,6 +216,17 @@ impl Node {
             "plan",
             format!("no progress after {MOVE_PASSES_MAX} steps; run the command again"),
         ))
+    }
+
+    /// Notes a step in the move's record (best effort: the record only says how far
+    /// the move got), then pauses if a test asked for it (`StartOptions`).
+    async fn note_step(&self, shard_id: ShardId, o: &MoveOptions, step: &str) {
+        if let Err(e) = self.record_move(shard_id, o, step).await {
+            tracing::warn!(%shard_id, step, error = %e, "a move's step was not recorded");
+        }
+        if self.move_step_pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.move_step_pause_ms)).await;
+        }
     }
 
     fn check_move(&self, shard_id: ShardId, o: &MoveOptions) -> Result<(), Error> {

@@ -42,7 +42,8 @@ pub enum Need {
     Operator,
     /// The internal Raft service: nodes of this cluster only.
     Raft,
-    /// Creating and dropping a replica (steps of a move): nodes and admins.
+    /// Replica moves and their steps (creating and dropping a replica): nodes and
+    /// admins (the meta leader drives a silent recorded move again).
     Replica,
 }
 

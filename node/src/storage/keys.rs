@@ -55,6 +55,10 @@ pub enum SmSpace {
     Outcome = 0x03,
     Timer = 0x04,
     OutcomeAge = 0x05,
+    /// The cluster map's nodes (meta shard only): node id (u64 BE).
+    ClusterNode = 0x06,
+    /// The cluster map's moves under way (meta shard only): shard id (u64 BE).
+    ClusterMove = 0x07,
 }
 
 pub fn log_key(shard_id: u64, index: u64) -> [u8; 16] {
@@ -118,6 +122,18 @@ fn sm_key(shard_id: u64, space: SmSpace, rest: &[&[u8]]) -> Vec<u8> {
 
 pub fn sm_meta_key(shard_id: u64) -> Vec<u8> {
     sm_key(shard_id, SmSpace::Meta, &[])
+}
+
+pub fn cluster_node_key(shard_id: u64, node_id: u64) -> Vec<u8> {
+    sm_key(shard_id, SmSpace::ClusterNode, &[&node_id.to_be_bytes()])
+}
+
+pub fn cluster_move_key(shard_id: u64, moved_shard_id: u64) -> Vec<u8> {
+    sm_key(
+        shard_id,
+        SmSpace::ClusterMove,
+        &[&moved_shard_id.to_be_bytes()],
+    )
 }
 
 pub fn stock_key(shard_id: u64, sku: &str) -> Vec<u8> {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub use db::{LogSyncer, WritePathStats};
 pub use error::StorageError;
 pub use log_store::LogStore;
-pub use reader::ShardReader;
+pub use reader::{ClusterMapRecords, ShardReader};
 pub use state_machine::{ApplyStats, StateMachineStore};
 
 /// The node's database (shared by every shard): cheap to clone.

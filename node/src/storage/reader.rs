@@ -12,6 +12,7 @@ use super::error::{Result, StorageError};
 use super::keys::{self, CF_SM, SmSpace};
 use super::state_machine::SmMeta;
 use crate::codec;
+use crate::inventory::cluster::{MoveRecord, NodeRecord};
 use crate::inventory::{Reservation, StockRecord};
 use crate::router::ShardId;
 
@@ -38,6 +39,13 @@ pub enum ListFrom<'a> {
     After(&'a str),
     /// The first SKU greater than or equal to this.
     AtOrAfter(&'a str),
+}
+
+/// The meta shard's records (`inventory::cluster`), in id order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterMapRecords {
+    pub nodes: Vec<NodeRecord>,
+    pub moves: Vec<MoveRecord>,
 }
 
 pub struct ListPage {
@@ -141,6 +149,33 @@ impl ShardReader {
             records,
             more,
         })
+    }
+
+    /// The cluster map this (meta) shard holds: every node and every move under way.
+    /// Bounded by the map's size: nodes and shards of one cluster.
+    pub fn cluster_map(&self) -> Result<ClusterMapRecords> {
+        let snap = self.db.snapshot();
+        Ok(ClusterMapRecords {
+            nodes: self.space_values(&snap, SmSpace::ClusterNode)?,
+            moves: self.space_values(&snap, SmSpace::ClusterMove)?,
+        })
+    }
+
+    fn space_values<T: serde::de::DeserializeOwned>(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        space: SmSpace,
+    ) -> Result<Vec<T>> {
+        let cf = cf(&self.db, CF_SM)?;
+        let (start, end) = keys::sm_space_range(self.shard_id, space);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mut values = Vec::new();
+        for item in snap.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+            let (_, v) = item?;
+            values.push(codec::decode(&v)?);
+        }
+        Ok(values)
     }
 
     /// The earliest timer of the shard (reservation expiry or forget), if any: the

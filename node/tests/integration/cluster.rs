@@ -169,7 +169,7 @@ async fn a_wiped_replica_is_rebuilt_from_a_snapshot() {
     let covered = client.allow_rebuild(victim).await.expect("allow rebuild");
     assert_eq!(
         covered,
-        vec![1, 2, 3, 4],
+        vec![0, 1, 2, 3, 4],
         "every shard's leader agreed to rebuild node {victim}"
     );
     cluster.wipe(victim);

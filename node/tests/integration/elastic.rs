@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use stockpile_client::{Client, Error, new_request_id};
 
-use crate::common::{Options, TestCluster, eventually, must_get, skus_on_every_shard};
+use crate::common::{
+    Options, SHARDS_WITH_META, TestCluster, eventually, must_get, skus_on_every_shard,
+};
 
 /// Stock per SKU: never runs out during the test.
 const STOCK: u64 = 1_000_000;
@@ -87,7 +89,7 @@ impl Load {
 async fn replicas(client: &Client) -> BTreeMap<u64, Vec<u64>> {
     for _ in 0..300 {
         if let Ok(r) = client.shard_replicas().await
-            && r.len() == 4
+            && r.len() == SHARDS_WITH_META
         {
             return r;
         }
@@ -138,12 +140,6 @@ async fn refuses_bad_moves(client: &Client) {
     );
 }
 
-fn adopt(cluster: &mut TestCluster, now: &BTreeMap<u64, Vec<u64>>) {
-    for (shard, voters) in now {
-        cluster.replicas[(*shard - 1) as usize] = voters.clone();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_move_drain_and_repair_while_the_store_sells() {
     let mut cluster = TestCluster::start(Options {
@@ -174,9 +170,9 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
     let load = Load::start(cluster.client().await, skus.clone());
     load.sells(50).await;
 
-    // 1. One replica of every shard moves from node 3 to node 4 (node 3 leads some:
-    //    it hands its leadership over first).
-    for shard in 1..=4 {
+    // 1. One replica of every shard (the meta shard too) moves from node 3 to node 4
+    //    (node 3 leads some: it hands its leadership over first).
+    for shard in 0..=4 {
         let r = client.move_replica(shard, 3, 4, false).await.expect("move");
         assert!(r.replicas.contains(&4) && !r.replicas.contains(&3), "{r:?}");
         assert_ne!(
@@ -186,7 +182,7 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         assert_eq!(r.replica_id & 0xFFFF, 4, "the id names its node: {r:?}");
         load.sells(20).await;
     }
-    assert_eq!(shards_on(&client, 4).await, vec![1, 2, 3, 4]);
+    assert_eq!(shards_on(&client, 4).await, vec![0, 1, 2, 3, 4]);
     assert!(
         shards_on(&client, 3).await.is_empty(),
         "node 3's replicas dropped"
@@ -199,12 +195,12 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         again.replicas.contains(&4),
         "a move already done: {again:?}"
     );
-    adopt(&mut cluster, &replicas(&client).await);
+    cluster.adopt(&replicas(&client).await);
 
     // 2. Drain node 1 while it sells: no replica, no leadership; stopping it costs
     //    nothing.
     let moves = client.drain_node(1, false).await.expect("drain");
-    assert_eq!(moves.len(), 4, "{moves:?}");
+    assert_eq!(moves.len(), SHARDS_WITH_META, "{moves:?}");
     assert!(
         moves.iter().all(|m| m.to == 3),
         "node 3 is the only free node: {moves:?}"
@@ -215,7 +211,7 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
     );
     let now = replicas(&client).await;
     assert!(now.values().all(|v| !v.contains(&1)), "{now:?}");
-    adopt(&mut cluster, &now);
+    cluster.adopt(&now);
     cluster.stop(1);
     load.sells(100).await;
 
@@ -224,14 +220,14 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
     cluster.start_node(1);
     cluster.kill9(2);
     let moves = client.drain_node(2, true).await.expect("remove --dead");
-    assert_eq!(moves.len(), 4, "{moves:?}");
+    assert_eq!(moves.len(), SHARDS_WITH_META, "{moves:?}");
     let now = replicas(&client).await;
     for voters in now.values() {
         let mut v = voters.clone();
         v.sort_unstable();
         assert_eq!(v, vec![1, 3, 4], "{now:?}");
     }
-    adopt(&mut cluster, &now);
+    cluster.adopt(&now);
     load.sells(100).await;
 
     // 4. A node holding moved replicas restarts and rejoins them.
@@ -265,7 +261,7 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         now.values().all(|v| !v.contains(&3) && v.contains(&2)),
         "{now:?}"
     );
-    adopt(&mut cluster, &now);
+    cluster.adopt(&now);
     assert!(
         shards_on(&client, 3).await.is_empty(),
         "node 3 joined empty"
@@ -301,5 +297,119 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         "elastic: {} decrements acknowledged, {} unknown",
         acked.iter().sum::<u64>(),
         unknown.iter().sum::<u64>()
+    );
+}
+
+/// Waits until the cluster map (meta shard) records no move and `check` holds for the
+/// shards' voters; returns the voters.
+async fn settled(
+    client: &Client,
+    within: Duration,
+    check: impl Fn(&BTreeMap<u64, Vec<u64>>) -> bool,
+) -> BTreeMap<u64, Vec<u64>> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Ok(map) = client.cluster_map().await
+            && map.moves.is_empty()
+            && let Ok(now) = client.shard_replicas().await
+            && now.len() == SHARDS_WITH_META
+            && check(&now)
+        {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recorded move did not end within {within:?}: {:?}",
+            client.cluster_map().await.map(|m| m.moves)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The meta shard's leader (and the moved shard's) is killed in the middle of a move,
+/// after the learner was added: the new meta leader finds the recorded move silent and
+/// drives it to its end; the shard ends with exactly three voters, the source's replica
+/// dropped, and every replica converged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_interrupted_by_killing_the_meta_leader_is_finished() {
+    let mut cluster = TestCluster::start(Options {
+        nodes: 4,
+        shard_replicas: Some([vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3]]),
+        // Each recorded step of a move is followed by a pause: the kill lands between
+        // "learner added" and the membership change.
+        node_args: vec!["--move-step-pause-ms", "3000"],
+        ..Options::default()
+    });
+    let client = cluster.client().await;
+    let leaders = cluster.wait_leaders(&client).await;
+    let meta_leader = leaders[&0];
+    client.set_stock("apple-meta", 100).await.expect("seed");
+    let shard = client
+        .shard_map()
+        .shard_for("apple-meta")
+        .expect("shard")
+        .shard_id;
+    assert_eq!(
+        client
+            .transfer_leader(shard, meta_leader)
+            .await
+            .expect("transfer"),
+        meta_leader
+    );
+    let from = [1, 2, 3]
+        .into_iter()
+        .find(|n| *n != meta_leader)
+        .expect("a source");
+    // One raw call, never retried: only the meta leader's duty can finish the move.
+    let channel = cluster.channel(&cluster.addrs[&meta_leader]).await;
+    let request = stockpile_proto::v1::MoveReplicaRequest {
+        shard_id: shard,
+        from_node_id: from,
+        to_node_id: 4,
+        catch_up_timeout_ms: 0,
+        from_dead: false,
+    };
+    let call = tokio::spawn(async move {
+        stockpile_proto::v1::admin_client::AdminClient::new(channel)
+            .move_replica(request)
+            .await
+    });
+    eventually(Duration::from_secs(20), || async {
+        let map = client.cluster_map().await?;
+        match map.moves.iter().find(|m| m.shard_id == shard) {
+            Some(m) if m.step == "learner added" => Ok(()),
+            other => Err(Error::Unavailable {
+                message: format!("move not at its learner yet: {other:?}"),
+            }),
+        }
+    })
+    .await;
+    cluster.kill9(meta_leader);
+    assert!(
+        call.await.expect("task").is_err(),
+        "the call died with its node"
+    );
+    let now = settled(&client, Duration::from_secs(60), |now| {
+        let v = &now[&shard];
+        v.len() == 3 && v.contains(&4) && !v.contains(&from)
+    })
+    .await;
+    assert!(
+        !shards_on(&client, from).await.contains(&shard),
+        "the source's replica was dropped"
+    );
+    let driven = cluster
+        .running()
+        .iter()
+        .filter_map(|id| std::fs::read_to_string(cluster.log_path(*id)).ok())
+        .any(|log| log.contains("driving a silent recorded move again"));
+    assert!(driven, "a surviving meta replica drove the move");
+    cluster.adopt(&now);
+    cluster.start_node(meta_leader);
+    cluster.wait_leaders(&client).await;
+    cluster.wait_converged(&client).await;
+    assert_eq!(
+        must_get(&client, "apple-meta").await.map(|s| s.on_hand),
+        Some(100)
     );
 }

@@ -283,20 +283,54 @@ pub async fn cluster_info(client: &Client, cmd: Command, json: bool) -> Result<(
     match cmd {
         Command::Cluster(ClusterCmd::Map) => {
             let map = client.shard_map();
+            // The meta shard's records: node states and moves under way.
+            let meta = client.cluster_map().await?;
+            let state_of = |id: u64| {
+                meta.nodes
+                    .iter()
+                    .find(|n| n.node_id == id)
+                    .map_or("unregistered", |n| n.state.as_str())
+            };
             if json {
-                print_json(&json!(map));
+                let mut v = json!(map);
+                v["node_states"] = json!(
+                    meta.nodes
+                        .iter()
+                        .map(|n| (n.node_id.to_string(), n.state.clone()))
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                );
+                v["moves"] = json!(meta
+                    .moves
+                    .iter()
+                    .map(|m| json!({"shard_id": m.shard_id, "from": m.from_node_id, "to": m.to_node_id, "from_dead": m.from_dead, "step": m.step}))
+                    .collect::<Vec<_>>());
+                v["meta_leader_id"] = json!(meta.meta_leader_id);
+                print_json(&v);
             } else {
-                println!("epoch {}", map.epoch);
+                println!(
+                    "epoch {}  (meta shard led by node {})",
+                    map.epoch, meta.meta_leader_id
+                );
                 for n in map.nodes.values() {
                     println!(
-                        "node {:<3} {:<22} region {:<10} zone {}",
-                        n.node_id, n.addr, n.region, n.zone
+                        "node {:<3} {:<22} region {:<10} zone {:<6} {}",
+                        n.node_id,
+                        n.addr,
+                        n.region,
+                        n.zone,
+                        state_of(n.node_id)
                     );
                 }
                 for s in &map.shards {
                     println!(
                         "shard {:<3} [{:?}, {:?}) replicas {:?}",
                         s.shard_id, s.start, s.end, s.replicas
+                    );
+                }
+                for m in &meta.moves {
+                    println!(
+                        "move  shard {} from node {} to node {}: {}",
+                        m.shard_id, m.from_node_id, m.to_node_id, m.step
                     );
                 }
             }

@@ -100,9 +100,17 @@ impl StateMachineStore {
     }
 }
 
-/// Asserts that every operation of `request` lies in the shard's range.
+/// Asserts that every operation of `request` lies in the shard's range, and that the
+/// meta shard applies only cluster commands and the other shards none.
 fn assert_in_range(shard_id: u64, range: &SkuRange, request: &ShardRequest) {
     for op in request.groups.iter().flat_map(|g| g.ops.iter()) {
+        let cluster = matches!(op.command, crate::inventory::Command::Cluster(_));
+        assert_eq!(
+            cluster,
+            shard_id == crate::router::META_SHARD_ID.0,
+            "shard {shard_id}: a {} command",
+            op.command.name()
+        );
         for sku in op.command.skus() {
             assert!(
                 range.contains(sku),

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::hints::{Hint, Hints};
 use super::meta::SmMeta;
 use crate::codec;
+use crate::inventory::cluster::{MoveRecord, NodeRecord};
 use crate::inventory::{Records, RequestId, Reservation, ShardState, StockRecord, StoredOutcome};
 use crate::storage::error::{Result, StorageError};
 use crate::storage::keys::{self, SmSpace};
@@ -194,6 +195,34 @@ impl Records for Overlay<'_> {
         );
         self.meta.outcomes_count += 1;
         self.hints.oldest_outcome = self.hints.oldest_outcome.added(stored.applied_at_ms);
+    }
+
+    fn node_record(&mut self, id: u64) -> Result<Option<NodeRecord>> {
+        self.get(&keys::cluster_node_key(self.shard_id, id))
+    }
+
+    fn any_node_record(&mut self) -> Result<bool> {
+        let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::ClusterNode);
+        Ok(!self.scan_keys(&start, &end, 1)?.is_empty())
+    }
+
+    fn put_node_record(&mut self, node: &NodeRecord) {
+        self.put(keys::cluster_node_key(self.shard_id, node.id), node);
+    }
+
+    fn move_record(&mut self, shard_id: u64) -> Result<Option<MoveRecord>> {
+        self.get(&keys::cluster_move_key(self.shard_id, shard_id))
+    }
+
+    fn put_move_record(&mut self, record: &MoveRecord) {
+        self.put(
+            keys::cluster_move_key(self.shard_id, record.shard_id),
+            record,
+        );
+    }
+
+    fn delete_move_record(&mut self, shard_id: u64) {
+        self.delete(keys::cluster_move_key(self.shard_id, shard_id));
     }
 }
 

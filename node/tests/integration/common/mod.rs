@@ -22,6 +22,9 @@ static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 pub use stockpile_node::config::topology::SKU_PER_SHARD as SHARD_SKUS;
 use stockpile_node::config::topology::{NodeSpec, Topology, standard_replicas};
 
+/// Raft groups in a test cluster: the meta shard and the four SKU shards.
+pub const SHARDS_WITH_META: usize = 5;
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub nodes: u64,
@@ -35,6 +38,8 @@ pub struct Options {
     /// Serve over mutual TLS with certificates from a fresh CA (default: on, as
     /// shipped); the harness's clients are the `admin` identity.
     pub tls: bool,
+    /// Arguments every node is started with (e.g. a hidden test-only flag).
+    pub node_args: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -47,6 +52,7 @@ impl Default for Options {
             shard_replicas: None,
             logs_kept_after_snapshot: 5_000,
             tls: true,
+            node_args: Vec::new(),
         }
     }
 }
@@ -60,8 +66,12 @@ pub struct TestCluster {
     children: BTreeMap<u64, Child>,
     /// Replicas of shards 1..=4.
     pub replicas: [Vec<u64>; 4],
+    /// Replicas of the meta shard (0): seeded on the first three nodes the layout uses.
+    pub meta_replicas: Vec<u64>,
     /// Whether the nodes serve TLS (certificates in `certs_dir()`).
     pub tls: bool,
+    /// Arguments every node is started with (`Options::node_args`).
+    node_args: Vec<&'static str>,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -138,6 +148,12 @@ impl TestCluster {
         .to_toml();
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).expect("write config");
+        let used: std::collections::BTreeSet<u64> = replicas.iter().flatten().copied().collect();
+        let meta_replicas = used
+            .iter()
+            .copied()
+            .take(if used.len() >= 5 { 5 } else { 3 })
+            .collect();
         let mut cluster = TestCluster {
             dir,
             config,
@@ -145,7 +161,9 @@ impl TestCluster {
             metrics_addrs,
             children: BTreeMap::new(),
             replicas,
+            meta_replicas,
             tls: opts.tls,
+            node_args: opts.node_args.clone(),
             _lock: lock,
         };
         for id in cluster.addrs.keys().copied().collect::<Vec<_>>() {
@@ -175,6 +193,7 @@ impl TestCluster {
             .arg(&self.config)
             .arg("--node-id")
             .arg(id.to_string())
+            .args(&self.node_args)
             .args(args)
             .env("RUST_LOG", "info,openraft=error")
             .stdout(Stdio::null())
@@ -407,7 +426,7 @@ impl TestCluster {
                         }
                     }
                 }
-                if agree && leaders.len() == 4 {
+                if agree && leaders.len() == SHARDS_WITH_META {
                     return leaders;
                 }
             }
@@ -416,6 +435,24 @@ impl TestCluster {
                 "shards did not settle on leaders within 30 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The replicas of `shard` (0: the meta shard) as the test last adopted them.
+    pub fn replicas_of(&self, shard: u64) -> &[u64] {
+        match shard {
+            0 => &self.meta_replicas,
+            s => &self.replicas[(s - 1) as usize],
+        }
+    }
+
+    /// Takes `now` (shard → voters, as the leaders report them) as the replicas.
+    pub fn adopt(&mut self, now: &BTreeMap<u64, Vec<u64>>) {
+        for (shard, voters) in now {
+            match shard {
+                0 => self.meta_replicas = voters.clone(),
+                s => self.replicas[(*s - 1) as usize] = voters.clone(),
+            }
         }
     }
 
@@ -445,7 +482,7 @@ impl TestCluster {
             }
             let running = self.running();
             let replicas_running = |shard: u64| {
-                self.replicas[(shard - 1) as usize]
+                self.replicas_of(shard)
                     .iter()
                     .filter(|n| running.contains(n))
                     .count()

@@ -1,0 +1,417 @@
+//! The node's side of the meta shard (`ShardId(0)`, DESIGN.md): writing a change of
+//! the cluster map on the meta shard's leader, wherever that is; reading the map from
+//! a meta replica; and the meta leader's duties: seed the map once from the config,
+//! and drive again every recorded move that went silent (its driver crashed or lost
+//! its leadership), so that an interrupted move finishes or is undone.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use stockpile_proto::v1 as pb;
+use stockpile_proto::v1::admin_client::AdminClient;
+
+use super::{MoveOptions, Node};
+use crate::codec;
+use crate::error::Error;
+use crate::inventory::cluster::{
+    ClusterCommand, ClusterOutcome, MoveRecord, NodeRecord, NodeState,
+};
+use crate::inventory::{Command, Op, OpGroup, Outcome, RequestId};
+use crate::router::{META_SHARD_ID, ShardId};
+use crate::storage::ClusterMapRecords;
+
+/// Attempts one cluster-map write makes to find the meta shard's leader (an election
+/// takes a few hundred ms; the attempts span several).
+const CLUSTER_WRITE_ATTEMPTS_MAX: u32 = 30;
+/// Pause between those attempts.
+const CLUSTER_WRITE_RETRY_MS: u64 = 200;
+/// How long one call to another node about the cluster map may take.
+const CLUSTER_CALL_TIMEOUT_MS: u64 = 3_000;
+/// How often the meta leader looks at the map (seed, silent moves).
+pub(super) const META_DUTY_INTERVAL_MS: u64 = 1_000;
+/// A recorded move whose last step is older than this is driven again by the meta
+/// leader. Longer than a move's steps take, shorter than an operator's patience.
+const MOVE_SILENT_MS: u64 = 5_000;
+/// How long a driven move may wait for its new learner to catch up.
+const RESUMED_CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+/// The request id of the map's seeding: the same on every node, so it applies once.
+const SEED_REQUEST_ID: RequestId = *b"cluster-map-seed";
+
+/// A fresh random request id for one cluster-map change (retries reuse it).
+pub fn cluster_request_id() -> RequestId {
+    rand::random()
+}
+
+impl Node {
+    /// Applies `command` to the cluster map on the meta shard's leader (this node or
+    /// another), retrying across a leader change with the same request id.
+    pub async fn cluster_write(
+        &self,
+        request_id: RequestId,
+        command: ClusterCommand,
+    ) -> Result<ClusterOutcome, Error> {
+        let mut last = String::from("no meta replica known");
+        for attempt in 0..CLUSTER_WRITE_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(CLUSTER_WRITE_RETRY_MS)).await;
+            }
+            match self.local_shard(META_SHARD_ID) {
+                Ok(meta) if meta.is_leader() => {
+                    match self.cluster_write_here(request_id, command.clone()).await {
+                        Ok(outcome) => return Ok(outcome),
+                        Err(e) => last = e.to_string(),
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let target = self.meta_leader_guess(attempt);
+            match self.cluster_write_on(target, request_id, &command).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => last = format!("node {target}: {e}"),
+            }
+        }
+        Err(Error::ShardUnavailable {
+            shard_id: META_SHARD_ID,
+            reason: format!("the cluster map could not be changed: {last}"),
+        })
+    }
+
+    /// Proposes `command` on the local meta replica, which must lead (NOT_LEADER
+    /// otherwise; SHARD_NOT_HERE when this node holds no meta replica).
+    pub async fn cluster_write_here(
+        &self,
+        request_id: RequestId,
+        command: ClusterCommand,
+    ) -> Result<ClusterOutcome, Error> {
+        let meta = self.local_shard(META_SHARD_ID)?;
+        let group = OpGroup {
+            atomic: false,
+            ops: vec![Op {
+                request_id,
+                command: Command::Cluster(command),
+            }],
+        };
+        let proposed = meta.propose(group).await?;
+        match proposed.results.into_iter().next().map(|r| r.outcome) {
+            Some(Outcome::Cluster(outcome)) => Ok(outcome),
+            Some(Outcome::Rejected(r)) => Err(r.into()),
+            other => Err(Error::internal(format!(
+                "a cluster command came back as {other:?}"
+            ))),
+        }
+    }
+
+    /// The node most likely to lead the meta shard: the leader this node knows, else
+    /// the meta replicas in turn.
+    fn meta_leader_guess(&self, attempt: u32) -> u64 {
+        if let Ok(meta) = self.local_shard(META_SHARD_ID)
+            && let Some(l) = meta.leader_id()
+            && attempt.is_multiple_of(2)
+        {
+            return l;
+        }
+        let replicas = self.map.get().meta().replicas.clone();
+        let i = attempt as usize % replicas.len().max(1);
+        replicas.get(i).copied().unwrap_or(self.id)
+    }
+
+    async fn cluster_write_on(
+        &self,
+        target: u64,
+        request_id: RequestId,
+        command: &ClusterCommand,
+    ) -> Result<ClusterOutcome, String> {
+        let addr = self
+            .map
+            .get()
+            .addr(target)
+            .ok_or_else(|| format!("node {target} has no known address"))?
+            .to_string();
+        let mut client = AdminClient::new(self.peers.channel(target, &addr)?);
+        let mut request = tonic::Request::new(pb::ClusterProposeRequest {
+            request_id: request_id.to_vec(),
+            command: codec::encode(command).map_err(|e| e.to_string())?,
+        });
+        request.set_timeout(Duration::from_millis(CLUSTER_CALL_TIMEOUT_MS));
+        let reply = client
+            .cluster_propose(request)
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        Ok(if reply.done {
+            ClusterOutcome::Done
+        } else {
+            ClusterOutcome::Refused {
+                problem: reply.problem,
+            }
+        })
+    }
+
+    /// The cluster map from this node's meta replica (its applied state), or from a
+    /// meta replica elsewhere.
+    pub async fn cluster_map(&self) -> Result<ClusterMapRecords, Error> {
+        if let Ok(meta) = self.local_shard(META_SHARD_ID) {
+            return meta.reader.cluster_map().map_err(Error::from);
+        }
+        let mut last = String::from("no meta replica known");
+        for target in self.map.get().meta().replicas.clone() {
+            match self.cluster_map_on(target).await {
+                Ok(records) => return Ok(records),
+                Err(e) => last = format!("node {target}: {e}"),
+            }
+        }
+        Err(Error::ShardUnavailable {
+            shard_id: META_SHARD_ID,
+            reason: format!("the cluster map could not be read: {last}"),
+        })
+    }
+
+    async fn cluster_map_on(&self, target: u64) -> Result<ClusterMapRecords, String> {
+        let addr = self
+            .map
+            .get()
+            .addr(target)
+            .ok_or_else(|| format!("node {target} has no known address"))?
+            .to_string();
+        let mut client = AdminClient::new(self.peers.channel(target, &addr)?);
+        let mut request = tonic::Request::new(pb::ClusterMapRequest {});
+        request.set_timeout(Duration::from_millis(CLUSTER_CALL_TIMEOUT_MS));
+        let reply = client
+            .cluster_map(request)
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        records_from_pb(&reply)
+    }
+
+    /// Notes a move's step in the cluster map (first: records the move). Refused
+    /// when another move of the shard is recorded.
+    pub(super) async fn record_move(
+        &self,
+        shard_id: ShardId,
+        o: &MoveOptions,
+        step: &str,
+    ) -> Result<(), Error> {
+        let record = MoveRecord {
+            shard_id: shard_id.0,
+            from: o.from,
+            to: o.to,
+            from_dead: o.from_dead,
+            step: step.to_string(),
+            updated_ms: 0,
+        };
+        match self
+            .cluster_write(cluster_request_id(), ClusterCommand::Move { record })
+            .await?
+        {
+            ClusterOutcome::Done => Ok(()),
+            ClusterOutcome::Refused { problem } => {
+                Err(super::refused(shard_id, self.id, "record", problem))
+            }
+        }
+    }
+
+    /// Forgets a recorded move (it finished or was undone).
+    pub(super) async fn end_move(&self, shard_id: ShardId, o: &MoveOptions) -> Result<(), Error> {
+        let end = ClusterCommand::EndMove {
+            shard_id: shard_id.0,
+            from: o.from,
+            to: o.to,
+        };
+        self.cluster_write(cluster_request_id(), end)
+            .await
+            .map(|_| ())
+    }
+
+    /// The meta leader's duties, once: seed the map from the config, then drive every
+    /// silent move again (each in its own task; `driving` keeps one per shard).
+    pub(super) async fn meta_duties(
+        self: &std::sync::Arc<Self>,
+        driving: &std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>>,
+    ) {
+        let Ok(meta) = self.local_shard(META_SHARD_ID) else {
+            return;
+        };
+        if !meta.is_leader() {
+            return;
+        }
+        let Ok(records) = meta.reader.cluster_map() else {
+            return;
+        };
+        if records.nodes.is_empty() {
+            let seed = ClusterCommand::Seed {
+                nodes: self.cluster.nodes.iter().map(seed_record).collect(),
+            };
+            if let Err(e) = self.cluster_write_here(SEED_REQUEST_ID, seed).await {
+                tracing::warn!(error = %e, "seeding the cluster map failed");
+            }
+            return;
+        }
+        let now_ms = self.shared.ctx.clock.now_ms();
+        for m in records.moves {
+            if now_ms.saturating_sub(m.updated_ms) < MOVE_SILENT_MS {
+                continue;
+            }
+            if !driving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(m.shard_id)
+            {
+                continue;
+            }
+            let (node, driving) = (self.clone(), driving.clone());
+            tokio::spawn(async move {
+                node.drive_recorded_move(&m).await;
+                driving
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&m.shard_id);
+            });
+        }
+    }
+
+    /// Drives a recorded move again through the shard's leader (the same idempotent
+    /// MoveReplica an operator sends): it finishes the move, or, when the move cannot
+    /// happen any more, the record is forgotten (the move's own undo already removed
+    /// a learner that could not catch up).
+    async fn drive_recorded_move(&self, m: &MoveRecord) {
+        let shard_id = ShardId(m.shard_id);
+        tracing::info!(%shard_id, from = m.from, to = m.to, step = %m.step, "driving a silent recorded move again");
+        let request = pb::MoveReplicaRequest {
+            shard_id: m.shard_id,
+            from_node_id: m.from,
+            to_node_id: m.to,
+            catch_up_timeout_ms: RESUMED_CATCH_UP_TIMEOUT_MS,
+            from_dead: m.from_dead,
+        };
+        match self.send_move(shard_id, request).await {
+            Ok(steps) => tracing::info!(%shard_id, ?steps, "a recorded move was driven to its end"),
+            Err(e) => {
+                tracing::warn!(%shard_id, error = %e, "driving a recorded move failed; it stays recorded")
+            }
+        }
+    }
+
+    /// Sends MoveReplica to the shard's leader, following NOT_LEADER answers.
+    async fn send_move(
+        &self,
+        shard_id: ShardId,
+        request: pb::MoveReplicaRequest,
+    ) -> Result<Vec<String>, String> {
+        let mut last = String::new();
+        let replicas = self
+            .map
+            .get()
+            .shard(shard_id)
+            .map(|d| d.replicas.clone())
+            .unwrap_or_default();
+        for attempt in 0..CLUSTER_WRITE_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(CLUSTER_WRITE_RETRY_MS)).await;
+            }
+            let local_leader = self.local_shard(shard_id).ok().and_then(|s| s.leader_id());
+            let target = match local_leader {
+                Some(l) if attempt.is_multiple_of(2) => l,
+                _ => replicas[attempt as usize % replicas.len().max(1)],
+            };
+            let Some(addr) = self.map.get().addr(target).map(str::to_string) else {
+                continue;
+            };
+            let call = async {
+                let mut client = AdminClient::new(self.peers.channel(target, &addr)?);
+                client
+                    .move_replica(tonic::Request::new(request))
+                    .await
+                    .map(|r| r.into_inner().steps)
+                    .map_err(|s| s.message().to_string())
+            };
+            match call.await {
+                Ok(steps) => return Ok(steps),
+                Err(e) => last = format!("node {target}: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn seed_record(n: &crate::config::NodeConfig) -> NodeRecord {
+    NodeRecord {
+        id: n.id,
+        addr: n.addr.clone(),
+        region: n.region.clone(),
+        zone: n.zone.clone(),
+        state: NodeState::Up,
+    }
+}
+
+/// The reply's records (a peer's answer to ClusterMap).
+fn records_from_pb(reply: &pb::ClusterMapReply) -> Result<ClusterMapRecords, String> {
+    let state = |s: &str| match s {
+        "up" => Ok(NodeState::Up),
+        "draining" => Ok(NodeState::Draining),
+        "removed" => Ok(NodeState::Removed),
+        other => Err(format!("unknown node state {other:?}")),
+    };
+    let nodes = reply
+        .nodes
+        .iter()
+        .map(|n| {
+            Ok(NodeRecord {
+                id: n.node_id,
+                addr: n.addr.clone(),
+                region: n.region.clone(),
+                zone: n.zone.clone(),
+                state: state(&n.state)?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let moves = reply
+        .moves
+        .iter()
+        .map(|m| MoveRecord {
+            shard_id: m.shard_id,
+            from: m.from_node_id,
+            to: m.to_node_id,
+            from_dead: m.from_dead,
+            step: m.step.clone(),
+            updated_ms: m.updated_ms,
+        })
+        .collect();
+    Ok(ClusterMapRecords { nodes, moves })
+}
+
+/// The cluster map as the ClusterMap reply carries it.
+pub fn records_to_pb(
+    records: &ClusterMapRecords,
+    meta_leader_id: u64,
+    applied_index: u64,
+) -> pb::ClusterMapReply {
+    pb::ClusterMapReply {
+        nodes: records
+            .nodes
+            .iter()
+            .map(|n| pb::ClusterNode {
+                node_id: n.id,
+                addr: n.addr.clone(),
+                region: n.region.clone(),
+                zone: n.zone.clone(),
+                state: n.state.as_str().to_string(),
+            })
+            .collect(),
+        moves: records
+            .moves
+            .iter()
+            .map(|m| pb::ClusterMove {
+                shard_id: m.shard_id,
+                from_node_id: m.from,
+                to_node_id: m.to,
+                from_dead: m.from_dead,
+                step: m.step.clone(),
+                updated_ms: m.updated_ms,
+            })
+            .collect(),
+        meta_leader_id,
+        applied_index,
+    }
+}
