@@ -168,19 +168,34 @@ impl Client {
     pub async fn plan_drain(&self, node: u64) -> Result<Vec<PlannedMove>, Error> {
         self.refresh_map(Instant::now() + Duration::from_secs(10))
             .await?;
-        let nodes: Vec<NodeInfo> = self.shard_map().nodes.values().cloned().collect();
-        if !nodes.iter().any(|n| n.node_id == node) {
+        // The meta shard's map is the truth about nodes: a node that just joined is
+        // there before every cached map has it. Only nodes that are up receive
+        // replicas (not one being drained).
+        let states = self.cluster_map().await?;
+        if !states.nodes.iter().any(|n| n.node_id == node) {
             return Err(Error::NodeNotFound { node_id: node });
         }
+        let nodes: Vec<NodeInfo> = states
+            .nodes
+            .iter()
+            .filter(|n| n.node_id == node || n.state == "up")
+            .map(|n| NodeInfo {
+                node_id: n.node_id,
+                addr: n.addr.clone(),
+                region: n.region.clone(),
+                zone: n.zone.clone(),
+            })
+            .collect();
         // A shard whose leader just died elects another within an election timeout
         // or two: wait for that rather than refuse at once.
         let mut missing = Vec::new();
         for _ in 0..LEADER_WAIT_ROUNDS_MAX {
             let replicas = self.shard_replicas().await?;
-            missing = self
-                .shard_map()
-                .shards
+            let map = self.shard_map();
+            missing = map
+                .meta
                 .iter()
+                .chain(map.shards.iter())
                 .map(|s| s.shard_id)
                 .filter(|id| !replicas.contains_key(id))
                 .collect();
@@ -196,14 +211,60 @@ impl Client {
 
     /// Takes every replica (and so every leadership) off `node`, one move at a time;
     /// `dead`: the node is gone for good (`node remove --dead`). Returns what each
-    /// move did; stops at the first refusal.
+    /// move did; stops at the first refusal. See `evacuate`.
     pub async fn drain_node(&self, node: u64, dead: bool) -> Result<Vec<MoveReport>, Error> {
         let plan = self.plan_drain(node).await?;
+        self.evacuate(node, dead, &plan).await
+    }
+
+    /// Carries out `plan` (from `plan_drain`): `node` is marked draining in the
+    /// cluster map (placement gives it nothing more), the moves are made one at a
+    /// time, and then `node` is marked removed: its id is never used again.
+    pub async fn evacuate(
+        &self,
+        node: u64,
+        dead: bool,
+        plan: &[PlannedMove],
+    ) -> Result<Vec<MoveReport>, Error> {
+        self.set_node_state(node, "draining").await?;
         let mut done = Vec::with_capacity(plan.len());
         for m in plan {
             done.push(self.move_replica(m.shard_id, m.from, m.to, dead).await?);
         }
+        self.set_node_state(node, "removed").await?;
         Ok(done)
+    }
+
+    /// Sets `node`'s state in the cluster map (up, draining, removed).
+    pub async fn set_node_state(&self, node: u64, state: &str) -> Result<(), Error> {
+        let mut last = Error::Unavailable {
+            message: "no node answered".into(),
+        };
+        let nodes: Vec<u64> = self.shard_map().nodes.keys().copied().collect();
+        for via in nodes.into_iter().filter(|n| *n != node) {
+            let req = pb::SetNodeStateRequest {
+                node_id: node,
+                state: state.to_string(),
+            };
+            let reply = self
+                .at_node(via, |ch, t| async move {
+                    AdminClient::new(ch)
+                        .set_node_state(with_timeout(req, t))
+                        .await
+                })
+                .await;
+            match reply {
+                Ok(r) if r.done => return Ok(()),
+                Ok(r) => {
+                    return Err(Error::InvalidArgument {
+                        field: "state".into(),
+                        message: r.problem,
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 }
 

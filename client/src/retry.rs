@@ -233,6 +233,14 @@ impl Client {
             }
             Verdict::NotLeader { hint, message } => {
                 tries.last_error = format!("node {node_id}: {message}");
+                let unknown = hint
+                    .is_some_and(|h| h != node_id && !self.routing().map.nodes.contains_key(&h));
+                if unknown {
+                    // The leader is a node this map does not know (it joined since).
+                    self.refresh_map(tries.deadline)
+                        .await
+                        .map_err(|e| tries.unknown_if_sent(e))?;
+                }
                 let mut r = self.routing();
                 match hint.filter(|h| *h != node_id && r.map.nodes.contains_key(h)) {
                     Some(leader) => {

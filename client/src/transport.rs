@@ -94,7 +94,15 @@ impl Client {
         F: FnOnce(Conn, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let addr = self.node_addr(node_id)?;
+        let addr = match self.node_addr(node_id) {
+            Ok(addr) => addr,
+            // A node the cached map does not know may have joined since: ask again.
+            Err(_) => {
+                let deadline = std::time::Instant::now() + self.inner.cfg.attempt_timeout;
+                self.refresh_map(deadline).await?;
+                self.node_addr(node_id)?
+            }
+        };
         let t = self.inner.cfg.attempt_timeout;
         self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(t, call(self.channel(&addr)?, t)).await {

@@ -26,11 +26,14 @@ struct Args {
     /// Overrides the config's data directory for this node.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// On a first boot (empty data directory), start with no replica: they come by
-    /// moves (`stockpile shard move`, `node drain`, `node remove --dead`). For a node
-    /// added to a running cluster, or one declared dead and brought back empty.
-    #[arg(long)]
-    join: bool,
+    /// Join a running cluster: register this node (its id, address, region and zone
+    /// from its config) in the cluster map through these nodes (host:port, comma
+    /// separated; the config's other nodes when none are given). On a first boot
+    /// (empty data directory) the node starts with no replica: they come by moves
+    /// (`stockpile shard move`, `node drain`, `node remove --dead`). The other nodes'
+    /// configs need not list this node.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "ADDR,...")]
+    join: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -120,6 +123,26 @@ fn spawn_reload_on_sighup(node: std::sync::Arc<Node>) {
     });
 }
 
+/// Registers a joining node in the cluster map (in the background: the server must
+/// answer its peers meanwhile). A refusal (its id was removed for good) stops the node.
+fn spawn_registration(node: std::sync::Arc<Node>, via: &str) {
+    let via: Vec<String> = via
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    tokio::spawn(async move {
+        match node.register(&via).await {
+            Ok(()) => tracing::info!(node_id = node.id, "registered in the cluster map"),
+            Err(problem) => {
+                tracing::error!(node_id = node.id, %problem, "this node cannot join the cluster");
+                std::process::exit(2);
+            }
+        }
+    });
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
@@ -166,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
     let options = StartOptions {
         data_dir: args.data_dir.clone(),
         clock: Clock::skewed(args.clock_skew_ms),
-        join: args.join,
+        join: args.join.is_some(),
         move_step_pause_ms: args.move_step_pause_ms,
     };
     let node = Node::start(config, args.node_id, options).await?;
@@ -178,6 +201,9 @@ async fn main() -> anyhow::Result<()> {
     let shard_ids: Vec<u64> = node.shards().iter().map(|s| s.id().0).collect();
     tracing::info!(node_id = node.id, addr = %me.addr, shards = ?shard_ids, data_dir = %node.data_dir.display(), "node started");
     spawn_reload_on_sighup(node.clone());
+    if let Some(via) = &args.join {
+        spawn_registration(node.clone(), via);
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(
         node.clone(),

@@ -89,6 +89,16 @@ fn meta_replicas_of(cluster: &ClusterConfig) -> Vec<u64> {
     used.into_iter().take(n).collect()
 }
 
+/// A node as the map knows it: where to reach it and where it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub id: u64,
+    /// host:port of its gRPC server.
+    pub addr: String,
+    pub region: String,
+    pub zone: String,
+}
+
 /// The shard map as this node knows it.
 #[derive(Clone, Debug)]
 pub struct ShardMap {
@@ -98,8 +108,9 @@ pub struct ShardMap {
     shards: Vec<ShardDescriptor>,
     /// The meta shard's descriptor (`META_SHARD_ID`; its range is unused).
     meta: ShardDescriptor,
-    /// Node id → address, for leader and replica hints.
-    nodes: BTreeMap<u64, String>,
+    /// The cluster's nodes (not removed) by id: the config's until the meta shard's
+    /// cluster map says otherwise (then the map's, joined nodes included).
+    nodes: BTreeMap<u64, NodeEntry>,
 }
 
 /// The epoch of a map that comes only from the static config.
@@ -138,7 +149,15 @@ impl ShardMap {
             nodes: cluster
                 .nodes
                 .iter()
-                .map(|n| (n.id, n.addr.clone()))
+                .map(|n| {
+                    let entry = NodeEntry {
+                        id: n.id,
+                        addr: n.addr.clone(),
+                        region: n.region.clone(),
+                        zone: n.zone.clone(),
+                    };
+                    (n.id, entry)
+                })
                 .collect(),
         }
     }
@@ -165,13 +184,18 @@ impl ShardMap {
         self.all_shards().find(|s| s.id == id)
     }
 
-    /// Node id → address as known (the config's nodes, then the cluster map's).
-    pub fn node_addrs(&self) -> &BTreeMap<u64, String> {
-        &self.nodes
+    /// The cluster's nodes, by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeEntry> {
+        self.nodes.values()
     }
 
-    /// This map with the node addresses `nodes` (None when they are the same).
-    pub fn with_nodes(&self, nodes: BTreeMap<u64, String>) -> Option<ShardMap> {
+    /// Node `id`, if it is a node of the cluster (registered and not removed).
+    pub fn node(&self, id: u64) -> Option<&NodeEntry> {
+        self.nodes.get(&id)
+    }
+
+    /// This map with the nodes `nodes` (None when they are the same).
+    pub fn with_nodes(&self, nodes: BTreeMap<u64, NodeEntry>) -> Option<ShardMap> {
         if nodes == self.nodes {
             return None;
         }
@@ -212,7 +236,7 @@ impl ShardMap {
     }
 
     pub fn addr(&self, node_id: u64) -> Option<&str> {
-        self.nodes.get(&node_id).map(String::as_str)
+        self.nodes.get(&node_id).map(|n| n.addr.as_str())
     }
 
     /// NOT_LEADER for `shard_id`, with the leader `me` knows (never `me` itself) and
@@ -290,8 +314,8 @@ impl LiveMap {
         }
     }
 
-    /// Takes `nodes` as the node addresses; returns whether the map changed.
-    pub fn update_nodes(&self, nodes: BTreeMap<u64, String>) -> bool {
+    /// Takes `nodes` as the cluster's nodes; returns whether the map changed.
+    pub fn update_nodes(&self, nodes: BTreeMap<u64, NodeEntry>) -> bool {
         let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
         match current.with_nodes(nodes) {
             Some(next) => {

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::status::to_status;
 use crate::error::Error;
 use crate::inventory::RequestId;
-use crate::inventory::cluster::{ClusterCommand, ClusterOutcome};
+use crate::inventory::cluster::ClusterCommand;
 use crate::node::Node;
 use crate::node::records_to_pb;
 use crate::router::{META_SHARD_ID, ShardId};
@@ -31,7 +31,7 @@ impl AdminService {
     }
 }
 
-pub fn node_info(n: &crate::config::NodeConfig) -> pb::NodeInfo {
+pub fn node_info(n: &crate::router::NodeEntry) -> pb::NodeInfo {
     pb::NodeInfo {
         node_id: n.id,
         addr: n.addr.clone(),
@@ -76,7 +76,12 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
     }
     let t = node.totals();
     pb::NodeStatusReply {
-        node: Some(node_info(&node.me)),
+        node: Some(node_info(&crate::router::NodeEntry {
+            id: node.id,
+            addr: node.me.addr.clone(),
+            region: node.me.region.clone(),
+            zone: node.me.zone.clone(),
+        })),
         shards,
         uptime_ms: node.started_at.elapsed().as_millis() as u64,
         log_appends_total: t.log_appends,
@@ -116,7 +121,7 @@ impl AdminService {
         &self,
         req: pb::TransferLeaderRequest,
     ) -> Result<pb::TransferLeaderReply, Error> {
-        if self.node.cluster.node(req.to_node_id).is_none() {
+        if self.node.map.get().node(req.to_node_id).is_none() {
             return Err(Error::NodeNotFound {
                 node_id: req.to_node_id,
             });
@@ -151,7 +156,7 @@ impl AdminService {
     }
 
     async fn rebuild(&self, target: u64) -> Result<pb::AllowRebuildReply, Error> {
-        if self.node.cluster.node(target).is_none() {
+        if self.node.map.get().node(target).is_none() {
             return Err(Error::NodeNotFound { node_id: target });
         }
         if target == self.node.id {
@@ -202,7 +207,6 @@ impl Admin for AdminService {
         request: Request<pb::ShardMapRequest>,
     ) -> Result<Response<pb::ShardMapReply>, Status> {
         self.authorized("shard_map", &request, Need::Status)?;
-        let c = &self.node.cluster;
         let map = self.node.map.get();
         let info = |d: &crate::router::ShardDescriptor| {
             let (leader_id, term) = match self.node.local_shard(d.id) {
@@ -223,7 +227,7 @@ impl Admin for AdminService {
         let shards = map.shards().iter().map(info).collect();
         Ok(Response::new(pb::ShardMapReply {
             epoch: map.epoch(),
-            nodes: c.nodes.iter().map(node_info).collect(),
+            nodes: map.nodes().map(node_info).collect(),
             shards,
             node_id: self.node.id,
             meta: Some(info(map.meta())),
@@ -244,7 +248,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ClusterStatusReply>, Status> {
         self.authorized("cluster_status", &request, Need::Status)?;
         let node = &self.node;
-        let views = node.cluster.nodes.iter().map(|n| async move {
+        let map = node.map.get();
+        let views = map.nodes().map(|n| async move {
             if n.id == node.id {
                 return pb::NodeView {
                     node: Some(node_info(n)),
@@ -401,15 +406,42 @@ impl Admin for AdminService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(match outcome {
-            ClusterOutcome::Done => pb::ClusterProposeReply {
+            Ok(()) => pb::ClusterProposeReply {
                 done: true,
                 problem: String::new(),
             },
-            ClusterOutcome::Refused { problem } => pb::ClusterProposeReply {
+            Err(problem) => pb::ClusterProposeReply {
                 done: false,
                 problem,
             },
         }))
+    }
+
+    async fn join_cluster(
+        &self,
+        request: Request<pb::JoinClusterRequest>,
+    ) -> Result<Response<pb::JoinClusterReply>, Status> {
+        let caller = self.authorized("join_cluster", &request, Need::Replica)?;
+        let info = request.into_inner().node.unwrap_or_default();
+        let result = super::admin_moves::join(&self.node, &caller, info).await;
+        audit_call(&caller.name, "join_cluster", &result.as_ref().map(|_| ()));
+        let (registered, problem) = result.map_err(to_status)?;
+        Ok(Response::new(pb::JoinClusterReply {
+            registered,
+            problem,
+        }))
+    }
+
+    async fn set_node_state(
+        &self,
+        request: Request<pb::SetNodeStateRequest>,
+    ) -> Result<Response<pb::SetNodeStateReply>, Status> {
+        let caller = self.authorized("set_node_state", &request, Need::Operator)?;
+        let req = request.into_inner();
+        let result = super::admin_moves::set_node_state(&self.node, req).await;
+        audit_call(&caller.name, "set_node_state", &result.as_ref().map(|_| ()));
+        let (done, problem) = result.map_err(to_status)?;
+        Ok(Response::new(pb::SetNodeStateReply { done, problem }))
     }
 
     async fn shard_digests(

@@ -1,13 +1,16 @@
-//! The Admin service's replica move: the request checked and turned into
-//! `node::MoveOptions`, the report into the reply (the procedure is `node::moves`).
+//! The Admin service's cluster changes: a replica move (the request checked and
+//! turned into `node::MoveOptions`, the report into the reply; the procedure is
+//! `node::moves`), a node's registration and its state in the cluster map.
 
 use std::time::Duration;
 
 use stockpile_proto::v1 as pb;
 
 use crate::error::Error;
-use crate::node::{MoveOptions, Node};
+use crate::inventory::cluster::{ClusterCommand, NodeRecord, NodeState};
+use crate::node::{Applied, MoveOptions, Node, cluster_request_id};
 use crate::router::ShardId;
+use crate::security::{Caller, Principal};
 
 /// The catch-up deadline when the request names none.
 const CATCH_UP_TIMEOUT_DEFAULT_MS: u64 = 30_000;
@@ -49,4 +52,68 @@ pub async fn move_replica(
         conf_ver: report.conf_ver,
         replica_id: report.replica_id,
     })
+}
+
+/// (done, problem) of a cluster-map change.
+fn outcome(o: Applied) -> (bool, String) {
+    match o {
+        Ok(()) => (true, String::new()),
+        Err(problem) => (false, problem),
+    }
+}
+
+/// Registers `info` in the cluster map through the meta shard's leader.
+pub async fn join(
+    node: &Node,
+    caller: &Caller,
+    info: pb::NodeInfo,
+) -> Result<(bool, String), Error> {
+    if let Principal::Node(id) = caller.principal
+        && id != info.node_id
+    {
+        return Err(Error::InvalidArgument {
+            field: "node.node_id".into(),
+            rule: format!("node {id}'s certificate may register only node {id}"),
+        });
+    }
+    if info.node_id == 0 || info.node_id > crate::raft::replica_id::NODE_ID_MAX {
+        return Err(Error::InvalidArgument {
+            field: "node.node_id".into(),
+            rule: format!("must be 1..={}", crate::raft::replica_id::NODE_ID_MAX),
+        });
+    }
+    if info.addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(Error::InvalidArgument {
+            field: "node.addr".into(),
+            rule: format!("must be ip:port, got {:?}", info.addr),
+        });
+    }
+    let record = NodeRecord {
+        id: info.node_id,
+        addr: info.addr,
+        region: info.region,
+        zone: info.zone,
+        state: NodeState::Up,
+    };
+    let o = node
+        .cluster_write(cluster_request_id(), ClusterCommand::Join { node: record })
+        .await?;
+    Ok(outcome(o))
+}
+
+/// Sets a node's state in the cluster map.
+pub async fn set_node_state(
+    node: &Node,
+    req: pb::SetNodeStateRequest,
+) -> Result<(bool, String), Error> {
+    let state = NodeState::parse(&req.state).ok_or_else(|| Error::InvalidArgument {
+        field: "state".into(),
+        rule: format!("one of up, draining, removed; got {:?}", req.state),
+    })?;
+    let command = ClusterCommand::SetNodeState {
+        node_id: req.node_id,
+        state,
+    };
+    let o = node.cluster_write(cluster_request_id(), command).await?;
+    Ok(outcome(o))
 }

@@ -62,7 +62,7 @@ impl RaftService {
     /// guard checks that the replica a message speaks for is on the sending node.
     fn shard(&self, shard_id: ShardId, from: u64) -> Result<Arc<Shard>, Status> {
         let shard = self.node.local_shard(shard_id).map_err(to_status)?;
-        if self.node.cluster.node(from).is_none() {
+        if self.node.map.get().node(from).is_none() {
             return Err(to_status(Error::RaftMessageRefused {
                 shard_id,
                 from_node_id: from,

@@ -23,6 +23,15 @@ pub enum NodeState {
 }
 
 impl NodeState {
+    pub fn parse(s: &str) -> Option<NodeState> {
+        match s {
+            "up" => Some(NodeState::Up),
+            "draining" => Some(NodeState::Draining),
+            "removed" => Some(NodeState::Removed),
+            _ => None,
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             NodeState::Up => "up",
@@ -61,10 +70,11 @@ pub struct MoveRecord {
 /// A change of the cluster map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterCommand {
-    /// The config's nodes, recorded once on a fresh cluster (a no-op when any node is
-    /// recorded already).
+    /// The config's nodes, recorded on a fresh cluster: each one not recorded yet
+    /// (a recorded node, removed ones included, is never changed by a seed).
     Seed { nodes: Vec<NodeRecord> },
-    /// Registers a node (`--join`) or updates its address; refused for a removed id.
+    /// Registers a node (`--join`) or updates its address; refused for a removed id,
+    /// and (for now) before the map is seeded.
     Join { node: NodeRecord },
     /// Changes a recorded node's state; a removed node stays removed.
     SetNodeState { node_id: u64, state: NodeState },
@@ -91,6 +101,8 @@ impl ClusterCommand {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterOutcome {
     Done,
+    /// The map is not seeded yet: try again shortly (the meta leader seeds it).
+    Unseeded,
     /// Nothing changed, for the reason given.
     Refused {
         problem: String,
@@ -109,13 +121,14 @@ pub fn apply<R: Records>(
 ) -> Result<ClusterOutcome, R::Error> {
     Ok(match command {
         ClusterCommand::Seed { nodes } => {
-            if !state.any_node_record()? {
-                for n in nodes {
+            for n in nodes {
+                if state.node_record(n.id)?.is_none() {
                     state.put_node_record(n);
                 }
             }
             ClusterOutcome::Done
         }
+        ClusterCommand::Join { .. } if !state.any_node_record()? => ClusterOutcome::Unseeded,
         ClusterCommand::Join { node } => match state.node_record(node.id)? {
             Some(old) if old.state == NodeState::Removed => refused(format!(
                 "node {} was removed from the cluster; its id is never used again: give the node a new id",
@@ -195,23 +208,49 @@ mod tests {
         apply(s, &c, 5).expect("infallible")
     }
 
-    #[test]
-    fn seeding_happens_once() {
-        let mut s = MemState::default();
-        let seed = |ids: &[u64]| ClusterCommand::Seed {
+    fn seed(ids: &[u64]) -> ClusterCommand {
+        ClusterCommand::Seed {
             nodes: ids.iter().map(|i| node(*i, NodeState::Up)).collect(),
-        };
+        }
+    }
+
+    #[test]
+    fn seeding_adds_missing_nodes_and_never_changes_recorded_ones() {
+        let mut s = MemState::default();
         assert_eq!(run(&mut s, seed(&[1, 2, 3])), ClusterOutcome::Done);
-        assert_eq!(run(&mut s, seed(&[7])), ClusterOutcome::Done);
+        let remove = ClusterCommand::SetNodeState {
+            node_id: 2,
+            state: NodeState::Removed,
+        };
+        run(&mut s, remove);
+        assert_eq!(run(&mut s, seed(&[1, 2, 3, 7])), ClusterOutcome::Done);
         assert_eq!(
             s.cluster_nodes.keys().copied().collect::<Vec<_>>(),
-            [1, 2, 3]
+            [1, 2, 3, 7]
         );
+        assert_eq!(
+            s.cluster_nodes[&2].state,
+            NodeState::Removed,
+            "a seed revives nothing"
+        );
+    }
+
+    #[test]
+    fn a_join_waits_for_the_seed() {
+        let mut s = MemState::default();
+        let join = ClusterCommand::Join {
+            node: node(4, NodeState::Up),
+        };
+        assert_eq!(run(&mut s, join.clone()), ClusterOutcome::Unseeded);
+        assert!(s.cluster_nodes.is_empty());
+        run(&mut s, seed(&[1]));
+        assert_eq!(run(&mut s, join), ClusterOutcome::Done);
     }
 
     #[test]
     fn a_removed_node_id_is_never_registered_again() {
         let mut s = MemState::default();
+        run(&mut s, seed(&[1]));
         run(
             &mut s,
             ClusterCommand::Join {
@@ -242,6 +281,7 @@ mod tests {
     #[test]
     fn a_rejoin_keeps_the_state_and_takes_the_new_address() {
         let mut s = MemState::default();
+        run(&mut s, seed(&[1]));
         run(
             &mut s,
             ClusterCommand::Join {

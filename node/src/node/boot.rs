@@ -73,8 +73,9 @@ pub(super) async fn check_not_wiped(
     Err(StartError::Mismatch(format!(
         "node {node_id}'s data directory is empty, but its replicas had stored entries of a running cluster \
          (shard, reported by node): {evidence:?}. Its data was lost; it cannot come back as its old replicas (their ids \
-         would be reused). Either declare it dead (`stockpile node remove {node_id} --dead`) and start it with \
-         `--join` (it starts empty and receives new replicas by moves), or, while every shard has a leader, \
+         would be reused). Either declare it dead (`stockpile node remove {node_id} --dead`; its replicas are recreated \
+         on other nodes) and add the machine back under a new node id with `--join` (a removed id is never used \
+         again), or, while every shard has a leader, \
          `stockpile cluster allow-rebuild {node_id}` and start it again (docs/OPERATIONS.md)"
     )))
 }

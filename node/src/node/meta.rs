@@ -17,7 +17,7 @@ use crate::inventory::cluster::{
     ClusterCommand, ClusterOutcome, MoveRecord, NodeRecord, NodeState,
 };
 use crate::inventory::{Command, Op, OpGroup, Outcome, RequestId};
-use crate::router::{META_SHARD_ID, ShardId};
+use crate::router::{META_SHARD_ID, NodeEntry, ShardId};
 use crate::storage::ClusterMapRecords;
 
 /// Attempts one cluster-map write makes to find the meta shard's leader (an election
@@ -34,8 +34,14 @@ pub(super) const META_DUTY_INTERVAL_MS: u64 = 1_000;
 const MOVE_SILENT_MS: u64 = 5_000;
 /// How long a driven move may wait for its new learner to catch up.
 const RESUMED_CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+/// Attempts a joining node makes to register (one every second).
+const REGISTER_ATTEMPTS_MAX: u32 = 60;
 /// The request id of the map's seeding: the same on every node, so it applies once.
 const SEED_REQUEST_ID: RequestId = *b"cluster-map-seed";
+
+/// What a cluster-map change came to: applied, or refused with the problem (nothing
+/// changed).
+pub type Applied = Result<(), String>;
 
 /// A fresh random request id for one cluster-map change (retries reuse it).
 pub fn cluster_request_id() -> RequestId {
@@ -49,7 +55,7 @@ impl Node {
         &self,
         request_id: RequestId,
         command: ClusterCommand,
-    ) -> Result<ClusterOutcome, Error> {
+    ) -> Result<Applied, Error> {
         let mut last = String::from("no meta replica known");
         for attempt in 0..CLUSTER_WRITE_ATTEMPTS_MAX {
             if attempt > 0 {
@@ -83,7 +89,7 @@ impl Node {
         &self,
         request_id: RequestId,
         command: ClusterCommand,
-    ) -> Result<ClusterOutcome, Error> {
+    ) -> Result<Applied, Error> {
         let meta = self.local_shard(META_SHARD_ID)?;
         let group = OpGroup {
             atomic: false,
@@ -94,7 +100,12 @@ impl Node {
         };
         let proposed = meta.propose(group).await?;
         match proposed.results.into_iter().next().map(|r| r.outcome) {
-            Some(Outcome::Cluster(outcome)) => Ok(outcome),
+            Some(Outcome::Cluster(ClusterOutcome::Done)) => Ok(Ok(())),
+            Some(Outcome::Cluster(ClusterOutcome::Refused { problem })) => Ok(Err(problem)),
+            Some(Outcome::Cluster(ClusterOutcome::Unseeded)) => Err(Error::ShardUnavailable {
+                shard_id: META_SHARD_ID,
+                reason: "the cluster map is not seeded yet (the meta leader seeds it)".into(),
+            }),
             Some(Outcome::Rejected(r)) => Err(r.into()),
             other => Err(Error::internal(format!(
                 "a cluster command came back as {other:?}"
@@ -121,7 +132,7 @@ impl Node {
         target: u64,
         request_id: RequestId,
         command: &ClusterCommand,
-    ) -> Result<ClusterOutcome, String> {
+    ) -> Result<Applied, String> {
         let addr = self
             .map
             .get()
@@ -140,11 +151,9 @@ impl Node {
             .map_err(|s| s.message().to_string())?
             .into_inner();
         Ok(if reply.done {
-            ClusterOutcome::Done
+            Ok(())
         } else {
-            ClusterOutcome::Refused {
-                problem: reply.problem,
-            }
+            Err(reply.problem)
         })
     }
 
@@ -201,15 +210,9 @@ impl Node {
             step: step.to_string(),
             updated_ms: 0,
         };
-        match self
-            .cluster_write(cluster_request_id(), ClusterCommand::Move { record })
+        self.cluster_write(cluster_request_id(), ClusterCommand::Move { record })
             .await?
-        {
-            ClusterOutcome::Done => Ok(()),
-            ClusterOutcome::Refused { problem } => {
-                Err(super::refused(shard_id, self.id, "record", problem))
-            }
-        }
+            .map_err(|problem| super::refused(shard_id, self.id, "record", problem))
     }
 
     /// Forgets a recorded move (it finished or was undone).
@@ -224,12 +227,89 @@ impl Node {
             .map(|_| ())
     }
 
+    /// Takes the cluster map's nodes (those not removed) as this node's book of
+    /// nodes: joined nodes become reachable, removed ones are refused.
+    pub(super) async fn follow_cluster_nodes(&self) {
+        let Ok(records) = self.cluster_map().await else {
+            return;
+        };
+        if records.nodes.is_empty() {
+            return;
+        }
+        let nodes = records
+            .nodes
+            .into_iter()
+            .filter(|n| n.state != NodeState::Removed)
+            .map(|n| {
+                let entry = NodeEntry {
+                    id: n.id,
+                    addr: n.addr,
+                    region: n.region,
+                    zone: n.zone,
+                };
+                (n.id, entry)
+            })
+            .collect();
+        if self.map.update_nodes(nodes) {
+            let ids: Vec<u64> = self.map.get().nodes().map(|n| n.id).collect();
+            tracing::info!(nodes = ?ids, "the node book follows the cluster map");
+        }
+    }
+
+    /// Registers this node in the cluster map through one of `via` (host:port of
+    /// running nodes; the config's other nodes when empty), retrying for a while.
+    /// Err: refused for good (a removed id), or nobody answered.
+    pub async fn register(&self, via: &[String]) -> Result<(), String> {
+        let via: Vec<String> = if via.is_empty() {
+            self.cluster
+                .nodes
+                .iter()
+                .filter(|n| n.id != self.id)
+                .map(|n| n.addr.clone())
+                .collect()
+        } else {
+            via.to_vec()
+        };
+        let info = pb::NodeInfo {
+            node_id: self.id,
+            addr: self.me.addr.clone(),
+            region: self.me.region.clone(),
+            zone: self.me.zone.clone(),
+        };
+        let mut last = String::from("no address to join through");
+        for attempt in 0..REGISTER_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(CLUSTER_WRITE_RETRY_MS * 5)).await;
+            }
+            let addr = &via[attempt as usize % via.len().max(1)];
+            let call = async {
+                let mut client = AdminClient::new(self.peers.channel_to(addr)?);
+                let mut request = tonic::Request::new(pb::JoinClusterRequest {
+                    node: Some(info.clone()),
+                });
+                request.set_timeout(Duration::from_millis(CLUSTER_CALL_TIMEOUT_MS * 3));
+                client
+                    .join_cluster(request)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_string())
+            };
+            match call.await {
+                Ok(r) if r.registered => return Ok(()),
+                Ok(r) => return Err(r.problem),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(format!("no node registered this one: {last}"))
+    }
+
     /// The meta leader's duties, once: seed the map from the config, then drive every
     /// silent move again (each in its own task; `driving` keeps one per shard).
     pub(super) async fn meta_duties(
         self: &std::sync::Arc<Self>,
         driving: &std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>>,
     ) {
+        self.follow_cluster_nodes().await;
         let Ok(meta) = self.local_shard(META_SHARD_ID) else {
             return;
         };
@@ -239,7 +319,8 @@ impl Node {
         let Ok(records) = meta.reader.cluster_map() else {
             return;
         };
-        if records.nodes.is_empty() {
+        let recorded = |id: u64| records.nodes.iter().any(|n| n.id == id);
+        if !self.cluster.nodes.iter().all(|n| recorded(n.id)) {
             let seed = ClusterCommand::Seed {
                 nodes: self.cluster.nodes.iter().map(seed_record).collect(),
             };
@@ -347,12 +428,7 @@ fn seed_record(n: &crate::config::NodeConfig) -> NodeRecord {
 
 /// The reply's records (a peer's answer to ClusterMap).
 fn records_from_pb(reply: &pb::ClusterMapReply) -> Result<ClusterMapRecords, String> {
-    let state = |s: &str| match s {
-        "up" => Ok(NodeState::Up),
-        "draining" => Ok(NodeState::Draining),
-        "removed" => Ok(NodeState::Removed),
-        other => Err(format!("unknown node state {other:?}")),
-    };
+    let state = |s: &str| NodeState::parse(s).ok_or_else(|| format!("unknown node state {s:?}"));
     let nodes = reply
         .nodes
         .iter()

@@ -29,7 +29,7 @@ mod meta;
 mod moves;
 mod replicas;
 
-pub use meta::{cluster_request_id, records_to_pb};
+pub use meta::{Applied, cluster_request_id, records_to_pb};
 pub use moves::{MoveOptions, MoveReport};
 use replicas::spawn_map_follower;
 

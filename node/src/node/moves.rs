@@ -92,7 +92,7 @@ impl Node {
         shard_id: ShardId,
         o: MoveOptions,
     ) -> Result<MoveReport, Error> {
-        self.check_move(shard_id, &o)?;
+        self.check_move(shard_id, &o).await?;
         self.local_shard(shard_id)?.check_leader()?;
         let _running = self.start_running(shard_id)?;
         self.record_move(shard_id, &o, "started").await?;
@@ -229,9 +229,13 @@ impl Node {
         }
     }
 
-    fn check_move(&self, shard_id: ShardId, o: &MoveOptions) -> Result<(), Error> {
+    async fn check_move(&self, shard_id: ShardId, o: &MoveOptions) -> Result<(), Error> {
         for node_id in [o.from, o.to] {
-            if self.cluster.node(node_id).is_none() {
+            if self.map.get().node(node_id).is_none() {
+                // A node that joined a moment ago: this node's book may lag the map.
+                self.follow_cluster_nodes().await;
+            }
+            if self.map.get().node(node_id).is_none() {
                 return Err(Error::NodeNotFound { node_id });
             }
         }
@@ -395,9 +399,10 @@ impl Node {
     }
 
     fn addr_of(&self, node_id: u64) -> Result<String, Error> {
-        self.cluster
-            .node(node_id)
-            .map(|n| n.addr.clone())
+        self.map
+            .get()
+            .addr(node_id)
+            .map(str::to_string)
             .ok_or(Error::NodeNotFound { node_id })
     }
 

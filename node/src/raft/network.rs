@@ -119,6 +119,14 @@ impl PeerPool {
         {
             return Ok(ch.clone());
         }
+        let channel = self.channel_to(addr)?;
+        channels.insert(target, (addr.to_string(), channel.clone()));
+        Ok(channel)
+    }
+
+    /// A new channel to `addr`, not kept (for a node whose id is not known yet: the
+    /// addresses a joining node was given).
+    pub fn channel_to(&self, addr: &str) -> Result<Channel, String> {
         let tls = self
             .tls
             .lock()
@@ -138,9 +146,7 @@ impl PeerPool {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
-        channels.insert(target, (addr.to_string(), channel.clone()));
-        Ok(channel)
+        Ok(endpoint.connect_lazy())
     }
 }
 

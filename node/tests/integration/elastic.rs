@@ -1,8 +1,10 @@
-//! The cluster changes shape while it sells (issue: Elastic cluster I): replicas move
-//! to a node that held none, a node is drained and stopped, a killed node is declared
-//! dead and its replicas are recreated from the survivors; all under continuous
+//! The cluster changes shape while it sells (issue: Elastic cluster I): nodes that no
+//! other node's config lists join through the meta shard, replicas move to them, a
+//! node is drained and removed, a killed node is declared dead and its replicas are
+//! recreated from the survivors, a removed id cannot come back; all under continuous
 //! decrements, with no acknowledged write lost, every replica converged, and a request
-//! id recognised after every first replica of its shard was replaced.
+//! id recognised after every first replica of its shard was replaced. And a move whose
+//! driver dies with the meta leader is finished by the new meta leader.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,7 +42,11 @@ impl Load {
                 let k = i % skus.len();
                 match client.decrement(&skus[k], 1).await {
                     Ok(_) => a[k].fetch_add(1, Ordering::Relaxed),
-                    Err(e) if e.is_definite() => panic!("decrement {}: {e}", skus[k]),
+                    Err(e) if e.is_definite() => panic!(
+                        "decrement {}: {e}; the client's map: {:?}",
+                        skus[k],
+                        client.shard_map()
+                    ),
                     Err(e) => {
                         if u[k].load(Ordering::Relaxed) < 3 {
                             eprintln!("elastic: unknown outcome: {e}");
@@ -140,15 +146,68 @@ async fn refuses_bad_moves(client: &Client) {
     );
 }
 
+/// Node `id` (not in the others' config) starts with `--join` through `via` and is
+/// registered in the cluster map; returns once every running node's map knows it.
+async fn join(cluster: &mut TestCluster, client: &Client, id: u64, via: u64) {
+    cluster.add_node(id);
+    let via = cluster.addrs[&via].clone();
+    cluster.start_node_with(id, &["--join", &via]);
+    eventually(Duration::from_secs(30), || async {
+        let map = client.cluster_map().await?;
+        let status = client.cluster_status().await?;
+        let known = status
+            .nodes
+            .iter()
+            .any(|v| v.node.as_ref().is_some_and(|n| n.node_id == id) && v.reachable);
+        match map.nodes.iter().find(|n| n.node_id == id) {
+            Some(n) if n.state == "up" && known => Ok(()),
+            other => Err(Error::Unavailable {
+                message: format!("node {id} not registered yet: {other:?}"),
+            }),
+        }
+    })
+    .await;
+}
+
+/// The state the cluster map records for `node`.
+async fn state_of(client: &Client, node: u64) -> String {
+    let map = client.cluster_map().await.expect("cluster map");
+    map.nodes
+        .iter()
+        .find(|n| n.node_id == node)
+        .map(|n| n.state.clone())
+        .unwrap_or_default()
+}
+
+/// Every shard's voters, sorted, are `expected`.
+fn all_on(now: &BTreeMap<u64, Vec<u64>>, expected: &[u64]) -> bool {
+    now.values().all(|v| {
+        let mut v = v.clone();
+        v.sort_unstable();
+        v == expected
+    })
+}
+
+/// A node restarted empty under an id that was removed cannot join: refused, saying why.
+async fn removed_id_is_refused(cluster: &mut TestCluster, id: u64) {
+    cluster.wipe(id);
+    let via = cluster.addrs[&3].clone();
+    cluster.start_node_with(id, &["--join", &via]);
+    assert_ne!(cluster.wait_exit(id, Duration::from_secs(30)), Some(0));
+    let log = std::fs::read_to_string(cluster.log_path(id)).expect("log");
+    assert!(log.contains("never used again"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_move_drain_and_repair_while_the_store_sells() {
     let mut cluster = TestCluster::start(Options {
-        nodes: 4,
-        shard_replicas: Some([vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3]]),
+        nodes: 3,
         ..Options::default()
     });
     let client = cluster.client().await;
     cluster.wait_leaders(&client).await;
+    // Node 4 is in no other node's config: it registers through node 1.
+    join(&mut cluster, &client, 4, 1).await;
     assert!(
         shards_on(&client, 4).await.is_empty(),
         "node 4 starts empty"
@@ -197,8 +256,8 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
     );
     cluster.adopt(&replicas(&client).await);
 
-    // 2. Drain node 1 while it sells: no replica, no leadership; stopping it costs
-    //    nothing.
+    // 2. Drain node 1 while it sells: no replica, no leadership, removed from the
+    //    map; stopping it costs nothing.
     let moves = client.drain_node(1, false).await.expect("drain");
     assert_eq!(moves.len(), SHARDS_WITH_META, "{moves:?}");
     assert!(
@@ -209,26 +268,24 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         shards_on(&client, 1).await.is_empty(),
         "node 1 holds nothing"
     );
+    assert_eq!(state_of(&client, 1).await, "removed");
     let now = replicas(&client).await;
-    assert!(now.values().all(|v| !v.contains(&1)), "{now:?}");
+    assert!(all_on(&now, &[2, 3, 4]), "{now:?}");
     cluster.adopt(&now);
     cluster.stop(1);
     load.sells(100).await;
 
-    // 3. Node 1 comes back empty (its records say it holds nothing); node 2 is killed
-    //    and declared dead: every shard is back to three replicas, on 1, 3 and 4.
-    cluster.start_node(1);
+    // 3. Node 5 joins; node 2 is killed and declared dead: every shard is back to
+    //    three replicas, on 3, 4 and 5. Node 2's id cannot come back.
+    join(&mut cluster, &client, 5, 3).await;
     cluster.kill9(2);
     let moves = client.drain_node(2, true).await.expect("remove --dead");
     assert_eq!(moves.len(), SHARDS_WITH_META, "{moves:?}");
     let now = replicas(&client).await;
-    for voters in now.values() {
-        let mut v = voters.clone();
-        v.sort_unstable();
-        assert_eq!(v, vec![1, 3, 4], "{now:?}");
-    }
+    assert!(all_on(&now, &[3, 4, 5]), "{now:?}");
     cluster.adopt(&now);
     load.sells(100).await;
+    removed_id_is_refused(&mut cluster, 2).await;
 
     // 4. A node holding moved replicas restarts and rejoins them.
     cluster.stop(4);
@@ -237,35 +294,24 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
     cluster.wait_leaders(&client).await;
     load.sells(50).await;
 
-    // 5. Node 3 loses its data and restarts with its old identity: refused, saying
-    //    what to do. Node 2 (declared dead above) comes back empty with `--join`;
-    //    node 3 is declared dead, its replicas recreated on node 2, and it too comes
-    //    back empty with `--join`.
-    cluster.kill9(3);
-    cluster.wipe(3);
-    cluster.start_node(3);
-    assert_ne!(cluster.wait_exit(3, Duration::from_secs(20)), Some(0));
-    let log = std::fs::read_to_string(cluster.log_path(3)).expect("log");
+    // 5. Node 4 loses its data and restarts with its old identity: refused, saying
+    //    what to do (node 3, in its config, answers its probe). It is declared dead;
+    //    node 6 joins and takes its replicas.
+    cluster.kill9(4);
+    cluster.wipe(4);
+    cluster.start_node(4);
+    assert_ne!(cluster.wait_exit(4, Duration::from_secs(20)), Some(0));
+    let log = std::fs::read_to_string(cluster.log_path(4)).expect("log");
     assert!(
         log.contains("cannot come back as its old replicas") && log.contains("--join"),
         "{log}"
     );
-    cluster.wipe(2);
-    cluster.start_node_with(2, &["--join"]);
-    let moves = client.drain_node(3, true).await.expect("remove 3 --dead");
-    assert!(moves.iter().all(|m| m.to == 2), "{moves:?}");
-    cluster.wipe(3);
-    cluster.start_node_with(3, &["--join"]);
+    join(&mut cluster, &client, 6, 3).await;
+    let moves = client.drain_node(4, true).await.expect("remove 4 --dead");
+    assert!(moves.iter().all(|m| m.to == 6), "{moves:?}");
     let now = replicas(&client).await;
-    assert!(
-        now.values().all(|v| !v.contains(&3) && v.contains(&2)),
-        "{now:?}"
-    );
+    assert!(all_on(&now, &[3, 5, 6]), "{now:?}");
     cluster.adopt(&now);
-    assert!(
-        shards_on(&client, 3).await.is_empty(),
-        "node 3 joined empty"
-    );
     load.sells(50).await;
 
     // Shard 1's first replicas (on nodes 1, 2, 3) have all been replaced by now.

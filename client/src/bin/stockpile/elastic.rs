@@ -36,6 +36,13 @@ pub async fn shard(client: &Client, cmd: ShardCmd, json: bool) -> Result<(), Err
 
 async fn list(client: &Client, json: bool) -> Result<(), Error> {
     let status = client.cluster_status().await?;
+    let map = client.cluster_map().await?;
+    let state_of = |id: u64| {
+        map.nodes
+            .iter()
+            .find(|n| n.node_id == id)
+            .map_or("unregistered".to_string(), |n| n.state.clone())
+    };
     let replicas = client.shard_replicas().await?;
     let mut held: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
     for n in replicas.values().flatten() {
@@ -60,23 +67,24 @@ async fn list(client: &Client, json: bool) -> Result<(), Error> {
             .iter()
             .map(|(n, up, r, l)| {
                 json!({"node_id": n.node_id, "addr": n.addr, "region": n.region, "zone": n.zone,
-                       "up": up, "replicas": r, "leaders": l})
+                       "up": up, "state": state_of(n.node_id), "replicas": r, "leaders": l})
             })
             .collect();
         print_json(&json!(rows));
         return Ok(());
     }
     println!(
-        "{:<5} {:<22} {:<12} {:<6} {:<5} {:>8} {:>7}",
-        "NODE", "ADDRESS", "REGION", "ZONE", "STATE", "REPLICAS", "LEADERS"
+        "{:<5} {:<22} {:<12} {:<6} {:<9} {:<5} {:>8} {:>7}",
+        "NODE", "ADDRESS", "REGION", "ZONE", "STATE", "REACH", "REPLICAS", "LEADERS"
     );
     for (n, up, r, l) in rows {
         println!(
-            "{:<5} {:<22} {:<12} {:<6} {:<5} {:>8} {:>7}",
+            "{:<5} {:<22} {:<12} {:<6} {:<9} {:<5} {:>8} {:>7}",
             n.node_id,
             n.addr,
             n.region,
             n.zone,
+            state_of(n.node_id),
             if up { "up" } else { "down" },
             r,
             l
@@ -99,11 +107,11 @@ async fn evacuate(
     if dry_run {
         return Ok(());
     }
-    let mut done = Vec::with_capacity(plan.len());
-    for m in &plan {
-        done.push(client.move_replica(m.shard_id, m.from, m.to, dead).await?);
-    }
+    let done = client.evacuate(node, dead, &plan).await?;
     show_moves(json, &done);
+    if !json {
+        println!("node {node} is removed from the cluster: its id is never used again");
+    }
     Ok(())
 }
 

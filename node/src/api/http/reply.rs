@@ -109,8 +109,7 @@ fn redirect_target(node: &Node, uri: &Uri, detail: &pb::ErrorDetail) -> Option<H
             .replica_ids
             .iter()
             .find(|id| **id != node.id)
-            .and_then(|id| node.cluster.node(*id))
-            .map(|n| n.addr.clone())?,
+            .and_then(|id| node.map.get().addr(*id).map(str::to_string))?,
         _ => return None,
     };
     let scheme = if node.security.tls_on() {

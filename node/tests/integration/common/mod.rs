@@ -22,6 +22,10 @@ static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 pub use stockpile_node::config::topology::SKU_PER_SHARD as SHARD_SKUS;
 use stockpile_node::config::topology::{NodeSpec, Topology, standard_replicas};
 
+/// Node ids past `Options::nodes` that get certificates too, for nodes added later
+/// with `TestCluster::add_node`.
+pub const SPARE_NODE_IDS: u64 = 3;
+
 /// Raft groups in a test cluster: the meta shard and the four SKU shards.
 pub const SHARDS_WITH_META: usize = 5;
 
@@ -72,6 +76,9 @@ pub struct TestCluster {
     pub tls: bool,
     /// Arguments every node is started with (`Options::node_args`).
     node_args: Vec<&'static str>,
+    /// Config files of nodes added later (`add_node`): the shared file plus their
+    /// own entry; the other nodes' file does not list them.
+    own_configs: BTreeMap<u64, PathBuf>,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -132,7 +139,7 @@ impl TestCluster {
             .clone()
             .unwrap_or_else(|| standard_replicas(opts.nodes));
         let security = if opts.tls {
-            issue_certs(&dir.path().join("certs"), opts.nodes)
+            issue_certs(&dir.path().join("certs"), opts.nodes + SPARE_NODE_IDS)
         } else {
             String::new()
         };
@@ -164,6 +171,7 @@ impl TestCluster {
             meta_replicas,
             tls: opts.tls,
             node_args: opts.node_args.clone(),
+            own_configs: BTreeMap::new(),
             _lock: lock,
         };
         for id in cluster.addrs.keys().copied().collect::<Vec<_>>() {
@@ -188,9 +196,10 @@ impl TestCluster {
             .append(true)
             .open(self.log_path(id))
             .expect("log file");
+        let config = self.own_configs.get(&id).unwrap_or(&self.config);
         let child = Command::new(env!("CARGO_BIN_EXE_stockpile-node"))
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .arg("--node-id")
             .arg(id.to_string())
             .args(&self.node_args)
@@ -201,6 +210,27 @@ impl TestCluster {
             .spawn()
             .expect("spawn stockpile-node");
         self.children.insert(id, child);
+    }
+
+    /// Prepares node `id`, which the cluster's shared config does not list: its own
+    /// config file is the shared one plus its `[[nodes]]` entry (start it with
+    /// `start_node_with(id, &["--join", ...])`). Certificates exist for
+    /// `SPARE_NODE_IDS` ids past the first nodes.
+    pub fn add_node(&mut self, id: u64) {
+        assert!(!self.addrs.contains_key(&id), "node {id} exists");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        let mut text = std::fs::read_to_string(&self.config).expect("read config");
+        text += &format!(
+            "\n[[nodes]]\nid = {id}\naddr = {addr:?}\nregion = \"local\"\nzone = \"z{id}\"\ndata_dir = {:?}\nmetrics_addr = {metrics:?}\n",
+            data_dir.display().to_string()
+        );
+        let path = self.dir.path().join(format!("cluster-node-{id}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        self.own_configs.insert(id, path);
+        self.addrs.insert(id, addr);
+        self.metrics_addrs.insert(id, metrics);
     }
 
     /// `kill -9`: no chance to clean up.
