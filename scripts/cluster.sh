@@ -7,6 +7,9 @@
 #   scripts/cluster.sh stop N [CONFIG]   stop node N (SIGTERM, then SIGKILL); the others keep running
 #   scripts/cluster.sh kill N [CONFIG]   kill -9 node N (for demonstrations)
 #   scripts/cluster.sh start N [CONFIG]  start node N again on its data
+#   scripts/cluster.sh join N CONFIG [ADDR,...]  start node N (listed in CONFIG, not in the
+#                                        others' configs) with --join: it registers in the
+#                                        cluster map through ADDR (default: CONFIG's other nodes)
 #
 # CONFIG defaults to cluster-config/local-3node.toml. Data and logs live under
 # ./data/ (each node's data_dir from the config; logs in data/logs, PIDs in data/pids).
@@ -18,8 +21,9 @@ cd "$(dirname "$0")/.."
 cmd=${1:-}
 case "$cmd" in
   stop|kill|start) node_arg=${2:?"usage: $0 $cmd NODE_ID [CONFIG]"}; config=${3:-cluster-config/local-3node.toml} ;;
+  join) node_arg=${2:?"usage: $0 join NODE_ID CONFIG [ADDR,...]"}; config=${3:?"usage: $0 join NODE_ID CONFIG [ADDR,...]"}; join_via=${4:-} ;;
   up|down|status) config=${2:-cluster-config/local-3node.toml} ;;
-  *) echo "usage: $0 up|down|status [CONFIG] | stop|kill|start NODE_ID [CONFIG]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status [CONFIG] | stop|kill|start NODE_ID [CONFIG] | join NODE_ID CONFIG [ADDR,...]" >&2; exit 2 ;;
 esac
 [ -f "$config" ] || { echo "no such config: $config" >&2; exit 2; }
 
@@ -70,8 +74,9 @@ running() { [ -f "$pids/node-$1.pid" ] && kill -0 "$(cat "$pids/node-$1.pid")" 2
 
 start_node() {
   local id=$1
+  shift
   if running "$id"; then echo "node $id already running (pid $(cat "$pids/node-$id.pid"))"; return; fi
-  nohup "$bin/stockpile-node" --config "$config" --node-id "$id" >>"$logs/node-$id.log" 2>&1 &
+  nohup "$bin/stockpile-node" --config "$config" --node-id "$id" "$@" >>"$logs/node-$id.log" 2>&1 &
   echo $! >"$pids/node-$id.pid"
   echo "node $id started (pid $!, log $logs/node-$id.log)"
 }
@@ -105,7 +110,12 @@ case "$cmd" in
     echo "cluster up: every shard has a leader. Endpoints: $(endpoints)"
     ;;
   down)
+    # The config's nodes, and any node this script started besides (joined ones).
     while read -r id _; do stop_node "$id"; done < <(nodes)
+    for f in "$pids"/node-*.pid; do
+      [ -e "$f" ] || continue
+      id=${f##*/node-}; stop_node "${id%.pid}"
+    done
     ;;
   stop)
     if running "$node_arg"; then stop_node "$node_arg"; else echo "node $node_arg is not running"; fi
@@ -118,5 +128,9 @@ case "$cmd" in
     ;;
   start)
     start_node "$node_arg"
+    ;;
+  join)
+    via=${join_via:-$(nodes | awk -v me="$node_arg" '$1 != me {print $2}' | paste -sd, -)}
+    start_node "$node_arg" --join "$via"
     ;;
 esac

@@ -2,7 +2,8 @@
 # The main job: build Stockpile, start a local 3-node cluster (RocksDB data under
 # ./data/), load sample stock, sell it concurrently through the client, kill -9 the
 # leader of a shard, show that the cluster keeps serving, restart the node and show
-# that it caught up. Ends with the cluster stopped unless --keep is given.
+# that it caught up; then a 4th node joins and node 1 is drained and removed while
+# sales continue. Ends with the cluster stopped unless --keep is given.
 #
 #   scripts/demo.sh          run the demonstration (starts from empty data)
 #   scripts/demo.sh --keep   leave the cluster running afterwards (stop: scripts/cluster.sh down)
@@ -41,7 +42,7 @@ say "built target/release/stockpile-node and target/release/stockpile"
 
 step "Starting a local 3-node cluster ($config)"
 scripts/cluster.sh down "$config" >/dev/null 2>&1 || true
-rm -rf data/node-1 data/node-2 data/node-3
+rm -rf data/node-1 data/node-2 data/node-3 data/node-4
 trap cleanup EXIT
 scripts/cluster.sh up "$config"
 # The cluster serves mutual TLS; the CLI is the `admin` identity the first `up` made.
@@ -110,6 +111,35 @@ cli stock get nectarine-white orange-navel peach-flat --from-node "$leader"
 if [ "$a" = "$b" ]; then say "node $leader matches the leaders' linearizable reads: caught up"; else say "node $leader has NOT caught up"; exit 1; fi
 cli cluster status
 
+step "Growing and shrinking while it sells: node 4 joins, node 1 is drained and removed"
+cfg4=data/node-4.toml
+{ cat "$config"; printf '\n[[nodes]]\nid = 4\naddr = "127.0.0.1:7004"\nmetrics_addr = "127.0.0.1:9004"\nregion = "local"\nzone = "d"\ndata_dir = "data/node-4"\n'; } >"$cfg4"
+cli certs node data/certs/local-3node 4 >/dev/null
+say "node 4's config ($cfg4) is the cluster's file plus its own [[nodes]] entry; nodes 1-3 keep theirs"
+say "the cluster map before (held by the meta shard, shard 0):"
+cli cluster map
+scripts/cluster.sh join 4 "$cfg4" 127.0.0.1:7001
+for _ in $(seq 1 100); do cli --json node list 2>/dev/null | grep -q '"node_id": *4' && break; sleep 0.2; done
+cli stock set melon-sale 1000 >/dev/null
+rm -f data/sales.stop data/sales.log
+( while [ ! -e data/sales.stop ]; do
+    if cli stock decrement melon-sale 1 >/dev/null 2>>data/sales.log; then echo ok >>data/sales.log; else echo FAILED >>data/sales.log; fi
+  done ) &
+sales=$!
+say "selling melon-sale one unit at a time in the background; draining node 1 (every replica, the meta shard's too):"
+cli node drain 1
+scripts/cluster.sh stop 1 "$config"
+say "node 1 stopped: it held no replica and no leadership any more"
+sleep 1
+touch data/sales.stop; wait "$sales" || true
+sold=$(grep -c '^ok$' data/sales.log || true); failed=$(grep -c '^FAILED$' data/sales.log || true)
+say "sales during the drain: $sold succeeded, $failed failed"
+cli stock get melon-sale
+say "the cluster map after (node 1 removed, node 4 up):"
+cli cluster map
+cli node list
+[ "$failed" = 0 ] || { say "a sale failed during the drain"; exit 1; }
+
 step "Done"
 say "try: . data/certs/local-3node/env.sh; target/release/stockpile --help    (the CLI; README.md has a tour)"
-say "HTTP/JSON: docs/HTTP.md (curl tour); web console: https://127.0.0.1:7001/ui (scripts/demo.sh --keep)"
+say "HTTP/JSON: docs/HTTP.md (curl tour); web console: https://127.0.0.1:7002/ui (scripts/demo.sh --keep)"
