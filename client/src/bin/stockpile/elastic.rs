@@ -1,5 +1,6 @@
-//! `stockpile node list|drain|remove` and `stockpile shard move`: the cluster's shape
-//! changed while it serves. Each command says what it will do, then what it did.
+//! `stockpile node list|drain|remove`, `stockpile shard move` and `stockpile cluster
+//! map`: the cluster's shape, shown and changed while it serves. Each command that
+//! changes it says what it will do, then what it did.
 
 use std::collections::BTreeMap;
 
@@ -145,4 +146,89 @@ fn show_moves(json: bool, done: &[MoveReport]) {
             println!("  - {step}");
         }
     }
+}
+
+/// `cluster map`: the shard map and the meta shard's records (node states, moves).
+pub async fn print_cluster_map(client: &Client, json: bool) -> Result<(), Error> {
+    let map = client.shard_map();
+    // The meta shard's records: node states and moves under way.
+    let meta = client.cluster_map().await?;
+    let state_of = |id: u64| {
+        meta.nodes
+            .iter()
+            .find(|n| n.node_id == id)
+            .map_or("unregistered", |n| n.state.as_str())
+    };
+    if json {
+        let mut v = json!(map);
+        v["node_states"] = json!(
+            meta.nodes
+                .iter()
+                .map(|n| (n.node_id.to_string(), n.state.clone()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        );
+        v["moves"] = json!(meta
+            .moves
+            .iter()
+            .map(|m| json!({"shard_id": m.shard_id, "from": m.from_node_id, "to": m.to_node_id, "from_dead": m.from_dead, "step": m.step}))
+            .collect::<Vec<_>>());
+        v["meta_leader_id"] = json!(meta.meta_leader_id);
+        print_json(&v);
+    } else {
+        println!(
+            "epoch {}  (meta shard led by node {})",
+            map.epoch, meta.meta_leader_id
+        );
+        // The meta shard's node records (removed nodes too), else the map's.
+        let nodes: Vec<(u64, &str, &str, &str)> = if meta.nodes.is_empty() {
+            map.nodes
+                .values()
+                .map(|n| {
+                    (
+                        n.node_id,
+                        n.addr.as_str(),
+                        n.region.as_str(),
+                        n.zone.as_str(),
+                    )
+                })
+                .collect()
+        } else {
+            meta.nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.node_id,
+                        n.addr.as_str(),
+                        n.region.as_str(),
+                        n.zone.as_str(),
+                    )
+                })
+                .collect()
+        };
+        for (id, addr, region, zone) in nodes {
+            println!(
+                "node {id:<3} {addr:<22} region {region:<10} zone {zone:<6} {}",
+                state_of(id)
+            );
+        }
+        if let Some(m) = &map.meta {
+            println!(
+                "shard 0   (meta: the cluster map) replicas {:?}",
+                m.replicas
+            );
+        }
+        for s in &map.shards {
+            println!(
+                "shard {:<3} [{:?}, {:?}) replicas {:?}",
+                s.shard_id, s.start, s.end, s.replicas
+            );
+        }
+        for m in &meta.moves {
+            println!(
+                "move  shard {} from node {} to node {}: {}",
+                m.shard_id, m.from_node_id, m.to_node_id, m.step
+            );
+        }
+    }
+    Ok(())
 }
