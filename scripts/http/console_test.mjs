@@ -27,10 +27,11 @@ try {
   const nodes = await page.$$eval("tr[data-node-id]", (rows) => rows.length).catch(() => 0);
   await page.waitForFunction(() =>
     document.querySelectorAll("tr[data-node-id][data-state=up]").length === 3 &&
-    document.querySelectorAll("tr[data-shard-id]").length === 4 &&
+    // The meta shard (0, the cluster map) and the four SKU shards.
+    document.querySelectorAll("tr[data-shard-id]").length === 5 &&
     [...document.querySelectorAll("tr[data-shard-id]")].every((r) => r.dataset.leader !== "0"),
     null, { timeout: WAIT_MS });
-  console.log(`console: 3 nodes up, 4 shards with leaders (first paint had ${nodes} node rows)`);
+  console.log(`console: 3 nodes up, 5 shards (meta + 4) with leaders (first paint had ${nodes} node rows)`);
 
   // Sales made from the page's own origin show up in the tables.
   const statuses = await page.evaluate(async (t) => {
