@@ -133,13 +133,7 @@ impl Node {
         request_id: RequestId,
         command: &ClusterCommand,
     ) -> Result<Applied, String> {
-        let addr = self
-            .map
-            .get()
-            .addr(target)
-            .ok_or_else(|| format!("node {target} has no known address"))?
-            .to_string();
-        let mut client = AdminClient::new(self.peers.channel(target, &addr)?);
+        let mut client = self.admin_of(target)?;
         let mut request = tonic::Request::new(pb::ClusterProposeRequest {
             request_id: request_id.to_vec(),
             command: codec::encode(command).map_err(|e| e.to_string())?,
@@ -155,6 +149,17 @@ impl Node {
         } else {
             Err(reply.problem)
         })
+    }
+
+    /// The Admin service of node `target`, at the address this node's book has.
+    fn admin_of(&self, target: u64) -> Result<AdminClient<tonic::transport::Channel>, String> {
+        let addr = self
+            .map
+            .get()
+            .addr(target)
+            .ok_or_else(|| format!("node {target} has no known address"))?
+            .to_string();
+        Ok(AdminClient::new(self.peers.channel(target, &addr)?))
     }
 
     /// The cluster map from this node's meta replica (its applied state), or from a
@@ -177,13 +182,7 @@ impl Node {
     }
 
     async fn cluster_map_on(&self, target: u64) -> Result<ClusterMapRecords, String> {
-        let addr = self
-            .map
-            .get()
-            .addr(target)
-            .ok_or_else(|| format!("node {target} has no known address"))?
-            .to_string();
-        let mut client = AdminClient::new(self.peers.channel(target, &addr)?);
+        let mut client = self.admin_of(target)?;
         let mut request = tonic::Request::new(pb::ClusterMapRequest {});
         request.set_timeout(Duration::from_millis(CLUSTER_CALL_TIMEOUT_MS));
         let reply = client
@@ -396,11 +395,8 @@ impl Node {
                 Some(l) if attempt.is_multiple_of(2) => l,
                 _ => replicas[attempt as usize % replicas.len().max(1)],
             };
-            let Some(addr) = self.map.get().addr(target).map(str::to_string) else {
-                continue;
-            };
             let call = async {
-                let mut client = AdminClient::new(self.peers.channel(target, &addr)?);
+                let mut client = self.admin_of(target)?;
                 client
                     .move_replica(tonic::Request::new(request))
                     .await

@@ -153,12 +153,6 @@ pub async fn print_cluster_map(client: &Client, json: bool) -> Result<(), Error>
     let map = client.shard_map();
     // The meta shard's records: node states and moves under way.
     let meta = client.cluster_map().await?;
-    let state_of = |id: u64| {
-        meta.nodes
-            .iter()
-            .find(|n| n.node_id == id)
-            .map_or("unregistered", |n| n.state.as_str())
-    };
     if json {
         let mut v = json!(map);
         v["node_states"] = json!(
@@ -179,36 +173,11 @@ pub async fn print_cluster_map(client: &Client, json: bool) -> Result<(), Error>
             "epoch {}  (meta shard led by node {})",
             map.epoch, meta.meta_leader_id
         );
-        // The meta shard's node records (removed nodes too), else the map's.
-        let nodes: Vec<(u64, &str, &str, &str)> = if meta.nodes.is_empty() {
-            map.nodes
-                .values()
-                .map(|n| {
-                    (
-                        n.node_id,
-                        n.addr.as_str(),
-                        n.region.as_str(),
-                        n.zone.as_str(),
-                    )
-                })
-                .collect()
-        } else {
-            meta.nodes
-                .iter()
-                .map(|n| {
-                    (
-                        n.node_id,
-                        n.addr.as_str(),
-                        n.region.as_str(),
-                        n.zone.as_str(),
-                    )
-                })
-                .collect()
-        };
-        for (id, addr, region, zone) in nodes {
+        // The meta shard's node records: removed nodes too.
+        for n in &meta.nodes {
             println!(
-                "node {id:<3} {addr:<22} region {region:<10} zone {zone:<6} {}",
-                state_of(id)
+                "node {:<3} {:<22} region {:<10} zone {:<6} {}",
+                n.node_id, n.addr, n.region, n.zone, n.state
             );
         }
         if let Some(m) = &map.meta {
