@@ -262,6 +262,11 @@ pub struct ServerTuning {
     pub snapshots_in_flight_max: usize,
     /// A snapshot stream that delivers no chunk for this long is dropped, freeing its slot.
     pub snapshot_chunk_timeout_ms: u64,
+    /// A node the meta leader cannot reach for this long is declared dead: its
+    /// replicas are recreated on other nodes and its id is removed for good (0: never;
+    /// an operator runs `node remove N --dead`). Long enough that a restart or an
+    /// upgrade never triggers it.
+    pub repair_after_ms: u64,
 }
 
 impl Default for ServerTuning {
@@ -279,6 +284,7 @@ impl Default for ServerTuning {
             keepalive_interval_ms: 10_000,
             snapshots_in_flight_max: 2,
             snapshot_chunk_timeout_ms: 10_000,
+            repair_after_ms: 300_000,
         }
     }
 }
@@ -409,6 +415,10 @@ replicas = [2, 1]
         must_fail_with(
             &GOOD.replace("end = \"\"", "end = \"z\""),
             "the highest shard must end",
+        );
+        must_fail_with(
+            &format!("{GOOD}\n[server]\nrepair_after_ms = 500\n"),
+            "server.repair_after_ms: 500 ms would declare a node dead during an ordinary restart",
         );
         must_fail_with(
             &format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 50\n"),

@@ -268,6 +268,10 @@ fn retention(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The shortest `server.repair_after_ms` accepted: a few election timeouts and a
+/// process restart fit in it, so only a node that stays away is declared dead.
+const REPAIR_AFTER_MS_MIN: u64 = 2_000;
+
 /// `[server]` counts and timeouts.
 fn server(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
     let bad = |field: String, problem: String| ConfigError::Invalid {
@@ -287,6 +291,15 @@ fn server(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
         return Err(bad(
             "server".into(),
             "timeouts and sweep_interval_ms must be at least 1 ms".into(),
+        ));
+    }
+    if s.repair_after_ms > 0 && s.repair_after_ms < REPAIR_AFTER_MS_MIN {
+        return Err(bad(
+            "server.repair_after_ms".into(),
+            format!(
+                "{} ms would declare a node dead during an ordinary restart: use 0 (never) or at least {REPAIR_AFTER_MS_MIN}",
+                s.repair_after_ms
+            ),
         ));
     }
     Ok(())

@@ -1,8 +1,9 @@
 //! The node's side of the meta shard (`ShardId(0)`, DESIGN.md): writing a change of
 //! the cluster map on the meta shard's leader, wherever that is; reading the map from
 //! a meta replica; and the meta leader's duties: seed the map once from the config,
-//! and drive again every recorded move that went silent (its driver crashed or lost
-//! its leadership), so that an interrupted move finishes or is undone.
+//! drive again every recorded move that went silent (its driver crashed or lost its
+//! leadership), so that an interrupted move finishes or is undone, and watch for
+//! nodes to repair (`repair`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::admin_client::AdminClient;
 
+use super::repair::RepairWatch;
 use super::{MoveOptions, Node};
 use crate::codec;
 use crate::error::Error;
@@ -152,7 +154,10 @@ impl Node {
     }
 
     /// The Admin service of node `target`, at the address this node's book has.
-    fn admin_of(&self, target: u64) -> Result<AdminClient<tonic::transport::Channel>, String> {
+    pub(super) fn admin_of(
+        &self,
+        target: u64,
+    ) -> Result<AdminClient<tonic::transport::Channel>, String> {
         let addr = self
             .map
             .get()
@@ -307,13 +312,14 @@ impl Node {
     pub(super) async fn meta_duties(
         self: &std::sync::Arc<Self>,
         driving: &std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>>,
+        watch: &mut RepairWatch,
     ) {
         self.follow_cluster_nodes().await;
         let Ok(meta) = self.local_shard(META_SHARD_ID) else {
-            return;
+            return watch.reset();
         };
         if !meta.is_leader() {
-            return;
+            return watch.reset();
         }
         let Ok(records) = meta.reader.cluster_map() else {
             return;
@@ -327,6 +333,9 @@ impl Node {
                 tracing::warn!(error = %e, "seeding the cluster map failed");
             }
             return;
+        }
+        if self.cluster.server.repair_after_ms > 0 {
+            self.watch_for_repair(&records, watch).await;
         }
         let now_ms = self.shared.ctx.clock.now_ms();
         for m in records.moves {
@@ -365,7 +374,7 @@ impl Node {
             catch_up_timeout_ms: RESUMED_CATCH_UP_TIMEOUT_MS,
             from_dead: m.from_dead,
         };
-        match self.send_move(shard_id, request).await {
+        match self.send_move(shard_id, request, &[]).await {
             Ok(steps) => tracing::info!(%shard_id, ?steps, "a recorded move was driven to its end"),
             Err(e) => {
                 tracing::warn!(%shard_id, error = %e, "driving a recorded move failed; it stays recorded")
@@ -373,19 +382,24 @@ impl Node {
         }
     }
 
-    /// Sends MoveReplica to the shard's leader, following NOT_LEADER answers.
-    async fn send_move(
+    /// Sends MoveReplica to the shard's leader, trying this node's view of the leader
+    /// and `candidates` (the shard's replicas as last seen; empty: this node's map).
+    pub(super) async fn send_move(
         &self,
         shard_id: ShardId,
         request: pb::MoveReplicaRequest,
+        candidates: &[u64],
     ) -> Result<Vec<String>, String> {
         let mut last = String::new();
-        let replicas = self
-            .map
-            .get()
-            .shard(shard_id)
-            .map(|d| d.replicas.clone())
-            .unwrap_or_default();
+        let replicas = if candidates.is_empty() {
+            self.map
+                .get()
+                .shard(shard_id)
+                .map(|d| d.replicas.clone())
+                .unwrap_or_default()
+        } else {
+            candidates.to_vec()
+        };
         for attempt in 0..CLUSTER_WRITE_ATTEMPTS_MAX {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(CLUSTER_WRITE_RETRY_MS)).await;

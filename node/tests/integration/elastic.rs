@@ -3,8 +3,9 @@
 //! node is drained and removed, a killed node is declared dead and its replicas are
 //! recreated from the survivors, a removed id cannot come back; all under continuous
 //! decrements, with no acknowledged write lost, every replica converged, and a request
-//! id recognised after every first replica of its shard was replaced. And a move whose
-//! driver dies with the meta leader is finished by the new meta leader.
+//! id recognised after every first replica of its shard was replaced. A move whose
+//! driver dies with the meta leader is finished by the new meta leader. And a node
+//! that stays unreachable is repaired without an operator.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -458,4 +459,71 @@ async fn a_move_interrupted_by_killing_the_meta_leader_is_finished() {
         must_get(&client, "apple-meta").await.map(|s| s.on_hand),
         Some(100)
     );
+}
+
+/// Automatic repair (`server.repair_after_ms`): node 2 is killed and stays away; once
+/// it has been unreachable for that long, the meta leader declares it dead, recreates
+/// its replicas (the meta shard's too) on node 4, the only other node, and removes it,
+/// while the store sells; nothing happens before that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_unreachable_past_repair_after_is_replaced_automatically() {
+    const REPAIR_AFTER_MS: u64 = 3_000;
+    let mut cluster = TestCluster::start(Options {
+        nodes: 4,
+        shard_replicas: Some([vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3]]),
+        extra_toml: format!("[server]\nrepair_after_ms = {REPAIR_AFTER_MS}\n"),
+        ..Options::default()
+    });
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    let skus = skus_on_every_shard("repair", 8);
+    for sku in &skus {
+        client.set_stock(sku, STOCK).await.expect("seed");
+    }
+    let load = Load::start(cluster.client().await, skus.clone());
+    load.sells(50).await;
+    // Healthy nodes are never repaired: well past the time, nothing moved.
+    tokio::time::sleep(Duration::from_millis(2 * REPAIR_AFTER_MS)).await;
+    assert!(all_on(&replicas(&client).await, &[1, 2, 3]));
+
+    cluster.kill9(2);
+    let killed_at = std::time::Instant::now();
+    let now = settled(&client, Duration::from_secs(90), |now| {
+        all_on(now, &[1, 3, 4])
+    })
+    .await;
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(REPAIR_AFTER_MS),
+        "repaired before the node was gone {REPAIR_AFTER_MS} ms"
+    );
+    eventually(Duration::from_secs(20), || async {
+        match state_of(&client, 2).await.as_str() {
+            "removed" => Ok(()),
+            other => Err(Error::Unavailable {
+                message: format!("node 2 is {other}"),
+            }),
+        }
+    })
+    .await;
+    let declared = cluster
+        .running()
+        .iter()
+        .filter_map(|id| std::fs::read_to_string(cluster.log_path(*id)).ok())
+        .any(|log| log.contains("declaring an unreachable node dead"));
+    assert!(declared, "the meta leader logged the repair");
+    cluster.adopt(&now);
+    load.sells(100).await;
+    removed_id_is_refused(&mut cluster, 2).await;
+
+    let (acked, unknown) = load.finish().await;
+    cluster.wait_converged(&client).await;
+    for (k, sku) in skus.iter().enumerate() {
+        let sold = STOCK - must_get(&client, sku).await.expect("record").on_hand;
+        assert!(
+            sold >= acked[k] && sold <= acked[k] + unknown[k],
+            "{sku}: sold {sold}, acknowledged {}, unknown {}",
+            acked[k],
+            unknown[k]
+        );
+    }
 }
