@@ -180,6 +180,16 @@ impl Client {
         .await
     }
 
+    /// The status of the node at `addr`, whether or not the map lists it (a removed
+    /// node is no longer listed: this checks that it runs nothing).
+    pub async fn node_status_at_addr(&self, addr: &str) -> Result<pb::NodeStatusReply, Error> {
+        self.at_addr(addr, addr, |ch, t| async move {
+            let req = with_timeout(pb::NodeStatusRequest {}, t);
+            AdminClient::new(ch).node_status(req).await
+        })
+        .await
+    }
+
     /// The cluster map the meta shard holds (nodes with their states, moves under
     /// way), read from `node_id`'s meta replica (SHARD_NOT_HERE when it holds none).
     pub async fn cluster_map_at(&self, node_id: u64) -> Result<pb::ClusterMapReply, Error> {

@@ -103,17 +103,32 @@ impl Client {
                 self.node_addr(node_id)?
             }
         };
+        self.at_addr(&addr, &format!("node {node_id}"), call).await
+    }
+
+    /// One call, one attempt, to the node at `addr` (named `who` in errors), whether
+    /// or not the cached map lists it.
+    pub(crate) async fn at_addr<T, F, Fut>(
+        &self,
+        addr: &str,
+        who: &str,
+        call: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Conn, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let t = self.inner.cfg.attempt_timeout;
         self.inner.rpcs.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(t, call(self.channel(&addr)?, t)).await {
+        match tokio::time::timeout(t, call(self.channel(addr)?, t)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(decode_detail(&s)
                 .and_then(|d| Error::from_detail(&d, None))
                 .unwrap_or(Error::Unavailable {
-                    message: format!("node {node_id}: {}", s.message()),
+                    message: format!("{who}: {}", s.message()),
                 })),
             Err(_) => Err(Error::Unavailable {
-                message: format!("node {node_id}: no answer within {} ms", t.as_millis()),
+                message: format!("{who}: no answer within {} ms", t.as_millis()),
             }),
         }
     }

@@ -17,33 +17,62 @@ use crate::fail_run;
 /// The checks of the cluster's own state after healing.
 pub async fn cluster_checks(
     client: &Client,
-    nodes: u64,
+    members: &[u64],
     skus: &[&str],
     final_on_hand: &BTreeMap<String, u64>,
     history: &History,
 ) -> Vec<ClusterCheck> {
-    let converged = converge(client, nodes, Duration::from_secs(30)).await;
+    let converged = converge(client, members, Duration::from_secs(30)).await;
     vec![
         ClusterCheck {
             check: "replicas identical after healing".into(),
             ok: converged.is_ok(),
             message: converged.unwrap_or_else(|e| e),
         },
-        replica_views(client, nodes, skus, final_on_hand).await,
-        exactly_once(client, nodes, history).await,
+        replica_views(client, members, skus, final_on_hand).await,
+        exactly_once(client, members, history).await,
     ]
+}
+
+/// A node drained by the membership nemesis ran no replica when it was retired (its
+/// own status said so): a drain leaves nothing behind that could still answer.
+pub fn drained_hold_nothing(drained: &[(u64, Result<Vec<u64>, String>)]) -> ClusterCheck {
+    let left: Vec<String> = drained
+        .iter()
+        .filter_map(|(node, held)| match held {
+            Ok(shards) if !shards.is_empty() => Some(format!(
+                "node {node} still ran replicas of shards {shards:?}"
+            )),
+            _ => None,
+        })
+        .collect();
+    ClusterCheck {
+        check: "a drained node runs no replica".into(),
+        ok: left.is_empty(),
+        message: if left.is_empty() {
+            format!(
+                "drained nodes and the shards they still ran: {:?}",
+                drained
+                    .iter()
+                    .map(|(n, h)| (*n, h.clone().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+            )
+        } else {
+            left.join("; ")
+        },
+    }
 }
 
 /// Every replica's own view of every SKU equals the final linearizable read.
 async fn replica_views(
     client: &Client,
-    nodes: u64,
+    members: &[u64],
     skus: &[&str],
     final_on_hand: &BTreeMap<String, u64>,
 ) -> ClusterCheck {
     let mut ok = true;
     let mut message = String::from("every replica's stale read equals the final linearizable read");
-    for node in 1..=nodes {
+    for &node in members {
         match client.get_from_node(node, skus).await {
             Ok(reads) => {
                 for r in reads {
@@ -76,7 +105,7 @@ async fn replica_views(
 
 /// Exactly-once, audited from the nodes: a shard stores one outcome per request id it
 /// executes, so its count cannot exceed the distinct request ids sent to it.
-async fn exactly_once(client: &Client, nodes: u64, history: &History) -> ClusterCheck {
+async fn exactly_once(client: &Client, members: &[u64], history: &History) -> ClusterCheck {
     let map = client.shard_map();
     let mut sent: BTreeMap<u64, std::collections::BTreeSet<String>> = BTreeMap::new();
     for r in history
@@ -91,7 +120,7 @@ async fn exactly_once(client: &Client, nodes: u64, history: &History) -> Cluster
         }
     }
     let mut stored: BTreeMap<u64, u64> = BTreeMap::new();
-    for node in 1..=nodes {
+    for &node in members {
         if let Ok(digests) = client.shard_digests(node).await {
             // The meta shard (0) stores the nodes' own cluster-map changes, which
             // the history does not send: only the SKU shards are audited.
@@ -133,13 +162,13 @@ pub fn write_history(dir: &std::path::Path, records: &[Record], schedule: &[Stri
     let _ = std::fs::write(dir.join("seed"), format!("{seed}\n"));
 }
 
-async fn converge(client: &Client, nodes: u64, within: Duration) -> Result<String, String> {
+async fn converge(client: &Client, members: &[u64], within: Duration) -> Result<String, String> {
     let deadline = Instant::now() + within;
     let mut last = String::new();
     loop {
         let mut views: BTreeMap<u64, Vec<(u64, u64, u64)>> = BTreeMap::new();
         let mut reachable = true;
-        for n in 1..=nodes {
+        for &n in members {
             match client.shard_digests(n).await {
                 Ok(ds) => {
                     for d in ds {

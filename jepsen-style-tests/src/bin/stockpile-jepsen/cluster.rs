@@ -24,6 +24,29 @@ pub fn addr(node: u64) -> String {
 /// TLS of this run's clients (None: plaintext), set by `write_config`.
 static CLIENT_TLS: RwLock<Option<TlsOptions>> = RwLock::new(None);
 
+/// The nodes that are members now (started from the config or joined, not retired),
+/// kept by `Cluster`: clients take their seeds from it.
+static MEMBERS: RwLock<Vec<u64>> = RwLock::new(Vec::new());
+
+/// Node ids beyond the config's that have certificates, for nodes that join during a
+/// run (the membership nemesis replaces at most this many).
+pub const SPARE_IDS: u64 = 4;
+
+/// The nodes that are members now.
+pub fn members() -> Vec<u64> {
+    MEMBERS
+        .read()
+        .map(|m| m.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
+fn set_members(ids: Vec<u64>) {
+    match MEMBERS.write() {
+        Ok(mut m) => *m = ids,
+        Err(p) => *p.into_inner() = ids,
+    }
+}
+
 /// The TLS options clients of this run connect with.
 pub fn client_tls() -> Option<TlsOptions> {
     CLIENT_TLS
@@ -37,7 +60,7 @@ pub fn client_tls() -> Option<TlsOptions> {
 fn make_certs(dir: &Path, nodes: u64) -> std::io::Result<String> {
     let bad = |e: stockpile_client::certs::CertError| std::io::Error::other(e.to_string());
     let ca = Authority::create(dir, "jepsen").map_err(bad)?;
-    for n in 1..=nodes {
+    for n in 1..=nodes + SPARE_IDS {
         ca.issue_node(n, &[ip(n)], 30).map_err(bad)?;
     }
     let admin = ca.issue_client("admin", 30).map_err(bad)?;
@@ -103,7 +126,14 @@ pub fn write_config(dir: &Path, nodes: u64, plaintext: bool) -> std::io::Result<
 pub struct Cluster {
     pub dir: PathBuf,
     pub config: PathBuf,
-    pub nodes: u64,
+    /// The members now: the config's nodes, plus joined ones, minus retired ones.
+    members: std::collections::BTreeSet<u64>,
+    /// The next id a joining node gets (ids are never reused).
+    next_id: u64,
+    /// The highest id with a certificate.
+    ids_max: u64,
+    /// Each joined node's own config (the cluster's file plus its `[[nodes]]` entry).
+    joined: BTreeMap<u64, PathBuf>,
     pub node_bin: PathBuf,
     pub bug: Option<String>,
     children: BTreeMap<u64, Child>,
@@ -119,10 +149,14 @@ impl Cluster {
         node_bin: PathBuf,
         bug: Option<String>,
     ) -> Cluster {
+        set_members((1..=nodes).collect());
         Cluster {
             dir,
             config,
-            nodes,
+            members: (1..=nodes).collect(),
+            next_id: nodes + 1,
+            ids_max: nodes + SPARE_IDS,
+            joined: BTreeMap::new(),
             node_bin,
             bug,
             children: BTreeMap::new(),
@@ -150,7 +184,41 @@ impl Cluster {
     }
 
     pub fn ids(&self) -> Vec<u64> {
-        (1..=self.nodes).collect()
+        self.members.iter().copied().collect()
+    }
+
+    /// Starts a new node, in no other node's config, that joins through the members;
+    /// returns its id, or None when the spare ids (certificates) are used up.
+    pub fn join_new(&mut self) -> Result<Option<u64>, String> {
+        let id = self.next_id;
+        if id > self.ids_max {
+            return Ok(None);
+        }
+        self.next_id += 1;
+        let mut text = std::fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
+        text += &format!(
+            "\n[[nodes]]\nid = {id}\naddr = {:?}\nregion = \"local\"\nzone = \"z{id}\"\ndata_dir = {:?}\n",
+            addr(id),
+            self.dir
+                .join(format!("data/node-{id}"))
+                .display()
+                .to_string()
+        );
+        let path = self.dir.join(format!("cluster-node-{id}.toml"));
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        self.joined.insert(id, path);
+        self.members.insert(id);
+        set_members(self.ids());
+        self.start(id)
+            .map_err(|e| format!("starting node {id}: {e}"))?;
+        Ok(Some(id))
+    }
+
+    /// Stops node `id` for good (drained or declared dead): no longer a member.
+    pub fn retire(&mut self, id: u64) {
+        self.kill9(id);
+        self.members.remove(&id);
+        set_members(self.ids());
     }
 
     pub fn running(&self) -> Vec<u64> {
@@ -168,9 +236,18 @@ impl Cluster {
             .open(self.dir.join(format!("logs/node-{id}.log")))?;
         let mut cmd = Command::new(&self.node_bin);
         cmd.arg("--config")
-            .arg(&self.config)
+            .arg(self.joined.get(&id).unwrap_or(&self.config))
             .arg("--node-id")
             .arg(id.to_string());
+        if self.joined.contains_key(&id) {
+            let via: Vec<String> = self
+                .ids()
+                .into_iter()
+                .filter(|m| *m != id)
+                .map(addr)
+                .collect();
+            cmd.arg("--join").arg(via.join(","));
+        }
         cmd.env("RUST_LOG", "info,openraft=error");
         if let Some(skew) = self.skew_ms.get(&id) {
             cmd.arg(format!("--clock-skew-ms={skew}"));
@@ -350,10 +427,10 @@ impl Net {
 }
 
 /// A client of the cluster once every node answers and every shard has a leader.
-pub async fn wait_ready(nodes: u64, within: Duration) -> Result<stockpile_client::Client, String> {
+pub async fn wait_ready(within: Duration) -> Result<stockpile_client::Client, String> {
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(c) = crate::workload::client(nodes, 1, Duration::from_secs(3)).await
+        if let Ok(c) = crate::workload::client(0, Duration::from_secs(3)).await
             && let Ok(Ok(s)) =
                 tokio::time::timeout(Duration::from_secs(3), c.cluster_status()).await
         {

@@ -72,7 +72,7 @@ enum Failure {
 }
 
 async fn scenario(args: &Args, nodes: &mut Cluster) -> Result<String, Failure> {
-    let client = wait_ready(args.nodes, Duration::from_secs(60))
+    let client = wait_ready(Duration::from_secs(60))
         .await
         .map_err(Failure::NotRun)?;
     client
@@ -82,7 +82,7 @@ async fn scenario(args: &Args, nodes: &mut Cluster) -> Result<String, Failure> {
     let started = Instant::now();
     let done: Completions = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = spawn_writers(args.nodes, started, &done, &stop).await?;
+    let writers = spawn_writers(started, &done, &stop).await?;
     let mut gaps = Vec::new();
     for k in 0..args.kills {
         tokio::time::sleep(SETTLE).await;
@@ -99,7 +99,7 @@ async fn scenario(args: &Args, nodes: &mut Cluster) -> Result<String, Failure> {
         nodes
             .start(leader)
             .map_err(|e| Failure::NotRun(format!("restarting node {leader}: {e}")))?;
-        wait_ready(args.nodes, Duration::from_secs(60))
+        wait_ready(Duration::from_secs(60))
             .await
             .map_err(Failure::NotRun)?;
     }
@@ -114,14 +114,13 @@ async fn scenario(args: &Args, nodes: &mut Cluster) -> Result<String, Failure> {
 }
 
 async fn spawn_writers(
-    nodes: u64,
     started: Instant,
     done: &Completions,
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Failure> {
     let mut writers = Vec::new();
     for i in 0..WRITERS as u64 {
-        let c = crate::workload::client(nodes, i % nodes + 1, Duration::from_secs(10))
+        let c = crate::workload::client(i, Duration::from_secs(10))
             .await
             .map_err(|e| Failure::NotRun(format!("client: {e}")))?;
         let (done, stop) = (done.clone(), stop.clone());

@@ -8,10 +8,13 @@
 //! - pause: SIGSTOP of one node or a shard's leader; SIGCONT when healed;
 //! - clock: a node restarted with its clock skewed (the node's hidden, test-only
 //!   `--clock-skew-ms`); restarted without skew when healed;
-//! - membership: one replica of a random shard moved to a node that holds none
-//!   (learner, catch-up, guarded replacement, drop), running in the background while
-//!   the next faults strike; unfinished moves are completed (the same command
-//!   resumes them) before the run's checks.
+//! - membership, in turn: a node replaced by draining (a new node joins with
+//!   `--join`, the old one is drained while it serves and retired when the fault is
+//!   healed); one replica of a random shard moved to a node that holds none (learner,
+//!   catch-up, guarded replacement, drop), running in the background while the next
+//!   faults strike; a node killed and declared dead (a new node joins, the dead one's
+//!   replicas are recreated from the survivors). Unfinished moves are completed (the
+//!   same command resumes them) before the run's checks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +42,8 @@ enum Active {
     Killed(Vec<u64>),
     Paused(Vec<u64>),
     Skewed(u64),
+    /// A drained node, still running (with nothing to serve) until it is retired.
+    Drained(u64),
 }
 
 pub struct Nemesis {
@@ -52,6 +57,11 @@ pub struct Nemesis {
     pub schedule: Vec<String>,
     /// Replica moves started by the membership nemesis, still running.
     moves: Vec<tokio::task::JoinHandle<MoveDone>>,
+    /// Membership strikes so far: they take turns (drain, move, dead, move, ...).
+    membership_strikes: u64,
+    /// Each drained node's replicas as the node itself reported them just before it
+    /// was retired (a drained node must hold none).
+    pub drained: Vec<(u64, Result<Vec<u64>, String>)>,
 }
 
 /// A move of the membership nemesis: what was asked and how it ended.
@@ -64,6 +74,29 @@ struct MoveDone {
 
 /// How long one nemesis move may take (it may wait out partitions and kills).
 const MOVE_TIMEOUT_MS: u64 = 40_000;
+/// How long replacing a node may take (a move per shard it holds).
+const REPLACE_TIMEOUT_MS: u64 = 90_000;
+/// How long a joining node may take to appear as up in the cluster map.
+const JOIN_TIMEOUT_MS: u64 = 30_000;
+
+/// Waits until the cluster map records node `id` as up.
+async fn wait_registered(client: &stockpile_client::Client, id: u64) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(JOIN_TIMEOUT_MS);
+    loop {
+        if let Ok(Ok(map)) =
+            tokio::time::timeout(Duration::from_secs(5), client.cluster_map()).await
+            && map.nodes.iter().any(|n| n.node_id == id && n.state == "up")
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "node {id} not registered within {JOIN_TIMEOUT_MS} ms"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 impl Nemesis {
     pub fn new(
@@ -83,6 +116,8 @@ impl Nemesis {
             active: None,
             schedule: Vec::new(),
             moves: Vec::new(),
+            membership_strikes: 0,
+            drained: Vec::new(),
         }
     }
 
@@ -128,7 +163,7 @@ impl Nemesis {
             "kill" => self.kill(&at).await,
             "pause" => self.pause(&at).await,
             "clock" => self.skew_clock(&at).await,
-            "membership" => self.move_replica(&at).await,
+            "membership" => self.membership(&at).await,
             other => self.log("unknown-nemesis", other.to_string()),
         }
     }
@@ -284,6 +319,76 @@ impl Nemesis {
         }
     }
 
+    /// The membership strikes' turns: replace a node by draining, move a replica,
+    /// replace a killed node declared dead, move a replica, and again.
+    async fn membership(&mut self, at: &Layout) {
+        let turn = self.membership_strikes % 4;
+        self.membership_strikes += 1;
+        match turn {
+            0 => self.replace(at, false).await,
+            2 => self.replace(at, true).await,
+            _ => self.move_replica(at).await,
+        }
+    }
+
+    /// A new node joins; then one node (`dead`: killed first and declared dead) has
+    /// every replica moved off it. A drained node keeps running until the fault is
+    /// healed; a dead one is retired at once. Moves still running finish first (a
+    /// shard takes one move at a time).
+    async fn replace(&mut self, at: &Layout, dead: bool) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        self.finish_moves().await;
+        let victim = at.shuffled[0];
+        if dead {
+            self.cluster.lock().await.kill9(victim);
+        }
+        let joined = self.cluster.lock().await.join_new();
+        let new = match joined {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                if dead {
+                    self.active = Some(Active::Killed(vec![victim]));
+                }
+                return self.log("replace-skipped", "no spare node id left".into());
+            }
+            Err(e) => return self.log("join-failed", e),
+        };
+        self.log(
+            "join",
+            format!("node {new} started with --join (not in any other node's config)"),
+        );
+        if let Err(e) = wait_registered(&client, new).await {
+            self.log("join-failed", e);
+        }
+        let how = if dead { "remove --dead" } else { "drain" };
+        self.log(
+            "replace-start",
+            format!("node {how} {victim} (node {new} joined to take its place)"),
+        );
+        let call = client.drain_node(victim, dead);
+        let result = tokio::time::timeout(Duration::from_millis(REPLACE_TIMEOUT_MS), call).await;
+        let detail = match result {
+            Ok(Ok(moves)) => {
+                let mut c = self.cluster.lock().await;
+                if dead {
+                    c.retire(victim);
+                } else {
+                    self.active = Some(Active::Drained(victim));
+                }
+                format!("node {victim} removed after {} moves", moves.len())
+            }
+            Ok(Err(e)) => format!("node {victim} not removed: {e}"),
+            Err(_) => format!("node {victim} not removed within {REPLACE_TIMEOUT_MS} ms"),
+        };
+        if dead && self.active.is_none() && self.cluster.lock().await.ids().contains(&victim) {
+            // Not declared dead after all: it comes back as it was.
+            self.active = Some(Active::Killed(vec![victim]));
+        }
+        self.log("replace-end", detail);
+    }
+
     /// Starts moving one replica of a random shard to a node without one; the move
     /// runs in the background while the next faults strike.
     async fn move_replica(&mut self, at: &Layout) {
@@ -398,6 +503,20 @@ impl Nemesis {
                     c.resume(*id);
                 }
                 format!("SIGCONT {v:?}")
+            }
+            Active::Drained(id) => {
+                let held = match &self.client {
+                    Some(c) => match c.node_status_at_addr(&crate::cluster::addr(id)).await {
+                        Ok(st) => Ok(st.shards.iter().map(|s| s.shard_id).collect()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => Err("no client".into()),
+                };
+                self.cluster.lock().await.retire(id);
+                let detail =
+                    format!("drained node {id} (running shards {held:?}) stopped and retired");
+                self.drained.push((id, held));
+                detail
             }
             Active::Skewed(id) => {
                 let mut c = self.cluster.lock().await;

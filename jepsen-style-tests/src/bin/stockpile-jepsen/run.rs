@@ -106,7 +106,7 @@ pub async fn inside(args: Args) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail_run(&e),
     };
-    let admin = match wait_ready(args.nodes, Duration::from_secs(60)).await {
+    let admin = match wait_ready(Duration::from_secs(60)).await {
         Ok(c) => c,
         Err(e) => return fail_run(&e),
     };
@@ -120,15 +120,22 @@ pub async fn inside(args: Args) -> ExitCode {
         Ok(n) => n,
         Err(e) => return fail_run(&e),
     };
-    let client = match wait_ready(args.nodes, Duration::from_secs(60)).await {
+    let client = match wait_ready(Duration::from_secs(60)).await {
         Ok(c) => c,
         Err(e) => return fail_run(&format!("after healing: {e}")),
     };
     // Let every reservation reach its expiry, then read the final state (process 0).
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     let final_on_hand = final_reads(&client, &history, &skus).await;
-    let cluster_checks =
-        checks::cluster_checks(&client, args.nodes, &skus, &final_on_hand, &history).await;
+    let mut cluster_checks = checks::cluster_checks(
+        &client,
+        &cluster::members(),
+        &skus,
+        &final_on_hand,
+        &history,
+    )
+    .await;
+    cluster_checks.push(checks::drained_hold_nothing(&nemesis.drained));
     cluster.lock().await.stop_all();
     let records = history.records();
     checks::write_history(&plan.dir, &records, &nemesis.schedule, plan.seed);
@@ -230,7 +237,6 @@ async fn under_faults(
             tasks.push(tokio::spawn(workload::worker(
                 kind,
                 index,
-                args.nodes,
                 plan.seed,
                 history.clone(),
                 stop_workers.clone(),

@@ -133,7 +133,7 @@ enum Outcome {
 }
 
 async fn scenario(args: &Args, net: &Net, nodes: &Cluster) -> Result<String, Outcome> {
-    wait_ready(args.nodes, Duration::from_secs(60))
+    wait_ready(Duration::from_secs(60))
         .await
         .map_err(Outcome::NotRun)?;
     let big = client(args.nodes, BIG_BATCH_DEADLINE)

@@ -28,10 +28,13 @@ pub const RESERVATION_SKUS: [&str; 2] = ["banana-res", "orange-res"];
 pub const IDEMPOTENCY_SKUS: [&str; 2] = ["kiwi-idem", "zucchini-idem"];
 pub const INITIAL_STOCK: u64 = 30;
 
-pub async fn client(nodes: u64, first: u64, timeout: Duration) -> Result<Client, Error> {
-    // Seeds start at `first`, so discovery (and a retry) begins at another node.
-    let seeds: Vec<String> = (0..nodes)
-        .map(|i| cluster::addr((first - 1 + i) % nodes + 1))
+/// A client whose seeds are the members now, starting at the `first`-th (modulo), so
+/// that discovery (and a retry) begins at another node.
+pub async fn client(first: u64, timeout: Duration) -> Result<Client, Error> {
+    let members = cluster::members();
+    let n = members.len().max(1);
+    let seeds: Vec<String> = (0..members.len())
+        .map(|i| cluster::addr(members[(first as usize + i) % n]))
         .collect();
     let b = Client::builder()
         .seeds(seeds)
@@ -65,7 +68,6 @@ fn stock_done(s: &stockpile_client::Stock, node: u64) -> Completion {
 pub async fn worker(
     kind: &'static str,
     index: u64,
-    nodes: u64,
     seed: u64,
     history: Arc<History>,
     stop: Arc<AtomicBool>,
@@ -75,7 +77,7 @@ pub async fn worker(
     } else {
         Duration::from_millis(2_500)
     };
-    let first = match client(nodes, index % nodes + 1, Duration::from_secs(10)).await {
+    let first = match client(index, Duration::from_secs(10)).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("worker {index}: no client: {e}");
@@ -83,12 +85,9 @@ pub async fn worker(
         }
     };
     // The client built, discovery done: every op from here has the op deadline.
-    let c = client(nodes, index % nodes + 1, timeout)
-        .await
-        .unwrap_or(first);
+    let c = client(index, timeout).await.unwrap_or(first);
     let mut w = Worker {
         index,
-        nodes,
         timeout,
         rng: StdRng::seed_from_u64(seed ^ (index.wrapping_mul(0x9e37_79b9))),
         c,
@@ -115,7 +114,6 @@ pub async fn worker(
 /// Jepsen), its client, and the reservations it holds.
 struct Worker {
     index: u64,
-    nodes: u64,
     timeout: Duration,
     rng: StdRng,
     c: Client,
@@ -150,8 +148,9 @@ impl Worker {
             let h = self.history.invoke(self.process, Invocation::read(sku));
             // Half the reads go to the worker's own node, as a Jepsen client bound to one
             // node would: a node that does not lead must refuse them.
-            let read = if self.rng.random_bool(0.5) {
-                let own = self.index % self.nodes + 1;
+            let members = cluster::members();
+            let read = if self.rng.random_bool(0.5) && !members.is_empty() {
+                let own = members[self.index as usize % members.len()];
                 self.c
                     .get_at_node(own, &[sku], Consistency::Linearizable)
                     .await
@@ -297,8 +296,7 @@ impl Worker {
         let (qty, delta) = (self.rng.random_range(1..=2), self.rng.random_range(1..=3));
         for attempt in 0..4u64 {
             if attempt > 0 {
-                let first = (self.index + attempt) % self.nodes + 1;
-                match client(self.nodes, first, self.timeout).await {
+                match client(self.index + attempt, self.timeout).await {
                     Ok(fresh) => self.c = fresh,
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
