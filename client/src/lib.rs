@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod balance;
 mod batch;
 mod builder;
 mod carts;
@@ -49,6 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+pub use balance::{BalanceStep, plan_balance};
 pub use builder::{ClientBuilder, TlsOptions};
 pub use coalesce::CoalesceConfig;
 pub use error::Error;

@@ -301,7 +301,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderReply>, Status> {
-        let caller = self.authorized("transfer_leader", &request, Need::Operator)?;
+        let caller = self.authorized("transfer_leader", &request, Need::Replica)?;
         let result = self.transfer(request.into_inner()).await;
         audit_call(
             &caller.name,

@@ -49,6 +49,33 @@ pub struct ClusterConfig {
     pub admission: AdmissionConfig,
     #[serde(default)]
     pub security: SecurityConfig,
+    #[serde(default)]
+    pub balancer: BalancerConfig,
+}
+
+/// The balancer, run by the meta shard's leader (`node::balance`, docs/OPERATIONS.md).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalancerConfig {
+    /// Even replica and leader counts across the nodes that are up.
+    pub enabled: bool,
+    /// How often the balancer looks for a step (each step then waits for fresh views).
+    pub interval_ms: u64,
+    /// The difference in replica (and in leader) counts between two nodes left alone.
+    pub tolerance: u64,
+    /// Replica moves of the balancer under way at once at most.
+    pub moves_max: usize,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        BalancerConfig {
+            enabled: false,
+            interval_ms: 5_000,
+            tolerance: 1,
+            moves_max: 1,
+        }
+    }
 }
 
 /// TLS and access control (docs/SECURITY.md). Paths may hold `{id}`, replaced by the

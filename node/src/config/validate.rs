@@ -272,7 +272,7 @@ fn retention(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
 /// process restart fit in it, so only a node that stays away is declared dead.
 const REPAIR_AFTER_MS_MIN: u64 = 2_000;
 
-/// `[server]` counts and timeouts.
+/// `[server]` counts and timeouts, and `[balancer]`'s.
 fn server(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
     let bad = |field: String, problem: String| ConfigError::Invalid {
         file: file.to_string(),
@@ -291,6 +291,13 @@ fn server(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
         return Err(bad(
             "server".into(),
             "timeouts and sweep_interval_ms must be at least 1 ms".into(),
+        ));
+    }
+    let b = &c.balancer;
+    if b.interval_ms < 1_000 || b.moves_max == 0 {
+        return Err(bad(
+            "balancer".into(),
+            "interval_ms must be at least 1000 and moves_max at least 1".into(),
         ));
     }
     if s.repair_after_ms > 0 && s.repair_after_ms < REPAIR_AFTER_MS_MIN {

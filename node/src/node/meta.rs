@@ -2,8 +2,8 @@
 //! the cluster map on the meta shard's leader, wherever that is; reading the map from
 //! a meta replica; and the meta leader's duties: seed the map once from the config,
 //! drive again every recorded move that went silent (its driver crashed or lost its
-//! leadership), so that an interrupted move finishes or is undone, and watch for
-//! nodes to repair (`repair`).
+//! leadership), so that an interrupted move finishes or is undone, watch for nodes to
+//! repair (`repair`), and balance replicas and leaders (`balance`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::admin_client::AdminClient;
 
+use super::balance::Balancer;
 use super::repair::RepairWatch;
 use super::{MoveOptions, Node};
 use crate::codec;
@@ -313,6 +314,7 @@ impl Node {
         self: &std::sync::Arc<Self>,
         driving: &std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>>,
         watch: &mut RepairWatch,
+        balancer: &mut Balancer,
     ) {
         self.follow_cluster_nodes().await;
         let Ok(meta) = self.local_shard(META_SHARD_ID) else {
@@ -334,8 +336,15 @@ impl Node {
             }
             return;
         }
-        if self.cluster.server.repair_after_ms > 0 {
-            self.watch_for_repair(&records, watch).await;
+        let repair_on = self.cluster.server.repair_after_ms > 0;
+        if repair_on || self.cluster.balancer.enabled {
+            let probes = self.probe_all(&records).await;
+            if repair_on {
+                self.watch_for_repair(&records, &probes, watch);
+            }
+            if self.cluster.balancer.enabled && !watch.busy() {
+                self.balance(&records, &probes, balancer);
+            }
         }
         let now_ms = self.shared.ctx.clock.now_ms();
         for m in records.moves {

@@ -24,6 +24,7 @@ use crate::raft::replica_id;
 use crate::router::{LiveMap, ShardDescriptor, ShardId, ShardMap};
 use crate::security::Security;
 use crate::shard::{ProposeStats, Shard, ShardContext};
+mod balance;
 mod boot;
 mod meta;
 mod moves;
@@ -255,14 +256,15 @@ impl Node {
     }
 
     /// Starts the meta leader's duties (`meta`): seeding the cluster map once, driving
-    /// silent recorded moves again, repairing nodes gone too long (`repair`). Every
-    /// node runs the loop; only the meta leader acts.
+    /// silent recorded moves again, repairing nodes gone too long (`repair`), balancing
+    /// (`balance`). Every node runs the loop; only the meta leader acts.
     pub fn spawn_meta_duties(self: &Arc<Self>) {
         let node = Arc::downgrade(self);
         let mut shutdown = self.shutdown.subscribe();
         tokio::spawn(async move {
             let driving = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
             let mut watch = repair::RepairWatch::default();
+            let mut balancer = balance::Balancer::default();
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(
                 meta::META_DUTY_INTERVAL_MS,
             ));
@@ -273,7 +275,7 @@ impl Node {
                     _ = shutdown.recv() => return,
                 }
                 let Some(node) = node.upgrade() else { return };
-                node.meta_duties(&driving, &mut watch).await;
+                node.meta_duties(&driving, &mut watch, &mut balancer).await;
             }
         });
     }

@@ -24,6 +24,7 @@ use super::meta::cluster_request_id;
 use crate::inventory::cluster::{ClusterCommand, NodeState};
 use crate::router::ShardId;
 use crate::storage::ClusterMapRecords;
+use crate::telemetry::names;
 
 /// How long one probe of a node may take before it counts as not reached.
 const PROBE_TIMEOUT_MS: u64 = 1_000;
@@ -45,47 +46,72 @@ impl RepairWatch {
         self.last_seen.clear();
     }
 
-    fn busy(&self) -> bool {
+    pub(super) fn busy(&self) -> bool {
         self.running.as_ref().is_some_and(|t| !t.is_finished())
     }
 }
 
 /// Each shard's voters (node ids), as the shard's leader reports them.
-type Voters = BTreeMap<u64, Vec<u64>>;
+pub(super) type Voters = BTreeMap<u64, Vec<u64>>;
+
+/// A node and its status, or None when it did not answer.
+pub(super) type Probe = (u64, Option<pb::NodeStatusReply>);
 
 impl Node {
-    /// One tick of the watch (on the meta leader): probe, note who answered, and start
-    /// the repair of one node silent for `repair_after_ms`.
-    pub(super) async fn watch_for_repair(
-        self: &Arc<Self>,
-        records: &ClusterMapRecords,
-        watch: &mut RepairWatch,
-    ) {
-        let repair_after = Duration::from_millis(self.cluster.server.repair_after_ms);
+    /// Asks every node the map records (removed ones aside) for its status at once;
+    /// None for a node that did not answer within `PROBE_TIMEOUT_MS`.
+    pub(super) async fn probe_all(&self, records: &ClusterMapRecords) -> Vec<Probe> {
         let watched: Vec<u64> = records
             .nodes
             .iter()
             .filter(|n| n.id != self.id && n.state != NodeState::Removed)
             .map(|n| n.id)
             .collect();
-        watch.last_seen.retain(|id, _| watched.contains(id));
-        let probes = watched.iter().map(|id| self.probe(*id));
-        let answers = futures::future::join_all(probes).await;
+        let answers = futures::future::join_all(watched.iter().map(|id| self.probe(*id))).await;
+        watched.into_iter().zip(answers).collect()
+    }
+
+    /// Each shard's voters and leader, as the shard's leader (here or in `probes`)
+    /// reports them.
+    pub(super) fn shard_views(&self, probes: &[Probe]) -> (Voters, BTreeMap<u64, u64>) {
+        let mut voters = Voters::new();
+        let mut leaders = BTreeMap::new();
+        for s in self.shards().iter().filter(|s| s.is_leader()) {
+            voters.insert(s.id().0, s.raft.status().voters.iter().copied().collect());
+            leaders.insert(s.id().0, self.id);
+        }
+        for (node, status) in probes {
+            let Some(status) = status else { continue };
+            for s in status.shards.iter().filter(|s| s.role == "leader") {
+                voters.insert(s.shard_id, s.replicas.clone());
+                leaders.insert(s.shard_id, *node);
+            }
+        }
+        (voters, leaders)
+    }
+
+    /// One tick of the watch (on the meta leader): note who answered, and start the
+    /// repair of one node silent for `repair_after_ms`.
+    pub(super) fn watch_for_repair(
+        self: &Arc<Self>,
+        records: &ClusterMapRecords,
+        probes: &[Probe],
+        watch: &mut RepairWatch,
+    ) {
+        let repair_after = Duration::from_millis(self.cluster.server.repair_after_ms);
+        watch
+            .last_seen
+            .retain(|id, _| probes.iter().any(|(p, _)| p == id));
         let now = Instant::now();
-        let mut voters = self.local_leader_views();
         let mut silent = Vec::new();
-        for (id, answer) in watched.iter().zip(answers) {
-            match answer {
-                Some(status) => {
-                    watch.last_seen.insert(*id, now);
-                    leader_views(&status, &mut voters);
-                }
-                None => {
-                    let since = *watch.last_seen.entry(*id).or_insert(now);
-                    if now.duration_since(since) >= repair_after {
-                        silent.push(*id);
-                    }
-                }
+        for (id, answer) in probes {
+            if answer.is_some() {
+                watch.last_seen.insert(*id, now);
+                continue;
+            }
+            let since = *watch.last_seen.entry(*id).or_insert(now);
+            if now.duration_since(since) >= repair_after {
+                silent.push(*id);
             }
         }
         let Some(dead) = silent.first().copied() else {
@@ -94,6 +120,7 @@ impl Node {
         if watch.busy() {
             return;
         }
+        let (voters, _) = self.shard_views(probes);
         let shards = self.map.get().all_shards().count();
         if voters.len() < shards {
             tracing::info!(
@@ -131,15 +158,6 @@ impl Node {
         }
     }
 
-    /// The voters of each shard this node leads.
-    fn local_leader_views(&self) -> Voters {
-        self.shards()
-            .iter()
-            .filter(|s| s.is_leader())
-            .map(|s| (s.id().0, s.raft.status().voters.iter().copied().collect()))
-            .collect()
-    }
-
     /// Declares `dead` dead: draining, its replicas recreated on `targets`, removed.
     async fn repair(&self, dead: u64, targets: Vec<NodeInfo>, voters: Voters, after: Duration) {
         let plan = match plan_evacuation(dead, &targets, &voters) {
@@ -155,6 +173,7 @@ impl Node {
             moves = plan.len(),
             "declaring an unreachable node dead: recreating its replicas on the other nodes"
         );
+        metrics::counter!(names::REPAIRS_TOTAL).increment(1);
         if !self.set_state(dead, NodeState::Draining).await {
             return;
         }
@@ -203,12 +222,5 @@ impl Node {
                 false
             }
         }
-    }
-}
-
-/// Adds the voters of each shard `status`'s node leads.
-fn leader_views(status: &pb::NodeStatusReply, voters: &mut Voters) {
-    for s in status.shards.iter().filter(|s| s.role == "leader") {
-        voters.insert(s.shard_id, s.replicas.clone());
     }
 }

@@ -42,8 +42,9 @@ pub enum Need {
     Operator,
     /// The internal Raft service: nodes of this cluster only.
     Raft,
-    /// Replica moves and their steps (creating and dropping a replica): nodes and
-    /// admins (the meta leader drives a silent recorded move again).
+    /// Replica moves and their steps (creating and dropping a replica) and leadership
+    /// transfers: nodes and admins (the meta leader drives a silent recorded move
+    /// again, repairs, and balances).
     Replica,
 }
 

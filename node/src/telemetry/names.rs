@@ -30,6 +30,8 @@ pub const SNAPSHOT_INSTALLS_TOTAL: &str = "stockpile_snapshot_installs_total";
 pub const SNAPSHOT_BYTES: &str = "stockpile_snapshot_bytes";
 pub const SNAPSHOT_RECEIVES_REFUSED_TOTAL: &str = "stockpile_snapshot_receives_refused_total";
 pub const RAFT_MESSAGES_REFUSED_TOTAL: &str = "stockpile_raft_messages_refused_total";
+pub const BALANCER_STEPS_TOTAL: &str = "stockpile_balancer_steps_total";
+pub const REPAIRS_TOTAL: &str = "stockpile_repairs_total";
 pub const AUTH_DENIED_TOTAL: &str = "stockpile_auth_denied_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "stockpile_tls_handshake_failures_total";
 pub const RAFT_IS_LEADER: &str = "stockpile_raft_is_leader";
@@ -185,6 +187,18 @@ pub const ALL: &[(&str, Kind, &str, &str)] = &[
         Kind::Counter,
         "rpc",
         "Raft messages from peers refused by the guard or undecodable",
+    ),
+    (
+        BALANCER_STEPS_TOTAL,
+        Kind::Counter,
+        "kind",
+        "Balancer steps started on the meta leader: kind move (a replica) or lead (a leadership)",
+    ),
+    (
+        REPAIRS_TOTAL,
+        Kind::Counter,
+        "",
+        "Unreachable nodes the meta leader declared dead (automatic repair started)",
     ),
     (
         RAFT_IS_LEADER,

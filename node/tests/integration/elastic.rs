@@ -527,3 +527,98 @@ async fn a_node_unreachable_past_repair_after_is_replaced_automatically() {
         );
     }
 }
+
+/// Replica and leader counts per node (replicas from each shard's leader's view).
+async fn counts(client: &Client) -> Option<(BTreeMap<u64, u64>, BTreeMap<u64, u64>)> {
+    let status = client.cluster_status().await.ok()?;
+    let mut held: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut led: BTreeMap<u64, u64> = BTreeMap::new();
+    for view in &status.nodes {
+        let node = view.node.as_ref()?.node_id;
+        held.entry(node).or_default();
+        led.entry(node).or_default();
+        for s in view.status.iter().flat_map(|st| st.shards.iter()) {
+            if s.role == "leader" {
+                *led.entry(node).or_default() += 1;
+                for r in &s.replicas {
+                    *held.entry(*r).or_default() += 1;
+                }
+            }
+        }
+    }
+    Some((held, led))
+}
+
+/// The spread (most minus fewest) of `counts`' values.
+fn spread(counts: &BTreeMap<u64, u64>) -> u64 {
+    let most = counts.values().max().copied().unwrap_or(0);
+    most - counts.values().min().copied().unwrap_or(0)
+}
+
+/// The balancer (issue: Elastic cluster II): a 4th node joins a 3-node cluster whose
+/// every replica is on the first three; the meta leader moves replicas and then
+/// leaderships onto it until both counts are within the tolerance (1), while the
+/// store sells, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joined_node_receives_replicas_and_leaders_until_counts_are_even() {
+    let mut cluster = TestCluster::start(Options {
+        nodes: 3,
+        extra_toml: "[balancer]\nenabled = true\ninterval_ms = 1000\ntolerance = 1\n".into(),
+        ..Options::default()
+    });
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    let skus = skus_on_every_shard("balance", 8);
+    for sku in &skus {
+        client.set_stock(sku, STOCK).await.expect("seed");
+    }
+    let (held, _) = counts(&client).await.expect("status");
+    assert!(
+        held.values().all(|c| *c == SHARDS_WITH_META as u64),
+        "balanced already: {held:?}"
+    );
+    let load = Load::start(cluster.client().await, skus.clone());
+    load.sells(50).await;
+    join(&mut cluster, &client, 4, 1).await;
+    let (even, _) = eventually(Duration::from_secs(120), || async {
+        let (held, led) = counts(&client).await.ok_or(Error::Unavailable {
+            message: "no status".into(),
+        })?;
+        let moving = !client.cluster_map().await?.moves.is_empty();
+        let four = held.get(&4).copied().unwrap_or(0);
+        if moving || four < 3 || spread(&held) > 1 || spread(&led) > 1 || led.len() < 4 {
+            return Err(Error::Unavailable {
+                message: format!("replicas {held:?}, leaders {led:?}, moving {moving}"),
+            });
+        }
+        Ok((held, led))
+    })
+    .await;
+    eprintln!("balanced: replicas and leaders per node {even:?}");
+    assert!(
+        even.1.get(&4).copied().unwrap_or(0) >= 1,
+        "node 4 leads a shard: {even:?}"
+    );
+    let logged = cluster
+        .running()
+        .iter()
+        .filter_map(|id| std::fs::read_to_string(cluster.log_path(*id)).ok())
+        .any(|log| log.contains("balancer: moving a replica") && log.contains("node 4 0"));
+    assert!(
+        logged,
+        "the meta leader logged its moves with their reasons"
+    );
+    cluster.adopt(&replicas(&client).await);
+    load.sells(100).await;
+    let (acked, unknown) = load.finish().await;
+    cluster.wait_converged(&client).await;
+    for (k, sku) in skus.iter().enumerate() {
+        let sold = STOCK - must_get(&client, sku).await.expect("record").on_hand;
+        assert!(
+            sold >= acked[k] && sold <= acked[k] + unknown[k],
+            "{sku}: sold {sold}, acknowledged {}, unknown {}",
+            acked[k],
+            unknown[k]
+        );
+    }
+}

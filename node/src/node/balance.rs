@@ -1,0 +1,155 @@
+//! The balancer (`[balancer]`), run by the meta shard's leader: every `interval_ms` it
+//! takes one step that evens replica counts, then leader counts, across the nodes
+//! that are up (the plan is the client library's `plan_balance`, beside the drain's
+//! `plan_evacuation`). A replica step is an ordinary recorded move (learner, catch-up,
+//! guarded change, drop); a leader step is a leadership transfer. Each step is logged
+//! with its reason and counted (`stockpile_balancer_steps_total`).
+//!
+//! It stands down while anything else changes the cluster's shape: a node that did not
+//! answer (repair's business), a node draining, a move recorded in the map beyond
+//! `moves_max`; and it never touches a shard whose move is under way.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stockpile_client::{BalanceStep, NodeInfo, plan_balance};
+use stockpile_proto::v1 as pb;
+
+use super::Node;
+use super::repair::Probe;
+use crate::inventory::cluster::NodeState;
+use crate::router::ShardId;
+use crate::storage::ClusterMapRecords;
+use crate::telemetry::names;
+
+/// How long a balancer move's learner may take to catch up.
+const BALANCE_CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+/// How long a balancer leadership transfer may take.
+const TRANSFER_TIMEOUT_MS: u64 = 5_000;
+
+/// The balancer's memory on the meta leader: when it last stepped, and its steps
+/// still running.
+#[derive(Default)]
+pub(super) struct Balancer {
+    last_step: Option<Instant>,
+    running: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// One look of the balancer: stand down, wait, or start the next step.
+    pub(super) fn balance(
+        self: &Arc<Self>,
+        records: &ClusterMapRecords,
+        probes: &[Probe],
+        balancer: &mut Balancer,
+    ) {
+        let cfg = &self.cluster.balancer;
+        balancer.running.retain(|t| !t.is_finished());
+        let due = balancer
+            .last_step
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(cfg.interval_ms));
+        let unsettled = probes.iter().any(|(_, status)| status.is_none())
+            || records.nodes.iter().any(|n| n.state == NodeState::Draining)
+            || records.moves.len() >= cfg.moves_max
+            || balancer.running.len() >= cfg.moves_max;
+        if !due || unsettled {
+            return;
+        }
+        let (voters, leaders) = self.shard_views(probes);
+        if voters.len() < self.map.get().all_shards().count() {
+            return;
+        }
+        let up: Vec<NodeInfo> = records
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Up)
+            .map(|n| NodeInfo {
+                node_id: n.id,
+                addr: n.addr.clone(),
+                region: n.region.clone(),
+                zone: n.zone.clone(),
+            })
+            .collect();
+        let busy: BTreeSet<u64> = records.moves.iter().map(|m| m.shard_id).collect();
+        let Some(step) = plan_balance(&up, &voters, &leaders, &busy, cfg.tolerance) else {
+            return;
+        };
+        balancer.last_step = Some(Instant::now());
+        let candidates = match &step {
+            BalanceStep::Move { shard_id, .. } | BalanceStep::Lead { shard_id, .. } => {
+                voters.get(shard_id).cloned().unwrap_or_default()
+            }
+        };
+        let node = self.clone();
+        balancer.running.push(tokio::spawn(async move {
+            node.take_step(step, candidates).await;
+        }));
+    }
+
+    /// Carries out one balancer step, logging what it did and why.
+    async fn take_step(&self, step: BalanceStep, candidates: Vec<u64>) {
+        match step {
+            BalanceStep::Move {
+                shard_id,
+                from,
+                to,
+                reason,
+            } => {
+                metrics::counter!(names::BALANCER_STEPS_TOTAL, "kind" => "move").increment(1);
+                tracing::info!(shard_id, from, to, %reason, "balancer: moving a replica");
+                let request = pb::MoveReplicaRequest {
+                    shard_id,
+                    from_node_id: from,
+                    to_node_id: to,
+                    catch_up_timeout_ms: BALANCE_CATCH_UP_TIMEOUT_MS,
+                    from_dead: false,
+                };
+                match self
+                    .send_move(ShardId(shard_id), request, &candidates)
+                    .await
+                {
+                    Ok(steps) => {
+                        tracing::info!(shard_id, from, to, ?steps, "balancer: replica moved")
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard_id, from, to, error = %e, "balancer: move failed")
+                    }
+                }
+            }
+            BalanceStep::Lead {
+                shard_id,
+                from,
+                to,
+                reason,
+            } => {
+                metrics::counter!(names::BALANCER_STEPS_TOTAL, "kind" => "lead").increment(1);
+                tracing::info!(shard_id, from, to, %reason, "balancer: transferring a leadership");
+                match self.transfer_on(from, shard_id, to).await {
+                    Ok(()) => {
+                        tracing::info!(shard_id, from, to, "balancer: leadership transferred")
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard_id, from, to, error = %e, "balancer: transfer failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks node `leader` (this one or another) to hand `shard_id`'s leadership to `to`.
+    async fn transfer_on(&self, leader: u64, shard_id: u64, to: u64) -> Result<(), String> {
+        let mut client = self.admin_of(leader)?;
+        let mut request = tonic::Request::new(pb::TransferLeaderRequest {
+            shard_id,
+            to_node_id: to,
+            timeout_ms: TRANSFER_TIMEOUT_MS,
+        });
+        request.set_timeout(Duration::from_millis(TRANSFER_TIMEOUT_MS + 1_000));
+        client
+            .transfer_leader(request)
+            .await
+            .map(|_| ())
+            .map_err(|s| s.message().to_string())
+    }
+}
