@@ -1,8 +1,11 @@
 //! The balancer's plan (pure and unit-tested; the meta leader runs it, `node::balance`):
-//! one step at a time that evens replica counts, then leader counts, across the nodes
-//! that are up, each step with the reason an operator reads in the logs.
+//! one step at a time that puts leaders where their range's traffic is, then evens
+//! replica counts, then leader counts, across the nodes that are up, each step with
+//! the reason an operator reads in the logs.
 //!
-//! Replicas first: when the node holding the most replicas has more than `tolerance`
+//! Preferences first: a shard whose range prefers regions (`leader_regions`) and whose
+//! leader is elsewhere has its leadership transferred to a replica in a preferred
+//! region (the one leading fewest). Then replicas: when the node holding the most replicas has more than `tolerance`
 //! over the node holding the fewest, one replica moves from the first to the second
 //! (a shard the second does not hold; one whose other replicas are not in the
 //! second's zone first, so that balancing never narrows a shard's spread). Then
@@ -43,18 +46,69 @@ pub enum BalanceStep {
     },
 }
 
-/// The next step that evens the cluster, or None when replica and leader counts are
-/// within `tolerance` (or nothing can be moved). `replicas`: each shard's voters;
-/// `leaders`: each shard's leader; `busy`: shards not to touch (a move under way).
-pub fn plan_balance(
-    nodes: &[NodeInfo],
-    replicas: &BTreeMap<u64, Vec<u64>>,
-    leaders: &BTreeMap<u64, u64>,
-    busy: &BTreeSet<u64>,
-    tolerance: u64,
-) -> Option<BalanceStep> {
-    replica_step(nodes, replicas, busy, tolerance)
-        .or_else(|| leader_step(nodes, replicas, leaders, busy, tolerance))
+/// What the balancer sees of the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct BalanceView {
+    /// The nodes that are up (only they receive replicas and leaderships).
+    pub nodes: Vec<NodeInfo>,
+    /// Each shard's voters (node ids).
+    pub replicas: BTreeMap<u64, Vec<u64>>,
+    /// Each shard's leader.
+    pub leaders: BTreeMap<u64, u64>,
+    /// The regions each shard's leader should be in (shards without a preference are
+    /// absent).
+    pub preferred: BTreeMap<u64, Vec<String>>,
+    /// Shards not to touch (a move under way).
+    pub busy: BTreeSet<u64>,
+}
+
+/// The next step that helps, or None when every preference holds and replica and
+/// leader counts are within `tolerance` (or nothing can be moved).
+pub fn plan_balance(view: &BalanceView, tolerance: u64) -> Option<BalanceStep> {
+    preference_step(view)
+        .or_else(|| replica_step(&view.nodes, &view.replicas, &view.busy, tolerance))
+        .or_else(|| leader_step(view, tolerance))
+}
+
+/// Whether node `id` may lead `shard` under its preference (any up node without one).
+fn may_lead(view: &BalanceView, shard: u64, id: u64) -> bool {
+    match view.preferred.get(&shard) {
+        None => true,
+        Some(regions) => view
+            .nodes
+            .iter()
+            .any(|n| n.node_id == id && regions.contains(&n.region)),
+    }
+}
+
+fn preference_step(view: &BalanceView) -> Option<BalanceStep> {
+    let led = counts(&view.nodes, view.leaders.values());
+    for (&shard_id, regions) in &view.preferred {
+        let Some(&from) = view.leaders.get(&shard_id) else {
+            continue;
+        };
+        if view.busy.contains(&shard_id) || may_lead(view, shard_id, from) {
+            continue;
+        }
+        let to = view
+            .replicas
+            .get(&shard_id)
+            .into_iter()
+            .flatten()
+            .filter(|n| may_lead(view, shard_id, **n))
+            .min_by_key(|n| (led.get(n).copied().unwrap_or(0), **n));
+        if let Some(&to) = to {
+            return Some(BalanceStep::Lead {
+                shard_id,
+                from,
+                to,
+                reason: format!(
+                    "shard {shard_id}'s leaders belong in {regions:?}; node {to} is there"
+                ),
+            });
+        }
+    }
+    None
 }
 
 /// How many of `per_shard`'s entries name each node of `nodes` (0 for none).
@@ -105,14 +159,8 @@ fn replica_step(
     })
 }
 
-fn leader_step(
-    nodes: &[NodeInfo],
-    replicas: &BTreeMap<u64, Vec<u64>>,
-    leaders: &BTreeMap<u64, u64>,
-    busy: &BTreeSet<u64>,
-    tolerance: u64,
-) -> Option<BalanceStep> {
-    let led = counts(nodes, leaders.values());
+fn leader_step(view: &BalanceView, tolerance: u64) -> Option<BalanceStep> {
+    let led = counts(&view.nodes, view.leaders.values());
     let (&from, &most) = led
         .iter()
         .max_by_key(|(id, c)| (**c, std::cmp::Reverse(**id)))?;
@@ -122,10 +170,11 @@ fn leader_step(
         if most <= fewest + tolerance {
             return None;
         }
-        let shard = leaders.iter().find(|(id, leader)| {
+        let shard = view.leaders.iter().find(|(id, leader)| {
             **leader == from
-                && !busy.contains(id)
-                && replicas.get(id).is_some_and(|v| v.contains(&to))
+                && !view.busy.contains(id)
+                && may_lead(view, **id, to)
+                && view.replicas.get(id).is_some_and(|v| v.contains(&to))
         });
         if let Some((&shard_id, _)) = shard {
             return Some(BalanceStep::Lead {
@@ -158,16 +207,27 @@ mod tests {
         vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "d")]
     }
 
+    fn view(
+        nodes: Vec<NodeInfo>,
+        replicas: &[(u64, Vec<u64>)],
+        leaders: &[(u64, u64)],
+    ) -> BalanceView {
+        BalanceView {
+            nodes,
+            replicas: replicas.iter().cloned().collect(),
+            leaders: leaders.iter().copied().collect(),
+            ..BalanceView::default()
+        }
+    }
+
     #[test]
     fn a_new_empty_node_receives_a_replica_from_the_fullest() {
-        let replicas = BTreeMap::from([(1, vec![1, 2, 3]), (2, vec![1, 2, 3]), (3, vec![1, 2, 3])]);
-        let step = plan_balance(
-            &four_nodes(),
-            &replicas,
-            &BTreeMap::new(),
-            &BTreeSet::new(),
-            1,
+        let v = view(
+            four_nodes(),
+            &[(1, vec![1, 2, 3]), (2, vec![1, 2, 3]), (3, vec![1, 2, 3])],
+            &[],
         );
+        let step = plan_balance(&v, 1);
         assert!(
             matches!(
                 step,
@@ -184,20 +244,25 @@ mod tests {
 
     #[test]
     fn counts_within_the_tolerance_are_left_alone() {
-        let replicas = BTreeMap::from([(1, vec![1, 2, 3]), (2, vec![2, 3, 4]), (3, vec![1, 3, 4])]);
-        let leaders = BTreeMap::from([(1, 1), (2, 2), (3, 3)]);
-        assert_eq!(
-            plan_balance(&four_nodes(), &replicas, &leaders, &BTreeSet::new(), 1),
-            None
+        let v = view(
+            four_nodes(),
+            &[(1, vec![1, 2, 3]), (2, vec![2, 3, 4]), (3, vec![1, 3, 4])],
+            &[(1, 1), (2, 2), (3, 3)],
         );
+        assert_eq!(plan_balance(&v, 1), None);
     }
 
     #[test]
     fn a_shard_under_way_is_not_touched_and_zones_are_kept_apart() {
         let nodes = vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "b")];
         // Shard 1 is busy; shard 2 has a replica in zone b (node 2): shard 3 is chosen.
-        let replicas = BTreeMap::from([(1, vec![1, 2, 3]), (2, vec![1, 2, 3]), (3, vec![1, 3])]);
-        let step = plan_balance(&nodes, &replicas, &BTreeMap::new(), &BTreeSet::from([1]), 1);
+        let mut v = view(
+            nodes,
+            &[(1, vec![1, 2, 3]), (2, vec![1, 2, 3]), (3, vec![1, 3])],
+            &[],
+        );
+        v.busy.insert(1);
+        let step = plan_balance(&v, 1);
         assert!(
             matches!(
                 step,
@@ -214,14 +279,17 @@ mod tests {
 
     #[test]
     fn leaders_move_to_a_replica_holder_that_leads_fewer() {
-        let replicas = BTreeMap::from([
-            (1, vec![1, 2, 3]),
-            (2, vec![2, 3, 4]),
-            (3, vec![1, 3, 4]),
-            (4, vec![1, 2, 4]),
-        ]);
-        let leaders = BTreeMap::from([(1, 1), (3, 1), (4, 1), (2, 2)]);
-        let step = plan_balance(&four_nodes(), &replicas, &leaders, &BTreeSet::new(), 1);
+        let v = view(
+            four_nodes(),
+            &[
+                (1, vec![1, 2, 3]),
+                (2, vec![2, 3, 4]),
+                (3, vec![1, 3, 4]),
+                (4, vec![1, 2, 4]),
+            ],
+            &[(1, 1), (3, 1), (4, 1), (2, 2)],
+        );
+        let step = plan_balance(&v, 1);
         // Node 3 leads none and holds shards 1 and 3: shard 1's leadership goes there.
         assert!(
             matches!(
@@ -235,5 +303,35 @@ mod tests {
             ),
             "{step:?}"
         );
+    }
+
+    #[test]
+    fn a_leader_outside_its_preferred_region_moves_there_and_stays() {
+        let mut nodes = four_nodes();
+        nodes.truncate(3);
+        nodes[1].region = "eu".into();
+        let mut v = view(
+            nodes,
+            &[(1, vec![1, 2, 3]), (2, vec![1, 2, 3])],
+            &[(1, 1), (2, 2)],
+        );
+        v.preferred.insert(1, vec!["eu".into()]);
+        let step = plan_balance(&v, 1);
+        assert!(
+            matches!(
+                step,
+                Some(BalanceStep::Lead {
+                    shard_id: 1,
+                    from: 1,
+                    to: 2,
+                    ..
+                })
+            ),
+            "{step:?}"
+        );
+        // Once there, count balancing never takes it out of its region.
+        v.leaders = BTreeMap::from([(1, 2), (2, 2)]);
+        v.preferred.insert(2, vec!["eu".into()]);
+        assert_eq!(plan_balance(&v, 0), None);
     }
 }

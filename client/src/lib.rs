@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub use balance::{BalanceStep, plan_balance};
+pub use balance::{BalanceStep, BalanceView, plan_balance};
 pub use builder::{ClientBuilder, TlsOptions};
 pub use coalesce::CoalesceConfig;
 pub use error::Error;

@@ -65,6 +65,32 @@ pub struct BalancerConfig {
     pub tolerance: u64,
     /// Replica moves of the balancer under way at once at most.
     pub moves_max: usize,
+    /// Where the leaders of SKU ranges belong (near their traffic): the first entry
+    /// whose range holds a shard's first SKU applies to that shard.
+    pub leader_preferences: Vec<LeaderPreference>,
+}
+
+/// The regions a range's shard leaders belong in.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderPreference {
+    /// The range `[start, end)` (an empty `end` is unbounded).
+    #[serde(default)]
+    pub start: String,
+    #[serde(default)]
+    pub end: String,
+    /// Preferred regions, any of them.
+    pub leader_regions: Vec<String>,
+}
+
+impl BalancerConfig {
+    /// The preferred regions of a shard whose range starts at `start`, if any.
+    pub fn preferred_regions(&self, start: &str) -> Option<&[String]> {
+        self.leader_preferences
+            .iter()
+            .find(|p| start >= p.start.as_str() && (p.end.is_empty() || start < p.end.as_str()))
+            .map(|p| p.leader_regions.as_slice())
+    }
 }
 
 impl Default for BalancerConfig {
@@ -74,6 +100,7 @@ impl Default for BalancerConfig {
             interval_ms: 5_000,
             tolerance: 1,
             moves_max: 1,
+            leader_preferences: Vec::new(),
         }
     }
 }

@@ -300,6 +300,20 @@ fn server(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
             "interval_ms must be at least 1000 and moves_max at least 1".into(),
         ));
     }
+    for (i, p) in b.leader_preferences.iter().enumerate() {
+        if p.leader_regions.is_empty() || p.leader_regions.iter().any(|r| r.is_empty()) {
+            return Err(bad(
+                format!("balancer.leader_preferences[{i}].leader_regions"),
+                "name at least one region, none empty".into(),
+            ));
+        }
+        if !p.end.is_empty() && p.end <= p.start {
+            return Err(bad(
+                format!("balancer.leader_preferences[{i}].end"),
+                format!("{:?} is not after start {:?}", p.end, p.start),
+            ));
+        }
+    }
     if s.repair_after_ms > 0 && s.repair_after_ms < REPAIR_AFTER_MS_MIN {
         return Err(bad(
             "server.repair_after_ms".into(),

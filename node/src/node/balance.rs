@@ -1,6 +1,7 @@
 //! The balancer (`[balancer]`), run by the meta shard's leader: every `interval_ms` it
-//! takes one step that evens replica counts, then leader counts, across the nodes
-//! that are up (the plan is the client library's `plan_balance`, beside the drain's
+//! takes one step that puts a range's leader in its preferred regions
+//! (`leader_preferences`), or evens replica counts, then leader counts, across the
+//! nodes that are up (the plan is the client library's `plan_balance`, beside the drain's
 //! `plan_evacuation`). A replica step is an ordinary recorded move (learner, catch-up,
 //! guarded change, drop); a leader step is a leadership transfer. Each step is logged
 //! with its reason and counted (`stockpile_balancer_steps_total`).
@@ -9,11 +10,10 @@
 //! answer (repair's business), a node draining, a move recorded in the map beyond
 //! `moves_max`; and it never touches a shard whose move is under way.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stockpile_client::{BalanceStep, NodeInfo, plan_balance};
+use stockpile_client::{BalanceStep, BalanceView, NodeInfo, plan_balance};
 use stockpile_proto::v1 as pb;
 
 use super::Node;
@@ -60,6 +60,15 @@ impl Node {
         if voters.len() < self.map.get().all_shards().count() {
             return;
         }
+        let map = self.map.get();
+        let preferred = map
+            .shards()
+            .iter()
+            .filter_map(|d| {
+                let regions = cfg.preferred_regions(&d.range.start)?;
+                Some((d.id.0, regions.to_vec()))
+            })
+            .collect();
         let up: Vec<NodeInfo> = records
             .nodes
             .iter()
@@ -71,14 +80,20 @@ impl Node {
                 zone: n.zone.clone(),
             })
             .collect();
-        let busy: BTreeSet<u64> = records.moves.iter().map(|m| m.shard_id).collect();
-        let Some(step) = plan_balance(&up, &voters, &leaders, &busy, cfg.tolerance) else {
+        let view = BalanceView {
+            nodes: up,
+            replicas: voters,
+            leaders,
+            preferred,
+            busy: records.moves.iter().map(|m| m.shard_id).collect(),
+        };
+        let Some(step) = plan_balance(&view, cfg.tolerance) else {
             return;
         };
         balancer.last_step = Some(Instant::now());
         let candidates = match &step {
             BalanceStep::Move { shard_id, .. } | BalanceStep::Lead { shard_id, .. } => {
-                voters.get(shard_id).cloned().unwrap_or_default()
+                view.replicas.get(shard_id).cloned().unwrap_or_default()
             }
         };
         let node = self.clone();

@@ -622,3 +622,71 @@ async fn a_joined_node_receives_replicas_and_leaders_until_counts_are_even() {
         );
     }
 }
+
+/// The leader of `shard` as the cluster status reports it (0: none now).
+async fn leader_of(client: &Client, shard: u64) -> u64 {
+    let Ok(status) = client.cluster_status().await else {
+        return 0;
+    };
+    status
+        .nodes
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .flat_map(|s| s.shards.iter())
+        .find(|s| s.shard_id == shard && s.role == "leader")
+        .map(|s| s.leader_id)
+        .unwrap_or(0)
+}
+
+/// Waits until `shard`'s leader satisfies `ok`; returns it.
+async fn leader_becomes(client: &Client, shard: u64, ok: impl Fn(u64) -> bool) -> u64 {
+    let (leader, _) = eventually(Duration::from_secs(60), || async {
+        match leader_of(client, shard).await {
+            l if l != 0 && ok(l) => Ok(l),
+            l => Err(Error::Unavailable {
+                message: format!("shard {shard}'s leader is {l}"),
+            }),
+        }
+    })
+    .await;
+    leader
+}
+
+/// Leader preferences (issue: Elastic cluster II): three nodes in three regions; the
+/// range of shard 1 prefers region r2. Its leadership goes to node 2 (r2), leaves
+/// with r2's outage (the shard keeps selling), and comes back when r2 recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ranges_leader_sits_in_its_preferred_region_and_returns_after_an_outage() {
+    let regions = BTreeMap::from([(1, "r1".into()), (2, "r2".into()), (3, "r3".into())]);
+    let mut cluster = TestCluster::start(Options {
+        nodes: 3,
+        regions,
+        extra_toml: concat!(
+            "[balancer]\nenabled = true\ninterval_ms = 1000\n",
+            "[[balancer.leader_preferences]]\nstart = \"\"\nend = \"g\"\nleader_regions = [\"r2\"]\n"
+        )
+        .into(),
+        ..Options::default()
+    });
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    let sku = "apple-region";
+    let shard = client.shard_map().shard_for(sku).expect("shard").shard_id;
+    assert_eq!(shard, 1);
+    client.set_stock(sku, 1_000).await.expect("seed");
+    // Somewhere else first, so that the balancer has something to do.
+    assert_eq!(client.transfer_leader(1, 1).await.expect("transfer"), 1);
+    assert_eq!(leader_becomes(&client, 1, |l| l == 2).await, 2);
+
+    cluster.kill9(2);
+    let during = leader_becomes(&client, 1, |l| l != 2).await;
+    client
+        .decrement(sku, 1)
+        .await
+        .expect("sells during r2's outage");
+    cluster.start_node(2);
+    assert_eq!(leader_becomes(&client, 1, |l| l == 2).await, 2);
+    client.decrement(sku, 1).await.expect("sells after");
+    eprintln!("shard 1 led by node {during} during r2's outage, back on node 2 after");
+    assert_eq!(must_get(&client, sku).await.map(|s| s.on_hand), Some(998));
+}
