@@ -193,15 +193,7 @@ fn leader_step(view: &BalanceView, tolerance: u64) -> Option<BalanceStep> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(id: u64, zone: &str) -> NodeInfo {
-        NodeInfo {
-            node_id: id,
-            addr: format!("127.0.0.1:{}", 7000 + id),
-            region: "local".into(),
-            zone: zone.into(),
-        }
-    }
+    use crate::moves::tests::node;
 
     fn four_nodes() -> Vec<NodeInfo> {
         vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "d")]

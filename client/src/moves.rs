@@ -269,10 +269,11 @@ impl Client {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn node(id: u64, zone: &str) -> NodeInfo {
+    /// A node of region "local" in `zone` (the balancer's tests use it too).
+    pub(crate) fn node(id: u64, zone: &str) -> NodeInfo {
         NodeInfo {
             node_id: id,
             addr: format!("127.0.0.1:{}", 7000 + id),

@@ -13,11 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stockpile_client::{BalanceStep, BalanceView, NodeInfo, plan_balance};
+use stockpile_client::{BalanceStep, BalanceView, plan_balance};
 use stockpile_proto::v1 as pb;
 
 use super::Node;
-use super::repair::Probe;
+use super::repair::{Probe, up_nodes};
 use crate::inventory::cluster::NodeState;
 use crate::router::ShardId;
 use crate::storage::ClusterMapRecords;
@@ -56,10 +56,9 @@ impl Node {
         if !due || unsettled {
             return;
         }
-        let (voters, leaders) = self.shard_views(probes);
-        if voters.len() < self.map.get().all_shards().count() {
+        let Some((voters, leaders)) = self.shard_views(probes) else {
             return;
-        }
+        };
         let map = self.map.get();
         let preferred = map
             .shards()
@@ -69,19 +68,8 @@ impl Node {
                 Some((d.id.0, regions.to_vec()))
             })
             .collect();
-        let up: Vec<NodeInfo> = records
-            .nodes
-            .iter()
-            .filter(|n| n.state == NodeState::Up)
-            .map(|n| NodeInfo {
-                node_id: n.id,
-                addr: n.addr.clone(),
-                region: n.region.clone(),
-                zone: n.zone.clone(),
-            })
-            .collect();
         let view = BalanceView {
-            nodes: up,
+            nodes: up_nodes(records),
             replicas: voters,
             leaders,
             preferred,

@@ -72,8 +72,9 @@ impl Node {
     }
 
     /// Each shard's voters and leader, as the shard's leader (here or in `probes`)
-    /// reports them.
-    pub(super) fn shard_views(&self, probes: &[Probe]) -> (Voters, BTreeMap<u64, u64>) {
+    /// reports them; None until every shard of the map has a leader that answered
+    /// (a plan on part of the shards would be wrong about the rest).
+    pub(super) fn shard_views(&self, probes: &[Probe]) -> Option<(Voters, BTreeMap<u64, u64>)> {
         let mut voters = Voters::new();
         let mut leaders = BTreeMap::new();
         for s in self.shards().iter().filter(|s| s.is_leader()) {
@@ -87,7 +88,7 @@ impl Node {
                 leaders.insert(s.shard_id, *node);
             }
         }
-        (voters, leaders)
+        (voters.len() >= self.map.get().all_shards().count()).then_some((voters, leaders))
     }
 
     /// One tick of the watch (on the meta leader): note who answered, and start the
@@ -120,26 +121,15 @@ impl Node {
         if watch.busy() {
             return;
         }
-        let (voters, _) = self.shard_views(probes);
-        let shards = self.map.get().all_shards().count();
-        if voters.len() < shards {
+        let Some((voters, _)) = self.shard_views(probes) else {
             tracing::info!(
                 node = dead,
                 "a node is due for repair, but not every shard has a leader to ask; waiting"
             );
             return;
-        }
-        let targets: Vec<NodeInfo> = records
-            .nodes
-            .iter()
-            .filter(|n| n.state == NodeState::Up && n.id != dead)
-            .map(|n| NodeInfo {
-                node_id: n.id,
-                addr: n.addr.clone(),
-                region: n.region.clone(),
-                zone: n.zone.clone(),
-            })
-            .collect();
+        };
+        let mut targets = up_nodes(records);
+        targets.retain(|n| n.node_id != dead);
         let node = self.clone();
         watch.running = Some(tokio::spawn(async move {
             node.repair(dead, targets, voters, repair_after).await;
@@ -223,4 +213,20 @@ impl Node {
             }
         }
     }
+}
+
+/// The nodes the cluster map records as up (the only ones placement gives replicas
+/// and leaderships to), as the client library's planners take them.
+pub(super) fn up_nodes(records: &ClusterMapRecords) -> Vec<NodeInfo> {
+    records
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Up)
+        .map(|n| NodeInfo {
+            node_id: n.id,
+            addr: n.addr.clone(),
+            region: n.region.clone(),
+            zone: n.zone.clone(),
+        })
+        .collect()
 }

@@ -24,6 +24,7 @@ const STOCK: u64 = 1_000_000;
 /// Decrements of 1 on `skus`, round robin, until `stop`: per SKU, how many were
 /// acknowledged and how many ended with an unknown outcome.
 struct Load {
+    skus: Vec<String>,
     stop: Arc<AtomicBool>,
     acked: Arc<Vec<AtomicU64>>,
     unknown: Arc<Vec<AtomicU64>>,
@@ -37,7 +38,9 @@ impl Load {
         let unknown: Arc<Vec<AtomicU64>> =
             Arc::new(skus.iter().map(|_| AtomicU64::new(0)).collect());
         let (s, a, u) = (stop.clone(), acked.clone(), unknown.clone());
+        let load_skus = skus.clone();
         let task = tokio::spawn(async move {
+            let skus = load_skus;
             let mut i = 0usize;
             while !s.load(Ordering::Relaxed) {
                 let k = i % skus.len();
@@ -59,6 +62,7 @@ impl Load {
             }
         });
         Load {
+            skus,
             stop,
             acked,
             unknown,
@@ -84,12 +88,40 @@ impl Load {
         }
     }
 
+    /// Stops, waits until every replica converged, and checks the drain exactly: each
+    /// SKU sold at least what was acknowledged and at most that plus the unknown
+    /// outcomes. Returns (acknowledged, unknown) per SKU.
+    async fn finish_exact(self, cluster: &TestCluster, client: &Client) -> (Vec<u64>, Vec<u64>) {
+        let skus = self.skus.clone();
+        let (acked, unknown) = self.finish().await;
+        cluster.wait_converged(client).await;
+        for (k, sku) in skus.iter().enumerate() {
+            let sold = STOCK - must_get(client, sku).await.expect("record").on_hand;
+            assert!(
+                sold >= acked[k] && sold <= acked[k] + unknown[k],
+                "{sku}: sold {sold}, acknowledged {}, unknown {}",
+                acked[k],
+                unknown[k]
+            );
+        }
+        (acked, unknown)
+    }
+
     async fn finish(self) -> (Vec<u64>, Vec<u64>) {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("load task");
         let read = |v: &Vec<AtomicU64>| v.iter().map(|a| a.load(Ordering::Relaxed)).collect();
         (read(&self.acked), read(&self.unknown))
     }
+}
+
+/// Whether the log of some running node satisfies `check`.
+fn any_log(cluster: &TestCluster, check: impl Fn(&str) -> bool) -> bool {
+    cluster
+        .running()
+        .iter()
+        .filter_map(|id| std::fs::read_to_string(cluster.log_path(*id)).ok())
+        .any(|log| check(&log))
 }
 
 /// Each shard's voters as its leader reports them, once every shard has a leader.
@@ -329,17 +361,7 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         Some(9)
     );
 
-    let (acked, unknown) = load.finish().await;
-    cluster.wait_converged(&client).await;
-    for (k, sku) in skus.iter().enumerate() {
-        let sold = STOCK - must_get(&client, sku).await.expect("record").on_hand;
-        assert!(
-            sold >= acked[k] && sold <= acked[k] + unknown[k],
-            "{sku}: sold {sold}, acknowledged {}, unknown {}",
-            acked[k],
-            unknown[k]
-        );
-    }
+    let (acked, unknown) = load.finish_exact(&cluster, &client).await;
     eprintln!(
         "elastic: {} decrements acknowledged, {} unknown",
         acked.iter().sum::<u64>(),
@@ -445,11 +467,9 @@ async fn a_move_interrupted_by_killing_the_meta_leader_is_finished() {
         !shards_on(&client, from).await.contains(&shard),
         "the source's replica was dropped"
     );
-    let driven = cluster
-        .running()
-        .iter()
-        .filter_map(|id| std::fs::read_to_string(cluster.log_path(*id)).ok())
-        .any(|log| log.contains("driving a silent recorded move again"));
+    let driven = any_log(&cluster, |log| {
+        log.contains("driving a silent recorded move again")
+    });
     assert!(driven, "a surviving meta replica drove the move");
     cluster.adopt(&now);
     cluster.start_node(meta_leader);
@@ -505,27 +525,15 @@ async fn a_node_unreachable_past_repair_after_is_replaced_automatically() {
         }
     })
     .await;
-    let declared = cluster
-        .running()
-        .iter()
-        .filter_map(|id| std::fs::read_to_string(cluster.log_path(*id)).ok())
-        .any(|log| log.contains("declaring an unreachable node dead"));
+    let declared = any_log(&cluster, |log| {
+        log.contains("declaring an unreachable node dead")
+    });
     assert!(declared, "the meta leader logged the repair");
     cluster.adopt(&now);
     load.sells(100).await;
     removed_id_is_refused(&mut cluster, 2).await;
 
-    let (acked, unknown) = load.finish().await;
-    cluster.wait_converged(&client).await;
-    for (k, sku) in skus.iter().enumerate() {
-        let sold = STOCK - must_get(&client, sku).await.expect("record").on_hand;
-        assert!(
-            sold >= acked[k] && sold <= acked[k] + unknown[k],
-            "{sku}: sold {sold}, acknowledged {}, unknown {}",
-            acked[k],
-            unknown[k]
-        );
-    }
+    load.finish_exact(&cluster, &client).await;
 }
 
 /// Replica and leader counts per node (replicas from each shard's leader's view).
@@ -599,28 +607,16 @@ async fn a_joined_node_receives_replicas_and_leaders_until_counts_are_even() {
         even.1.get(&4).copied().unwrap_or(0) >= 1,
         "node 4 leads a shard: {even:?}"
     );
-    let logged = cluster
-        .running()
-        .iter()
-        .filter_map(|id| std::fs::read_to_string(cluster.log_path(*id)).ok())
-        .any(|log| log.contains("balancer: moving a replica") && log.contains("node 4 0"));
+    let logged = any_log(&cluster, |log| {
+        log.contains("balancer: moving a replica") && log.contains("node 4 0")
+    });
     assert!(
         logged,
         "the meta leader logged its moves with their reasons"
     );
     cluster.adopt(&replicas(&client).await);
     load.sells(100).await;
-    let (acked, unknown) = load.finish().await;
-    cluster.wait_converged(&client).await;
-    for (k, sku) in skus.iter().enumerate() {
-        let sold = STOCK - must_get(&client, sku).await.expect("record").on_hand;
-        assert!(
-            sold >= acked[k] && sold <= acked[k] + unknown[k],
-            "{sku}: sold {sold}, acknowledged {}, unknown {}",
-            acked[k],
-            unknown[k]
-        );
-    }
+    load.finish_exact(&cluster, &client).await;
 }
 
 /// The leader of `shard` as the cluster status reports it (0: none now).
