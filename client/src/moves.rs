@@ -22,6 +22,11 @@ pub const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
 const LEADER_WAIT_ROUNDS_MAX: usize = 20;
 /// How long one move may take in all (catch-up, changes, clean-up, retries).
 const MOVE_DEADLINE_MS: u64 = 120_000;
+/// Checks a drain makes that its node runs nothing any more, `EVACUATE_RECHECK_MS`
+/// apart: long enough for a stopped move toward the node to be driven again by the
+/// meta leader (after 5 s of silence) and undone.
+const EVACUATE_ROUNDS_MAX: usize = 60;
+const EVACUATE_RECHECK_MS: u64 = 1_000;
 
 /// What one move did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -154,11 +159,21 @@ impl Client {
 
     /// Each shard's voters (node ids), from the leaders' views in the cluster status.
     pub async fn shard_replicas(&self) -> Result<BTreeMap<u64, Vec<u64>>, Error> {
+        let views = self.leader_views().await?;
+        Ok(views
+            .into_iter()
+            .map(|(id, view)| (id, view.replicas))
+            .collect())
+    }
+
+    /// Each shard's status as its leader reports it (shards without a leader now
+    /// are missing).
+    async fn leader_views(&self) -> Result<BTreeMap<u64, pb::ShardStatus>, Error> {
         let status = self.cluster_status().await?;
         let mut out = BTreeMap::new();
-        for st in status.nodes.iter().filter_map(|v| v.status.as_ref()) {
-            for sh in st.shards.iter().filter(|s| s.role == "leader") {
-                out.insert(sh.shard_id, sh.replicas.clone());
+        for st in status.nodes.into_iter().filter_map(|v| v.status) {
+            for sh in st.shards.into_iter().filter(|s| s.role == "leader") {
+                out.insert(sh.shard_id, sh);
             }
         }
         Ok(out)
@@ -220,6 +235,14 @@ impl Client {
     /// Carries out `plan` (from `plan_drain`): `node` is marked draining in the
     /// cluster map (placement gives it nothing more), the moves are made one at a
     /// time, and then `node` is marked removed: its id is never used again.
+    ///
+    /// Before that the drain is verified: planned again until no shard has a voter
+    /// on `node` (a move toward it that was under way when the drain began may land
+    /// after the first plan), and, unless `node` is dead, until the node itself runs
+    /// no replica (a replica a move could not drop is asked again; a learner left
+    /// there by a stopped move is undone by that move's driver, since a draining
+    /// node takes no new replica). Past `EVACUATE_ROUNDS_MAX` rounds the node stays
+    /// draining and MOVE_REFUSED (step `verify_drained`) says what it still runs.
     pub async fn evacuate(
         &self,
         node: u64,
@@ -227,12 +250,78 @@ impl Client {
         plan: &[PlannedMove],
     ) -> Result<Vec<MoveReport>, Error> {
         self.set_node_state(node, "draining").await?;
-        let mut done = Vec::with_capacity(plan.len());
-        for m in plan {
-            done.push(self.move_replica(m.shard_id, m.from, m.to, dead).await?);
+        let mut done: Vec<MoveReport> = Vec::with_capacity(plan.len());
+        let mut plan = plan.to_vec();
+        let mut problem = String::new();
+        for round in 0..EVACUATE_ROUNDS_MAX {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(EVACUATE_RECHECK_MS)).await;
+            }
+            for m in &plan {
+                done.push(self.move_replica(m.shard_id, m.from, m.to, dead).await?);
+            }
+            plan = self.plan_drain(node).await?;
+            if !plan.is_empty() {
+                let shards: Vec<u64> = plan.iter().map(|m| m.shard_id).collect();
+                problem = format!("shards {shards:?} have voters on it");
+                continue;
+            }
+            if !dead {
+                match self.still_running(node).await {
+                    Ok(held) if held.is_empty() => {}
+                    Ok(held) => {
+                        problem = format!("it still runs replicas of shards {held:?}");
+                        continue;
+                    }
+                    Err(e) => {
+                        problem = format!("its status is unknown: {e}");
+                        continue;
+                    }
+                }
+            }
+            self.set_node_state(node, "removed").await?;
+            return Ok(done);
         }
-        self.set_node_state(node, "removed").await?;
-        Ok(done)
+        Err(Error::MoveRefused {
+            shard_id: plan.first().map_or(0, |m| m.shard_id),
+            node_id: node,
+            step: "verify_drained".into(),
+            message: format!(
+                "node {node} stays draining after {EVACUATE_ROUNDS_MAX} checks: {problem}; \
+                 run the drain again"
+            ),
+        })
+    }
+
+    /// The shards `node` still runs a replica of (its own status). Each is asked to
+    /// drop itself, for the next check; the node refuses when its replica is among
+    /// the voters the shard's leader reports.
+    async fn still_running(&self, node: u64) -> Result<Vec<u64>, Error> {
+        let status = self.node_status(node).await?;
+        let held: Vec<u64> = status.shards.iter().map(|s| s.shard_id).collect();
+        if held.is_empty() {
+            return Ok(held);
+        }
+        let views = self.leader_views().await?;
+        for shard_id in &held {
+            let Some(view) = views.get(shard_id) else {
+                continue;
+            };
+            let req = pb::DropReplicaRequest {
+                shard_id: *shard_id,
+                replica_id: 0,
+                voters: view.replica_ids.clone(),
+            };
+            // An error leaves the replica for the next check to see.
+            let _ = self
+                .at_node(node, |ch, t| async move {
+                    AdminClient::new(ch)
+                        .drop_replica(with_timeout(req, t))
+                        .await
+                })
+                .await;
+        }
+        Ok(held)
     }
 
     /// Sets `node`'s state in the cluster map (up, draining, removed).

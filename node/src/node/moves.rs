@@ -18,6 +18,7 @@ use stockpile_proto::v1::admin_client::AdminClient;
 
 use super::{Node, refused};
 use crate::error::Error;
+use crate::inventory::cluster::NodeState;
 use crate::raft::membership::{ChangeError, Members};
 use crate::router::ShardId;
 use crate::shard::Shard;
@@ -30,6 +31,11 @@ const MOVE_PASSES_MAX: usize = 8;
 const REPLICA_CALL_TIMEOUT_MS: u64 = 10_000;
 /// How long a leader moving away waits for its successor.
 const HAND_OVER_TIMEOUT_MS: u64 = 5_000;
+/// Times a move follows the cluster map, `JOINED_WAIT_MS` apart, before it calls a
+/// node it does not know unknown (about 3 s: a join reaches every meta replica well
+/// within that unless the replica is cut off).
+const JOINED_WAIT_ROUNDS_MAX: usize = 10;
+const JOINED_WAIT_MS: u64 = 300;
 
 /// What to move.
 #[derive(Clone, Copy, Debug)]
@@ -184,6 +190,7 @@ impl Node {
                     if o.from == self.id {
                         return Err(self.hand_over(&shard, o.from, &m).await);
                     }
+                    self.check_target_up(shard_id, o.to).await?;
                     let id = self.add_learner(&shard, &m, o.to).await?;
                     report.replica_id = id;
                     report
@@ -192,6 +199,13 @@ impl Node {
                     self.note_step(shard_id, &o, "learner added").await;
                 }
                 (Some(_), None, Some(new)) => {
+                    match self.check_target_up(shard_id, o.to).await {
+                        Ok(()) => {}
+                        Err(e @ Error::MoveRefused { .. }) => {
+                            return Err(self.undo_learner(&shard, o.to, *new, e).await);
+                        }
+                        Err(e) => return Err(e),
+                    }
                     self.catch_up(&shard, o.to, *new, o.catch_up_timeout)
                         .await?;
                     report
@@ -231,11 +245,7 @@ impl Node {
 
     async fn check_move(&self, shard_id: ShardId, o: &MoveOptions) -> Result<(), Error> {
         for node_id in [o.from, o.to] {
-            if self.map.get().node(node_id).is_none() {
-                // A node that joined a moment ago: this node's book may lag the map.
-                self.follow_cluster_nodes().await;
-            }
-            if self.map.get().node(node_id).is_none() {
+            if !self.knows_node(node_id).await {
                 return Err(Error::NodeNotFound { node_id });
             }
         }
@@ -249,6 +259,52 @@ impl Node {
             return Err(Error::ShardNotFound { shard_id });
         }
         Ok(())
+    }
+
+    /// Whether `node_id` is in this node's book. A node that joined a moment ago may
+    /// not be yet: the book, and this node's replica of the meta shard, can lag the
+    /// map for a heartbeat or two, so the map is followed a few times first.
+    async fn knows_node(&self, node_id: u64) -> bool {
+        for round in 0..JOINED_WAIT_ROUNDS_MAX {
+            if self.map.get().node(node_id).is_some() {
+                return true;
+            }
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(JOINED_WAIT_MS)).await;
+            }
+            self.follow_cluster_nodes().await;
+        }
+        self.map.get().node(node_id).is_some()
+    }
+
+    /// Refuses a target the cluster map does not record as up: a node being drained
+    /// or removed takes no new replica, also not from a move recorded before its
+    /// drain began and driven again after (its replica would outlive the drain).
+    async fn check_target_up(&self, shard_id: ShardId, to: u64) -> Result<(), Error> {
+        let records = self.cluster_map().await?;
+        match records.nodes.iter().find(|n| n.id == to) {
+            Some(n) if n.state != NodeState::Up => Err(refused(
+                shard_id,
+                to,
+                "plan",
+                format!("node {to} is {}: it takes no new replica", n.state.as_str()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the learner `learner` on `to` again and drops it there, then answers
+    /// `why` (the learner's node may not take the replica after all).
+    async fn undo_learner(&self, shard: &Shard, to: u64, learner: u64, why: Error) -> Error {
+        let m = shard.raft.members();
+        let voters: Vec<u64> = m.voters.values().copied().collect();
+        match shard.raft.remove_learner(to, &m).await {
+            Ok(_) => {
+                self.drop_on(shard.id(), to, learner, &voters).await;
+                why
+            }
+            Err(e) => change_error(self, shard.id(), "remove_learner", e),
+        }
     }
 
     /// The leader is the replica to move: hands leadership to the most caught-up
@@ -281,6 +337,10 @@ impl Node {
             .allocate_replica_id(to)
             .map_err(|e| change_error(self, shard_id, "allocate_replica_id", e))?;
         let addr = self.addr_of(to)?;
+        // `to` holds no member of the shard (voter or learner): a replica still
+        // there was left by a move that stopped between creating it and adding it.
+        let voters: Vec<u64> = m.voters.values().copied().collect();
+        self.drop_on(shard_id, to, 0, &voters).await;
         let mut client = AdminClient::new(self.peer_channel(to, &addr, shard_id)?);
         let mut request = tonic::Request::new(pb::CreateReplicaRequest {
             shard_id: shard_id.0,
@@ -291,11 +351,13 @@ impl Node {
             .create_replica(request)
             .await
             .map_err(|s| refused(shard_id, to, "create_replica", s.message().to_string()))?;
-        shard
-            .raft
-            .add_learner(id, &addr, m)
-            .await
-            .map_err(|e| change_error(self, shard_id, "add_learner", e))?;
+        if let Err(e) = shard.raft.add_learner(id, &addr, m).await {
+            if !matches!(e, ChangeError::Unknown(_)) {
+                // Not added for sure: the empty replica would only linger.
+                self.drop_on(shard_id, to, id, &voters).await;
+            }
+            return Err(change_error(self, shard_id, "add_learner", e));
+        }
         Ok(id)
     }
 

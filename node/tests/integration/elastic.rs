@@ -536,6 +536,62 @@ async fn a_node_unreachable_past_repair_after_is_replaced_automatically() {
     load.finish_exact(&cluster, &client).await;
 }
 
+/// A replica id no move allocates (counter 99 on `node`).
+fn stray_id(node: u64) -> u64 {
+    (99 << 16) | node
+}
+
+/// Leaves what a move that stopped between its first two steps leaves: an empty
+/// replica of `shard` on `node` that no membership names.
+async fn stray(cluster: &TestCluster, node: u64, shard: u64) {
+    let channel = cluster.channel(&cluster.addrs[&node]).await;
+    stockpile_proto::v1::admin_client::AdminClient::new(channel)
+        .create_replica(stockpile_proto::v1::CreateReplicaRequest {
+            shard_id: shard,
+            replica_id: stray_id(node),
+        })
+        .await
+        .expect("create a stray replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_left_by_a_stopped_move_neither_blocks_a_move_nor_outlives_a_drain() {
+    let cluster = TestCluster::start(Options {
+        nodes: 5,
+        shard_replicas: Some([vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3]]),
+        ..Options::default()
+    });
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    eventually(Duration::from_secs(20), || async {
+        let map = client.cluster_map().await?;
+        match map.nodes.len() {
+            5 => Ok(()),
+            n => Err(Error::Unavailable {
+                message: format!("the map records {n} nodes, not yet 5"),
+            }),
+        }
+    })
+    .await;
+    stray(&cluster, 4, 1).await;
+    stray(&cluster, 5, 2).await;
+    assert_eq!(shards_on(&client, 4).await, vec![1]);
+
+    // A move onto a node holding a stray replica of the shard replaces it.
+    let r = client.move_replica(2, 1, 5, false).await.expect("move");
+    assert!(r.replicas.contains(&5) && !r.replicas.contains(&1), "{r:?}");
+    assert_ne!(r.replica_id, stray_id(5), "a fresh replica: {r:?}");
+
+    // Node 4 holds no voter, only the stray: its drain still leaves it running
+    // nothing before it is marked removed.
+    client.drain_node(4, false).await.expect("drain");
+    assert!(
+        shards_on(&client, 4).await.is_empty(),
+        "the stray replica was dropped"
+    );
+    assert_eq!(state_of(&client, 4).await, "removed");
+}
+
 /// Replica and leader counts per node (replicas from each shard's leader's view).
 async fn counts(client: &Client) -> Option<(BTreeMap<u64, u64>, BTreeMap<u64, u64>)> {
     let status = client.cluster_status().await.ok()?;
