@@ -27,6 +27,10 @@ const MOVE_DEADLINE_MS: u64 = 120_000;
 /// meta leader (after 5 s of silence) and undone.
 const EVACUATE_ROUNDS_MAX: usize = 60;
 const EVACUATE_RECHECK_MS: u64 = 1_000;
+/// The steps at which a refused move is planned again rather than fail the drain:
+/// another move of the shard runs (`start`) or is recorded (`record`), or the shard's
+/// replicas are no longer what the plan saw (`plan`).
+const REPLAN_STEPS: [&str; 3] = ["start", "record", "plan"];
 
 /// What one move did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -241,7 +245,8 @@ impl Client {
     /// after the first plan), and, unless `node` is dead, until the node itself runs
     /// no replica (a replica a move could not drop is asked again; a learner left
     /// there by a stopped move is undone by that move's driver, since a draining
-    /// node takes no new replica). Past `EVACUATE_ROUNDS_MAX` rounds the node stays
+    /// node takes no new replica). A planned move another move of the shard got in
+    /// the way of is planned again next round. Past `EVACUATE_ROUNDS_MAX` rounds the node stays
     /// draining and MOVE_REFUSED (step `verify_drained`) says what it still runs.
     pub async fn evacuate(
         &self,
@@ -258,7 +263,14 @@ impl Client {
                 tokio::time::sleep(Duration::from_millis(EVACUATE_RECHECK_MS)).await;
             }
             for m in &plan {
-                done.push(self.move_replica(m.shard_id, m.from, m.to, dead).await?);
+                match self.move_replica(m.shard_id, m.from, m.to, dead).await {
+                    Ok(r) => done.push(r),
+                    // Another move of the shard (the balancer's, repair's, an
+                    // operator's) came first or changed what to do: planned again.
+                    Err(Error::MoveRefused { step, .. })
+                        if REPLAN_STEPS.contains(&step.as_str()) => {}
+                    Err(e) => return Err(e),
+                }
             }
             plan = self.plan_drain(node).await?;
             if !plan.is_empty() {

@@ -97,6 +97,21 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
             .iter()
             .copied()
             .collect(),
+        balancer_decisions: node
+            .balancer_decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|d| pb::BalancerDecision {
+                at_ms: d.at_ms,
+                kind: d.kind.to_string(),
+                shard_id: d.shard_id,
+                from_node_id: d.from,
+                to_node_id: d.to,
+                reason: d.reason.clone(),
+                outcome: d.outcome.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -4,7 +4,8 @@
 //! nodes that are up (the plan is the client library's `plan_balance`, beside the drain's
 //! `plan_evacuation`). A replica step is an ordinary recorded move (learner, catch-up,
 //! guarded change, drop); a leader step is a leadership transfer. Each step is logged
-//! with its reason and counted (`stockpile_balancer_steps_total`).
+//! with its reason, counted (`stockpile_balancer_steps_total`) and kept with its
+//! outcome for the node's status (`stockpile cluster status`).
 //!
 //! It stands down while anything else changes the cluster's shape: a node that did not
 //! answer (repair's business), a node draining, a move recorded in the map beyond
@@ -27,6 +28,25 @@ use crate::telemetry::names;
 const BALANCE_CATCH_UP_TIMEOUT_MS: u64 = 30_000;
 /// How long a balancer leadership transfer may take.
 const TRANSFER_TIMEOUT_MS: u64 = 5_000;
+
+/// How many of the balancer's latest steps a node keeps for its status: enough to
+/// see what the last few minutes did, small enough to send in every status.
+pub const DECISIONS_MAX: usize = 16;
+
+/// One balancer step as the node's status shows it.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// When it was decided (Unix ms).
+    pub at_ms: u64,
+    /// "move" or "lead".
+    pub kind: &'static str,
+    pub shard_id: u64,
+    pub from: u64,
+    pub to: u64,
+    pub reason: String,
+    /// "running", "done", or "failed: ..." (filled in when the step ends).
+    pub outcome: String,
+}
 
 /// The balancer's memory on the meta leader: when it last stepped, and its steps
 /// still running.
@@ -90,53 +110,93 @@ impl Node {
         }));
     }
 
-    /// Carries out one balancer step, logging what it did and why.
+    /// Carries out one balancer step, logging what it did and why, and keeping it
+    /// with its outcome for the node's status.
     async fn take_step(&self, step: BalanceStep, candidates: Vec<u64>) {
-        match step {
+        let (kind, shard_id, from, to, reason) = match step {
             BalanceStep::Move {
                 shard_id,
                 from,
                 to,
                 reason,
-            } => {
-                metrics::counter!(names::BALANCER_STEPS_TOTAL, "kind" => "move").increment(1);
-                tracing::info!(shard_id, from, to, %reason, "balancer: moving a replica");
-                let request = pb::MoveReplicaRequest {
-                    shard_id,
-                    from_node_id: from,
-                    to_node_id: to,
-                    catch_up_timeout_ms: BALANCE_CATCH_UP_TIMEOUT_MS,
-                    from_dead: false,
-                };
-                match self
-                    .send_move(ShardId(shard_id), request, &candidates)
-                    .await
-                {
-                    Ok(steps) => {
-                        tracing::info!(shard_id, from, to, ?steps, "balancer: replica moved")
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard_id, from, to, error = %e, "balancer: move failed")
-                    }
-                }
-            }
+            } => ("move", shard_id, from, to, reason),
             BalanceStep::Lead {
                 shard_id,
                 from,
                 to,
                 reason,
-            } => {
-                metrics::counter!(names::BALANCER_STEPS_TOTAL, "kind" => "lead").increment(1);
-                tracing::info!(shard_id, from, to, %reason, "balancer: transferring a leadership");
-                match self.transfer_on(from, shard_id, to).await {
-                    Ok(()) => {
-                        tracing::info!(shard_id, from, to, "balancer: leadership transferred")
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard_id, from, to, error = %e, "balancer: transfer failed")
-                    }
+            } => ("lead", shard_id, from, to, reason),
+        };
+        metrics::counter!(names::BALANCER_STEPS_TOTAL, "kind" => kind).increment(1);
+        let at_ms = self.shared.ctx.clock.now_ms();
+        self.note_decision(Decision {
+            at_ms,
+            kind,
+            shard_id,
+            from,
+            to,
+            reason: reason.clone(),
+            outcome: "running".into(),
+        });
+        let outcome = if kind == "move" {
+            tracing::info!(shard_id, from, to, %reason, "balancer: moving a replica");
+            let request = pb::MoveReplicaRequest {
+                shard_id,
+                from_node_id: from,
+                to_node_id: to,
+                catch_up_timeout_ms: BALANCE_CATCH_UP_TIMEOUT_MS,
+                from_dead: false,
+            };
+            let sent = self
+                .send_move(ShardId(shard_id), request, &candidates)
+                .await;
+            match &sent {
+                Ok(steps) => tracing::info!(shard_id, from, to, ?steps, "balancer: replica moved"),
+                Err(e) => tracing::warn!(shard_id, from, to, error = %e, "balancer: move failed"),
+            }
+            sent.map(|_| ())
+        } else {
+            tracing::info!(shard_id, from, to, %reason, "balancer: transferring a leadership");
+            let sent = self.transfer_on(from, shard_id, to).await;
+            match &sent {
+                Ok(()) => tracing::info!(shard_id, from, to, "balancer: leadership transferred"),
+                Err(e) => {
+                    tracing::warn!(shard_id, from, to, error = %e, "balancer: transfer failed")
                 }
             }
+            sent
+        };
+        let outcome = match outcome {
+            Ok(()) => "done".to_string(),
+            Err(e) => format!("failed: {e}"),
+        };
+        self.end_decision(at_ms, shard_id, outcome);
+    }
+
+    /// Keeps `d` for the node's status, forgetting the oldest past `DECISIONS_MAX`.
+    fn note_decision(&self, d: Decision) {
+        let mut kept = self
+            .balancer_decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        kept.push_back(d);
+        while kept.len() > DECISIONS_MAX {
+            kept.pop_front();
+        }
+    }
+
+    /// Fills in the outcome of the step decided at `at_ms` for `shard_id`.
+    fn end_decision(&self, at_ms: u64, shard_id: u64, outcome: String) {
+        let mut kept = self
+            .balancer_decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = kept
+            .iter_mut()
+            .rev()
+            .find(|d| d.at_ms == at_ms && d.shard_id == shard_id)
+        {
+            d.outcome = outcome;
         }
     }
 

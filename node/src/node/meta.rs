@@ -168,18 +168,43 @@ impl Node {
         Ok(AdminClient::new(self.peers.channel(target, &addr)?))
     }
 
-    /// The cluster map from this node's meta replica (its applied state), or from a
-    /// meta replica elsewhere.
+    /// The cluster map, as the meta shard's leader holds it. A follower's replica
+    /// may lag (a node just cut off, or one whose meta replica was moved away and not
+    /// yet dropped), so this node reads its own replica only when it leads; else it
+    /// asks the leader it knows, then the other meta replicas, taking the first
+    /// answer from a replica that leads. When no leader answers, the most advanced
+    /// answer seen (a replica's own view, maybe behind) is better than none.
     pub async fn cluster_map(&self) -> Result<ClusterMapRecords, Error> {
-        if let Ok(meta) = self.local_shard(META_SHARD_ID) {
+        let local = self.local_shard(META_SHARD_ID).ok();
+        if let Some(meta) = &local
+            && meta.is_leader()
+        {
             return meta.reader.cluster_map().map_err(Error::from);
         }
+        let mut targets: Vec<u64> = local.iter().filter_map(|m| m.leader_id()).collect();
+        for r in self.map.get().meta().replicas.iter().copied() {
+            if !targets.contains(&r) {
+                targets.push(r);
+            }
+        }
+        let mut best: Option<(u64, ClusterMapRecords)> = None;
         let mut last = String::from("no meta replica known");
-        for target in self.map.get().meta().replicas.clone() {
+        for target in targets.into_iter().filter(|t| *t != self.id) {
             match self.cluster_map_on(target).await {
-                Ok(records) => return Ok(records),
+                Ok((records, leads, _)) if leads => return Ok(records),
+                Ok((records, _, applied)) => {
+                    if best.as_ref().is_none_or(|(a, _)| applied > *a) {
+                        best = Some((applied, records));
+                    }
+                }
                 Err(e) => last = format!("node {target}: {e}"),
             }
+        }
+        if let Some((_, records)) = best {
+            return Ok(records);
+        }
+        if let Some(meta) = local {
+            return meta.reader.cluster_map().map_err(Error::from);
         }
         Err(Error::ShardUnavailable {
             shard_id: META_SHARD_ID,
@@ -187,7 +212,9 @@ impl Node {
         })
     }
 
-    async fn cluster_map_on(&self, target: u64) -> Result<ClusterMapRecords, String> {
+    /// `target`'s replica of the cluster map: the records, whether `target` leads the
+    /// meta shard, and the index they were read at.
+    async fn cluster_map_on(&self, target: u64) -> Result<(ClusterMapRecords, bool, u64), String> {
         let mut client = self.admin_of(target)?;
         let mut request = tonic::Request::new(pb::ClusterMapRequest {});
         request.set_timeout(Duration::from_millis(CLUSTER_CALL_TIMEOUT_MS));
@@ -196,7 +223,8 @@ impl Node {
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
-        records_from_pb(&reply)
+        let records = records_from_pb(&reply)?;
+        Ok((records, reply.meta_leader_id == target, reply.applied_index))
     }
 
     /// Notes a move's step in the cluster map (first: records the move). Refused

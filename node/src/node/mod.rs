@@ -138,6 +138,9 @@ pub struct Node {
     moves_running: std::sync::Mutex<std::collections::BTreeSet<ShardId>>,
     /// See `StartOptions::move_step_pause_ms`.
     move_step_pause_ms: u64,
+    /// The balancer's latest steps taken here, for the node's status (bounded:
+    /// `balance::DECISIONS_MAX`).
+    pub balancer_decisions: std::sync::Mutex<std::collections::VecDeque<balance::Decision>>,
 }
 
 /// What every shard of a node shares while it starts.
@@ -251,6 +254,7 @@ impl Node {
             replica_changes: tokio::sync::Mutex::new(()),
             rebuild_allowed: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             moves_running: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            balancer_decisions: std::sync::Mutex::new(std::collections::VecDeque::new()),
             move_step_pause_ms: options.move_step_pause_ms,
         }))
     }

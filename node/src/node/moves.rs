@@ -31,6 +31,9 @@ const MOVE_PASSES_MAX: usize = 8;
 const REPLICA_CALL_TIMEOUT_MS: u64 = 10_000;
 /// How long a leader moving away waits for its successor.
 const HAND_OVER_TIMEOUT_MS: u64 = 5_000;
+/// Attempts to drop the source's replica at the end of a move, `DROP_RETRY_MS` apart.
+const DROP_ATTEMPTS_MAX: usize = 3;
+const DROP_RETRY_MS: u64 = 1_000;
 /// Times a move follows the cluster map, `JOINED_WAIT_MS` apart, before it calls a
 /// node it does not know unknown (about 3 s: a join reaches every meta replica well
 /// within that unless the replica is cut off).
@@ -420,7 +423,10 @@ impl Node {
                 "node {} is dead: its replica was not asked to drop itself",
                 o.from
             ));
-        } else if self.drop_on(shard.id(), o.from, old_replica, &voters).await {
+        } else if self
+            .drop_retried(shard.id(), o.from, old_replica, &voters)
+            .await
+        {
             report
                 .steps
                 .push(format!("dropped the replica on node {}", o.from));
@@ -432,6 +438,27 @@ impl Node {
         }
         report.replicas = m.voters.keys().copied().collect();
         report.conf_ver = m.index;
+    }
+
+    /// `drop_on`, tried `DROP_ATTEMPTS_MAX` times `DROP_RETRY_MS` apart: a source
+    /// that is busy or was cut off for a moment should not keep a replica its shard
+    /// removed (it would only lag, and count as a replica it no longer is).
+    async fn drop_retried(
+        &self,
+        shard_id: ShardId,
+        node: u64,
+        replica: u64,
+        voters: &[u64],
+    ) -> bool {
+        for attempt in 0..DROP_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(DROP_RETRY_MS)).await;
+            }
+            if self.drop_on(shard_id, node, replica, voters).await {
+                return true;
+            }
+        }
+        false
     }
 
     /// Asks `node` to drop its replica `replica` (0: whichever it holds) of `shard_id`,

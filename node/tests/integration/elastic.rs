@@ -670,6 +670,25 @@ async fn a_joined_node_receives_replicas_and_leaders_until_counts_are_even() {
         logged,
         "the meta leader logged its moves with their reasons"
     );
+    // The cluster status shows the steps with their reasons and outcomes.
+    let status = client.cluster_status().await.expect("status");
+    let decisions: Vec<_> = status
+        .nodes
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .flat_map(|st| st.balancer_decisions.iter())
+        .collect();
+    assert!(
+        decisions.iter().any(|d| d.kind == "move"
+            && d.to_node_id == 4
+            && d.outcome == "done"
+            && d.reason.contains("node 4 0")),
+        "a finished move onto node 4 with its reason: {decisions:?}"
+    );
+    assert!(
+        decisions.iter().any(|d| d.kind == "lead" && d.to_node_id == 4),
+        "a leadership handed to node 4: {decisions:?}"
+    );
     cluster.adopt(&replicas(&client).await);
     load.sells(100).await;
     load.finish_exact(&cluster, &client).await;

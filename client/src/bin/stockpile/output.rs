@@ -84,7 +84,52 @@ pub fn status_json(s: &pb::ClusterStatusReply) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "epoch": s.epoch, "nodes": nodes })
+    let balancer: Vec<_> = balancer_decisions(s)
+        .iter()
+        .map(|d| {
+            json!({
+                "at_ms": d.at_ms, "kind": d.kind, "shard_id": d.shard_id,
+                "from_node_id": d.from_node_id, "to_node_id": d.to_node_id,
+                "reason": d.reason, "outcome": d.outcome,
+            })
+        })
+        .collect();
+    json!({ "epoch": s.epoch, "nodes": nodes, "balancer": balancer })
+}
+
+/// The balancer's latest steps, from every node that led the meta shard, oldest first.
+fn balancer_decisions(s: &pb::ClusterStatusReply) -> Vec<pb::BalancerDecision> {
+    let mut all: Vec<pb::BalancerDecision> = s
+        .nodes
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .flat_map(|st| st.balancer_decisions.iter().cloned())
+        .collect();
+    all.sort_by_key(|d| d.at_ms);
+    all
+}
+
+/// The balancer's latest steps as a table (nothing when it took none).
+fn print_balancer(s: &pb::ClusterStatusReply) {
+    let all = balancer_decisions(s);
+    if all.is_empty() {
+        return;
+    }
+    println!();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    println!(
+        "{:<15} {:<5} {:>5} {:>5} {:>5}  {:<24} REASON",
+        "BALANCER STEP", "KIND", "SHARD", "FROM", "TO", "OUTCOME"
+    );
+    for d in all {
+        let ago = format!("{} s ago", now_ms.saturating_sub(d.at_ms) / 1_000);
+        println!(
+            "{:<15} {:<5} {:>5} {:>5} {:>5}  {:<24} {}",
+            ago, d.kind, d.shard_id, d.from_node_id, d.to_node_id, d.outcome, d.reason
+        );
+    }
 }
 
 pub fn print_status(s: &pb::ClusterStatusReply) {
@@ -184,4 +229,5 @@ pub fn print_status(s: &pb::ClusterStatusReply) {
             replicas.join(" ")
         );
     }
+    print_balancer(s);
 }
