@@ -686,7 +686,9 @@ async fn a_joined_node_receives_replicas_and_leaders_until_counts_are_even() {
         "a finished move onto node 4 with its reason: {decisions:?}"
     );
     assert!(
-        decisions.iter().any(|d| d.kind == "lead" && d.to_node_id == 4),
+        decisions
+            .iter()
+            .any(|d| d.kind == "lead" && d.to_node_id == 4),
         "a leadership handed to node 4: {decisions:?}"
     );
     cluster.adopt(&replicas(&client).await);
