@@ -56,12 +56,16 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
                 lag: st.last_log_index.saturating_sub(*matched),
             })
             .collect();
+        let members = shard.raft.members();
         shards.push(pb::ShardStatus {
             shard_id: id.0,
             start: shard.descriptor.range.start.clone(),
             end: shard.descriptor.range.end.clone(),
             replicas: st.voters.iter().copied().collect(),
-            replica_ids: shard.raft.members().voters.into_values().collect(),
+            replica_ids: members.voters.into_values().collect(),
+            learner_replica_ids: members.learners.into_values().collect(),
+            membership_index: members.index,
+            membership_joint: members.joint,
             role: st.role.to_string(),
             leader_id: st.leader.unwrap_or(0),
             term: st.term,

@@ -321,6 +321,10 @@ pub struct ServerTuning {
     /// an operator runs `node remove N --dead`). Long enough that a restart or an
     /// upgrade never triggers it.
     pub repair_after_ms: u64,
+    /// A replica of this node that has heard from no leader for this long is checked
+    /// against its shard's leader and dropped when the shard no longer names it (a
+    /// replica its move could not drop, an empty one a stopped move left; 0: never).
+    pub replica_gc_after_ms: u64,
 }
 
 impl Default for ServerTuning {
@@ -339,6 +343,7 @@ impl Default for ServerTuning {
             snapshots_in_flight_max: 2,
             snapshot_chunk_timeout_ms: 10_000,
             repair_after_ms: 300_000,
+            replica_gc_after_ms: 60_000,
         }
     }
 }

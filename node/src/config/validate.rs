@@ -272,6 +272,11 @@ fn retention(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
 /// process restart fit in it, so only a node that stays away is declared dead.
 const REPAIR_AFTER_MS_MIN: u64 = 2_000;
 
+/// The shortest `server.replica_gc_after_ms` accepted: a replica between two leaders
+/// is leaderless for an election or two (its leader would still name it, so nothing
+/// would be dropped, but each check costs a status call to every node).
+const REPLICA_GC_AFTER_MS_MIN: u64 = 1_000;
+
 /// `[server]` counts and timeouts, and `[balancer]`'s.
 fn server(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
     let bad = |field: String, problem: String| ConfigError::Invalid {
@@ -313,6 +318,15 @@ fn server(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
                 format!("{:?} is not after start {:?}", p.end, p.start),
             ));
         }
+    }
+    if s.replica_gc_after_ms > 0 && s.replica_gc_after_ms < REPLICA_GC_AFTER_MS_MIN {
+        return Err(bad(
+            "server.replica_gc_after_ms".into(),
+            format!(
+                "{} ms is shorter than an election: use 0 (never) or at least {REPLICA_GC_AFTER_MS_MIN}",
+                s.replica_gc_after_ms
+            ),
+        ));
     }
     if s.repair_after_ms > 0 && s.repair_after_ms < REPAIR_AFTER_MS_MIN {
         return Err(bad(

@@ -26,6 +26,7 @@ use crate::security::Security;
 use crate::shard::{ProposeStats, Shard, ShardContext};
 mod balance;
 mod boot;
+mod gc;
 mod meta;
 mod moves;
 mod repair;
@@ -280,6 +281,27 @@ impl Node {
                 }
                 let Some(node) = node.upgrade() else { return };
                 node.meta_duties(&driving, &mut watch, &mut balancer).await;
+            }
+        });
+    }
+
+    /// Starts the check for replicas their shard no longer names (`gc`), every
+    /// `GC_CHECK_INTERVAL_MS` on every node.
+    pub fn spawn_replica_gc(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut watch = gc::GcWatch::default();
+            let mut tick =
+                tokio::time::interval(std::time::Duration::from_millis(gc::GC_CHECK_INTERVAL_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.recv() => return,
+                }
+                let Some(node) = node.upgrade() else { return };
+                node.collect_garbage(&mut watch).await;
             }
         });
     }

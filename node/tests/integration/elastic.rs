@@ -555,10 +555,12 @@ async fn stray(cluster: &TestCluster, node: u64, shard: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replica_left_by_a_stopped_move_neither_blocks_a_move_nor_outlives_a_drain() {
+async fn a_replica_left_by_a_stopped_move_is_replaced_drained_or_collected() {
     let cluster = TestCluster::start(Options {
         nodes: 5,
         shard_replicas: Some([vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3]]),
+        // Long enough for the move and the drain below to meet their strays first.
+        extra_toml: "[server]\nreplica_gc_after_ms = 5000\n".into(),
         ..Options::default()
     });
     let client = cluster.client().await;
@@ -590,6 +592,40 @@ async fn a_replica_left_by_a_stopped_move_neither_blocks_a_move_nor_outlives_a_d
         "the stray replica was dropped"
     );
     assert_eq!(state_of(&client, 4).await, "removed");
+
+    // A stray nobody moves to or drains is found by its node and dropped; the
+    // replicas the shards name stay.
+    stray(&cluster, 5, 3).await;
+    assert_eq!(shards_on(&client, 5).await, vec![2, 3]);
+    eventually(Duration::from_secs(40), || async {
+        match shards_on(&client, 5).await {
+            held if held == vec![2] => Ok(()),
+            held => Err(Error::Unavailable {
+                message: format!("node 5 still runs shards {held:?}"),
+            }),
+        }
+    })
+    .await;
+    assert!(any_log(&cluster, |log| log
+        .contains("dropping a replica its shard no longer names")));
+    let now = replicas(&client).await;
+    assert_eq!(now[&2], vec![2, 3, 5], "{now:?}");
+    for shard in [1, 3, 4] {
+        assert_eq!(now[&shard], vec![1, 2, 3], "{now:?}");
+    }
+    for node in [1, 2, 3] {
+        let data: Vec<u64> = shards_on(&client, node)
+            .await
+            .into_iter()
+            .filter(|s| *s > 0)
+            .collect();
+        let want: Vec<u64> = if node == 1 {
+            vec![1, 3, 4]
+        } else {
+            vec![1, 2, 3, 4]
+        };
+        assert_eq!(data, want, "node {node}");
+    }
 }
 
 /// Replica and leader counts per node (replicas from each shard's leader's view).
