@@ -42,6 +42,7 @@ mod ops;
 mod reads;
 mod retry;
 mod routing;
+mod splits;
 mod transport;
 mod types;
 
@@ -57,6 +58,7 @@ pub use error::Error;
 pub use moves::{MoveReport, PlannedMove, plan_evacuation};
 pub use mutation::{Mutation, MutationOutcome};
 pub use routing::{NodeInfo, ShardInfo, ShardMap};
+pub use splits::SplitReport;
 pub use types::*;
 
 /// The wire types, for callers that need them (cluster status).

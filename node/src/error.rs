@@ -39,6 +39,8 @@ pub enum Error {
         shard_id: ShardId,
         replicas: Vec<u64>,
     },
+    #[error("SKU {sku:?} has left this shard by a split; refresh the shard map and retry")]
+    ShardMoved { sku: String },
     #[error("shard {shard_id} unavailable: {reason}")]
     ShardUnavailable { shard_id: ShardId, reason: String },
     #[error("rate limited ({what}); retry after {retry_after_ms} ms")]
@@ -173,6 +175,7 @@ impl From<Rejection> for Error {
                 expected,
                 actual,
             },
+            Rejection::ShardMoved { sku } => Error::ShardMoved { sku },
         }
     }
 }

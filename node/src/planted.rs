@@ -40,7 +40,7 @@ pub mod scratch {
     use std::collections::HashMap;
     use std::io;
 
-    use crate::inventory::cluster::{MoveRecord, NodeRecord};
+    use crate::inventory::cluster::{MoveRecord, NodeRecord, ShardRecord};
     use crate::inventory::{
         Records, RequestId, Reservation, ShardState, StockRecord, StoredOutcome,
     };
@@ -110,6 +110,10 @@ pub mod scratch {
         }
         fn put_move_record(&mut self, _record: &MoveRecord) {}
         fn delete_move_record(&mut self, _shard_id: u64) {}
+        fn shard_record(&mut self, _shard_id: u64) -> io::Result<Option<ShardRecord>> {
+            Ok(None)
+        }
+        fn put_shard_record(&mut self, _record: &ShardRecord) {}
     }
 
     impl ShardState for Scratch<'_> {

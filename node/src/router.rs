@@ -58,6 +58,46 @@ impl std::fmt::Display for SkuRange {
     }
 }
 
+/// A shard's range and epoch `version` as its own state machine holds them: what it
+/// checks every operation against, at propose time and at apply time (a split
+/// narrows the range and grows the version at one log index on every replica).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardBounds {
+    pub range: SkuRange,
+    pub version: u64,
+}
+
+/// A replica's current bounds, shared by its state machine (the writer, on apply and
+/// snapshot install) and its shard (the reader, before proposing and after a read
+/// barrier).
+#[derive(Clone, Debug, Default)]
+pub struct LiveBounds(std::sync::Arc<std::sync::RwLock<ShardBounds>>);
+
+impl LiveBounds {
+    pub fn new(bounds: ShardBounds) -> LiveBounds {
+        LiveBounds(std::sync::Arc::new(std::sync::RwLock::new(bounds)))
+    }
+
+    pub fn get(&self) -> ShardBounds {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, bounds: ShardBounds) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = bounds;
+    }
+
+    /// SHARD_MOVED for the first of `skus` outside the bounds.
+    pub fn check<'a>(&self, mut skus: impl Iterator<Item = &'a str>) -> Result<(), Error> {
+        let b = self.0.read().unwrap_or_else(|p| p.into_inner());
+        match skus.find(|s| !b.range.contains(s)) {
+            Some(sku) => Err(Error::ShardMoved {
+                sku: sku.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One shard: its range, the nodes holding its replicas, and its epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardDescriptor {
@@ -271,6 +311,43 @@ impl ShardMap {
         Some(next)
     }
 
+    /// This map with each of `descriptors` taken where it is newer than the map's
+    /// descriptor of the same id (or the map has none: a shard born by a split). None
+    /// when nothing changed, or when the result would not tile the SKU space (a parent
+    /// narrowed by a split before its child is known here: taken together later).
+    pub fn with_layout(&self, descriptors: &[ShardDescriptor]) -> Option<ShardMap> {
+        let mut next = self.clone();
+        let mut changed = false;
+        for d in descriptors {
+            if d.id == META_SHARD_ID {
+                if d.epoch > next.meta.epoch {
+                    next.meta.replicas = d.replicas.clone();
+                    next.meta.epoch = d.epoch;
+                    changed = true;
+                }
+                continue;
+            }
+            match next.shards.iter_mut().find(|s| s.id == d.id) {
+                Some(s) if d.epoch > s.epoch => {
+                    *s = d.clone();
+                    changed = true;
+                }
+                Some(_) => {}
+                None => {
+                    next.shards.push(d.clone());
+                    changed = true;
+                }
+            }
+        }
+        next.shards
+            .sort_by(|a, b| a.range.start.cmp(&b.range.start));
+        if !changed || !tiles(&next.shards) {
+            return None;
+        }
+        next.epoch += 1;
+        Some(next)
+    }
+
     /// SHARD_NOT_HERE: this node holds no replica of `shard_id`; the replicas are
     /// named so that the client can go there (after refreshing its map).
     pub fn not_here(&self, shard_id: ShardId) -> Error {
@@ -282,6 +359,15 @@ impl ShardMap {
             None => Error::ShardNotFound { shard_id },
         }
     }
+}
+
+/// True when `shards` (sorted by start) cover every SKU exactly once.
+fn tiles(shards: &[ShardDescriptor]) -> bool {
+    shards.first().is_some_and(|s| s.range.start.is_empty())
+        && shards.last().is_some_and(|s| s.range.end.is_empty())
+        && shards
+            .windows(2)
+            .all(|w| !w[0].range.end.is_empty() && w[0].range.end == w[1].range.start)
 }
 
 /// The node's shard map, replaced whole when a descriptor changes: readers take the
@@ -306,6 +392,19 @@ impl LiveMap {
     pub fn update_replicas(&self, shard_id: ShardId, replicas: Vec<u64>, epoch: Epoch) -> bool {
         let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
         match current.with_replicas(shard_id, replicas, epoch) {
+            Some(next) => {
+                *current = std::sync::Arc::new(next);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes each of `descriptors` that is newer (`ShardMap::with_layout`); returns
+    /// whether the map changed.
+    pub fn update_layout(&self, descriptors: &[ShardDescriptor]) -> bool {
+        let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match current.with_layout(descriptors) {
             Some(next) => {
                 *current = std::sync::Arc::new(next);
                 true
@@ -427,6 +526,47 @@ replicas = [2]
             !live.update_replicas(ShardId(9), vec![2], newer),
             "unknown shard"
         );
+    }
+
+    #[test]
+    fn a_split_is_taken_only_with_its_child_and_a_newer_version() {
+        let live = LiveMap::new(map());
+        let parent = live.get().shard(ShardId(3)).unwrap().clone();
+        let split = Epoch {
+            version: 1,
+            conf_ver: 0,
+        };
+        let narrowed = ShardDescriptor {
+            range: SkuRange {
+                start: "n".into(),
+                end: "t".into(),
+            },
+            epoch: split,
+            ..parent.clone()
+        };
+        assert!(
+            !live.update_layout(std::slice::from_ref(&narrowed)),
+            "a narrowed parent alone leaves a hole"
+        );
+        let child = ShardDescriptor {
+            id: ShardId(4),
+            range: SkuRange {
+                start: "t".into(),
+                end: String::new(),
+            },
+            epoch: split,
+            replicas: vec![1],
+        };
+        assert!(live.update_layout(&[narrowed.clone(), child.clone()]));
+        let m = live.get();
+        assert_eq!(m.shard_for("s").id, ShardId(3));
+        assert_eq!(m.shard_for("t").id, ShardId(4));
+        assert_eq!(m.shard_for("zzz").id, ShardId(4));
+        assert!(
+            !live.update_layout(&[parent]),
+            "the unsplit parent is older and never taken back"
+        );
+        assert!(!live.update_layout(&[narrowed, child]), "nothing newer");
     }
 
     #[test]

@@ -57,10 +57,11 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
             })
             .collect();
         let members = shard.raft.members();
+        let range = shard.bounds.get().range;
         shards.push(pb::ShardStatus {
             shard_id: id.0,
-            start: shard.descriptor.range.start.clone(),
-            end: shard.descriptor.range.end.clone(),
+            start: range.start,
+            end: range.end,
             replicas: st.voters.iter().copied().collect(),
             replica_ids: members.voters.into_values().collect(),
             learner_replica_ids: members.learners.into_values().collect(),
@@ -347,6 +348,16 @@ impl Admin for AdminService {
         let caller = self.authorized("move_replica", &request, Need::Replica)?;
         let result = super::admin_moves::move_replica(&self.node, request.into_inner()).await;
         audit_call(&caller.name, "move_replica", &result.as_ref().map(|_| ()));
+        result.map(Response::new).map_err(to_status)
+    }
+
+    async fn split_shard(
+        &self,
+        request: Request<pb::SplitShardRequest>,
+    ) -> Result<Response<pb::SplitShardReply>, Status> {
+        let caller = self.authorized("split_shard", &request, Need::Operator)?;
+        let result = super::admin_moves::split_shard(&self.node, request.into_inner()).await;
+        audit_call(&caller.name, "split_shard", &result.as_ref().map(|_| ()));
         result.map(Response::new).map_err(to_status)
     }
 

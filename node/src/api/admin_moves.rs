@@ -117,3 +117,41 @@ pub async fn set_node_state(
     let o = node.cluster_write(cluster_request_id(), command).await?;
     Ok(outcome(o))
 }
+
+/// A split by command: `at` checked against the SKU policy, the split driven by
+/// `node::split`, its two shards answered.
+pub async fn split_shard(
+    node: &Node,
+    req: pb::SplitShardRequest,
+) -> Result<pb::SplitShardReply, Error> {
+    let at = if req.at.is_empty() {
+        None
+    } else {
+        crate::inventory::validate::sku("at", &req.at)?;
+        Some(req.at)
+    };
+    let shard_id = ShardId(req.shard_id);
+    let done = node.split_shard(shard_id, at).await?;
+    tracing::info!(
+        shard_id = req.shard_id,
+        child_id = done.child_id.0,
+        at = %done.child_range.start,
+        "split"
+    );
+    let replicas: Vec<u64> = node
+        .local_shard(shard_id)
+        .map(|s| s.raft.status().voters.into_iter().collect())
+        .unwrap_or_default();
+    let info = |id: ShardId, range: &crate::router::SkuRange| pb::ShardInfo {
+        shard_id: id.0,
+        start: range.start.clone(),
+        end: range.end.clone(),
+        replicas: replicas.clone(),
+        version: done.version,
+        ..Default::default()
+    };
+    Ok(pb::SplitShardReply {
+        parent: Some(info(shard_id, &done.parent_range)),
+        child: Some(info(done.child_id, &done.child_range)),
+    })
+}

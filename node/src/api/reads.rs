@@ -43,6 +43,7 @@ impl InventoryService {
             let shard = self.node.local_shard(shard_id)?;
             barrier(&shard, read.consistency).await?;
             let skus: Vec<&str> = idxs.iter().map(|&i| read.skus[i].as_str()).collect();
+            shard.bounds.check(skus.iter().copied())?;
             let (applied_index, records) = shard.reader.get_many(&skus)?;
             for (&i, record) in idxs.iter().zip(records) {
                 results[i] = Some(pb::GetResult {
@@ -83,6 +84,13 @@ impl InventoryService {
         let descriptor = self.node.map.get().shard_for(route).clone();
         let shard = self.node.local_shard(descriptor.id)?;
         barrier(&shard, read.consistency).await?;
+        if shard.bounds.get().range != descriptor.range {
+            // A split this node's map has not taken yet: the page and the next
+            // shard would be wrong.
+            return Err(Error::ShardMoved {
+                sku: route.to_string(),
+            });
+        }
         let from = match &read.from {
             None => ListFrom::Start,
             Some(Position::After(s)) => ListFrom::After(s),
@@ -128,6 +136,7 @@ impl InventoryService {
         caller.check_skus("get_reservation", [read.sku.as_str()])?;
         let shard = self.node.shard_for(&read.sku)?;
         barrier(&shard, read.consistency).await?;
+        shard.bounds.check([read.sku.as_str()].into_iter())?;
         let (applied_index, r) = shard.reader.reservation(&read.reservation_id)?;
         let r = r.ok_or(Error::ReservationNotFound {
             reservation_id: read.reservation_id,

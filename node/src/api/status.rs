@@ -22,6 +22,7 @@ pub fn reason(e: &Error) -> pb::Reason {
         Error::ReservationNotActive { .. } => R::ReservationNotActive,
         Error::NotLeader { .. } => R::NotLeader,
         Error::ShardNotHere { .. } => R::ShardNotHere,
+        Error::ShardMoved { .. } => R::ShardMoved,
         Error::ShardUnavailable { .. } => R::ShardUnavailable,
         Error::RateLimited { .. } => R::RateLimited,
         Error::RequestIdReused => R::RequestIdReused,
@@ -90,7 +91,7 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
             d.field = field.clone();
             d.rule = rule.clone();
         }
-        Error::SkuNotFound { sku } => d.sku = sku.clone(),
+        Error::SkuNotFound { sku } | Error::ShardMoved { sku } => d.sku = sku.clone(),
         Error::VersionMismatch {
             sku,
             expected,

@@ -9,7 +9,7 @@
 //! `on_hand >= reserved` per SKU, `reserved == Σ qty of active reservations` (the
 //! property tests check the sum), and a request id is never applied twice.
 
-use super::cluster::{self, MoveRecord, NodeRecord};
+use super::cluster::{self, MoveRecord, NodeRecord, ShardRecord};
 use super::staged::Staged;
 use super::types::*;
 
@@ -44,6 +44,8 @@ pub trait Records {
     fn move_record(&mut self, shard_id: u64) -> Result<Option<MoveRecord>, Self::Error>;
     fn put_move_record(&mut self, record: &MoveRecord);
     fn delete_move_record(&mut self, shard_id: u64);
+    fn shard_record(&mut self, shard_id: u64) -> Result<Option<ShardRecord>, Self::Error>;
+    fn put_shard_record(&mut self, record: &ShardRecord);
 }
 
 /// A whole shard: records plus its clock, timer index and outcome retention.
@@ -265,6 +267,7 @@ fn execute<R: Records>(
             sku,
         } => close(state, reservation_id, sku, false, now_ms, retention),
         Command::Cluster(c) => cluster::apply(state, c, now_ms).map(Outcome::Cluster),
+        Command::Split { .. } => unreachable!("a split is applied by the state machine"),
     }
 }
 

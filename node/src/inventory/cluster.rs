@@ -67,6 +67,17 @@ pub struct MoveRecord {
     pub updated_ms: u64,
 }
 
+/// A shard born by a split, as the cluster map records it: recording it is how its
+/// id is allocated (an id is recorded once, so two splits never take the same one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub id: u64,
+    /// The shard it was split from.
+    pub parent: u64,
+    /// Where the split cut the parent's range: the child's first SKU.
+    pub start: String,
+}
+
 /// A change of the cluster map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterCommand {
@@ -83,6 +94,8 @@ pub enum ClusterCommand {
     Move { record: MoveRecord },
     /// Forgets the move of `shard_id` from `from` to `to` (finished or undone).
     EndMove { shard_id: u64, from: u64, to: u64 },
+    /// Records a shard a split is about to create; refused when the id is taken.
+    AddShard { record: ShardRecord },
 }
 
 impl ClusterCommand {
@@ -93,6 +106,7 @@ impl ClusterCommand {
             ClusterCommand::SetNodeState { .. } => "set_node_state",
             ClusterCommand::Move { .. } => "move",
             ClusterCommand::EndMove { .. } => "end_move",
+            ClusterCommand::AddShard { .. } => "add_shard",
         }
     }
 }
@@ -175,6 +189,17 @@ pub fn apply<R: Records>(
             }
             ClusterOutcome::Done
         }
+        ClusterCommand::AddShard { record } => match state.shard_record(record.id)? {
+            Some(r) if r == *record => ClusterOutcome::Done,
+            Some(r) => refused(format!(
+                "shard id {} is taken (split from shard {} at {:?})",
+                r.id, r.parent, r.start
+            )),
+            None => {
+                state.put_shard_record(record);
+                ClusterOutcome::Done
+            }
+        },
     })
 }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 
 use super::apply::{Records, ShardState};
-use super::cluster::{MoveRecord, NodeRecord};
+use super::cluster::{MoveRecord, NodeRecord, ShardRecord};
 use super::types::*;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,6 +19,7 @@ pub struct MemState {
     /// The cluster map (meta shard only).
     pub cluster_nodes: BTreeMap<u64, NodeRecord>,
     pub cluster_moves: BTreeMap<u64, MoveRecord>,
+    pub cluster_shards: BTreeMap<u64, ShardRecord>,
 }
 
 impl Records for MemState {
@@ -85,6 +86,14 @@ impl Records for MemState {
 
     fn delete_move_record(&mut self, shard_id: u64) {
         self.cluster_moves.remove(&shard_id);
+    }
+
+    fn shard_record(&mut self, shard_id: u64) -> Result<Option<ShardRecord>, Infallible> {
+        Ok(self.cluster_shards.get(&shard_id).cloned())
+    }
+
+    fn put_shard_record(&mut self, record: &ShardRecord) {
+        self.cluster_shards.insert(record.id, record.clone());
     }
 }
 

@@ -144,7 +144,9 @@ impl Model {
         match c {
             // The model is of the inventory; the cluster map has its own unit tests
             // (`inventory::cluster`), and API decoding never yields a cluster command.
-            Command::Cluster(_) => unreachable!("the model is never given a cluster command"),
+            Command::Cluster(_) | Command::Split { .. } => {
+                unreachable!("the model is never given a cluster command or a split")
+            }
             Command::SetStock {
                 sku,
                 on_hand,

@@ -2,7 +2,7 @@
 //! writes; `commit` replays them in order, dropping discards them.
 
 use super::apply::Records;
-use super::cluster::{MoveRecord, NodeRecord};
+use super::cluster::{MoveRecord, NodeRecord, ShardRecord};
 use super::types::{RequestId, Reservation, StockRecord, StoredOutcome};
 
 /// A write buffer over `Records` for all-or-nothing groups: reads see the buffered
@@ -14,6 +14,7 @@ pub(super) struct Staged<'a, R: Records> {
     outcomes: std::collections::HashMap<RequestId, StoredOutcome>,
     nodes: std::collections::HashMap<u64, NodeRecord>,
     moves: std::collections::HashMap<u64, Option<MoveRecord>>,
+    shards: std::collections::HashMap<u64, ShardRecord>,
     writes: Vec<StagedWrite>,
 }
 
@@ -25,6 +26,7 @@ enum StagedWrite {
     Node(NodeRecord),
     Move(MoveRecord),
     DeleteMove(u64),
+    Shard(ShardRecord),
 }
 
 impl<'a, R: Records> Staged<'a, R> {
@@ -36,6 +38,7 @@ impl<'a, R: Records> Staged<'a, R> {
             outcomes: Default::default(),
             nodes: Default::default(),
             moves: Default::default(),
+            shards: Default::default(),
             writes: Vec::new(),
         }
     }
@@ -50,6 +53,7 @@ impl<'a, R: Records> Staged<'a, R> {
                 StagedWrite::Node(n) => self.inner.put_node_record(&n),
                 StagedWrite::Move(m) => self.inner.put_move_record(&m),
                 StagedWrite::DeleteMove(shard_id) => self.inner.delete_move_record(shard_id),
+                StagedWrite::Shard(r) => self.inner.put_shard_record(&r),
             }
         }
     }
@@ -134,5 +138,17 @@ impl<R: Records> Records for Staged<'_, R> {
     fn delete_move_record(&mut self, shard_id: u64) {
         self.moves.insert(shard_id, None);
         self.writes.push(StagedWrite::DeleteMove(shard_id));
+    }
+
+    fn shard_record(&mut self, shard_id: u64) -> Result<Option<ShardRecord>, Self::Error> {
+        match self.shards.get(&shard_id) {
+            Some(r) => Ok(Some(r.clone())),
+            None => self.inner.shard_record(shard_id),
+        }
+    }
+
+    fn put_shard_record(&mut self, record: &ShardRecord) {
+        self.shards.insert(record.id, record.clone());
+        self.writes.push(StagedWrite::Shard(record.clone()));
     }
 }

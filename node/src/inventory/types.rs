@@ -107,6 +107,15 @@ pub enum Command {
     /// A change of the cluster map; only the meta shard applies these (and it applies
     /// nothing else). Last, so the encodings of the variants above did not change.
     Cluster(ClusterCommand),
+    /// Splits the shard at `at` (the child's first SKU) into itself and `child_id`
+    /// (allocated in the cluster map), if its bounds are still at `expected_version`.
+    /// Applied by the state machine itself (`storage::state_machine::split`), alone in
+    /// its entry; never by `inventory::apply`. Last, like `Cluster`.
+    Split {
+        at: String,
+        child_id: u64,
+        expected_version: u64,
+    },
 }
 
 impl Command {
@@ -120,7 +129,7 @@ impl Command {
             | Command::Confirm { sku, .. }
             | Command::Release { sku, .. } => (Some(sku.as_str()), &[][..]),
             Command::Reserve { items, .. } => (None, items.as_slice()),
-            Command::Cluster(_) => (None, &[][..]),
+            Command::Cluster(_) | Command::Split { .. } => (None, &[][..]),
         };
         one.into_iter().chain(items.iter().map(|i| i.sku.as_str()))
     }
@@ -134,6 +143,7 @@ impl Command {
             Command::Confirm { .. } => "confirm",
             Command::Release { .. } => "release",
             Command::Cluster(c) => c.name(),
+            Command::Split { .. } => "split",
         }
     }
 }
@@ -242,6 +252,12 @@ pub enum Rejection {
         expected: u64,
         actual: u64,
     },
+    /// The SKU left the shard by a split applied before this operation: nothing was
+    /// applied and nothing stored, so the retry at the SKU's new shard applies it.
+    /// Last, so the encodings above did not change.
+    ShardMoved {
+        sku: String,
+    },
 }
 
 /// What a command did; stored per request id and returned again to retries.
@@ -312,6 +328,7 @@ impl Command {
                             .map(|i| str_bytes_max(&i.sku) + VARINT_BYTES_MAX)
                             .sum::<usize>()
                 }
+                Command::Split { at, .. } => str_bytes_max(at) + 2 * VARINT_BYTES_MAX,
                 Command::Cluster(c) => {
                     // Rare and small: measured exactly (bincode's standard encoding,
                     // as the codec writes it).

@@ -14,7 +14,7 @@ use super::{StartError, storage};
 use crate::config::ClusterConfig;
 use crate::raft::network::PeerPool;
 use crate::raft::replica_id;
-use crate::router::{ShardDescriptor, ShardMap, SkuRange};
+use crate::router::{Epoch, ShardDescriptor, ShardMap, SkuRange};
 use crate::storage::node_meta::{self, NodeIdentity};
 use crate::storage::{StorageError, Store};
 
@@ -202,25 +202,31 @@ pub(super) fn replica_records(
         let stored = node_meta::read_descriptor(store, id)
             .map_err(what("descriptor"))?
             .ok_or_else(|| StartError::Mismatch(format!("shard {id}: its descriptor vanished")))?;
-        let Some(configured) = map.shard(id) else {
-            return Err(StartError::Mismatch(format!(
-                "this node holds data of shard {id}, which the config does not define"
-            )));
-        };
         let range = SkuRange {
             start: stored.start.clone(),
             end: stored.end.clone(),
         };
-        if range != configured.range {
-            return Err(StartError::Mismatch(format!(
-                "the config says shard {id} covers {} but this node stored {range}",
-                configured.range
-            )));
-        }
+        let descriptor = match map.shard(id) {
+            Some(configured) if range != configured.range => {
+                return Err(StartError::Mismatch(format!(
+                    "the config says shard {id} covers {} but this node stored {range}",
+                    configured.range
+                )));
+            }
+            Some(configured) => configured.clone(),
+            // A shard born by a split (or a replica of one a move created here): the
+            // config never names it; its record is the truth.
+            None => ShardDescriptor {
+                id,
+                range,
+                replicas: stored.replicas.clone(),
+                epoch: Epoch::default(),
+            },
+        };
         let replica = node_meta::read_replica_id(store, id)
             .map_err(what("replica id"))?
             .unwrap_or(replica_id::seeded(node_id));
-        out.push((configured.clone(), replica));
+        out.push((descriptor, replica));
     }
     Ok(out)
 }

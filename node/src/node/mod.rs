@@ -31,10 +31,11 @@ mod meta;
 mod moves;
 mod repair;
 mod replicas;
+mod split;
 
 pub use meta::{Applied, cluster_request_id, records_to_pb};
 pub use moves::{MoveOptions, MoveReport};
-use replicas::spawn_map_follower;
+pub use split::SplitDone;
 
 use crate::storage::{
     ApplyStats, LogStore, LogSyncer, ShardReader, StateMachineStore, StorageError, Store,
@@ -233,9 +234,8 @@ impl Node {
             cluster.server.sweep_interval_ms,
             shutdown.subscribe(),
         );
-        spawn_map_follower(shards.clone(), map.clone(), shutdown.subscribe());
         let admission = crate::admission::Admission::new(cluster.admission.clone());
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             id: node_id,
             me,
             cluster,
@@ -257,7 +257,9 @@ impl Node {
             moves_running: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             balancer_decisions: std::sync::Mutex::new(std::collections::VecDeque::new()),
             move_step_pause_ms: options.move_step_pause_ms,
-        }))
+        });
+        node.spawn_map_follower();
+        Ok(node)
     }
 
     /// Starts the meta leader's duties (`meta`): seeding the cluster map once, driving
@@ -428,6 +430,7 @@ async fn start_shard(
         .map_err(storage(format!("shard {shard_id}: cannot read its log")))?;
     let sm = StateMachineStore::open(
         shard_id,
+        replica,
         d.range.clone(),
         &shared.store,
         shared.snapshot_dir.clone(),
@@ -437,6 +440,7 @@ async fn start_shard(
         "shard {shard_id}: cannot open its state machine"
     )))?;
     let next_timer_ms = sm.next_timer_handle();
+    let bounds = sm.bounds_handle();
     let network = NetworkFactory {
         shard_id,
         pool: shared.peers.clone(),
@@ -463,6 +467,7 @@ async fn start_shard(
     let reader = ShardReader::new(shard_id, &shared.store);
     Ok(Shard::start(
         d,
+        bounds,
         raft,
         reader,
         next_timer_ms,

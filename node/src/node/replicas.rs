@@ -6,12 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-
 use super::{Node, ShardSet, refused, start_shard};
 use crate::error::Error;
 use crate::raft::replica_id;
-use crate::router::{Epoch, LiveMap, ShardId};
+use crate::router::{Epoch, LiveMap, ShardDescriptor, ShardId, SkuRange};
 use crate::storage::node_meta;
 
 /// How often the map is brought up to date with the local shards' memberships.
@@ -122,36 +120,104 @@ impl Node {
     }
 }
 
-/// Keeps `map` up to date with each local shard's membership: a shard's replicas are
-/// its uniform voters, its `conf_ver` the membership entry's index (newer wins).
-pub fn spawn_map_follower(shards: ShardSet, map: LiveMap, mut shutdown: broadcast::Receiver<()>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(MAP_FOLLOW_INTERVAL_MS));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.recv() => return,
+impl Node {
+    /// Starts the map follower: every `MAP_FOLLOW_INTERVAL_MS` it starts the children
+    /// of splits this node's replicas applied, then takes every local shard's
+    /// descriptor into the node's map (`follow_local_shards`).
+    pub fn spawn_map_follower(self: &Arc<Self>) {
+        let node = self.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(MAP_FOLLOW_INTERVAL_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.recv() => return,
+                }
+                node.start_split_children().await;
+                follow_local_shards(&node.shards, &node.map);
             }
-            let local: Vec<Arc<crate::shard::Shard>> = shards
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
-            for shard in local {
-                let st = shard.raft.status();
-                if st.voters.is_empty() || st.joint {
-                    continue;
-                }
-                let epoch = Epoch {
-                    version: 0,
-                    conf_ver: st.membership_index,
-                };
-                if map.update_replicas(shard.id(), st.voters.into_iter().collect(), epoch) {
-                    tracing::debug!(shard_id = %shard.id(), ?epoch, "shard map follows the shard's membership");
-                }
+        });
+    }
+
+    /// Starts every replica recorded here but not running: the children of splits
+    /// this node's replicas applied (a split writes the child's records in its apply
+    /// batch; creating and dropping replicas hold the same lock, so nothing else is
+    /// recorded and not running while it is held).
+    async fn start_split_children(&self) {
+        let _one = self.replica_changes.lock().await;
+        let stored = match node_meta::stored_shards(&self.store) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(error = %e, "cannot list stored shards"),
+        };
+        for shard_id in stored {
+            if self.local_shard(shard_id).is_ok() {
+                continue;
+            }
+            if let Err(e) = self.start_split_child(shard_id).await {
+                tracing::warn!(%shard_id, error = %e, "cannot start the child of a split");
             }
         }
-    });
+    }
+
+    async fn start_split_child(&self, shard_id: ShardId) -> Result<(), String> {
+        let record = node_meta::read_descriptor(&self.store, shard_id)
+            .map_err(|e| e.to_string())?
+            .ok_or("its descriptor vanished")?;
+        let replica = node_meta::read_replica_id(&self.store, shard_id)
+            .map_err(|e| e.to_string())?
+            .unwrap_or(replica_id::seeded(self.id));
+        let d = ShardDescriptor {
+            id: shard_id,
+            range: SkuRange {
+                start: record.start,
+                end: record.end,
+            },
+            replicas: record.replicas,
+            epoch: Epoch::default(),
+        };
+        let shard = start_shard(d, replica, &self.shared, &self.shutdown)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard_id, shard);
+        tracing::info!(%shard_id, replica, "started the child of a split");
+        Ok(())
+    }
+}
+
+/// Takes each local shard's descriptor into `map`: its range and version from its
+/// state machine's bounds, its replicas the uniform voters, its `conf_ver` the
+/// membership entry's index (newer wins; a split's parent and child are taken
+/// together, so the map always tiles).
+fn follow_local_shards(shards: &ShardSet, map: &LiveMap) {
+    let local: Vec<Arc<crate::shard::Shard>> = shards
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let mut descriptors = Vec::with_capacity(local.len());
+    for shard in local {
+        let st = shard.raft.status();
+        if st.voters.is_empty() || st.joint {
+            continue;
+        }
+        let bounds = shard.bounds.get();
+        descriptors.push(ShardDescriptor {
+            id: shard.id(),
+            range: bounds.range,
+            replicas: st.voters.into_iter().collect(),
+            epoch: Epoch {
+                version: bounds.version,
+                conf_ver: st.membership_index,
+            },
+        });
+    }
+    if map.update_layout(&descriptors) {
+        tracing::debug!("shard map follows the local shards");
+    }
 }

@@ -17,14 +17,18 @@ pub use sweeper::spawn_sweeper;
 use crate::clock::Clock;
 use crate::config::ClusterConfig;
 use crate::error::Error;
-use crate::inventory::OpGroup;
+use crate::inventory::{OpGroup, OpResult};
 use crate::raft::{ReadError, ShardRaft};
-use crate::router::{LiveMap, ShardDescriptor, ShardId};
+use crate::router::{LiveBounds, LiveMap, ShardDescriptor, ShardId};
 use crate::storage::ShardReader;
 use proposer::Proposal;
 
 pub struct Shard {
+    /// As the replica was started; its range may since have been narrowed by a split
+    /// (`bounds` is the current one).
     pub descriptor: ShardDescriptor,
+    /// The range and version the state machine holds now.
+    pub bounds: LiveBounds,
     pub raft: ShardRaft,
     pub reader: ShardReader,
     node_id: u64,
@@ -50,6 +54,7 @@ pub struct ShardContext {
 impl Shard {
     pub fn start(
         descriptor: ShardDescriptor,
+        bounds: LiveBounds,
         raft: ShardRaft,
         reader: ShardReader,
         next_timer_ms: Arc<AtomicU64>,
@@ -59,6 +64,7 @@ impl Shard {
         let (tx, rx) = mpsc::channel(ctx.cluster.server.shard_queue_max);
         let shard = Arc::new(Shard {
             descriptor,
+            bounds,
             raft: raft.clone(),
             reader,
             node_id: ctx.node_id,
@@ -111,6 +117,8 @@ impl Shard {
     /// proposed, when this node is not the leader or the shard's queue is full.
     pub async fn propose(&self, group: OpGroup) -> Result<Proposed, Error> {
         self.check_leader()?;
+        self.bounds
+            .check(group.ops.iter().flat_map(|op| op.command.skus()))?;
         #[cfg(feature = "planted-bugs")]
         if crate::planted::active() == crate::planted::Bug::AckBeforeCommit && !group.ops.is_empty()
         {
@@ -137,6 +145,38 @@ impl Shard {
             shard_id: self.id(),
             reason: "the proposer stopped".into(),
         })?
+    }
+
+    /// Proposes `op` alone in its own entry, past the proposer (a split must not share
+    /// its entry), and waits up to the write timeout for its result.
+    pub async fn propose_alone(&self, op: crate::inventory::Op) -> Result<OpResult, Error> {
+        self.check_leader()?;
+        let request = crate::inventory::ShardRequest {
+            now_ms: self.clock.now_ms(),
+            retention: self.cluster.retention.to_retention(),
+            groups: vec![OpGroup {
+                atomic: false,
+                ops: vec![op],
+            }],
+        };
+        let timeout = Duration::from_millis(self.cluster.server.propose_timeout_ms);
+        let unknown = |reason: String| Error::OutcomeUnknown {
+            shard_id: self.id(),
+            reason,
+        };
+        let written = tokio::time::timeout(timeout, self.raft.write(request))
+            .await
+            .map_err(|_| unknown(format!("not applied within {} ms", timeout.as_millis())))?;
+        match written {
+            Ok((response, _)) => response
+                .groups
+                .into_iter()
+                .flatten()
+                .next()
+                .ok_or_else(|| Error::internal("a proposal came back without its result")),
+            Err(crate::raft::WriteError::NotLeader { leader }) => Err(self.not_leader(leader)),
+            Err(crate::raft::WriteError::Unknown(reason)) => Err(unknown(reason)),
+        }
     }
 
     /// Asks the Raft group to hand leadership to `to` and waits (up to `timeout`) until

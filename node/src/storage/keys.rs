@@ -15,6 +15,9 @@
 //! | `sm`         | shard ‖ 0x03 ‖ request id | stored outcome |
 //! | `sm`         | shard ‖ 0x04 ‖ timer ms ‖ reservation id | () — timer index (expiry, forget) |
 //! | `sm`         | shard ‖ 0x05 ‖ applied ms ‖ request id | () — outcome age index (pruning) |
+//! | `sm`         | 0 ‖ 0x06 ‖ node id / 0x07 ‖ shard id | cluster map: nodes / moves (meta shard) |
+//! | `sm`         | shard ‖ 0x08 | the shard's bounds after a split (range, version) |
+//! | `sm`         | 0 ‖ 0x09 ‖ shard id | cluster map: a shard born by a split (meta shard) |
 //! | `node_meta`  | "identity" | the node's id and cluster name |
 //!
 //! The two index families (0x04, 0x05) are additions to DESIGN.md's table: expiry
@@ -59,6 +62,13 @@ pub enum SmSpace {
     ClusterNode = 0x06,
     /// The cluster map's moves under way (meta shard only): shard id (u64 BE).
     ClusterMove = 0x07,
+    /// The shard's own bounds (range and epoch version) once a split changed them;
+    /// absent: the range its replica was created with. Replicated state, so that a
+    /// snapshot carries it.
+    Bounds = 0x08,
+    /// The cluster map's shards born by splits (meta shard only): shard id (u64 BE);
+    /// recording one is how a split allocates its child's id.
+    ClusterShard = 0x09,
 }
 
 pub fn log_key(shard_id: u64, index: u64) -> [u8; 16] {
@@ -134,6 +144,31 @@ pub fn cluster_move_key(shard_id: u64, moved_shard_id: u64) -> Vec<u8> {
         SmSpace::ClusterMove,
         &[&moved_shard_id.to_be_bytes()],
     )
+}
+
+pub fn sm_bounds_key(shard_id: u64) -> Vec<u8> {
+    sm_key(shard_id, SmSpace::Bounds, &[])
+}
+
+pub fn cluster_shard_key(shard_id: u64, recorded_shard_id: u64) -> Vec<u8> {
+    sm_key(
+        shard_id,
+        SmSpace::ClusterShard,
+        &[&recorded_shard_id.to_be_bytes()],
+    )
+}
+
+/// `key` (a key of some shard's state machine) with its shard prefix replaced by
+/// `shard_id`'s: how a split files a parent's record under its child.
+pub fn with_shard(key: &[u8], shard_id: u64) -> Vec<u8> {
+    assert!(
+        key.len() >= 8,
+        "a state machine key starts with its shard id"
+    );
+    let mut k = Vec::with_capacity(key.len());
+    k.extend_from_slice(&shard_id.to_be_bytes());
+    k.extend_from_slice(&key[8..]);
+    k
 }
 
 pub fn stock_key(shard_id: u64, sku: &str) -> Vec<u8> {

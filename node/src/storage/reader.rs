@@ -151,6 +151,37 @@ impl ShardReader {
         })
     }
 
+    /// The SKU in the middle of the shard's stock records (by count), where a split
+    /// leaves two halves of equal size; None with fewer than two records. Two passes
+    /// over the keys on one snapshot: a split is rare and the shard bounded.
+    pub fn middle_sku(&self) -> Result<Option<String>> {
+        let cf = cf(&self.db, CF_SM)?;
+        let snap = self.db.snapshot();
+        let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::Stock);
+        let keys_of = || {
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_upper_bound(end.to_vec());
+            snap.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward))
+        };
+        let mut count = 0usize;
+        for item in keys_of() {
+            item?;
+            count += 1;
+        }
+        if count < 2 {
+            return Ok(None);
+        }
+        match keys_of().nth(count / 2) {
+            Some(item) => {
+                let (k, _) = item?;
+                let sku = keys::stock_key_sku(self.shard_id, &k)
+                    .ok_or_else(|| StorageError::Corrupt("a malformed stock key".into()))?;
+                Ok(Some(sku.to_string()))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The cluster map this (meta) shard holds: every node and every move under way.
     /// Bounded by the map's size: nodes and shards of one cluster.
     pub fn cluster_map(&self) -> Result<ClusterMapRecords> {

@@ -46,6 +46,9 @@ fn every_variant() -> Vec<Error> {
             shard_id: ShardId(1),
             reason: "no quorum".into(),
         },
+        Error::ShardMoved {
+            sku: "tomato-30".into(),
+        },
         Error::RateLimited {
             what: "client x".into(),
             retry_after_ms: 40,
@@ -137,7 +140,7 @@ fn expected(e: &Error, rid: [u8; 16]) -> Verdict {
             hint: leader.map(|(id, _)| id),
             message: msg,
         },
-        Error::ShardNotHere { .. } => Verdict::MapStale { message: msg },
+        Error::ShardNotHere { .. } | Error::ShardMoved { .. } => Verdict::MapStale { message: msg },
         Error::ShardUnavailable { .. } => Verdict::Unavailable {
             maybe_applied: false,
             message: msg,

@@ -19,5 +19,6 @@ mod http;
 mod inventory;
 mod operability;
 mod security;
+mod split;
 mod state_machine_vs_model;
 mod storage_suite;

@@ -80,6 +80,7 @@ async fn rocksdb_state_machine_matches_the_in_memory_model() {
         let store = Store::open(&dir.path().join("db")).expect("db");
         let mut sm = StateMachineStore::open(
             ShardId(7),
+            1,
             SkuRange::default(),
             &store,
             dir.path().join("snap"),

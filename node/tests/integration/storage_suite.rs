@@ -25,6 +25,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
         let log = LogStore::new(ShardId(1), &store, syncer);
         let sm = StateMachineStore::open(
             ShardId(1),
+            1,
             SkuRange::default(),
             &store,
             dir.path().join("snapshots"),

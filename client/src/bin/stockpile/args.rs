@@ -285,6 +285,13 @@ pub enum ShardCmd {
         #[arg(long)]
         to: u64,
     },
+    /// Split SHARD in two at SKU `--at` (default: its middle SKU): the new shard takes
+    /// `[at, end)` with the same replicas; sales go on, clients follow.
+    Split {
+        shard: u64,
+        #[arg(long)]
+        at: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

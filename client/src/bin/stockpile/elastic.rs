@@ -32,6 +32,26 @@ pub async fn shard(client: &Client, cmd: ShardCmd, json: bool) -> Result<(), Err
             show_moves(json, &[report]);
             Ok(())
         }
+        ShardCmd::Split { shard, at } => {
+            if !json {
+                let at_text = at
+                    .as_deref()
+                    .map_or("its middle SKU".into(), |a| format!("{a:?}"));
+                println!("splitting shard {shard} at {at_text}");
+            }
+            let report = client.split_shard(shard, at.as_deref()).await?;
+            if json {
+                crate::output::print_json(&serde_json::json!(report));
+            } else {
+                for (what, s) in [("kept", &report.parent), ("new", &report.child)] {
+                    println!(
+                        "  {what:<4} shard {:>4}  [{:?}, {:?})  version {}  replicas {:?}",
+                        s.shard_id, s.start, s.end, s.epoch.0, s.replicas
+                    );
+                }
+            }
+            Ok(())
+        }
     }
 }
 

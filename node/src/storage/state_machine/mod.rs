@@ -10,6 +10,7 @@
 mod hints;
 mod meta;
 mod overlay;
+mod split;
 
 use std::io;
 use std::path::PathBuf;
@@ -27,11 +28,12 @@ use super::error::StorageError;
 use super::keys::CF_SM;
 use super::snapshot;
 use crate::inventory::{self, ShardRequest, ShardResponse};
+use crate::inventory::{Command, OpResult, Outcome, Rejection};
 use crate::raft::types::{
     Entry, EntryResponder, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig,
 };
-use crate::router::{ShardId, SkuRange};
+use crate::router::{LiveBounds, ShardBounds, ShardId, SkuRange};
 use crate::telemetry::names;
 use hints::{Hint, Hints};
 pub use meta::{SmMeta, read_meta};
@@ -52,9 +54,11 @@ pub struct ApplyStats {
 pub struct StateMachineStore {
     /// The shard's id as its keys spell it.
     shard_id: u64,
-    /// Every operation applied must lie in this range (asserted: a request for a SKU
-    /// the shard does not own reaching its log is a routing bug).
-    range: SkuRange,
+    /// This node's replica id in the shard (a split's child takes it too).
+    replica_id: u64,
+    /// The shard's range and version: an operation on a SKU outside the range is not
+    /// applied (`SHARD_MOVED`: a split committed between its proposal and its apply).
+    bounds: LiveBounds,
     /// Kept in memory only; reset on start and snapshot install.
     hints: Hints,
     db: Arc<DB>,
@@ -77,8 +81,16 @@ impl StateMachineStore {
         self.next_timer_ms.clone()
     }
 
+    /// The shared bounds (see `bounds`), for the shard's propose-time and read checks.
+    pub fn bounds_handle(&self) -> LiveBounds {
+        self.bounds.clone()
+    }
+
+    /// Opens replica `replica_id` of `shard_id`, created with `range` (its bounds
+    /// once a split changed them).
     pub fn open(
         shard_id: ShardId,
+        replica_id: u64,
         range: SkuRange,
         store: &Store,
         snapshot_dir: PathBuf,
@@ -87,11 +99,14 @@ impl StateMachineStore {
         std::fs::create_dir_all(&snapshot_dir)?;
         snapshot::remove_leftovers(&snapshot_dir, shard_id.0)?;
         let meta = read_meta(store.db(), shard_id.0)?;
+        let bounds =
+            read_bounds(store.db(), shard_id.0)?.unwrap_or(ShardBounds { range, version: 0 });
         Ok(StateMachineStore {
             next_timer_ms: Arc::new(AtomicU64::new(0)),
             hints: Hints::UNKNOWN,
             shard_id: shard_id.0,
-            range,
+            replica_id,
+            bounds: LiveBounds::new(bounds),
             db: store.db().clone(),
             snapshot_dir,
             meta,
@@ -100,24 +115,81 @@ impl StateMachineStore {
     }
 }
 
-/// Asserts that every operation of `request` lies in the shard's range, and that the
-/// meta shard applies only cluster commands and the other shards none.
-fn assert_in_range(shard_id: u64, range: &SkuRange, request: &ShardRequest) {
-    for op in request.groups.iter().flat_map(|g| g.ops.iter()) {
-        let cluster = matches!(op.command, crate::inventory::Command::Cluster(_));
+/// The shard's bounds as stored after a split (None: never split).
+fn read_bounds(db: &DB, shard_id: u64) -> Result<Option<ShardBounds>, StorageError> {
+    let cf = cf(db, CF_SM)?;
+    match db.get_pinned_cf(cf, super::keys::sm_bounds_key(shard_id))? {
+        Some(bytes) => Ok(Some(crate::codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Asserts that the meta shard applies only cluster commands and the other shards
+/// none, and that a split comes alone in its entry.
+fn assert_commands(shard_id: u64, request: &ShardRequest) {
+    let ops: Vec<_> = request.groups.iter().flat_map(|g| g.ops.iter()).collect();
+    for op in &ops {
+        let cluster = matches!(op.command, Command::Cluster(_));
         assert_eq!(
             cluster,
             shard_id == crate::router::META_SHARD_ID.0,
             "shard {shard_id}: a {} command",
             op.command.name()
         );
-        for sku in op.command.skus() {
-            assert!(
-                range.contains(sku),
-                "shard {shard_id}: {} of SKU {sku:?} outside its range {range}",
-                op.command.name(),
-            );
+        assert!(
+            !matches!(op.command, Command::Split { .. }) || ops.len() == 1,
+            "shard {shard_id}: a split shares its entry"
+        );
+    }
+}
+
+/// `request` without its groups naming a SKU outside `range`, and the results those
+/// groups get instead (by group index): SHARD_MOVED per operation, nothing stored.
+fn within_range(
+    request: &ShardRequest,
+    range: &SkuRange,
+) -> (ShardRequest, Vec<(usize, Vec<OpResult>)>) {
+    let mut kept = Vec::with_capacity(request.groups.len());
+    let mut moved = Vec::new();
+    for (i, group) in request.groups.iter().enumerate() {
+        let outside = group
+            .ops
+            .iter()
+            .flat_map(|op| op.command.skus())
+            .find(|sku| !range.contains(sku));
+        match outside {
+            None => kept.push(group.clone()),
+            Some(sku) => {
+                let result = OpResult {
+                    outcome: Outcome::Rejected(Rejection::ShardMoved {
+                        sku: sku.to_string(),
+                    }),
+                    replayed: false,
+                };
+                moved.push((i, vec![result; group.ops.len()]));
+            }
         }
+    }
+    let filtered = ShardRequest {
+        now_ms: request.now_ms,
+        retention: request.retention,
+        groups: kept,
+    };
+    (filtered, moved)
+}
+
+/// The split an entry carries, if it is one.
+fn split_of(entry: &Entry) -> Option<(&str, u64, u64)> {
+    match &entry.payload {
+        EntryPayload::Normal(r) => match r.groups.first()?.ops.first()?.command {
+            Command::Split {
+                ref at,
+                child_id,
+                expected_version,
+            } => Some((at.as_str(), child_id, expected_version)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -125,6 +197,7 @@ fn assert_in_range(shard_id: u64, range: &SkuRange, request: &ShardRequest) {
 fn apply_entry(
     overlay: &mut Overlay<'_>,
     entry: Entry,
+    range: &SkuRange,
 ) -> Result<(ShardResponse, u64, u64), StorageError> {
     let log_id = entry.log_id;
     if let Some(prev) = overlay.meta.last_applied {
@@ -134,8 +207,12 @@ fn apply_entry(
     Ok(match entry.payload {
         EntryPayload::Blank => (ShardResponse::default(), 0, 0),
         EntryPayload::Normal(request) => {
-            let response = inventory::apply(overlay, &request)?;
+            let (request, moved) = within_range(&request, range);
+            let mut response = inventory::apply(overlay, &request)?;
             overlay.take_error()?;
+            for (i, results) in moved {
+                response.groups.insert(i, results);
+            }
             let replayed = response
                 .groups
                 .iter()
@@ -152,24 +229,19 @@ fn apply_entry(
     })
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotData = SnapshotData;
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        Ok((self.meta.last_applied, self.meta.membership.clone()))
-    }
-
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
-    where
-        Strm: Stream<Item = io::Result<EntryResponder>> + Unpin + OptionalSend,
-    {
+impl StateMachineStore {
+    /// Applies `run` (no split among them) in one write batch, then answers.
+    fn apply_run(&mut self, run: Vec<EntryResponder>) -> Result<(), StorageError> {
+        if run.is_empty() {
+            return Ok(());
+        }
         let db = self.db.clone();
         let cf = cf(&db, CF_SM)?;
         let mut batch = WriteBatch::default();
         let mut meta = self.meta.clone();
         let mut replies = Vec::new();
         let (mut applied, mut replayed, mut normal) = (0u64, 0u64, 0u64);
+        let range = self.bounds.get().range;
         {
             let mut overlay = Overlay::new(
                 self.shard_id,
@@ -179,13 +251,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 &mut meta,
                 &mut self.hints,
             );
-            while let Some(item) = entries.next().await {
-                let (entry, responder) = item?;
+            for (entry, responder) in run {
                 if let EntryPayload::Normal(request) = &entry.payload {
                     normal += 1;
-                    assert_in_range(self.shard_id, &self.range, request);
+                    assert_commands(self.shard_id, request);
                 }
-                let (response, a, r) = apply_entry(&mut overlay, entry)?;
+                let (response, a, r) = apply_entry(&mut overlay, entry, &range)?;
                 (applied, replayed) = (applied + a, replayed + r);
                 if let Some(responder) = responder {
                     replies.push((responder, response));
@@ -205,7 +276,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
-        db.write_opt(batch, &opts).map_err(StorageError::from)?;
+        db.write_opt(batch, &opts)?;
         self.meta = meta;
         let stats = &self.stats;
         stats.ops_applied.fetch_add(applied, Ordering::Relaxed);
@@ -214,6 +285,98 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for (responder, response) in replies {
             responder.send(response);
         }
+        Ok(())
+    }
+
+    /// Applies a split entry (`split`): the parent's state divided with its child in
+    /// one write batch with the new applied log id; answers with its outcome.
+    fn apply_split(
+        &mut self,
+        entry: Entry,
+        responder: Option<openraft::storage::ApplyResponder<TypeConfig>>,
+    ) -> Result<(), StorageError> {
+        let Some((at, child, expected_version)) = split_of(&entry) else {
+            unreachable!("apply_split is given splits only");
+        };
+        assert_ne!(
+            self.shard_id,
+            crate::router::META_SHARD_ID.0,
+            "the meta shard never splits"
+        );
+        if let Some(prev) = self.meta.last_applied {
+            assert!(
+                entry.log_id > prev,
+                "applying {} after {prev}",
+                entry.log_id
+            );
+        }
+        let mut meta = self.meta.clone();
+        meta.last_applied = Some(entry.log_id);
+        let split = split::Split {
+            parent: self.shard_id,
+            child,
+            at,
+            expected_version,
+            replica_id: self.replica_id,
+        };
+        let mut batch = WriteBatch::default();
+        let divided = split::divide(&self.db, &mut batch, &split, &self.bounds.get(), &meta)?;
+        batch.put_cf(
+            cf(&self.db, CF_SM)?,
+            super::keys::sm_meta_key(self.shard_id),
+            crate::codec::encode(&meta)?,
+        );
+        self.db.write(batch)?;
+        tracing::info!(
+            shard_id = self.shard_id,
+            child_id = child,
+            at,
+            outcome = ?divided.outcome,
+            "applied a split"
+        );
+        self.meta = meta;
+        self.bounds.set(divided.parent_bounds);
+        self.hints = Hints::UNKNOWN;
+        self.next_timer_ms.store(0, Ordering::Relaxed);
+        self.stats.entries_applied.fetch_add(1, Ordering::Relaxed);
+        if let Some(responder) = responder {
+            let result = OpResult {
+                outcome: Outcome::Cluster(divided.outcome),
+                replayed: false,
+            };
+            responder.send(ShardResponse {
+                groups: vec![vec![result]],
+            });
+        }
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        Ok((self.meta.last_applied, self.meta.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder>> + Unpin + OptionalSend,
+    {
+        // Entries are applied in runs, one write batch each; a split ends a run and
+        // is applied alone, over the committed state.
+        let mut run = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            if split_of(&entry).is_some() {
+                self.apply_run(std::mem::take(&mut run))?;
+                self.apply_split(entry, responder)?;
+            } else {
+                run.push((entry, responder));
+            }
+        }
+        self.apply_run(run)?;
         Ok(())
     }
 
@@ -246,6 +409,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tracing::info!(shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         metrics::counter!(names::SNAPSHOT_INSTALLS_TOTAL).increment(1);
         self.meta = sm_meta;
+        if let Some(bounds) = read_bounds(&self.db, self.shard_id)? {
+            self.bounds.set(bounds);
+        }
         self.hints = Hints::UNKNOWN;
         self.next_timer_ms.store(0, Ordering::Relaxed);
         Ok(())

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::hints::{Hint, Hints};
 use super::meta::SmMeta;
 use crate::codec;
-use crate::inventory::cluster::{MoveRecord, NodeRecord};
+use crate::inventory::cluster::{MoveRecord, NodeRecord, ShardRecord};
 use crate::inventory::{Records, RequestId, Reservation, ShardState, StockRecord, StoredOutcome};
 use crate::storage::error::{Result, StorageError};
 use crate::storage::keys::{self, SmSpace};
@@ -223,6 +223,14 @@ impl Records for Overlay<'_> {
 
     fn delete_move_record(&mut self, shard_id: u64) {
         self.delete(keys::cluster_move_key(self.shard_id, shard_id));
+    }
+
+    fn shard_record(&mut self, shard_id: u64) -> Result<Option<ShardRecord>> {
+        self.get(&keys::cluster_shard_key(self.shard_id, shard_id))
+    }
+
+    fn put_shard_record(&mut self, record: &ShardRecord) {
+        self.put(keys::cluster_shard_key(self.shard_id, record.id), record);
     }
 }
 

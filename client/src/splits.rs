@@ -1,0 +1,72 @@
+//! Shard splits for operators: `split_shard` sends the split to the shard's leader
+//! (following leader changes) and refreshes the client's map, so that the next call
+//! routes to the two halves.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use stockpile_proto::v1 as pb;
+use stockpile_proto::v1::admin_client::AdminClient;
+
+use crate::transport::with_timeout;
+use crate::{Client, Error, ShardInfo, Target};
+
+/// How long one split may take in all (id allocation, the entry, retries).
+const SPLIT_DEADLINE_MS: u64 = 30_000;
+/// One attempt's timeout.
+const SPLIT_ATTEMPT_MS: u64 = 10_000;
+
+/// What a split did: the parent narrowed to `[start, at)`, the child `[at, end)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SplitReport {
+    /// The shard that was split, narrowed, its version grown.
+    pub parent: ShardInfo,
+    /// The new shard, with the parent's replicas.
+    pub child: ShardInfo,
+}
+
+fn info(s: Option<pb::ShardInfo>) -> Result<ShardInfo, Error> {
+    let s = s.ok_or_else(|| Error::Internal {
+        message: "a split reply without its shards".into(),
+    })?;
+    Ok(ShardInfo {
+        shard_id: s.shard_id,
+        start: s.start,
+        end: s.end,
+        replicas: s.replicas,
+        epoch: (s.version, s.conf_ver),
+    })
+}
+
+impl Client {
+    /// Splits `shard_id` at `at` (None: the shard's middle SKU). Idempotent: a retry
+    /// after the split at the same SKU answers with the same two shards.
+    pub async fn split_shard(&self, shard_id: u64, at: Option<&str>) -> Result<SplitReport, Error> {
+        let req = pb::SplitShardRequest {
+            shard_id,
+            at: at.unwrap_or_default().to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_millis(SPLIT_DEADLINE_MS);
+        let reply = self
+            .call_within(
+                shard_id,
+                Target::Leader,
+                None,
+                deadline,
+                Duration::from_millis(SPLIT_ATTEMPT_MS),
+                |ch, t| {
+                    let r = with_timeout(req.clone(), t);
+                    async move { AdminClient::new(ch).split_shard(r).await }
+                },
+            )
+            .await?
+            .into_inner();
+        let report = SplitReport {
+            parent: info(reply.parent)?,
+            child: info(reply.child)?,
+        };
+        // Best effort: a stale map is also corrected by the first SHARD_MOVED.
+        let _ = self.refresh_map(deadline).await;
+        Ok(report)
+    }
+}

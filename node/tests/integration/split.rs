@@ -1,0 +1,284 @@
+//! Shards split while they sell (issue: Elastic cluster II, split by command): the
+//! parent's stock, reservations (with their expiry timers) and stored outcomes are
+//! divided at one log index on every replica; both halves serve; a client whose map
+//! predates the split follows SHARD_MOVED without an error reaching the caller; a
+//! request retried across the split applies once; a List walked across it returns
+//! every SKU exactly once; the child survives a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use stockpile_client::{Client, Consistency, Item, ReservationState, new_request_id};
+
+use crate::common::{Options, TestCluster, eventually, must_get};
+
+const STOCK: u64 = 1_000_000;
+/// Shard 4 of the test layout covers ["t", ""): every SKU here lives in it.
+const PARENT: u64 = 4;
+const SPLIT_AT: &str = "tomato-20";
+
+fn skus() -> Vec<String> {
+    (0..40).map(|i| format!("tomato-{i:02}")).collect()
+}
+
+/// Decrements of 1 on `skus` round robin from `client` until `stop`; acknowledged
+/// decrements per SKU. Any error fails the test: a split must cost no caller an error.
+fn sell(client: Client, skus: Vec<String>, stop: Arc<AtomicBool>) -> Arc<Vec<AtomicU64>> {
+    let acked: Arc<Vec<AtomicU64>> = Arc::new(skus.iter().map(|_| AtomicU64::new(0)).collect());
+    let a = acked.clone();
+    tokio::spawn(async move {
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let k = i % skus.len();
+            if let Err(e) = client.decrement(&skus[k], 1).await {
+                panic!("decrement {} during the split: {e}", skus[k]);
+            }
+            a[k].fetch_add(1, Ordering::Relaxed);
+            i += 1;
+        }
+    });
+    acked
+}
+
+/// Every shard's digests on every node, once all replicas of each agree.
+async fn converged(cluster: &TestCluster, client: &Client) -> BTreeMap<u64, (u64, u64)> {
+    let (views, _) = eventually(Duration::from_secs(30), || async {
+        let mut views: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        for id in cluster.running() {
+            for d in client.shard_digests(id).await? {
+                views
+                    .entry(d.shard_id)
+                    .or_default()
+                    .push((d.applied_index, d.digest));
+            }
+        }
+        let agreed = views
+            .values()
+            .all(|v| v.len() == 3 && v.windows(2).all(|w| w[0] == w[1]));
+        if agreed {
+            Ok(views)
+        } else {
+            Err(stockpile_client::Error::Internal {
+                message: format!("replicas differ: {views:?}"),
+            })
+        }
+    })
+    .await;
+    views.into_iter().map(|(s, v)| (s, v[0])).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::too_many_lines)] // one scenario, told in order
+async fn a_shard_split_under_load_divides_its_state_and_clients_follow() {
+    let mut cluster = TestCluster::start(Options::default());
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    let skus = skus();
+    for s in &skus {
+        client.set_stock(s, STOCK).await.expect("set stock");
+    }
+    // Before the split: a hold on each side of the split SKU, one that will expire
+    // after it, and a decrement whose request id is retried after it.
+    let hold = |sku: &str| Item {
+        sku: sku.to_string(),
+        quantity: 5,
+    };
+    let ttl = Duration::from_secs(600);
+    let lower = client
+        .reserve(&[hold("tomato-05")], ttl)
+        .await
+        .expect("reserve lower");
+    let upper = client
+        .reserve(&[hold("tomato-30")], ttl)
+        .await
+        .expect("reserve upper");
+    let expiring = client
+        .reserve(&[hold("tomato-35")], Duration::from_secs(4))
+        .await
+        .expect("reserve expiring");
+    let retried_id = new_request_id();
+    let first = client
+        .decrement_with_id(retried_id, "tomato-25", 7)
+        .await
+        .expect("decrement before the split");
+    assert!(!first.applied.replayed);
+
+    let stale = cluster.client().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sold = sell(stale.clone(), skus.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let report = client
+        .split_shard(PARENT, Some(SPLIT_AT))
+        .await
+        .expect("split");
+    assert_eq!(report.parent.shard_id, PARENT);
+    assert_eq!(
+        (report.parent.start.as_str(), report.parent.end.as_str()),
+        ("t", SPLIT_AT)
+    );
+    assert_eq!(
+        (report.child.start.as_str(), report.child.end.as_str()),
+        (SPLIT_AT, "")
+    );
+    assert_eq!(report.parent.epoch.0, 1, "the split grows the version");
+    let child = report.child.shard_id;
+    assert!(child > PARENT, "a fresh shard id: {child}");
+    let again = client
+        .split_shard(PARENT, Some(SPLIT_AT))
+        .await
+        .expect("the same split again is answered, not refused");
+    assert_eq!(again.child.shard_id, child);
+
+    // The stale client keeps selling on both halves, whatever its map says (a node
+    // routes by its own map; a request that met the old range was refused with
+    // SHARD_MOVED and retried by the client): no error reached the seller.
+    let at_split: Vec<u64> = sold.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    eventually(Duration::from_secs(20), || async {
+        let grew = |k: usize| sold[k].load(Ordering::Relaxed) >= at_split[k] + 5;
+        if grew(0) && grew(39) {
+            Ok(())
+        } else {
+            Err(stockpile_client::Error::Internal {
+                message: "no sales on both halves since the split".into(),
+            })
+        }
+    })
+    .await;
+    eprintln!(
+        "split: the stale client's map after the split: {:?}",
+        stale.shard_map().shards
+    );
+
+    // Reservations from before the split close on their new shards.
+    let confirmed = client
+        .confirm(&upper.reservation.reservation_id, Some("tomato-30"))
+        .await
+        .expect("confirm on the child");
+    assert_eq!(confirmed.reservation.state, ReservationState::Confirmed);
+    assert_eq!(confirmed.applied.shard_id, child);
+    let released = client
+        .release(&lower.reservation.reservation_id, Some("tomato-05"))
+        .await
+        .expect("release on the parent");
+    assert_eq!(released.applied.shard_id, PARENT);
+    let (expired, _) = eventually(Duration::from_secs(20), || async {
+        let r = client
+            .get_reservation(
+                &expiring.reservation.reservation_id,
+                Some("tomato-35"),
+                Consistency::Linearizable,
+            )
+            .await?;
+        match r.state {
+            ReservationState::Expired => Ok(r),
+            s => Err(stockpile_client::Error::Internal {
+                message: format!("still {s:?}"),
+            }),
+        }
+    })
+    .await;
+    assert_eq!(expired.shard_id, child, "the child's timer expired it");
+
+    // The retried decrement is answered from the child's copy of its outcome.
+    let retried = client
+        .decrement_with_id(retried_id, "tomato-25", 7)
+        .await
+        .expect("retry");
+    assert!(retried.applied.replayed, "applied once, answered again");
+    assert_eq!(retried.applied.shard_id, child);
+
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A List walked in small pages across the split returns every SKU exactly once.
+    let mut walked = Vec::new();
+    let mut after: Option<String> = Some("t".into());
+    loop {
+        let page = client
+            .list(after.as_deref(), 7, Consistency::Linearizable)
+            .await
+            .expect("list");
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|s| s.sku.clone());
+        walked.extend(page.into_iter().map(|s| s.sku));
+    }
+    assert_eq!(walked, skus, "every SKU once, in order");
+
+    // No acknowledged sale lost: each SKU's stock is what was sold from it.
+    for (k, sku) in skus.iter().enumerate() {
+        let mut expected = STOCK - sold[k].load(Ordering::Relaxed);
+        if sku == "tomato-25" {
+            expected -= 7;
+        }
+        if sku == "tomato-30" {
+            expected -= 5;
+        }
+        let got = must_get(&client, sku).await.expect("record");
+        assert_eq!(got.on_hand, expected, "{sku}");
+        assert_eq!(got.reserved, 0, "{sku}: no hold left");
+    }
+    let digests = converged(&cluster, &client).await;
+    assert!(digests.contains_key(&child), "the child runs on every node");
+
+    // The child survives a restart of a node.
+    cluster.stop(2);
+    cluster.start_node(2);
+    let after_restart = converged(&cluster, &client).await;
+    assert!(after_restart.contains_key(&child));
+    assert_eq!(
+        must_get(&client, "tomato-39")
+            .await
+            .expect("record")
+            .on_hand,
+        { STOCK - sold[39].load(Ordering::Relaxed) }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_split_is_refused_with_the_reason() {
+    let cluster = TestCluster::start(Options::default());
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    let e = client.split_shard(0, Some("m")).await.expect_err("meta");
+    assert_eq!(e.reason(), "INVALID_ARGUMENT", "{e}");
+    let e = client
+        .split_shard(PARENT, Some("apple"))
+        .await
+        .expect_err("outside");
+    assert_eq!(e.reason(), "INVALID_ARGUMENT", "{e}");
+    assert!(e.to_string().contains("not inside"), "{e}");
+    let e = client
+        .split_shard(PARENT, None)
+        .await
+        .expect_err("empty shard");
+    assert!(e.to_string().contains("fewer than two SKUs"), "{e}");
+    // An active hold over both sides refuses a split between its items.
+    for s in ["tomato-a", "tomato-b"] {
+        client.set_stock(s, 10).await.expect("set");
+    }
+    let items = [
+        Item {
+            sku: "tomato-a".into(),
+            quantity: 1,
+        },
+        Item {
+            sku: "tomato-b".into(),
+            quantity: 1,
+        },
+    ];
+    client
+        .reserve(&items, Duration::from_secs(600))
+        .await
+        .expect("reserve");
+    let e = client
+        .split_shard(PARENT, Some("tomato-b"))
+        .await
+        .expect_err("straddling hold");
+    assert_eq!(e.reason(), "MOVE_REFUSED", "{e}");
+    assert!(e.to_string().contains("both sides"), "{e}");
+}
