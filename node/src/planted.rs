@@ -9,7 +9,9 @@
 //!   proposed, before it commits;
 //! - `keep-removed-replicas`: a replica a move removed from its shard is reported
 //!   dropped but keeps running on its node with its old data (a stale replica that
-//!   still answers reads).
+//!   still answers reads);
+//! - `split-range-unchecked`: a shard applies operations on SKUs a split gave to its
+//!   child, at propose time and at apply time (the checks that answer SHARD_MOVED).
 //!
 //! The module exists only with the feature (lib.rs), so no default build can reach it;
 //! every use is behind `#[cfg(feature = "planted-bugs")]` (scripts/check-placement.sh).
@@ -21,6 +23,7 @@ pub enum Bug {
     IgnoreRequestIds,
     AckBeforeCommit,
     KeepRemovedReplicas,
+    SplitRangeUnchecked,
 }
 
 pub fn active() -> Bug {
@@ -30,6 +33,7 @@ pub fn active() -> Bug {
         Ok("ignore-request-ids") => Bug::IgnoreRequestIds,
         Ok("ack-before-commit") => Bug::AckBeforeCommit,
         Ok("keep-removed-replicas") => Bug::KeepRemovedReplicas,
+        Ok("split-range-unchecked") => Bug::SplitRangeUnchecked,
         _ => Bug::None,
     })
 }

@@ -151,3 +151,191 @@ async fn rocksdb_state_machine_matches_the_in_memory_model() {
         );
     }
 }
+
+/// A split applied after a random history leaves the parent exactly the model's state
+/// before the split SKU and the child exactly the rest (stock, reservations, their
+/// timers; every stored outcome on both); a later entry proposed before the split is
+/// applied only for its groups still in the parent's range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_divides_the_state_and_later_entries_stay_on_their_side() {
+    const AT: &str = "c";
+    for seed in 0..10u64 {
+        let dir = tempfile::TempDir::new().expect("tmp");
+        let store = Store::open(&dir.path().join("db")).expect("db");
+        let mut sm = StateMachineStore::open(
+            ShardId(7),
+            1,
+            SkuRange::default(),
+            &store,
+            dir.path().join("snap"),
+            Arc::new(ApplyStats::default()),
+        )
+        .expect("sm");
+        let mut model = MemState::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        // Long retention: nothing is pruned by the later entries of this test.
+        let retention = Retention {
+            retention_ms: 1_000_000,
+            outcomes_max: 1_000,
+        };
+        let mut index = 1u64;
+        let mut entry = |req: ShardRequest| {
+            index += 1;
+            Ok((
+                Entry::new_normal(log_id::<TypeConfig>(1, 1, index), req),
+                None,
+            ))
+        };
+        let mut history = Vec::new();
+        for i in 0..40u64 {
+            let req = random_request(&mut rng, 10_000 + i, retention);
+            inventory::apply(&mut model, &req).expect("model");
+            history.push(entry(req));
+        }
+        sm.apply(futures::stream::iter(history))
+            .await
+            .expect("apply");
+        let split = |at: &str| ShardRequest {
+            now_ms: 10_040,
+            retention,
+            groups: vec![OpGroup {
+                atomic: false,
+                ops: vec![Op {
+                    request_id: [200; 16],
+                    command: Command::Split {
+                        at: at.into(),
+                        child_id: 9,
+                        expected_version: 0,
+                    },
+                }],
+            }],
+        };
+        sm.apply(futures::stream::iter([entry(split(AT))]))
+            .await
+            .expect("split");
+        let (parent, child) = (
+            ShardReader::new(ShardId(7), &store),
+            ShardReader::new(ShardId(9), &store),
+        );
+        let list = |r: &ShardReader| {
+            r.list(stockpile_node::storage::reader::ListFrom::Start, 1_000)
+                .expect("list")
+                .records
+        };
+        let side = |after: bool| -> Vec<(String, inventory::StockRecord)> {
+            model
+                .stock
+                .iter()
+                .filter(|(k, _)| (k.as_str() >= AT) == after)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        };
+        assert_eq!(
+            list(&parent),
+            side(false),
+            "seed {seed}: the parent's stock"
+        );
+        assert_eq!(list(&child), side(true), "seed {seed}: the child's stock");
+        let mut timers = (None::<u64>, None::<u64>);
+        for (id, r) in &model.reservations {
+            let after = r.items[0].sku.as_str() >= AT;
+            let (here, there) = if after {
+                (&child, &parent)
+            } else {
+                (&parent, &child)
+            };
+            assert_eq!(
+                here.reservation(id).expect("read").1.as_ref(),
+                Some(r),
+                "seed {seed}: {id}"
+            );
+            assert_eq!(
+                there.reservation(id).expect("read").1,
+                None,
+                "seed {seed}: {id} moved"
+            );
+            let t = if after { &mut timers.1 } else { &mut timers.0 };
+            *t = Some(t.map_or(r.timer_ms, |m| m.min(r.timer_ms)));
+        }
+        assert_eq!(
+            parent.earliest_timer_ms().expect("timer"),
+            timers.0,
+            "seed {seed}"
+        );
+        assert_eq!(
+            child.earliest_timer_ms().expect("timer"),
+            timers.1,
+            "seed {seed}"
+        );
+        for r in [&parent, &child] {
+            let meta = r.meta().expect("meta");
+            assert_eq!(
+                meta.outcomes_count,
+                model.outcomes.len() as u64,
+                "seed {seed}"
+            );
+            assert_eq!(meta.clock_ms, model.clock_ms, "seed {seed}: clock");
+        }
+        // An entry proposed before the split, applied after it: its group on "d" (now
+        // the child's) is not applied and stores nothing; its group on "a" is.
+        let before_d = list(&child).into_iter().find(|(k, _)| k == "d");
+        let late = ShardRequest {
+            now_ms: 10_041,
+            retention,
+            groups: vec![
+                OpGroup {
+                    atomic: false,
+                    ops: vec![Op {
+                        request_id: [201; 16],
+                        command: Command::SetStock {
+                            sku: "d".into(),
+                            on_hand: 77,
+                            expected_version: None,
+                        },
+                    }],
+                },
+                OpGroup {
+                    atomic: false,
+                    ops: vec![Op {
+                        request_id: [202; 16],
+                        command: Command::SetStock {
+                            sku: "a".into(),
+                            on_hand: 5,
+                            expected_version: None,
+                        },
+                    }],
+                },
+            ],
+        };
+        sm.apply(futures::stream::iter([entry(late)]))
+            .await
+            .expect("late");
+        assert!(
+            list(&parent).iter().all(|(k, _)| k.as_str() < AT),
+            "seed {seed}"
+        );
+        assert_eq!(
+            list(&parent)
+                .iter()
+                .find(|(k, _)| k == "a")
+                .map(|r| r.1.on_hand),
+            Some(5)
+        );
+        assert_eq!(
+            list(&child).into_iter().find(|(k, _)| k == "d"),
+            before_d,
+            "seed {seed}"
+        );
+        assert_eq!(
+            parent.meta().expect("meta").outcomes_count,
+            model.outcomes.len() as u64 + 1,
+            "seed {seed}: only the applied group's outcome is stored"
+        );
+        // A split at a version the parent is past is refused: nothing changes.
+        let parent_before = list(&parent);
+        sm.apply(futures::stream::iter([entry(split("b"))]))
+            .await
+            .expect("second split");
+        assert_eq!(list(&parent), parent_before, "seed {seed}: a stale split");
+    }
+}

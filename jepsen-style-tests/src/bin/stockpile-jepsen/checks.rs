@@ -21,6 +21,7 @@ pub async fn cluster_checks(
     skus: &[&str],
     final_on_hand: &BTreeMap<String, u64>,
     history: &History,
+    splits: &[(u64, u64)],
 ) -> Vec<ClusterCheck> {
     let converged = converge(client, members, Duration::from_secs(30)).await;
     vec![
@@ -30,7 +31,7 @@ pub async fn cluster_checks(
             message: converged.unwrap_or_else(|e| e),
         },
         replica_views(client, members, skus, final_on_hand).await,
-        exactly_once(client, members, history).await,
+        exactly_once(client, members, history, splits).await,
     ]
 }
 
@@ -103,9 +104,32 @@ async fn replica_views(
     }
 }
 
+/// The shard a split family started from: `shard`'s parent's parent ... (`splits` is
+/// (parent, child) pairs; bounded by their count).
+fn root_of(shard: u64, splits: &[(u64, u64)]) -> u64 {
+    let mut at = shard;
+    for _ in 0..=splits.len() {
+        match splits.iter().find(|(_, child)| *child == at) {
+            Some((parent, _)) => at = *parent,
+            None => break,
+        }
+    }
+    at
+}
+
 /// Exactly-once, audited from the nodes: a shard stores one outcome per request id it
-/// executes, so its count cannot exceed the distinct request ids sent to it.
-async fn exactly_once(client: &Client, members: &[u64], history: &History) -> ClusterCheck {
+/// executes, so its count cannot exceed the distinct request ids sent to it. A split
+/// copies its parent's outcomes to both halves, so a shard's count is bounded by the
+/// distinct request ids sent to its whole split family (counted by the family's root).
+async fn exactly_once(
+    client: &Client,
+    members: &[u64],
+    history: &History,
+    splits: &[(u64, u64)],
+) -> ClusterCheck {
+    let _ = client
+        .refresh_map(Instant::now() + Duration::from_secs(3))
+        .await;
     let map = client.shard_map();
     let mut sent: BTreeMap<u64, std::collections::BTreeSet<String>> = BTreeMap::new();
     for r in history
@@ -116,7 +140,9 @@ async fn exactly_once(client: &Client, members: &[u64], history: &History) -> Cl
         if let (Some(rid), Some(sku)) = (&r.rid, &r.sku)
             && let Some(shard) = map.shard_for(sku)
         {
-            sent.entry(shard.shard_id).or_default().insert(rid.clone());
+            sent.entry(root_of(shard.shard_id, splits))
+                .or_default()
+                .insert(rid.clone());
         }
     }
     let mut stored: BTreeMap<u64, u64> = BTreeMap::new();
@@ -133,7 +159,10 @@ async fn exactly_once(client: &Client, members: &[u64], history: &History) -> Cl
     let over: Vec<String> = stored
         .iter()
         .filter_map(|(shard, count)| {
-            let distinct = sent.get(shard).map(|s| s.len() as u64).unwrap_or(0);
+            let distinct = sent
+                .get(&root_of(*shard, splits))
+                .map(|s| s.len() as u64)
+                .unwrap_or(0);
             (*count > distinct).then(|| {
                 format!("shard {shard} stores {count} outcomes for {distinct} distinct request ids")
             })

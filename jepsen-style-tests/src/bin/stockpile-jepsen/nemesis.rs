@@ -14,7 +14,10 @@
 //!   replicas are recreated from the survivors); one replica of a random shard moved
 //!   to a node that holds none (learner, catch-up, guarded replacement, drop), running
 //!   in the background while the next faults strike. Unfinished moves are completed
-//!   (the same command resumes them) before the run's checks.
+//!   (the same command resumes them) before the run's checks;
+//! - split: a random shard split among the workload's SKUs (`nemesis::split`).
+
+mod split;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +65,8 @@ pub struct Nemesis {
     /// Each drained node's replicas as the node itself reported them just before it
     /// was retired (a drained node must hold none).
     pub drained: Vec<(u64, Result<Vec<u64>, String>)>,
+    /// (parent, child) of every split the split nemesis made.
+    pub splits: Vec<(u64, u64)>,
 }
 
 /// A move of the membership nemesis: what was asked and how it ended.
@@ -118,6 +123,7 @@ impl Nemesis {
             moves: Vec::new(),
             membership_strikes: 0,
             drained: Vec::new(),
+            splits: Vec::new(),
         }
     }
 
@@ -164,6 +170,7 @@ impl Nemesis {
             "pause" => self.pause(&at).await,
             "clock" => self.skew_clock(&at).await,
             "membership" => self.membership(&at).await,
+            "split" => self.split().await,
             other => self.log("unknown-nemesis", other.to_string()),
         }
     }
