@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::raft::ShardRaft;
 use crate::raft::network::{NetworkFactory, PeerPool, PeerTuning};
 use crate::raft::replica_id;
-use crate::router::{LiveMap, ShardDescriptor, ShardId, ShardMap};
+use crate::router::{LiveMap, META_SHARD_ID, ShardDescriptor, ShardId, ShardMap};
 use crate::security::Security;
 use crate::shard::{ProposeStats, Shard, ShardContext};
 mod balance;
@@ -451,7 +451,12 @@ async fn start_shard(
     // a move created (its id is not the seeded one: the leader feeds it). The
     // initializer is the shard's `(id - 1) % n`-th replica in id order, so that first
     // leaders spread over the nodes instead of all landing on the lowest id.
+    // A shard the config does not seed (a split's child adopted from a snapshot) is
+    // never initialized here: its leader fills it.
+    let seeded =
+        shard_id == META_SHARD_ID || shared.cluster.shards.iter().any(|s| s.id == shard_id.0);
     if pristine
+        && seeded
         && replica == replica_id::seeded(shared.node_id)
         && initializer_of(&d) == shared.node_id
     {

@@ -18,6 +18,7 @@
 //! | `sm`         | 0 ‖ 0x06 ‖ node id / 0x07 ‖ shard id | cluster map: nodes / moves (meta shard) |
 //! | `sm`         | shard ‖ 0x08 | the shard's bounds after a split (range, version) |
 //! | `sm`         | 0 ‖ 0x09 ‖ shard id | cluster map: a shard born by a split (meta shard) |
+//! | `sm`         | shard ‖ 0x0A ‖ child id | a child this shard's split made |
 //! | `node_meta`  | "identity" | the node's id and cluster name |
 //!
 //! The two index families (0x04, 0x05) are additions to DESIGN.md's table: expiry
@@ -69,6 +70,10 @@ pub enum SmSpace {
     /// The cluster map's shards born by splits (meta shard only): shard id (u64 BE);
     /// recording one is how a split allocates its child's id.
     ClusterShard = 0x09,
+    /// The shards this shard's splits made: child shard id (u64 BE). Replicated, so
+    /// that a replica that catches up by a snapshot taken after a split learns the
+    /// child it never applied.
+    Child = 0x0A,
 }
 
 pub fn log_key(shard_id: u64, index: u64) -> [u8; 16] {
@@ -156,6 +161,10 @@ pub fn cluster_shard_key(shard_id: u64, recorded_shard_id: u64) -> Vec<u8> {
         SmSpace::ClusterShard,
         &[&recorded_shard_id.to_be_bytes()],
     )
+}
+
+pub fn sm_child_key(shard_id: u64, child_id: u64) -> Vec<u8> {
+    sm_key(shard_id, SmSpace::Child, &[&child_id.to_be_bytes()])
 }
 
 /// `key` (a key of some shard's state machine) with its shard prefix replaced by

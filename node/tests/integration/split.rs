@@ -282,3 +282,87 @@ async fn a_bad_split_is_refused_with_the_reason() {
     assert_eq!(e.reason(), "MOVE_REFUSED", "{e}");
     assert!(e.to_string().contains("both sides"), "{e}");
 }
+
+/// A replica that was down during a split and catches up on its parent by a snapshot
+/// taken after it (so it never applies the split entry) learns the child from the
+/// snapshot, starts it empty, and the child's leader fills it: every shard ends with
+/// three identical replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_caught_up_by_a_snapshot_past_a_split_takes_the_child_too() {
+    let mut cluster = TestCluster::start(Options {
+        snapshot_after_entries: 100,
+        logs_kept_after_snapshot: 20,
+        ..Default::default()
+    });
+    let client = cluster.client().await;
+    let leaders = cluster.wait_leaders(&client).await;
+    let victim = (1..=3)
+        .find(|n| *n != leaders[&PARENT])
+        .expect("a follower");
+    let skus = skus();
+    for s in &skus {
+        client.set_stock(s, STOCK).await.expect("set stock");
+    }
+    let index_of = |st: &stockpile_client::proto::NodeStatusReply, shard: u64| {
+        st.shards
+            .iter()
+            .find(|s| s.shard_id == shard)
+            .map_or(0, |s| s.last_log_index)
+    };
+    let victim_last = index_of(&client.node_status(victim).await.expect("status"), PARENT);
+    assert_eq!(cluster.stop(victim), Some(0), "SIGTERM exits 0");
+    let report = client
+        .split_shard(PARENT, Some(SPLIT_AT))
+        .await
+        .expect("split with one replica down");
+    let child = report.child.shard_id;
+    let leader = cluster.leader_of(&client, PARENT).await;
+    let split_index = index_of(&client.node_status(leader).await.expect("status"), PARENT);
+    assert!(split_index > victim_last);
+    for round in 0..15 {
+        for sku in &skus[..20] {
+            client
+                .decrement(sku, 1)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
+    eventually(Duration::from_secs(15), || async {
+        let st = client.node_status(leader).await?;
+        let purged = st
+            .shards
+            .iter()
+            .find(|s| s.shard_id == PARENT)
+            .map_or(0, |s| s.purged_index);
+        if purged > split_index {
+            Ok(())
+        } else {
+            Err(stockpile_client::Error::Internal {
+                message: format!("purged {purged}, the split is at {split_index} or before"),
+            })
+        }
+    })
+    .await;
+    cluster.start_node(victim);
+    let digests = converged(&cluster, &client).await;
+    assert!(digests.contains_key(&child), "{digests:?}");
+    let victim_status = client.node_status(victim).await.expect("status");
+    let on_victim = victim_status
+        .shards
+        .iter()
+        .find(|s| s.shard_id == child)
+        .expect("the victim runs the child");
+    assert_eq!(
+        (on_victim.start.as_str(), on_victim.end.as_str()),
+        (SPLIT_AT, "")
+    );
+    let log = std::fs::read_to_string(cluster.log_path(victim)).expect("victim's log");
+    assert!(
+        log.contains("a snapshot past a split"),
+        "the victim learned the child from its parent's snapshot"
+    );
+    for sku in &skus[20..] {
+        client.decrement(sku, 1).await.expect("the child serves");
+    }
+    converged(&cluster, &client).await;
+}

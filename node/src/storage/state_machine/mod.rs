@@ -415,6 +415,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(bounds) = read_bounds(&self.db, self.shard_id)? {
             self.bounds.set(bounds);
         }
+        let adopted = split::adopt_children(&self.db, self.shard_id, self.replica_id)?;
+        if !adopted.is_empty() {
+            tracing::info!(
+                shard_id = self.shard_id,
+                children = ?adopted,
+                "a snapshot past a split: the children are recorded here as empty replicas"
+            );
+        }
         self.hints = Hints::UNKNOWN;
         self.next_timer_ms.store(0, Ordering::Relaxed);
         Ok(())

@@ -30,6 +30,16 @@ use crate::storage::error::Result;
 use crate::storage::keys::{self, CF_RAFT_STATE, CF_SM, SmSpace, StateTag};
 use crate::storage::node_meta;
 
+/// A child a split made, as its parent remembers it (`SmSpace::Child`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChildRecord {
+    pub child: u64,
+    pub start: String,
+    pub end: String,
+    /// The node ids of its first replicas (the parent's voters at the split).
+    pub replicas: Vec<u64>,
+}
+
 /// A split to apply, as the parent's log carries it.
 pub(super) struct Split<'a> {
     pub parent: u64,
@@ -133,7 +143,12 @@ pub(super) fn divide(
         keys::sm_bounds_key(split.child),
         codec::encode(&child_bounds)?,
     );
-    start_child(db, batch, split, &child_bounds, meta)?;
+    let child = start_child(db, batch, split, &child_bounds, meta)?;
+    batch.put_cf(
+        sm,
+        keys::sm_child_key(split.parent, split.child),
+        codec::encode(&child)?,
+    );
     Ok(Divided {
         outcome: ClusterOutcome::Done,
         parent_bounds,
@@ -148,7 +163,7 @@ fn start_child(
     split: &Split<'_>,
     child_bounds: &ShardBounds,
     parent_meta: &SmMeta,
-) -> Result<()> {
+) -> Result<ChildRecord> {
     // Term 0, node 0 (no replica has id 0), index 0: the same on every replica.
     let origin = LogId::new(
         openraft::impls::leader_id_adv::LeaderId {
@@ -173,7 +188,7 @@ fn start_child(
     let descriptor = node_meta::ShardDescriptor {
         start: child_bounds.range.start.clone(),
         end: child_bounds.range.end.clone(),
-        replicas,
+        replicas: replicas.clone(),
     };
     let state = cf(db, CF_RAFT_STATE)?;
     batch.put_cf(
@@ -191,7 +206,57 @@ fn start_child(
         keys::raft_state_key(split.child, StateTag::LastPurged),
         codec::encode(&origin)?,
     );
-    Ok(())
+    Ok(ChildRecord {
+        child: split.child,
+        start: child_bounds.range.start.clone(),
+        end: child_bounds.range.end.clone(),
+        replicas,
+    })
+}
+
+/// After a snapshot of `parent` was installed here: each child its splits made that
+/// this node holds no replica of is recorded as an empty replica with this node's
+/// parent replica id (`replica_id`), for the map follower to start and the child's
+/// leader to fill by a snapshot (its log starts past the origin, so it never replays
+/// from an empty state). A node that never applied the split never voted in the
+/// child's group, so the empty replica is as safe as a new learner. Returns the ids.
+pub(super) fn adopt_children(db: &DB, parent: u64, replica_id: u64) -> Result<Vec<u64>> {
+    let (start, _) = keys::sm_space_range(parent, SmSpace::Child);
+    let state = cf(db, CF_RAFT_STATE)?;
+    let mut batch = WriteBatch::default();
+    let mut adopted = Vec::new();
+    for (_, v) in scan(db, parent, SmSpace::Child, &start)? {
+        let child: ChildRecord = codec::decode(&v)?;
+        let held = db.get_pinned_cf(
+            state,
+            keys::raft_state_key(child.child, StateTag::Descriptor),
+        )?;
+        if held.is_some() {
+            continue;
+        }
+        let descriptor = node_meta::ShardDescriptor {
+            start: child.start,
+            end: child.end,
+            replicas: child.replicas,
+        };
+        batch.put_cf(
+            state,
+            keys::raft_state_key(child.child, StateTag::Descriptor),
+            codec::encode(&descriptor)?,
+        );
+        batch.put_cf(
+            state,
+            keys::raft_state_key(child.child, StateTag::ReplicaId),
+            replica_id.to_be_bytes(),
+        );
+        adopted.push(child.child);
+    }
+    if !adopted.is_empty() {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        db.write_opt(batch, &opts)?;
+    }
+    Ok(adopted)
 }
 
 /// A raw RocksDB key and value.

@@ -456,7 +456,7 @@ impl TestCluster {
                         }
                     }
                 }
-                if agree && leaders.len() == SHARDS_WITH_META {
+                if agree && leaders.len() >= SHARDS_WITH_META {
                     return leaders;
                 }
             }
