@@ -195,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
     let node = Node::start(config, args.node_id, options).await?;
     node.spawn_meta_duties();
     node.spawn_replica_gc();
+    node.spawn_autosplit();
     stockpile_node::telemetry::spawn_publisher(node.clone(), node.shutdown.subscribe());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let (stopping_tx, _) = tokio::sync::broadcast::channel::<()>(1);

@@ -51,6 +51,40 @@ pub struct ClusterConfig {
     pub security: SecurityConfig,
     #[serde(default)]
     pub balancer: BalancerConfig,
+    #[serde(default)]
+    pub split: SplitConfig,
+}
+
+/// Splits a shard's leader makes by itself (`node::autosplit`, docs/OPERATIONS.md).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    /// A shard holding more SKUs than this splits at its middle SKU (0: never).
+    pub keys_max: u64,
+    /// How often a written shard's SKUs are counted against `keys_max` (a count walks
+    /// at most `keys_max + 1` keys).
+    pub size_check_interval_ms: u64,
+    /// A shard whose leader proposed more operations per second than this, on average
+    /// over `load_window_ms`, splits where its sampled load divides in two (0: never).
+    pub load_ops_per_s: u64,
+    pub load_window_ms: u64,
+    /// How often each node looks at the shards it leads.
+    pub check_interval_ms: u64,
+    /// No automatic split while the node holds this many replicas or more.
+    pub node_shards_max: usize,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            keys_max: 1_000_000,
+            size_check_interval_ms: 60_000,
+            load_ops_per_s: 20_000,
+            load_window_ms: 30_000,
+            check_interval_ms: 1_000,
+            node_shards_max: 10_000,
+        }
+    }
 }
 
 /// The balancer, run by the meta shard's leader (`node::balance`, docs/OPERATIONS.md).

@@ -319,6 +319,16 @@ fn server(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
             ));
         }
     }
+    let sp = &c.split;
+    if sp.check_interval_ms < 100
+        || sp.load_window_ms < sp.check_interval_ms
+        || sp.size_check_interval_ms < sp.check_interval_ms
+    {
+        return Err(bad(
+            "split".into(),
+            "check_interval_ms must be at least 100, and load_window_ms and size_check_interval_ms at least check_interval_ms".into(),
+        ));
+    }
     if s.replica_gc_after_ms > 0 && s.replica_gc_after_ms < REPLICA_GC_AFTER_MS_MIN {
         return Err(bad(
             "server.replica_gc_after_ms".into(),

@@ -24,6 +24,7 @@ use crate::raft::replica_id;
 use crate::router::{LiveMap, META_SHARD_ID, ShardDescriptor, ShardId, ShardMap};
 use crate::security::Security;
 use crate::shard::{ProposeStats, Shard, ShardContext};
+mod autosplit;
 mod balance;
 mod boot;
 mod gc;

@@ -40,7 +40,20 @@ pub struct Shard {
     proposals: mpsc::Sender<Proposal>,
     /// The state machine's earliest-timer hint (`u64::MAX` none, 0 unknown).
     next_timer_ms: Arc<AtomicU64>,
+    /// Operations and proposals this replica proposed as leader: the load a split by
+    /// load measures (`node::autosplit`).
+    ops_proposed: AtomicU64,
+    groups_proposed: AtomicU64,
+    /// SKUs of every `LOAD_SAMPLE_EVERY`-th proposal since the splitter last looked, at
+    /// most `LOAD_SAMPLES_MAX` (later ones overwrite earlier ones in turn): where a
+    /// split by load cuts, so that both halves carry comparable load.
+    load_samples: std::sync::Mutex<Vec<String>>,
 }
+
+/// One proposal in this many has its SKU sampled.
+const LOAD_SAMPLE_EVERY: u64 = 8;
+/// Samples kept per shard between two looks of the splitter.
+const LOAD_SAMPLES_MAX: usize = 512;
 
 /// What a shard is started with, besides its descriptor and Raft group.
 pub struct ShardContext {
@@ -74,6 +87,9 @@ impl Shard {
             stats: ctx.stats.clone(),
             proposals: tx,
             next_timer_ms,
+            ops_proposed: AtomicU64::new(0),
+            groups_proposed: AtomicU64::new(0),
+            load_samples: std::sync::Mutex::new(Vec::new()),
         });
         let proposer = proposer::ProposerContext {
             shard_id: shard.id(),
@@ -125,6 +141,7 @@ impl Shard {
             self.bounds
                 .check(group.ops.iter().flat_map(|op| op.command.skus()))?;
         }
+        self.count_load(&group);
         #[cfg(feature = "planted-bugs")]
         if crate::planted::active() == crate::planted::Bug::AckBeforeCommit && !group.ops.is_empty()
         {
@@ -151,6 +168,36 @@ impl Shard {
             shard_id: self.id(),
             reason: "the proposer stopped".into(),
         })?
+    }
+
+    /// Counts `group` into the shard's load, sampling its first SKU now and then.
+    fn count_load(&self, group: &OpGroup) {
+        self.ops_proposed
+            .fetch_add(group.ops.len() as u64, Ordering::Relaxed);
+        let n = self.groups_proposed.fetch_add(1, Ordering::Relaxed);
+        if !n.is_multiple_of(LOAD_SAMPLE_EVERY) {
+            return;
+        }
+        let Some(sku) = group.ops.first().and_then(|op| op.command.skus().next()) else {
+            return;
+        };
+        let mut samples = self.load_samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() < LOAD_SAMPLES_MAX {
+            samples.push(sku.to_string());
+        } else {
+            let slot = (n / LOAD_SAMPLE_EVERY) as usize % LOAD_SAMPLES_MAX;
+            samples[slot] = sku.to_string();
+        }
+    }
+
+    /// Operations proposed here as leader so far.
+    pub fn ops_proposed(&self) -> u64 {
+        self.ops_proposed.load(Ordering::Relaxed)
+    }
+
+    /// The SKU samples since the last call (taken).
+    pub fn take_load_samples(&self) -> Vec<String> {
+        std::mem::take(&mut *self.load_samples.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Proposes `op` alone in its own entry, past the proposer (a split must not share

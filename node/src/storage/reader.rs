@@ -151,6 +151,26 @@ impl ShardReader {
         })
     }
 
+    /// The shard's stock records, counted up to `max` (a count stops there).
+    pub fn count_skus(&self, max: u64) -> Result<u64> {
+        let cf = cf(&self.db, CF_SM)?;
+        let (start, end) = keys::sm_space_range(self.shard_id, SmSpace::Stock);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mut count = 0u64;
+        for item in
+            self.db
+                .iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward))
+        {
+            item?;
+            count += 1;
+            if count >= max {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
     /// The SKU in the middle of the shard's stock records (by count), where a split
     /// leaves two halves of equal size; None with fewer than two records. Two passes
     /// over the keys on one snapshot: a split is rare and the shard bounded.

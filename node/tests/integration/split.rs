@@ -366,3 +366,73 @@ async fn a_replica_caught_up_by_a_snapshot_past_a_split_takes_the_child_too() {
     }
     converged(&cluster, &client).await;
 }
+
+/// The first shard whose range starts strictly inside `(after, before)`, in the map a
+/// node serves now (a split's child), with its id.
+async fn child_inside(client: &Client, after: &str, before: &str) -> Option<(u64, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let map = client.refresh_map(deadline).await.ok()?;
+    map.shards
+        .iter()
+        .find(|s| s.start.as_str() > after && s.start.as_str() < before)
+        .map(|s| (s.shard_id, s.start.clone()))
+}
+
+/// With `[split]` thresholds lowered: a shard grown past `keys_max` SKUs splits at its
+/// middle SKU, and a narrow range under sustained load splits where its sampled load
+/// divides; both halves of each serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_split_by_themselves_by_size_and_by_load() {
+    let cluster = TestCluster::start(Options {
+        extra_toml: "[split]\nkeys_max = 30\nsize_check_interval_ms = 500\n\
+                     load_ops_per_s = 150\nload_window_ms = 2000\ncheck_interval_ms = 250\n"
+            .into(),
+        ..Default::default()
+    });
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+
+    // Size: shard 3 covers ["n", "t"); 40 SKUs are more than 30.
+    let peaches: Vec<String> = (0..40).map(|i| format!("peach-{i:02}")).collect();
+    for s in &peaches {
+        client.set_stock(s, 100).await.expect("set stock");
+    }
+    let (by_size, _) = eventually(Duration::from_secs(30), || async {
+        child_inside(&client, "n", "t")
+            .await
+            .ok_or(stockpile_client::Error::Internal {
+                message: "shard 3 has not split by size".into(),
+            })
+    })
+    .await;
+    assert_eq!(by_size.1, "peach-20", "the middle SKU of 40");
+    for sku in [&peaches[0], &peaches[39]] {
+        client.decrement(sku, 1).await.expect("both halves serve");
+    }
+
+    // Load: shard 1 covers ["", "g"); ten SKUs, sold without pause.
+    let apples: Vec<String> = (0..10).map(|i| format!("apple-{i}")).collect();
+    for s in &apples {
+        client.set_stock(s, STOCK).await.expect("set stock");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sold = sell(client.clone(), apples.clone(), stop.clone());
+    let (by_load, _) = eventually(Duration::from_secs(40), || async {
+        child_inside(&client, "", "g")
+            .await
+            .ok_or(stockpile_client::Error::Internal {
+                message: "shard 1 has not split by load".into(),
+            })
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        by_load.1.starts_with("apple-") && by_load.1.as_str() > "apple-0",
+        "cut among the sampled SKUs: {by_load:?}"
+    );
+    assert!(sold.iter().all(|a| a.load(Ordering::Relaxed) > 0));
+    for sku in [&apples[0], &apples[9]] {
+        client.decrement(sku, 1).await.expect("both halves serve");
+    }
+    converged(&cluster, &client).await;
+}

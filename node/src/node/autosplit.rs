@@ -1,0 +1,168 @@
+//! Splits a node makes by itself, on the shards it leads (`[split]`): by size (more
+//! SKUs than `keys_max`: at the middle SKU) and by load (more operations per second
+//! than `load_ops_per_s` over `load_window_ms`: at the median of the SKUs sampled
+//! from its proposals, so that both halves carry comparable load; never inside one
+//! SKU, so one hot SKU never splits). Each split goes through `node::split`, like a
+//! split by command; each decision is logged with its reason.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Node;
+use crate::router::{META_SHARD_ID, ShardId};
+use crate::shard::Shard;
+
+/// What the splitter remembers of one shard it leads.
+struct Watch {
+    window_start: Instant,
+    ops_at_window_start: u64,
+    size_checked: Instant,
+    ops_at_size_check: u64,
+}
+
+impl Node {
+    /// Starts the splitter: every `split.check_interval_ms`, at most one split.
+    pub fn spawn_autosplit(self: &Arc<Self>) {
+        let cfg = self.cluster.split.clone();
+        if cfg.keys_max == 0 && cfg.load_ops_per_s == 0 {
+            return;
+        }
+        let node = self.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(cfg.check_interval_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut watches: HashMap<ShardId, Watch> = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.recv() => return,
+                }
+                node.autosplit_round(&mut watches).await;
+            }
+        });
+    }
+
+    async fn autosplit_round(&self, watches: &mut HashMap<ShardId, Watch>) {
+        let led: Vec<Arc<Shard>> = self
+            .shards()
+            .into_iter()
+            .filter(|s| s.id() != META_SHARD_ID && s.is_leader())
+            .collect();
+        watches.retain(|id, _| led.iter().any(|s| s.id() == *id));
+        if led.len() + 1 >= self.cluster.split.node_shards_max {
+            return;
+        }
+        for shard in led {
+            let Some((at, reason)) = self.split_wanted(&shard, watches) else {
+                continue;
+            };
+            match self.split_shard(shard.id(), at).await {
+                Ok(done) => {
+                    watches.remove(&shard.id());
+                    tracing::info!(
+                        shard_id = %shard.id(),
+                        child_id = %done.child_id,
+                        at = %done.child_range.start,
+                        %reason,
+                        "automatic split"
+                    );
+                }
+                Err(e) => {
+                    // Looked at again after the intervals, written since or not.
+                    if let Some(w) = watches.get_mut(&shard.id()) {
+                        w.ops_at_size_check = u64::MAX;
+                    }
+                    tracing::warn!(shard_id = %shard.id(), %reason, error = %e, "automatic split refused");
+                }
+            }
+            return;
+        }
+    }
+
+    /// Whether `shard` should split now, where (None: its middle SKU) and why.
+    fn split_wanted(
+        &self,
+        shard: &Shard,
+        watches: &mut HashMap<ShardId, Watch>,
+    ) -> Option<(Option<String>, String)> {
+        let cfg = &self.cluster.split;
+        let now = Instant::now();
+        let ops = shard.ops_proposed();
+        let w = watches.entry(shard.id()).or_insert(Watch {
+            window_start: now,
+            ops_at_window_start: ops,
+            size_checked: now,
+            // Counted once after the interval, written or not: it may have grown
+            // before this node led it.
+            ops_at_size_check: u64::MAX,
+        });
+        let window = now.duration_since(w.window_start);
+        if cfg.load_ops_per_s > 0 && window >= Duration::from_millis(cfg.load_window_ms) {
+            let rate = (ops - w.ops_at_window_start) as f64 / window.as_secs_f64();
+            (w.window_start, w.ops_at_window_start) = (now, ops);
+            let samples = shard.take_load_samples();
+            if rate > cfg.load_ops_per_s as f64
+                && let Some(at) = load_split_point(samples, &shard.bounds.get().range.start)
+            {
+                return Some((Some(at), format!("load {rate:.0} ops/s")));
+            }
+        }
+        let since = now.duration_since(w.size_checked);
+        if cfg.keys_max > 0
+            && ops != w.ops_at_size_check
+            && since >= Duration::from_millis(cfg.size_check_interval_ms)
+        {
+            (w.size_checked, w.ops_at_size_check) = (now, ops);
+            let count = shard.reader.count_skus(cfg.keys_max + 1).ok()?;
+            if count > cfg.keys_max {
+                return Some((None, format!("size: more than {} SKUs", cfg.keys_max)));
+            }
+        }
+        None
+    }
+}
+
+/// The median of the sampled SKUs, if it lies after the shard's first SKU and the
+/// samples are not all one SKU (one SKU cannot be divided).
+fn load_split_point(mut samples: Vec<String>, start: &str) -> Option<String> {
+    samples.sort_unstable();
+    let first = samples.first()?.clone();
+    if samples.last() == Some(&first) {
+        return None;
+    }
+    let median = samples[samples.len() / 2].clone();
+    let at = if median > first {
+        median
+    } else {
+        // Most samples are the first SKU: cut just after it.
+        samples.into_iter().find(|s| *s > first)?
+    };
+    (at.as_str() > start).then_some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load_split_point;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn load_splits_at_the_median_and_never_inside_one_sku() {
+        assert_eq!(
+            load_split_point(v(&["d", "a", "c", "b", "e"]), ""),
+            Some("c".into())
+        );
+        assert_eq!(load_split_point(v(&["hot", "hot", "hot"]), ""), None);
+        assert_eq!(
+            load_split_point(v(&["a", "a", "a", "a", "b"]), ""),
+            Some("b".into()),
+            "a hot first SKU stays, the rest goes"
+        );
+        assert_eq!(load_split_point(v(&["m", "m", "z"]), "m"), Some("z".into()));
+        assert_eq!(load_split_point(Vec::new(), ""), None);
+    }
+}
