@@ -151,6 +151,13 @@ async fn a_shard_split_under_load_divides_its_state_and_clients_follow() {
         "split: the stale client's map after the split: {:?}",
         stale.shard_map().shards
     );
+    // Diagnostic: how many operations met SHARD_MOVED (between the split's apply and
+    // each node's map taking it, at most half a second) and were retried unseen.
+    for (id, addr) in &cluster.metrics_addrs {
+        let text = crate::common::scrape(addr).await;
+        let moved: Vec<&str> = text.lines().filter(|l| l.contains("SHARD_MOVED")).collect();
+        eprintln!("split: node {id} SHARD_MOVED lines: {moved:?}");
+    }
 
     // Reservations from before the split close on their new shards.
     let confirmed = client
