@@ -28,6 +28,10 @@ cleanup() {
   if [ "$keep" = 0 ]; then
     step "Stopping the cluster"
     scripts/cluster.sh down "$config" || true
+    # The drain retired node 1 for good: these data directories can no longer start
+    # as the 3-node cluster, so `scripts/cluster.sh up` begins afresh.
+    rm -rf data/node-1 data/node-2 data/node-3 data/node-4 data/node-4.toml
+    say "the demo's data was removed; scripts/cluster.sh up starts a fresh cluster"
   else
     step "Leaving the cluster running (stop it with: scripts/cluster.sh down)"
   fi
