@@ -1,6 +1,7 @@
-//! Shard splits for operators: `split_shard` sends the split to the shard's leader
-//! (following leader changes) and refreshes the client's map, so that the next call
-//! routes to the two halves.
+//! Shard splits and merges for operators: `split_shard` sends the split to the
+//! shard's leader, `merge_shards` the merge to the left shard's leader (following
+//! leader changes); both refresh the client's map, so that the next call routes to
+//! the new layout.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,8 @@ use stockpile_proto::v1::admin_client::AdminClient;
 use crate::transport::with_timeout;
 use crate::{Client, Error, ShardInfo, Target};
 
-/// How long one split may take in all (id allocation, the entry, retries).
+/// How long one split or merge may take in all (id allocation or leadership
+/// hand-over, the entries, retries).
 const SPLIT_DEADLINE_MS: u64 = 30_000;
 /// One attempt's timeout.
 const SPLIT_ATTEMPT_MS: u64 = 10_000;
@@ -27,7 +29,7 @@ pub struct SplitReport {
 
 fn info(s: Option<pb::ShardInfo>) -> Result<ShardInfo, Error> {
     let s = s.ok_or_else(|| Error::Internal {
-        message: "a split reply without its shards".into(),
+        message: "a split or merge reply without its shard".into(),
     })?;
     Ok(ShardInfo {
         shard_id: s.shard_id,
@@ -68,5 +70,40 @@ impl Client {
         // Best effort: a stale map is also corrected by the first SHARD_MOVED.
         let _ = self.refresh_map(deadline).await;
         Ok(report)
+    }
+}
+
+impl Client {
+    /// Merges `right_shard_id` into its left neighbour `shard_id` (both with their
+    /// replicas on the same nodes); returns the grown left shard. Idempotent: a retry
+    /// after the merge answers with the merged shard.
+    pub async fn merge_shards(
+        &self,
+        shard_id: u64,
+        right_shard_id: u64,
+    ) -> Result<ShardInfo, Error> {
+        let req = pb::MergeShardsRequest {
+            shard_id,
+            right_shard_id,
+        };
+        let deadline = Instant::now() + Duration::from_millis(SPLIT_DEADLINE_MS);
+        let reply = self
+            .call_within(
+                shard_id,
+                Target::Leader,
+                None,
+                deadline,
+                Duration::from_millis(SPLIT_ATTEMPT_MS),
+                |ch, t| {
+                    let r = with_timeout(req, t);
+                    async move { AdminClient::new(ch).merge_shards(r).await }
+                },
+            )
+            .await?
+            .into_inner();
+        let merged = info(reply.shard)?;
+        // Best effort: a stale map is also corrected by the first SHARD_MOVED.
+        let _ = self.refresh_map(deadline).await;
+        Ok(merged)
     }
 }

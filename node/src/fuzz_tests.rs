@@ -193,7 +193,10 @@ fn op_in_policy(op: &Op, limits: &Limits) -> bool {
                 sku,
             } => reservation_id_in_policy(reservation_id) && sku_in_policy(sku),
             // Never produced by request decoding (nodes propose these themselves).
-            Command::Cluster(_) | Command::Split { .. } => false,
+            Command::Cluster(_)
+            | Command::Split { .. }
+            | Command::Freeze { .. }
+            | Command::Merge { .. } => false,
         }
 }
 

@@ -60,11 +60,24 @@ impl std::fmt::Display for SkuRange {
 
 /// A shard's range and epoch `version` as its own state machine holds them: what it
 /// checks every operation against, at propose time and at apply time (a split
-/// narrows the range and grows the version at one log index on every replica).
+/// narrows the range, a merge widens it, each grows the version at one log index on
+/// every replica).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardBounds {
     pub range: SkuRange,
     pub version: u64,
+    /// Frozen for a merge into its left neighbour: it owns no SKU any more (every
+    /// operation is SHARD_MOVED). Stored under its own key (`SmSpace::Frozen`), not in
+    /// the bounds' encoding, which predates merges.
+    #[serde(skip)]
+    pub frozen: bool,
+}
+
+impl ShardBounds {
+    /// Whether this shard serves `sku` now.
+    pub fn owns(&self, sku: &str) -> bool {
+        !self.frozen && self.range.contains(sku)
+    }
 }
 
 /// A replica's current bounds, shared by its state machine (the writer, on apply and
@@ -89,7 +102,7 @@ impl LiveBounds {
     /// SHARD_MOVED for the first of `skus` outside the bounds.
     pub fn check<'a>(&self, mut skus: impl Iterator<Item = &'a str>) -> Result<(), Error> {
         let b = self.0.read().unwrap_or_else(|p| p.into_inner());
-        match skus.find(|s| !b.range.contains(s)) {
+        match skus.find(|s| !b.owns(s)) {
             Some(sku) => Err(Error::ShardMoved {
                 sku: sku.to_string(),
             }),
@@ -312,9 +325,10 @@ impl ShardMap {
     }
 
     /// This map with each of `descriptors` taken where it is newer than the map's
-    /// descriptor of the same id (or the map has none: a shard born by a split). None
-    /// when nothing changed, or when the result would not tile the SKU space (a parent
-    /// narrowed by a split before its child is known here: taken together later).
+    /// descriptor of the same id (or the map has none: a shard born by a split), and
+    /// without the shards a newer one of them covers (merged away). None when nothing
+    /// changed, or when the result would not tile the SKU space (a parent narrowed by
+    /// a split before its child is known here: taken together later).
     pub fn with_layout(&self, descriptors: &[ShardDescriptor]) -> Option<ShardMap> {
         let mut next = self.clone();
         let mut changed = false;
@@ -339,6 +353,21 @@ impl ShardMap {
                 }
             }
         }
+        // A shard merged away: a newer descriptor covers its range (only a merge
+        // widens a range, and it grows the version past the merged shard's).
+        let before = next.shards.len();
+        let merged_away = |s: &ShardDescriptor| {
+            descriptors.iter().any(|d| {
+                d.id != s.id
+                    && d.id != META_SHARD_ID
+                    && d.epoch.version > s.epoch.version
+                    && d.range.start <= s.range.start
+                    && (d.range.end.is_empty()
+                        || (!s.range.end.is_empty() && s.range.end <= d.range.end))
+            })
+        };
+        next.shards.retain(|s| !merged_away(s));
+        changed |= next.shards.len() != before;
         next.shards
             .sort_by(|a, b| a.range.start.cmp(&b.range.start));
         if !changed || !tiles(&next.shards) {
@@ -567,6 +596,56 @@ replicas = [2]
             "the unsplit parent is older and never taken back"
         );
         assert!(!live.update_layout(&[narrowed, child]), "nothing newer");
+    }
+
+    #[test]
+    fn a_merged_shard_leaves_the_map_and_never_comes_back() {
+        let live = LiveMap::new(map());
+        let parent = live.get().shard(ShardId(3)).unwrap().clone();
+        let at = |version| Epoch {
+            version,
+            conf_ver: 0,
+        };
+        let range = |start: &str, end: &str| SkuRange {
+            start: start.into(),
+            end: end.into(),
+        };
+        let left = ShardDescriptor {
+            range: range("n", "t"),
+            epoch: at(1),
+            ..parent.clone()
+        };
+        let right = ShardDescriptor {
+            id: ShardId(4),
+            range: range("t", ""),
+            epoch: at(1),
+            replicas: vec![1],
+        };
+        assert!(live.update_layout(&[left.clone(), right.clone()]));
+        let frozen = ShardDescriptor {
+            epoch: at(2),
+            ..right.clone()
+        };
+        assert!(live.update_layout(std::slice::from_ref(&frozen)));
+        assert_eq!(
+            live.get().shard_for("x").id,
+            ShardId(4),
+            "frozen, still routed"
+        );
+        let merged = ShardDescriptor {
+            range: range("n", ""),
+            epoch: at(3),
+            ..left
+        };
+        assert!(live.update_layout(&[merged.clone(), frozen.clone()]));
+        let m = live.get();
+        assert_eq!(m.shard_for("x").id, ShardId(3));
+        assert!(m.shard(ShardId(4)).is_none());
+        assert!(
+            !live.update_layout(&[right]),
+            "the merged shard never returns"
+        );
+        assert!(!live.update_layout(&[merged, frozen]), "nothing newer");
     }
 
     #[test]

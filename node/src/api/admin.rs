@@ -361,6 +361,16 @@ impl Admin for AdminService {
         result.map(Response::new).map_err(to_status)
     }
 
+    async fn merge_shards(
+        &self,
+        request: Request<pb::MergeShardsRequest>,
+    ) -> Result<Response<pb::MergeShardsReply>, Status> {
+        let caller = self.authorized("merge_shards", &request, Need::Operator)?;
+        let result = super::admin_moves::merge_shards(&self.node, request.into_inner()).await;
+        audit_call(&caller.name, "merge_shards", &result.as_ref().map(|_| ()));
+        result.map(Response::new).map_err(to_status)
+    }
+
     async fn create_replica(
         &self,
         request: Request<pb::CreateReplicaRequest>,

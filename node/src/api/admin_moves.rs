@@ -155,3 +155,32 @@ pub async fn split_shard(
         child: Some(info(done.child_id, &done.child_range)),
     })
 }
+
+/// A merge by command, driven by `node::merge`, the merged shard answered.
+pub async fn merge_shards(
+    node: &Node,
+    req: pb::MergeShardsRequest,
+) -> Result<pb::MergeShardsReply, Error> {
+    let (left, right) = (ShardId(req.shard_id), ShardId(req.right_shard_id));
+    let done = node.merge_shards(left, right).await?;
+    tracing::info!(
+        shard_id = req.shard_id,
+        right_shard_id = req.right_shard_id,
+        range = %done.range,
+        "merge"
+    );
+    let replicas: Vec<u64> = node
+        .local_shard(left)
+        .map(|s| s.raft.status().voters.into_iter().collect())
+        .unwrap_or_default();
+    Ok(pb::MergeShardsReply {
+        shard: Some(pb::ShardInfo {
+            shard_id: left.0,
+            start: done.range.start,
+            end: done.range.end,
+            replicas,
+            version: done.version,
+            ..Default::default()
+        }),
+    })
+}

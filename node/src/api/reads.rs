@@ -84,9 +84,10 @@ impl InventoryService {
         let descriptor = self.node.map.get().shard_for(route).clone();
         let shard = self.node.local_shard(descriptor.id)?;
         barrier(&shard, read.consistency).await?;
-        if shard.bounds.get().range != descriptor.range {
-            // A split this node's map has not taken yet: the page and the next
-            // shard would be wrong.
+        let bounds = shard.bounds.get();
+        if bounds.frozen || bounds.range != descriptor.range {
+            // A split or merge this node's map has not taken yet: the page and the
+            // next shard would be wrong.
             return Err(Error::ShardMoved {
                 sku: route.to_string(),
             });

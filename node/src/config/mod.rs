@@ -53,6 +53,8 @@ pub struct ClusterConfig {
     pub balancer: BalancerConfig,
     #[serde(default)]
     pub split: SplitConfig,
+    #[serde(default)]
+    pub merge: MergeConfig,
 }
 
 /// Splits a shard's leader makes by itself (`node::autosplit`, docs/OPERATIONS.md).
@@ -83,6 +85,31 @@ impl Default for SplitConfig {
             load_window_ms: 30_000,
             check_interval_ms: 1_000,
             node_shards_max: 10_000,
+        }
+    }
+}
+
+/// Merges a shard's leader makes by itself (`node::autosplit`, docs/OPERATIONS.md):
+/// off by default, because a shard split by command is small and cold at first and
+/// would be merged straight back.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MergeConfig {
+    /// Two neighbours holding together at most this many SKUs may merge (0: never).
+    /// At most half of `split.keys_max`, so that the merged shard does not split.
+    pub keys_max: u64,
+    /// ... and together applying at most this many log entries per second, on average
+    /// over `cold_window_ms`, on the left shard's leader.
+    pub cold_entries_per_s: u64,
+    pub cold_window_ms: u64,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        MergeConfig {
+            keys_max: 0,
+            cold_entries_per_s: 1,
+            cold_window_ms: 600_000,
         }
     }
 }

@@ -329,6 +329,25 @@ fn server(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
             "check_interval_ms must be at least 100, and load_window_ms and size_check_interval_ms at least check_interval_ms".into(),
         ));
     }
+    let m = &c.merge;
+    if m.keys_max > 0 && sp.keys_max > 0 && m.keys_max > sp.keys_max / 2 {
+        return Err(bad(
+            "merge.keys_max".into(),
+            format!(
+                "{} is more than half of split.keys_max ({}): a merged shard would split again",
+                m.keys_max, sp.keys_max
+            ),
+        ));
+    }
+    if m.keys_max > 0 && m.cold_window_ms < sp.check_interval_ms {
+        return Err(bad(
+            "merge.cold_window_ms".into(),
+            format!(
+                "{} ms is shorter than split.check_interval_ms ({} ms)",
+                m.cold_window_ms, sp.check_interval_ms
+            ),
+        ));
+    }
     if s.replica_gc_after_ms > 0 && s.replica_gc_after_ms < REPLICA_GC_AFTER_MS_MIN {
         return Err(bad(
             "server.replica_gc_after_ms".into(),

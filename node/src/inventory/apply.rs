@@ -267,7 +267,9 @@ fn execute<R: Records>(
             sku,
         } => close(state, reservation_id, sku, false, now_ms, retention),
         Command::Cluster(c) => cluster::apply(state, c, now_ms).map(Outcome::Cluster),
-        Command::Split { .. } => unreachable!("a split is applied by the state machine"),
+        Command::Split { .. } | Command::Freeze { .. } | Command::Merge { .. } => {
+            unreachable!("splits and merges are applied by the state machine")
+        }
     }
 }
 

@@ -144,8 +144,11 @@ impl Model {
         match c {
             // The model is of the inventory; the cluster map has its own unit tests
             // (`inventory::cluster`), and API decoding never yields a cluster command.
-            Command::Cluster(_) | Command::Split { .. } => {
-                unreachable!("the model is never given a cluster command or a split")
+            Command::Cluster(_)
+            | Command::Split { .. }
+            | Command::Freeze { .. }
+            | Command::Merge { .. } => {
+                unreachable!("the model is never given a cluster command, split or merge")
             }
             Command::SetStock {
                 sku,

@@ -116,6 +116,58 @@ pub enum Command {
         child_id: u64,
         expected_version: u64,
     },
+    /// Freezes the shard for a merge into its left neighbour, if its bounds are still
+    /// at `expected_version`: from this entry on the shard applies nothing (every
+    /// operation is answered SHARD_MOVED), so the state a merge copies is final.
+    /// Applied by the state machine itself, alone in its entry. Last, like `Split`.
+    Freeze {
+        expected_version: u64,
+    },
+    /// Takes the frozen right neighbour's whole state (`source`) into this shard,
+    /// which grows to the neighbour's end, if this shard is still at
+    /// `expected_version` and ends where the neighbour starts. Applied by the state
+    /// machine itself, alone in its entry. Last, like `Split`.
+    Merge {
+        source: MergeSource,
+        expected_version: u64,
+    },
+}
+
+/// A frozen shard's state as a merge carries it in its neighbour's log: every
+/// replica of the neighbour applies the same bytes, whether or not it holds a
+/// replica of the frozen shard, and whatever that replica's progress.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeSource {
+    pub shard_id: u64,
+    pub start: String,
+    pub end: String,
+    /// The frozen shard's epoch version (the freeze grew it).
+    pub version: u64,
+    /// Its shard clock at the freeze (the merged shard's clock is the later one).
+    pub clock_ms: u64,
+    /// Its state machine's data records, keys without the shard prefix (the
+    /// sub-space byte first): stock, reservations, timers, outcomes, outcome ages.
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for MergeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The records may be megabytes: a log line names their count only.
+        f.debug_struct("MergeSource")
+            .field("shard_id", &self.shard_id)
+            .field("start", &self.start)
+            .field("end", &self.end)
+            .field("version", &self.version)
+            .field("records", &self.records.len())
+            .finish()
+    }
+}
+
+impl MergeSource {
+    /// The bytes its records take (keys and values).
+    pub fn records_bytes(&self) -> usize {
+        self.records.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
 }
 
 impl Command {
@@ -129,7 +181,10 @@ impl Command {
             | Command::Confirm { sku, .. }
             | Command::Release { sku, .. } => (Some(sku.as_str()), &[][..]),
             Command::Reserve { items, .. } => (None, items.as_slice()),
-            Command::Cluster(_) | Command::Split { .. } => (None, &[][..]),
+            Command::Cluster(_)
+            | Command::Split { .. }
+            | Command::Freeze { .. }
+            | Command::Merge { .. } => (None, &[][..]),
         };
         one.into_iter().chain(items.iter().map(|i| i.sku.as_str()))
     }
@@ -144,6 +199,8 @@ impl Command {
             Command::Release { .. } => "release",
             Command::Cluster(c) => c.name(),
             Command::Split { .. } => "split",
+            Command::Freeze { .. } => "freeze",
+            Command::Merge { .. } => "merge",
         }
     }
 }
@@ -329,6 +386,14 @@ impl Command {
                             .sum::<usize>()
                 }
                 Command::Split { at, .. } => str_bytes_max(at) + 2 * VARINT_BYTES_MAX,
+                Command::Freeze { .. } => VARINT_BYTES_MAX,
+                Command::Merge { source, .. } => {
+                    str_bytes_max(&source.start)
+                        + str_bytes_max(&source.end)
+                        + 5 * VARINT_BYTES_MAX
+                        + source.records_bytes()
+                        + 2 * VARINT_BYTES_MAX * source.records.len()
+                }
                 Command::Cluster(c) => {
                     // Rare and small: measured exactly (bincode's standard encoding,
                     // as the codec writes it).

@@ -4,6 +4,11 @@
 //! from its proposals, so that both halves carry comparable load; never inside one
 //! SKU, so one hot SKU never splits). Each split goes through `node::split`, like a
 //! split by command; each decision is logged with its reason.
+//!
+//! And merges (`[merge]`, off by default): a shard led here and its right neighbour,
+//! together holding at most `merge.keys_max` SKUs and applying at most
+//! `merge.cold_entries_per_s` entries per second over `merge.cold_window_ms`, merge
+//! through `node::merge`, like a merge by command.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +17,14 @@ use std::time::{Duration, Instant};
 use super::Node;
 use crate::router::{META_SHARD_ID, ShardId};
 use crate::shard::Shard;
+
+/// What the merger remembers of one shard it leads and its right neighbour.
+struct Cold {
+    since: Instant,
+    right: ShardId,
+    /// Both shards' applied indexes summed at `since`.
+    applied: u64,
+}
 
 /// What the splitter remembers of one shard it leads.
 struct Watch {
@@ -25,7 +38,7 @@ impl Node {
     /// Starts the splitter: every `split.check_interval_ms`, at most one split.
     pub fn spawn_autosplit(self: &Arc<Self>) {
         let cfg = self.cluster.split.clone();
-        if cfg.keys_max == 0 && cfg.load_ops_per_s == 0 {
+        if cfg.keys_max == 0 && cfg.load_ops_per_s == 0 && self.cluster.merge.keys_max == 0 {
             return;
         }
         let node = self.clone();
@@ -34,17 +47,21 @@ impl Node {
             let mut tick = tokio::time::interval(Duration::from_millis(cfg.check_interval_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut watches: HashMap<ShardId, Watch> = HashMap::new();
+            let mut colds: HashMap<ShardId, Cold> = HashMap::new();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = shutdown.recv() => return,
                 }
-                node.autosplit_round(&mut watches).await;
+                if !node.autosplit_round(&mut watches).await {
+                    node.automerge_round(&mut colds).await;
+                }
             }
         });
     }
 
-    async fn autosplit_round(&self, watches: &mut HashMap<ShardId, Watch>) {
+    /// At most one split of a shard led here; whether one was tried.
+    async fn autosplit_round(&self, watches: &mut HashMap<ShardId, Watch>) -> bool {
         let led: Vec<Arc<Shard>> = self
             .shards()
             .into_iter()
@@ -52,7 +69,7 @@ impl Node {
             .collect();
         watches.retain(|id, _| led.iter().any(|s| s.id() == *id));
         if led.len() + 1 >= self.cluster.split.node_shards_max {
-            return;
+            return false;
         }
         for shard in led {
             let Some((at, reason)) = self.split_wanted(&shard, watches) else {
@@ -76,6 +93,82 @@ impl Node {
                     }
                     tracing::warn!(shard_id = %shard.id(), %reason, error = %e, "automatic split refused");
                 }
+            }
+            return true;
+        }
+        false
+    }
+
+    /// At most one merge of a shard led here with its right neighbour, when both are
+    /// small and cold (`[merge]`).
+    async fn automerge_round(&self, colds: &mut HashMap<ShardId, Cold>) {
+        let cfg = &self.cluster.merge;
+        if cfg.keys_max == 0 {
+            return;
+        }
+        let local = self.shards();
+        let by_start: HashMap<String, &Arc<Shard>> = local
+            .iter()
+            .filter_map(|s| {
+                let b = s.bounds.get();
+                (!b.frozen && s.id() != META_SHARD_ID).then_some((b.range.start, s))
+            })
+            .collect();
+        colds.retain(|id, _| local.iter().any(|s| s.id() == *id && s.is_leader()));
+        let now = Instant::now();
+        for left in local
+            .iter()
+            .filter(|s| s.id() != META_SHARD_ID && s.is_leader())
+        {
+            let lb = left.bounds.get();
+            let right = by_start
+                .get(&lb.range.end)
+                .filter(|_| !lb.range.end.is_empty());
+            let Some(right) = right.filter(|_| !lb.frozen) else {
+                colds.remove(&left.id());
+                continue;
+            };
+            let applied = left.raft.status().applied_index + right.raft.status().applied_index;
+            let fresh = Cold {
+                since: now,
+                right: right.id(),
+                applied,
+            };
+            let c = colds.entry(left.id()).or_insert(Cold { ..fresh });
+            if c.right != right.id() || applied < c.applied {
+                *c = fresh;
+                continue;
+            }
+            let window = now.duration_since(c.since);
+            if window < Duration::from_millis(cfg.cold_window_ms) {
+                continue;
+            }
+            let rate = (applied - c.applied) as f64 / window.as_secs_f64();
+            *c = fresh;
+            if rate > cfg.cold_entries_per_s as f64 {
+                continue;
+            }
+            let count = |s: &Shard| s.reader.count_skus(cfg.keys_max + 1).unwrap_or(u64::MAX);
+            let keys = count(left).saturating_add(count(right));
+            if keys > cfg.keys_max {
+                continue;
+            }
+            let reason = format!("cold: {rate:.1} entries/s, {keys} SKUs in both");
+            match self.merge_shards(left.id(), right.id()).await {
+                Ok(done) => tracing::info!(
+                    shard_id = %left.id(),
+                    merged_id = %right.id(),
+                    range = %done.range,
+                    %reason,
+                    "automatic merge"
+                ),
+                Err(e) => tracing::warn!(
+                    shard_id = %left.id(),
+                    merged_id = %right.id(),
+                    %reason,
+                    error = %e,
+                    "automatic merge refused"
+                ),
             }
             return;
         }

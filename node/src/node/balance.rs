@@ -201,7 +201,12 @@ impl Node {
     }
 
     /// Asks node `leader` (this one or another) to hand `shard_id`'s leadership to `to`.
-    async fn transfer_on(&self, leader: u64, shard_id: u64, to: u64) -> Result<(), String> {
+    pub(super) async fn transfer_on(
+        &self,
+        leader: u64,
+        shard_id: u64,
+        to: u64,
+    ) -> Result<(), String> {
         let mut client = self.admin_of(leader)?;
         let mut request = tonic::Request::new(pb::TransferLeaderRequest {
             shard_id,

@@ -28,12 +28,14 @@ mod autosplit;
 mod balance;
 mod boot;
 mod gc;
+mod merge;
 mod meta;
 mod moves;
 mod repair;
 mod replicas;
 mod split;
 
+pub use merge::MergeDone;
 pub use meta::{Applied, cluster_request_id, records_to_pb};
 pub use moves::{MoveOptions, MoveReport};
 pub use split::SplitDone;

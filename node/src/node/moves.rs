@@ -102,7 +102,16 @@ impl Node {
         o: MoveOptions,
     ) -> Result<MoveReport, Error> {
         self.check_move(shard_id, &o).await?;
-        self.local_shard(shard_id)?.check_leader()?;
+        let shard = self.local_shard(shard_id)?;
+        shard.check_leader()?;
+        if shard.bounds.get().frozen {
+            return Err(refused(
+                shard_id,
+                self.id,
+                "plan",
+                "the shard is frozen for a merge into its left neighbour and goes with it".into(),
+            ));
+        }
         let _running = self.start_running(shard_id)?;
         self.record_move(shard_id, &o, "started").await?;
         let result = self.run_move(shard_id, &o).await;

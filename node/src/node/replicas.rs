@@ -122,7 +122,8 @@ impl Node {
 
 impl Node {
     /// Starts the map follower: every `MAP_FOLLOW_INTERVAL_MS` it starts the children
-    /// of splits this node's replicas applied, then takes every local shard's
+    /// of splits this node's replicas applied, drops replicas of merged shards and
+    /// resumes stopped merges (`reshape_round`), then takes every local shard's
     /// descriptor into the node's map (`follow_local_shards`).
     pub fn spawn_map_follower(self: &Arc<Self>) {
         let node = self.clone();
@@ -136,6 +137,7 @@ impl Node {
                     _ = shutdown.recv() => return,
                 }
                 node.start_split_children().await;
+                node.reshape_round().await;
                 follow_local_shards(&node.shards, &node.map);
             }
         });

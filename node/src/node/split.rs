@@ -125,7 +125,7 @@ impl Node {
 
     /// A fresh shard id for the child of `parent` at `at`, recorded in the cluster
     /// map (the record is what makes it taken): the lowest id above every shard this
-    /// node knows that no other split took.
+    /// node knows and every seeded one that no other split took.
     async fn allocate_shard_id(&self, parent: ShardId, at: &str) -> Result<ShardId, Error> {
         let known_max = self
             .map
@@ -135,7 +135,10 @@ impl Node {
             .max()
             .unwrap_or(0);
         let local_max = self.shards().iter().map(|s| s.id().0).max().unwrap_or(0);
-        let first = known_max.max(local_max) + 1;
+        // A seeded shard merged away is in neither the map nor the cluster map's
+        // records: the config's ids are never given again either.
+        let config_max = self.cluster.shards.iter().map(|s| s.id).max().unwrap_or(0);
+        let first = known_max.max(local_max).max(config_max) + 1;
         let mut last = String::new();
         for id in first..first + ALLOCATE_ATTEMPTS_MAX {
             let record = ShardRecord {

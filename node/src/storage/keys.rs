@@ -19,6 +19,8 @@
 //! | `sm`         | shard ‖ 0x08 | the shard's bounds after a split (range, version) |
 //! | `sm`         | 0 ‖ 0x09 ‖ shard id | cluster map: a shard born by a split (meta shard) |
 //! | `sm`         | shard ‖ 0x0A ‖ child id | a child this shard's split made |
+//! | `sm`         | shard ‖ 0x0B | frozen for a merge into its left neighbour (the version) |
+//! | `sm`         | shard ‖ 0x0C ‖ shard id | a right neighbour this shard merged (the version after) |
 //! | `node_meta`  | "identity" | the node's id and cluster name |
 //!
 //! The two index families (0x04, 0x05) are additions to DESIGN.md's table: expiry
@@ -74,6 +76,13 @@ pub enum SmSpace {
     /// that a replica that catches up by a snapshot taken after a split learns the
     /// child it never applied.
     Child = 0x0A,
+    /// Present once the shard is frozen for a merge into its left neighbour (value:
+    /// the version the freeze gave it). Replicated, so that a snapshot carries it.
+    Frozen = 0x0B,
+    /// The right neighbours this shard merged: their shard id (u64 BE), value the
+    /// version after the merge. A repeated merge command finds its answer here, and a
+    /// node drops its replica of a merged shard once its left neighbour's says so.
+    Merged = 0x0C,
 }
 
 pub fn log_key(shard_id: u64, index: u64) -> [u8; 16] {
@@ -163,6 +172,14 @@ pub fn cluster_shard_key(shard_id: u64, recorded_shard_id: u64) -> Vec<u8> {
     )
 }
 
+pub fn sm_frozen_key(shard_id: u64) -> Vec<u8> {
+    sm_key(shard_id, SmSpace::Frozen, &[])
+}
+
+pub fn sm_merged_key(shard_id: u64, merged_id: u64) -> Vec<u8> {
+    sm_key(shard_id, SmSpace::Merged, &[&merged_id.to_be_bytes()])
+}
+
 pub fn sm_child_key(shard_id: u64, child_id: u64) -> Vec<u8> {
     sm_key(shard_id, SmSpace::Child, &[&child_id.to_be_bytes()])
 }
@@ -177,6 +194,24 @@ pub fn with_shard(key: &[u8], shard_id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len());
     k.extend_from_slice(&shard_id.to_be_bytes());
     k.extend_from_slice(&key[8..]);
+    k
+}
+
+/// `key` (a key of `shard_id`'s state machine) without its shard prefix: how a
+/// merge carries a record in its neighbour's log.
+pub fn without_shard(key: &[u8]) -> &[u8] {
+    assert!(
+        key.len() >= 8,
+        "a state machine key starts with its shard id"
+    );
+    &key[8..]
+}
+
+/// A record carried by a merge (`without_shard`), filed under `shard_id`.
+pub fn under_shard(rest: &[u8], shard_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + rest.len());
+    k.extend_from_slice(&shard_id.to_be_bytes());
+    k.extend_from_slice(rest);
     k
 }
 

@@ -171,6 +171,46 @@ impl ShardReader {
         Ok(count)
     }
 
+    /// The bytes (keys and values) of the shard's state machine, counted up to `max`
+    /// (a count stops past it): what a merge would carry, within a few records.
+    pub fn state_bytes(&self, max: u64) -> Result<u64> {
+        let cf = cf(&self.db, CF_SM)?;
+        let (start, end) = keys::sm_range(self.shard_id);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mut bytes = 0u64;
+        for item in
+            self.db
+                .iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            bytes += (k.len() + v.len()) as u64;
+            if bytes > max {
+                break;
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// The frozen shard's state for a merge into its left neighbour; None when it is
+    /// not frozen here (yet).
+    pub fn merge_source(&self) -> Result<Option<crate::inventory::MergeSource>> {
+        super::state_machine::merge_source(&self.db, self.shard_id)
+    }
+
+    /// The version this shard reached when it merged its right neighbour `right`, if
+    /// it did.
+    pub fn merged(&self, right: ShardId) -> Result<Option<u64>> {
+        let cf = cf(&self.db, CF_SM)?;
+        match self
+            .db
+            .get_pinned_cf(cf, keys::sm_merged_key(self.shard_id, right.0))?
+        {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The SKU in the middle of the shard's stock records (by count), where a split
     /// leaves two halves of equal size; None with fewer than two records. Two passes
     /// over the keys on one snapshot: a split is rare and the shard bounded.

@@ -17,6 +17,7 @@ mod error_contract;
 mod hardening;
 mod http;
 mod inventory;
+mod merge;
 mod operability;
 mod security;
 mod split;

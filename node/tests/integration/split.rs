@@ -25,7 +25,11 @@ fn skus() -> Vec<String> {
 
 /// Decrements of 1 on `skus` round robin from `client` until `stop`; acknowledged
 /// decrements per SKU. Any error fails the test: a split must cost no caller an error.
-fn sell(client: Client, skus: Vec<String>, stop: Arc<AtomicBool>) -> Arc<Vec<AtomicU64>> {
+pub(crate) fn sell(
+    client: Client,
+    skus: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> Arc<Vec<AtomicU64>> {
     let acked: Arc<Vec<AtomicU64>> = Arc::new(skus.iter().map(|_| AtomicU64::new(0)).collect());
     let a = acked.clone();
     tokio::spawn(async move {
@@ -43,7 +47,7 @@ fn sell(client: Client, skus: Vec<String>, stop: Arc<AtomicBool>) -> Arc<Vec<Ato
 }
 
 /// Every shard's digests on every node, once all replicas of each agree.
-async fn converged(cluster: &TestCluster, client: &Client) -> BTreeMap<u64, (u64, u64)> {
+pub(crate) async fn converged(cluster: &TestCluster, client: &Client) -> BTreeMap<u64, (u64, u64)> {
     let (views, _) = eventually(Duration::from_secs(30), || async {
         let mut views: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
         for id in cluster.running() {

@@ -292,6 +292,14 @@ pub enum ShardCmd {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Merge SHARD's right neighbour (`--right`, default: the shard after it in the
+    /// map) into SHARD, which grows to its end; both must have their replicas on the
+    /// same nodes. The right shard is frozen for a moment; clients follow.
+    Merge {
+        shard: u64,
+        #[arg(long)]
+        right: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -52,7 +52,48 @@ pub async fn shard(client: &Client, cmd: ShardCmd, json: bool) -> Result<(), Err
             }
             Ok(())
         }
+        ShardCmd::Merge { shard, right } => {
+            let right = match right {
+                Some(r) => r,
+                None => right_neighbour(client, shard)?,
+            };
+            if !json {
+                println!("merging shard {right} into shard {shard}");
+            }
+            let merged = client.merge_shards(shard, right).await?;
+            if json {
+                crate::output::print_json(&serde_json::json!(merged));
+            } else {
+                println!(
+                    "  shard {:>4}  [{:?}, {:?})  version {}  replicas {:?}",
+                    merged.shard_id, merged.start, merged.end, merged.epoch.0, merged.replicas
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// The shard after `shard` in the client's map.
+fn right_neighbour(client: &Client, shard: u64) -> Result<u64, Error> {
+    let map = client.shard_map();
+    let invalid = |message: String| Error::InvalidArgument {
+        field: "shard".into(),
+        message,
+    };
+    let left = map
+        .shard(shard)
+        .ok_or_else(|| invalid(format!("shard {shard} is not in the map")))?;
+    if left.end.is_empty() {
+        return Err(invalid(format!(
+            "shard {shard} ends the SKU space: nothing after it"
+        )));
+    }
+    map.shards
+        .iter()
+        .find(|s| s.start == left.end)
+        .map(|s| s.shard_id)
+        .ok_or_else(|| invalid(format!("no shard starts at {:?}", left.end)))
 }
 
 async fn list(client: &Client, json: bool) -> Result<(), Error> {

@@ -8,6 +8,7 @@
 //! append or before any purge.
 
 mod hints;
+mod merge;
 mod meta;
 mod overlay;
 mod split;
@@ -28,7 +29,7 @@ use super::error::StorageError;
 use super::keys::CF_SM;
 use super::snapshot;
 use crate::inventory::{self, ShardRequest, ShardResponse};
-use crate::inventory::{Command, OpResult, Outcome, Rejection};
+use crate::inventory::{Command, OpGroup, OpResult, Outcome, Rejection};
 use crate::raft::types::{
     Entry, EntryResponder, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig,
@@ -99,8 +100,11 @@ impl StateMachineStore {
         std::fs::create_dir_all(&snapshot_dir)?;
         snapshot::remove_leftovers(&snapshot_dir, shard_id.0)?;
         let meta = read_meta(store.db(), shard_id.0)?;
-        let bounds =
-            read_bounds(store.db(), shard_id.0)?.unwrap_or(ShardBounds { range, version: 0 });
+        let bounds = read_bounds(store.db(), shard_id.0)?.unwrap_or(ShardBounds {
+            range,
+            version: 0,
+            frozen: false,
+        });
         Ok(StateMachineStore {
             next_timer_ms: Arc::new(AtomicU64::new(0)),
             hints: Hints::UNKNOWN,
@@ -115,17 +119,38 @@ impl StateMachineStore {
     }
 }
 
-/// The shard's bounds as stored after a split (None: never split).
-fn read_bounds(db: &DB, shard_id: u64) -> Result<Option<ShardBounds>, StorageError> {
+/// The shard's bounds as stored after a split, freeze or merge (None: never
+/// changed), frozen when the shard's frozen mark is there.
+pub(crate) fn read_bounds(db: &DB, shard_id: u64) -> Result<Option<ShardBounds>, StorageError> {
     let cf = cf(db, CF_SM)?;
-    match db.get_pinned_cf(cf, super::keys::sm_bounds_key(shard_id))? {
-        Some(bytes) => Ok(Some(crate::codec::decode(&bytes)?)),
-        None => Ok(None),
+    let Some(bytes) = db.get_pinned_cf(cf, super::keys::sm_bounds_key(shard_id))? else {
+        return Ok(None);
+    };
+    let mut bounds: ShardBounds = crate::codec::decode(&bytes)?;
+    bounds.frozen = db
+        .get_pinned_cf(cf, super::keys::sm_frozen_key(shard_id))?
+        .is_some();
+    Ok(Some(bounds))
+}
+
+/// The frozen `shard_id`'s state for a merge entry (`merge::source`); None when the
+/// shard is not frozen here (yet).
+pub fn merge_source(
+    db: &DB,
+    shard_id: u64,
+) -> Result<Option<crate::inventory::MergeSource>, StorageError> {
+    // A frozen shard applies nothing more, so these reads need no snapshot.
+    match read_bounds(db, shard_id)? {
+        Some(bounds) if bounds.frozen => {
+            let meta = read_meta(db, shard_id)?;
+            Ok(Some(merge::source(db, shard_id, &bounds, &meta)?))
+        }
+        _ => Ok(None),
     }
 }
 
 /// Asserts that the meta shard applies only cluster commands and the other shards
-/// none, and that a split comes alone in its entry.
+/// none, and that a split, freeze or merge comes alone in its entry.
 fn assert_commands(shard_id: u64, request: &ShardRequest) {
     let ops: Vec<_> = request.groups.iter().flat_map(|g| g.ops.iter()).collect();
     for op in &ops {
@@ -136,62 +161,85 @@ fn assert_commands(shard_id: u64, request: &ShardRequest) {
             "shard {shard_id}: a {} command",
             op.command.name()
         );
+        let alone = matches!(
+            op.command,
+            Command::Split { .. } | Command::Freeze { .. } | Command::Merge { .. }
+        );
         assert!(
-            !matches!(op.command, Command::Split { .. }) || ops.len() == 1,
-            "shard {shard_id}: a split shares its entry"
+            !alone || ops.len() == 1,
+            "shard {shard_id}: a {} shares its entry",
+            op.command.name()
         );
     }
 }
 
-/// `request` without its groups naming a SKU outside `range`, and the results those
-/// groups get instead (by group index): SHARD_MOVED per operation, nothing stored.
-fn within_range(
-    request: &ShardRequest,
-    range: &SkuRange,
+/// The results of a group that may not be applied here: SHARD_MOVED per operation,
+/// naming `sku`, nothing stored.
+fn moved(sku: &str, ops: usize) -> Vec<OpResult> {
+    let result = OpResult {
+        outcome: Outcome::Rejected(Rejection::ShardMoved {
+            sku: sku.to_string(),
+        }),
+        replayed: false,
+    };
+    vec![result; ops]
+}
+
+/// The first SKU of `group` this shard does not own (`bounds`), if any.
+fn outside<'a>(group: &'a OpGroup, bounds: &ShardBounds) -> Option<&'a str> {
+    let sku = group
+        .ops
+        .iter()
+        .flat_map(|op| op.command.skus())
+        .find(|sku| !bounds.owns(sku));
+    #[cfg(feature = "planted-bugs")]
+    let sku = sku.filter(|_| crate::planted::active() != crate::planted::Bug::SplitRangeUnchecked);
+    sku
+}
+
+/// `request` without its groups naming a SKU this shard does not own, and the
+/// results those groups get instead (by group index). Almost every entry is wholly
+/// inside: it is returned as it is, nothing copied.
+fn within_bounds(
+    request: ShardRequest,
+    bounds: &ShardBounds,
 ) -> (ShardRequest, Vec<(usize, Vec<OpResult>)>) {
-    let mut kept = Vec::with_capacity(request.groups.len());
-    let mut moved = Vec::new();
-    for (i, group) in request.groups.iter().enumerate() {
-        let outside = group
-            .ops
-            .iter()
-            .flat_map(|op| op.command.skus())
-            .find(|sku| !range.contains(sku));
-        #[cfg(feature = "planted-bugs")]
-        let outside = outside
-            .filter(|_| crate::planted::active() != crate::planted::Bug::SplitRangeUnchecked);
-        match outside {
-            None => kept.push(group.clone()),
-            Some(sku) => {
-                let result = OpResult {
-                    outcome: Outcome::Rejected(Rejection::ShardMoved {
-                        sku: sku.to_string(),
-                    }),
-                    replayed: false,
-                };
-                moved.push((i, vec![result; group.ops.len()]));
-            }
+    if request.groups.iter().all(|g| outside(g, bounds).is_none()) {
+        return (request, Vec::new());
+    }
+    let ShardRequest {
+        now_ms,
+        retention,
+        groups,
+    } = request;
+    let mut kept = Vec::with_capacity(groups.len());
+    let mut moved_groups = Vec::new();
+    for (i, group) in groups.into_iter().enumerate() {
+        match outside(&group, bounds) {
+            None => kept.push(group),
+            Some(sku) => moved_groups.push((i, moved(sku, group.ops.len()))),
         }
     }
     let filtered = ShardRequest {
-        now_ms: request.now_ms,
-        retention: request.retention,
+        now_ms,
+        retention,
         groups: kept,
     };
-    (filtered, moved)
+    (filtered, moved_groups)
 }
 
-/// The split an entry carries, if it is one.
-fn split_of(entry: &Entry) -> Option<(&str, u64, u64)> {
+/// The command of an entry the state machine applies alone and itself (a split, a
+/// freeze, a merge), if it is one.
+fn alone_of(entry: &Entry) -> Option<&Command> {
     match &entry.payload {
-        EntryPayload::Normal(r) => match r.groups.first()?.ops.first()?.command {
-            Command::Split {
-                ref at,
-                child_id,
-                expected_version,
-            } => Some((at.as_str(), child_id, expected_version)),
-            _ => None,
-        },
+        EntryPayload::Normal(r) => {
+            let command = &r.groups.first()?.ops.first()?.command;
+            matches!(
+                command,
+                Command::Split { .. } | Command::Freeze { .. } | Command::Merge { .. }
+            )
+            .then_some(command)
+        }
         _ => None,
     }
 }
@@ -200,7 +248,7 @@ fn split_of(entry: &Entry) -> Option<(&str, u64, u64)> {
 fn apply_entry(
     overlay: &mut Overlay<'_>,
     entry: Entry,
-    range: &SkuRange,
+    bounds: &ShardBounds,
 ) -> Result<(ShardResponse, u64, u64), StorageError> {
     let log_id = entry.log_id;
     if let Some(prev) = overlay.meta.last_applied {
@@ -209,8 +257,27 @@ fn apply_entry(
     overlay.meta.last_applied = Some(log_id);
     Ok(match entry.payload {
         EntryPayload::Blank => (ShardResponse::default(), 0, 0),
+        EntryPayload::Normal(request) if bounds.frozen => {
+            // Frozen for a merge: nothing is applied, not even the clock's expiries,
+            // so that the state the merge copied stays the shard's last.
+            let groups = request
+                .groups
+                .iter()
+                .map(|g| {
+                    moved(
+                        g.ops
+                            .iter()
+                            .flat_map(|op| op.command.skus())
+                            .next()
+                            .unwrap_or(""),
+                        g.ops.len(),
+                    )
+                })
+                .collect();
+            (ShardResponse { groups }, 0, 0)
+        }
         EntryPayload::Normal(request) => {
-            let (request, moved) = within_range(&request, range);
+            let (request, moved) = within_bounds(request, bounds);
             let mut response = inventory::apply(overlay, &request)?;
             overlay.take_error()?;
             for (i, results) in moved {
@@ -233,7 +300,7 @@ fn apply_entry(
 }
 
 impl StateMachineStore {
-    /// Applies `run` (no split among them) in one write batch, then answers.
+    /// Applies `run` (no split, freeze or merge among them) in one write batch, then answers.
     fn apply_run(&mut self, run: Vec<EntryResponder>) -> Result<(), StorageError> {
         if run.is_empty() {
             return Ok(());
@@ -244,7 +311,7 @@ impl StateMachineStore {
         let mut meta = self.meta.clone();
         let mut replies = Vec::new();
         let (mut applied, mut replayed, mut normal) = (0u64, 0u64, 0u64);
-        let range = self.bounds.get().range;
+        let bounds = self.bounds.get();
         {
             let mut overlay = Overlay::new(
                 self.shard_id,
@@ -259,7 +326,7 @@ impl StateMachineStore {
                     normal += 1;
                     assert_commands(self.shard_id, request);
                 }
-                let (response, a, r) = apply_entry(&mut overlay, entry, &range)?;
+                let (response, a, r) = apply_entry(&mut overlay, entry, &bounds)?;
                 (applied, replayed) = (applied + a, replayed + r);
                 if let Some(responder) = responder {
                     replies.push((responder, response));
@@ -291,20 +358,18 @@ impl StateMachineStore {
         Ok(())
     }
 
-    /// Applies a split entry (`split`): the parent's state divided with its child in
-    /// one write batch with the new applied log id; answers with its outcome.
-    fn apply_split(
+    /// Applies an entry `alone_of` names: a split, a freeze or a merge, in one write
+    /// batch with the new applied log id over the committed state; answers with its
+    /// outcome.
+    fn apply_alone(
         &mut self,
         entry: Entry,
         responder: Option<openraft::storage::ApplyResponder<TypeConfig>>,
     ) -> Result<(), StorageError> {
-        let Some((at, child, expected_version)) = split_of(&entry) else {
-            unreachable!("apply_split is given splits only");
-        };
         assert_ne!(
             self.shard_id,
             crate::router::META_SHARD_ID.0,
-            "the meta shard never splits"
+            "the meta shard never splits or merges"
         );
         if let Some(prev) = self.meta.last_applied {
             assert!(
@@ -315,15 +380,52 @@ impl StateMachineStore {
         }
         let mut meta = self.meta.clone();
         meta.last_applied = Some(entry.log_id);
-        let split = split::Split {
-            parent: self.shard_id,
-            child,
-            at,
-            expected_version,
-            replica_id: self.replica_id,
-        };
         let mut batch = WriteBatch::default();
-        let divided = split::divide(&self.db, &mut batch, &split, &self.bounds.get(), &meta)?;
+        let bounds = self.bounds.get();
+        let (outcome, bounds) = match alone_of(&entry) {
+            Some(Command::Split {
+                at,
+                child_id,
+                expected_version,
+            }) => {
+                let split = split::Split {
+                    parent: self.shard_id,
+                    child: *child_id,
+                    at,
+                    expected_version: *expected_version,
+                    replica_id: self.replica_id,
+                };
+                let d = split::divide(&self.db, &mut batch, &split, &bounds, &meta)?;
+                (d.outcome, d.parent_bounds)
+            }
+            Some(Command::Freeze { expected_version }) => {
+                let r = merge::freeze(
+                    &self.db,
+                    &mut batch,
+                    self.shard_id,
+                    *expected_version,
+                    &bounds,
+                    &meta,
+                )?;
+                (r.outcome, r.bounds)
+            }
+            Some(Command::Merge {
+                source,
+                expected_version,
+            }) => {
+                let r = merge::absorb(
+                    &self.db,
+                    &mut batch,
+                    self.shard_id,
+                    source,
+                    *expected_version,
+                    &bounds,
+                    &mut meta,
+                )?;
+                (r.outcome, r.bounds)
+            }
+            _ => unreachable!("apply_alone is given splits, freezes and merges only"),
+        };
         batch.put_cf(
             cf(&self.db, CF_SM)?,
             super::keys::sm_meta_key(self.shard_id),
@@ -332,19 +434,20 @@ impl StateMachineStore {
         self.db.write(batch)?;
         tracing::info!(
             shard_id = self.shard_id,
-            child_id = child,
-            at,
-            outcome = ?divided.outcome,
-            "applied a split"
+            command = ?alone_of(&entry),
+            range = %bounds.range,
+            version = bounds.version,
+            outcome = ?outcome,
+            "applied a change of the shard's range"
         );
         self.meta = meta;
-        self.bounds.set(divided.parent_bounds);
+        self.bounds.set(bounds);
         self.hints = Hints::UNKNOWN;
         self.next_timer_ms.store(0, Ordering::Relaxed);
         self.stats.entries_applied.fetch_add(1, Ordering::Relaxed);
         if let Some(responder) = responder {
             let result = OpResult {
-                outcome: Outcome::Cluster(divided.outcome),
+                outcome: Outcome::Cluster(outcome),
                 replayed: false,
             };
             responder.send(ShardResponse {
@@ -367,14 +470,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         Strm: Stream<Item = io::Result<EntryResponder>> + Unpin + OptionalSend,
     {
-        // Entries are applied in runs, one write batch each; a split ends a run and
-        // is applied alone, over the committed state.
+        // Entries are applied in runs, one write batch each; a split, freeze or merge
+        // ends a run and is applied alone, over the committed state.
         let mut run = Vec::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            if split_of(&entry).is_some() {
+            if alone_of(&entry).is_some() {
                 self.apply_run(std::mem::take(&mut run))?;
-                self.apply_split(entry, responder)?;
+                self.apply_alone(entry, responder)?;
             } else {
                 run.push((entry, responder));
             }

@@ -68,7 +68,9 @@ fn refused(problem: String, bounds: &ShardBounds) -> Divided {
 fn precondition(split: &Split<'_>, bounds: &ShardBounds, meta: &SmMeta) -> Option<String> {
     let r = &bounds.range;
     let membership = meta.membership.membership();
-    if bounds.version != split.expected_version {
+    if bounds.frozen {
+        Some(format!("shard {} is frozen for a merge", split.parent))
+    } else if bounds.version != split.expected_version {
         Some(format!(
             "shard {} is at version {}, not the expected {}",
             split.parent, bounds.version, split.expected_version
@@ -120,6 +122,7 @@ pub(super) fn divide(
             end: split.at.to_string(),
         },
         version,
+        frozen: false,
     };
     let child_bounds = ShardBounds {
         range: SkuRange {
@@ -127,6 +130,7 @@ pub(super) fn divide(
             end: bounds.range.end.clone(),
         },
         version,
+        frozen: false,
     };
     move_stock(db, batch, split)?;
     divide_reservations(db, batch, split, &reservations)?;
@@ -263,7 +267,7 @@ pub(super) fn adopt_children(db: &DB, parent: u64, replica_id: u64) -> Result<Ve
 type Kv = (Box<[u8]>, Box<[u8]>);
 
 /// Every (key, value) of `space` in `shard`'s state machine from `from` on.
-fn scan(db: &DB, shard: u64, space: SmSpace, from: &[u8]) -> Result<Vec<Kv>> {
+pub(super) fn scan(db: &DB, shard: u64, space: SmSpace, from: &[u8]) -> Result<Vec<Kv>> {
     let (_, end) = keys::sm_space_range(shard, space);
     let mut opts = ReadOptions::default();
     opts.set_iterate_upper_bound(end.to_vec());
