@@ -25,8 +25,8 @@ scripts/jepsen.sh --nodes 4 --nemesis membership,partition,kill --time "$msecs" 
 code=${PIPESTATUS[0]}
 if [ "$code" != 0 ]; then echo "jepsen membership: exit $code (1 = anomaly, 2 = run failed)"; fail=1; fi
 
-echo "--- jepsen: splits with partitions and kills, 3 nodes, ${secs}s"
-scripts/jepsen.sh --nodes 3 --nemesis split,partition,kill --time "$secs" --seed "$((RANDOM + 1))" | tail -3
+echo "--- jepsen: splits and merges with partitions and kills, 3 nodes, ${secs}s"
+scripts/jepsen.sh --nodes 3 --nemesis split,merge,partition,kill --time "$secs" --seed "$((RANDOM + 1))" | tail -3
 code=${PIPESTATUS[0]}
 if [ "$code" != 0 ]; then echo "jepsen split: exit $code (1 = anomaly, 2 = run failed)"; fail=1; fi
 
@@ -35,7 +35,7 @@ scripts/jepsen.sh --scenario slow-link | tail -8
 code=${PIPESTATUS[0]}
 if [ "$code" != 0 ]; then echo "jepsen slow-link: exit $code (1 = the shard stalled, 2 = run failed)"; fail=1; fi
 
-for spec in "local-reads partition 3" "ignore-request-ids partition,kill 3" "ack-before-commit kill,partition 3" "keep-removed-replicas membership 4" "split-range-unchecked split 3"; do
+for spec in "local-reads partition 3" "ignore-request-ids partition,kill 3" "ack-before-commit kill,partition 3" "keep-removed-replicas membership 4" "split-range-unchecked split 3" "merge-unfrozen merge 3"; do
   set -- $spec
   bug=$1 nemesis=$2 nodes=$3
   flagged=0

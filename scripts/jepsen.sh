@@ -32,8 +32,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$bug" in
-  ""|local-reads|ignore-request-ids|ack-before-commit|keep-removed-replicas|split-range-unchecked) ;;
-  *) echo "unknown --bug $bug (local-reads, ignore-request-ids, ack-before-commit, keep-removed-replicas, split-range-unchecked)" >&2; exit 2 ;;
+  ""|local-reads|ignore-request-ids|ack-before-commit|keep-removed-replicas|split-range-unchecked|merge-unfrozen) ;;
+  *) echo "unknown --bug $bug (local-reads, ignore-request-ids, ack-before-commit, keep-removed-replicas, split-range-unchecked, merge-unfrozen)" >&2; exit 2 ;;
 esac
 
 command -v nft >/dev/null && command -v unshare >/dev/null || scripts/setup.sh >/dev/null || exit 2

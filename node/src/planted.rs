@@ -11,7 +11,9 @@
 //!   dropped but keeps running on its node with its old data (a stale replica that
 //!   still answers reads);
 //! - `split-range-unchecked`: a shard applies operations on SKUs a split gave to its
-//!   child, at propose time and at apply time (the checks that answer SHARD_MOVED).
+//!   child, at propose time and at apply time (the checks that answer SHARD_MOVED);
+//! - `merge-unfrozen`: a shard frozen for a merge goes on applying operations, so
+//!   writes acknowledged after its state was carried to its left neighbour are lost.
 //!
 //! The module exists only with the feature (lib.rs), so no default build can reach it;
 //! every use is behind `#[cfg(feature = "planted-bugs")]` (scripts/check-placement.sh).
@@ -24,6 +26,7 @@ pub enum Bug {
     AckBeforeCommit,
     KeepRemovedReplicas,
     SplitRangeUnchecked,
+    MergeUnfrozen,
 }
 
 pub fn active() -> Bug {
@@ -34,6 +37,7 @@ pub fn active() -> Bug {
         Ok("ack-before-commit") => Bug::AckBeforeCommit,
         Ok("keep-removed-replicas") => Bug::KeepRemovedReplicas,
         Ok("split-range-unchecked") => Bug::SplitRangeUnchecked,
+        Ok("merge-unfrozen") => Bug::MergeUnfrozen,
         _ => Bug::None,
     })
 }

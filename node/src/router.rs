@@ -76,7 +76,16 @@ pub struct ShardBounds {
 impl ShardBounds {
     /// Whether this shard serves `sku` now.
     pub fn owns(&self, sku: &str) -> bool {
-        !self.frozen && self.range.contains(sku)
+        !self.refuses_all() && self.range.contains(sku)
+    }
+
+    /// Whether the shard applies nothing any more (frozen for a merge).
+    pub fn refuses_all(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::active() == crate::planted::Bug::MergeUnfrozen {
+            return false;
+        }
+        self.frozen
     }
 }
 

@@ -21,7 +21,7 @@ pub async fn cluster_checks(
     skus: &[&str],
     final_on_hand: &BTreeMap<String, u64>,
     history: &History,
-    splits: &[(u64, u64)],
+    reshapes: &[(u64, u64)],
 ) -> Vec<ClusterCheck> {
     let converged = converge(client, members, Duration::from_secs(30)).await;
     vec![
@@ -31,7 +31,7 @@ pub async fn cluster_checks(
             message: converged.unwrap_or_else(|e| e),
         },
         replica_views(client, members, skus, final_on_hand).await,
-        exactly_once(client, members, history, splits).await,
+        exactly_once(client, members, history, reshapes).await,
     ]
 }
 
@@ -104,28 +104,35 @@ async fn replica_views(
     }
 }
 
-/// The shard a split family started from: `shard`'s parent's parent ... (`splits` is
-/// (parent, child) pairs; bounded by their count).
-fn root_of(shard: u64, splits: &[(u64, u64)]) -> u64 {
-    let mut at = shard;
-    for _ in 0..=splits.len() {
-        match splits.iter().find(|(_, child)| *child == at) {
-            Some((parent, _)) => at = *parent,
-            None => break,
+/// The family `shard` belongs to, named by its smallest id: shards joined by a split
+/// or a merge (`reshapes`, pairs) share stored outcomes. Bounded by the pairs' count.
+fn family_of(shard: u64, reshapes: &[(u64, u64)]) -> u64 {
+    let mut members = std::collections::BTreeSet::from([shard]);
+    for _ in 0..=reshapes.len() {
+        let before = members.len();
+        for (a, b) in reshapes {
+            if members.contains(a) || members.contains(b) {
+                members.insert(*a);
+                members.insert(*b);
+            }
+        }
+        if members.len() == before {
+            break;
         }
     }
-    at
+    members.first().copied().unwrap_or(shard)
 }
 
 /// Exactly-once, audited from the nodes: a shard stores one outcome per request id it
 /// executes, so its count cannot exceed the distinct request ids sent to it. A split
-/// copies its parent's outcomes to both halves, so a shard's count is bounded by the
-/// distinct request ids sent to its whole split family (counted by the family's root).
+/// copies its parent's outcomes to both halves and a merge carries the right shard's
+/// into the left one, so a shard's count is bounded by the distinct request ids sent
+/// to its whole family (`family_of`).
 async fn exactly_once(
     client: &Client,
     members: &[u64],
     history: &History,
-    splits: &[(u64, u64)],
+    reshapes: &[(u64, u64)],
 ) -> ClusterCheck {
     let _ = client
         .refresh_map(Instant::now() + Duration::from_secs(3))
@@ -140,7 +147,7 @@ async fn exactly_once(
         if let (Some(rid), Some(sku)) = (&r.rid, &r.sku)
             && let Some(shard) = map.shard_for(sku)
         {
-            sent.entry(root_of(shard.shard_id, splits))
+            sent.entry(family_of(shard.shard_id, reshapes))
                 .or_default()
                 .insert(rid.clone());
         }
@@ -160,7 +167,7 @@ async fn exactly_once(
         .iter()
         .filter_map(|(shard, count)| {
             let distinct = sent
-                .get(&root_of(*shard, splits))
+                .get(&family_of(*shard, reshapes))
                 .map(|s| s.len() as u64)
                 .unwrap_or(0);
             (*count > distinct).then(|| {

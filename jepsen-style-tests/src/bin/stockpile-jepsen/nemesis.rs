@@ -65,8 +65,9 @@ pub struct Nemesis {
     /// Each drained node's replicas as the node itself reported them just before it
     /// was retired (a drained node must hold none).
     pub drained: Vec<(u64, Result<Vec<u64>, String>)>,
-    /// (parent, child) of every split the split nemesis made.
-    pub splits: Vec<(u64, u64)>,
+    /// (parent, child) of every split and (left, right) of every merge the split and
+    /// merge nemeses made: shards whose stored outcomes are shared.
+    pub reshapes: Vec<(u64, u64)>,
 }
 
 /// A move of the membership nemesis: what was asked and how it ended.
@@ -123,7 +124,7 @@ impl Nemesis {
             moves: Vec::new(),
             membership_strikes: 0,
             drained: Vec::new(),
-            splits: Vec::new(),
+            reshapes: Vec::new(),
         }
     }
 
@@ -171,6 +172,7 @@ impl Nemesis {
             "clock" => self.skew_clock(&at).await,
             "membership" => self.membership(&at).await,
             "split" => self.split().await,
+            "merge" => self.merge().await,
             other => self.log("unknown-nemesis", other.to_string()),
         }
     }

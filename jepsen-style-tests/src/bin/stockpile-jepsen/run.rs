@@ -19,7 +19,15 @@ use crate::nemesis::Nemesis;
 use crate::workload::{self, IDEMPOTENCY_SKUS, INITIAL_STOCK, REGISTER_SKUS, RESERVATION_SKUS};
 use crate::{Args, checks, fail_run};
 
-const NEMESES: [&str; 6] = ["partition", "kill", "pause", "clock", "membership", "split"];
+const NEMESES: [&str; 7] = [
+    "partition",
+    "kill",
+    "pause",
+    "clock",
+    "membership",
+    "split",
+    "merge",
+];
 const WORKLOADS: [&str; 3] = ["register", "reservations", "idempotency"];
 
 /// What a run is, decided before anything starts.
@@ -133,7 +141,7 @@ pub async fn inside(args: Args) -> ExitCode {
         &skus,
         &final_on_hand,
         &history,
-        &nemesis.splits,
+        &nemesis.reshapes,
     )
     .await;
     cluster_checks.push(checks::drained_hold_nothing(&nemesis.drained));

@@ -257,7 +257,7 @@ fn apply_entry(
     overlay.meta.last_applied = Some(log_id);
     Ok(match entry.payload {
         EntryPayload::Blank => (ShardResponse::default(), 0, 0),
-        EntryPayload::Normal(request) if bounds.frozen => {
+        EntryPayload::Normal(request) if bounds.refuses_all() => {
             // Frozen for a merge: nothing is applied, not even the clock's expiries,
             // so that the state the merge copied stays the shard's last.
             let groups = request
