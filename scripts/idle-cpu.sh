@@ -9,6 +9,8 @@
 # 7201-7203 and data under ./data/idle-*; stops the nodes at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/cpu-use.sh
+source scripts/cpu-use.sh
 shards=${1:?usage: $0 SHARDS [HEARTBEAT_MS] [SECONDS]}
 hb=${2:-100}
 secs=${3:-30}
@@ -39,14 +41,4 @@ started=$SECONDS
 target/release/stockpile --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 --timeout 5s cluster wait --within 300s >/dev/null
 echo "shards=$shards heartbeat=${hb}ms: all leaders elected after $((SECONDS - started)) s; settling 5 s, measuring ${secs} s"
 sleep 5
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
-declare -a before
-for i in 0 1 2; do before[$i]=$(ticks "${pids[$i]}"); done
-sleep "$secs"
-for i in 0 1 2; do
-  after=$(ticks "${pids[$i]}")
-  rss=$(awk '/VmRSS/{print $2}' "/proc/${pids[$i]}/status")
-  awk -v d=$((after - before[i])) -v hz="$hz" -v s="$secs" -v n=$((i + 1)) -v rss="$rss" \
-    'BEGIN { printf "node %d: %.1f%% of one core, RSS %d MiB\n", n, 100 * d / hz / s, rss / 1024 }'
-done
+cpu_use "$secs" "${pids[@]}"

@@ -335,7 +335,7 @@ impl ShardMap {
 
     /// This map with each of `descriptors` taken where it is newer than the map's
     /// descriptor of the same id (or the map has none: a shard born by a split), and
-    /// without the shards a newer one of them covers (merged away). None when nothing
+    /// without the shards a newer one covers (merged away). None when nothing
     /// changed, or when the result would not tile the SKU space (a parent narrowed by
     /// a split before its child is known here: taken together later).
     pub fn with_layout(&self, descriptors: &[ShardDescriptor]) -> Option<ShardMap> {
@@ -362,23 +362,11 @@ impl ShardMap {
                 }
             }
         }
-        // A shard merged away: a newer descriptor covers its range (only a merge
-        // widens a range, and it grows the version past the merged shard's).
-        let before = next.shards.len();
-        let merged_away = |s: &ShardDescriptor| {
-            descriptors.iter().any(|d| {
-                d.id != s.id
-                    && d.id != META_SHARD_ID
-                    && d.epoch.version > s.epoch.version
-                    && d.range.start <= s.range.start
-                    && (d.range.end.is_empty()
-                        || (!s.range.end.is_empty() && s.range.end <= d.range.end))
-            })
-        };
-        next.shards.retain(|s| !merged_away(s));
-        changed |= next.shards.len() != before;
         next.shards
             .sort_by(|a, b| a.range.start.cmp(&b.range.start));
+        next.shards = without_merged(std::mem::take(&mut next.shards));
+        // A merged shard offered again is taken above and dropped here: no change.
+        changed = changed && (next.shards != self.shards || next.meta != self.meta);
         if !changed || !tiles(&next.shards) {
             return None;
         }
@@ -397,6 +385,30 @@ impl ShardMap {
             None => Error::ShardNotFound { shard_id },
         }
     }
+}
+
+/// `shards` (sorted by start) without those a newer shard covers: merged away (only a
+/// merge widens a range, and it grows the version past the merged shard's). One pass:
+/// a shard covering another starts at or before it, so it is the last one kept.
+fn without_merged(shards: Vec<ShardDescriptor>) -> Vec<ShardDescriptor> {
+    let covers = |outer: &ShardDescriptor, inner: &ShardDescriptor| {
+        outer.epoch.version > inner.epoch.version
+            && outer.range.start <= inner.range.start
+            && (outer.range.end.is_empty()
+                || (!inner.range.end.is_empty() && inner.range.end <= outer.range.end))
+    };
+    let mut kept: Vec<ShardDescriptor> = Vec::with_capacity(shards.len());
+    for s in shards {
+        match kept.last() {
+            Some(last) if covers(last, &s) => {}
+            Some(last) if covers(&s, last) => {
+                kept.pop();
+                kept.push(s);
+            }
+            _ => kept.push(s),
+        }
+    }
+    kept
 }
 
 /// True when `shards` (sorted by start) cover every SKU exactly once.

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use stockpile_proto::v1 as pb;
+
 use super::{Node, ShardSet, refused, start_shard};
 use crate::error::Error;
 use crate::raft::replica_id;
@@ -14,6 +16,15 @@ use crate::storage::node_meta;
 
 /// How often the map is brought up to date with the local shards' memberships.
 const MAP_FOLLOW_INTERVAL_MS: u64 = 500;
+
+/// Every this many map-follower rounds, the map also takes the newer descriptors of
+/// one other node's map: how a node learns the shards it holds no replica of (a split
+/// child of a parent it never held, a merge of shards it never held), so that a move
+/// can create a replica of such a shard here.
+const PEER_MAP_EVERY_ROUNDS: u64 = 10;
+
+/// How long a peer's map may take to arrive.
+const PEER_MAP_TIMEOUT_MS: u64 = 2_000;
 
 impl Node {
     /// Starts an empty replica `replica` of `shard_id` here (recorded first, so a
@@ -131,7 +142,7 @@ impl Node {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(MAP_FOLLOW_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for round in 1u64.. {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = shutdown.recv() => return,
@@ -139,8 +150,55 @@ impl Node {
                 node.start_split_children().await;
                 node.reshape_round().await;
                 follow_local_shards(&node.shards, &node.map);
+                if round % PEER_MAP_EVERY_ROUNDS == 0 {
+                    node.follow_a_peer_map().await;
+                }
             }
         });
+    }
+
+    /// Takes the newer descriptors of a random other node's map (`with_layout`: only
+    /// newer ones, and only a result that tiles). Best effort: a peer that does not
+    /// answer is tried again later.
+    async fn follow_a_peer_map(&self) {
+        let peers: Vec<u64> = self
+            .map
+            .get()
+            .nodes()
+            .map(|n| n.id)
+            .filter(|id| *id != self.id)
+            .collect();
+        let Some(peer) = peers.get(rand::random_range(0..peers.len().max(1))) else {
+            return;
+        };
+        let Ok(mut admin) = self.admin_of(*peer) else {
+            return;
+        };
+        let mut request = tonic::Request::new(pb::ShardMapRequest {});
+        request.set_timeout(Duration::from_millis(PEER_MAP_TIMEOUT_MS));
+        let Ok(reply) = admin.shard_map(request).await else {
+            return;
+        };
+        let descriptors: Vec<ShardDescriptor> = reply
+            .into_inner()
+            .shards
+            .into_iter()
+            .map(|s| ShardDescriptor {
+                id: ShardId(s.shard_id),
+                range: SkuRange {
+                    start: s.start,
+                    end: s.end,
+                },
+                replicas: s.replicas,
+                epoch: Epoch {
+                    version: s.version,
+                    conf_ver: s.conf_ver,
+                },
+            })
+            .collect();
+        if self.map.update_layout(&descriptors) {
+            tracing::debug!(peer, "shard map takes a peer's newer descriptors");
+        }
     }
 
     /// Starts every replica recorded here but not running: the children of splits

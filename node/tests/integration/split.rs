@@ -447,3 +447,46 @@ async fn shards_split_by_themselves_by_size_and_by_load() {
     }
     converged(&cluster, &client).await;
 }
+
+/// A split's child moves to a node that never held its parent: that node learns the
+/// child's descriptor from another node's map (the map follower asks a peer every few
+/// seconds), so the move's create step finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_child_moves_to_a_node_that_never_held_its_parent() {
+    let on_three = || vec![1, 2, 3];
+    let cluster = TestCluster::start(Options {
+        nodes: 4,
+        shard_replicas: Some([on_three(), on_three(), on_three(), on_three()]),
+        ..Default::default()
+    });
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    let skus = skus();
+    for s in &skus {
+        client.set_stock(s, 10).await.expect("set stock");
+    }
+    let report = client
+        .split_shard(PARENT, Some(SPLIT_AT))
+        .await
+        .expect("split");
+    let child = report.child.shard_id;
+    let (moved, _) = eventually(Duration::from_secs(30), || {
+        client.move_replica(child, 3, 4, false)
+    })
+    .await;
+    assert!(
+        moved.replicas.contains(&4) && !moved.replicas.contains(&3),
+        "{moved:?}"
+    );
+    let status = client.node_status(4).await.expect("status");
+    assert!(
+        status.shards.iter().any(|s| s.shard_id == child),
+        "node 4 runs the child"
+    );
+    for sku in &skus[20..] {
+        client
+            .decrement(sku, 1)
+            .await
+            .expect("the moved child serves");
+    }
+}
