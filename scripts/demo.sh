@@ -3,7 +3,8 @@
 # ./data/), load sample stock, sell it concurrently through the client, kill -9 the
 # leader of a shard, show that the cluster keeps serving, restart the node and show
 # that it caught up; then a 4th node joins and node 1 is drained and removed while
-# sales continue. Ends with the cluster stopped unless --keep is given.
+# sales continue, and shard 4 is split and merged back while it sells. Ends with the
+# cluster stopped unless --keep is given.
 #
 #   scripts/demo.sh          run the demonstration (starts from empty data)
 #   scripts/demo.sh --keep   leave the cluster running afterwards (stop: scripts/cluster.sh down)
@@ -25,6 +26,8 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '   %s\n' "$*"; }
 
 cleanup() {
+  # A background seller stops at this file, also when a step failed.
+  touch data/sales.stop
   if [ "$keep" = 0 ]; then
     step "Stopping the cluster"
     scripts/cluster.sh down "$config" || true
@@ -143,6 +146,24 @@ say "the cluster map after (node 1 removed, node 4 up):"
 cli cluster map
 cli node list
 [ "$failed" = 0 ] || { say "a sale failed during the drain"; exit 1; }
+
+step "Splitting shard 4 and merging it back while it sells"
+cli stock set zucchini-small 1000 >/dev/null
+rm -f data/sales.stop data/sales.log
+( while [ ! -e data/sales.stop ]; do
+    if cli stock decrement zucchini-small 1 >/dev/null 2>>data/sales.log; then echo ok >>data/sales.log; else echo FAILED >>data/sales.log; fi
+  done ) &
+sales=$!
+child=$(cli --json shard split 4 --at walnut-raw | sed -n 's/.*"child":{[^}]*"shard_id":\([0-9]*\).*/\1/p')
+say "shard 4 split at walnut-raw: shard $child took [walnut-raw, end) with its stock, holds and stored outcomes"
+cli stock get walnut-raw zucchini-small
+cli shard merge 4 --right "$child"
+say "shard $child was frozen and its state carried into shard 4's log: shard $child is gone"
+touch data/sales.stop; wait "$sales" || true
+sold=$(grep -c '^ok$' data/sales.log || true); failed=$(grep -c '^FAILED$' data/sales.log || true)
+say "sales of zucchini-small during the split and the merge: $sold succeeded, $failed failed"
+cli stock get zucchini-small
+[ "$failed" = 0 ] || { say "a sale failed during the split or the merge"; exit 1; }
 
 step "Done"
 say "try: . data/certs/local-3node/env.sh; target/release/stockpile --help    (the CLI; README.md has a tour)"
