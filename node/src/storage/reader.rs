@@ -252,6 +252,15 @@ impl ShardReader {
         })
     }
 
+    /// The children this shard's splits made that it still remembers (a child merged
+    /// back is forgotten), by id.
+    pub fn children(&self) -> Result<Vec<u64>> {
+        let snap = self.db.snapshot();
+        let children: Vec<super::state_machine::ChildRecord> =
+            self.space_values(&snap, SmSpace::Child)?;
+        Ok(children.into_iter().map(|c| c.child).collect())
+    }
+
     fn space_values<T: serde::de::DeserializeOwned>(
         &self,
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,

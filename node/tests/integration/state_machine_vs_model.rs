@@ -459,6 +459,8 @@ async fn a_merge_takes_the_frozen_neighbours_whole_state_back() {
             .await
             .expect("child history");
         let child = ShardReader::new(ShardId(9), &store);
+        let before_merge = ShardReader::new(ShardId(7), &store).children();
+        assert_eq!(before_merge.expect("read"), vec![9], "seed {seed}");
         let freeze = Command::Freeze {
             expected_version: 1,
         };
@@ -532,5 +534,10 @@ async fn a_merge_takes_the_frozen_neighbours_whole_state_back() {
             .expect("stale merge");
         assert_eq!(list(&parent), before, "seed {seed}: a stale merge");
         assert_eq!(parent.merged(ShardId(9)).expect("read"), Some(3));
+        assert_eq!(
+            parent.children().expect("read"),
+            Vec::<u64>::new(),
+            "seed {seed}: a merged child is no child"
+        );
     }
 }

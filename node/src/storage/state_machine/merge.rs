@@ -186,6 +186,9 @@ pub(super) fn absorb(
         keys::sm_merged_key(shard, source.shard_id),
         codec::encode(&merged.version)?,
     );
+    // A child this shard's split made and now merged back is no child any more: a
+    // replica installing a later snapshot must not record it as a replica to start.
+    batch.delete_cf(sm, keys::sm_child_key(shard, source.shard_id));
     Ok(Reshaped {
         outcome: ClusterOutcome::Done,
         bounds: merged,

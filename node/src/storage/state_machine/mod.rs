@@ -39,6 +39,7 @@ use crate::telemetry::names;
 use hints::{Hint, Hints};
 pub use meta::{SmMeta, read_meta};
 use overlay::Overlay;
+pub use split::ChildRecord;
 
 /// Counters of what state machines applied, shared by a node's shards: the one
 /// source of these counts (status reads them; telemetry publishes them).
