@@ -104,12 +104,29 @@ impl Node {
         self.check_move(shard_id, &o).await?;
         let shard = self.local_shard(shard_id)?;
         shard.check_leader()?;
-        if shard.bounds.get().frozen {
+        let bounds = shard.bounds.get();
+        if bounds.frozen {
             return Err(refused(
                 shard_id,
                 self.id,
                 "plan",
                 "the shard is frozen for a merge into its left neighbour and goes with it".into(),
+            ));
+        }
+        // A merge into this shard under way: its leader must keep holding the frozen
+        // neighbour's replica to carry its state (`node::merge`).
+        if let Some(right) = self.shards().into_iter().find(|s| {
+            let b = s.bounds.get();
+            b.frozen && !bounds.range.end.is_empty() && b.range.start == bounds.range.end
+        }) {
+            return Err(refused(
+                shard_id,
+                self.id,
+                "plan",
+                format!(
+                    "shard {} is frozen for a merge into this shard; move after the merge",
+                    right.id()
+                ),
             ));
         }
         let _running = self.start_running(shard_id)?;

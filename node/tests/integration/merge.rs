@@ -91,6 +91,11 @@ async fn a_split_shard_merges_back_under_load_and_clients_follow() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(cluster.stop(victim), Some(0), "SIGTERM exits 0");
 
+    // A List's first page, taken before the merge (its position is continued after).
+    let first_page = client
+        .list(Some("t"), 7, Consistency::Linearizable)
+        .await
+        .expect("list before the merge");
     let merged = client.merge_shards(LEFT, right).await.expect("merge");
     assert_eq!(merged.shard_id, LEFT);
     assert_eq!((merged.start.as_str(), merged.end.as_str()), ("t", ""));
@@ -154,8 +159,9 @@ async fn a_split_shard_merges_back_under_load_and_clients_follow() {
 
     stop.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut walked = Vec::new();
-    let mut after: Option<String> = Some("t".into());
+    // The walk begun before the merge goes on after it: every SKU once, in order.
+    let mut walked: Vec<String> = first_page.into_iter().map(|s| s.sku).collect();
+    let mut after: Option<String> = walked.last().cloned();
     loop {
         let page = client
             .list(after.as_deref(), 7, Consistency::Linearizable)
@@ -167,7 +173,7 @@ async fn a_split_shard_merges_back_under_load_and_clients_follow() {
         after = page.last().map(|s| s.sku.clone());
         walked.extend(page.into_iter().map(|s| s.sku));
     }
-    assert_eq!(walked, skus, "every SKU once, in order");
+    assert_eq!(walked, skus, "every SKU once, in order, across the merge");
     for (k, sku) in skus.iter().enumerate() {
         let mut expected = STOCK - sold[k].load(Ordering::Relaxed);
         if sku == "tomato-25" {
