@@ -38,7 +38,13 @@ for n in 1 2 3; do
 done
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
 started=$SECONDS
-target/release/stockpile --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 --timeout 5s cluster wait --within 300s >/dev/null
+# Many shards take a while to start: the map is not served until they have, so the
+# wait itself is retried (for at most 10 minutes).
+until target/release/stockpile --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 \
+    --timeout 20s cluster wait --within 300s >/dev/null 2>&1; do
+  [ $((SECONDS - started)) -lt 600 ] || { echo "no leader for every shard after 600 s" >&2; exit 1; }
+  sleep 2
+done
 echo "shards=$shards heartbeat=${hb}ms: all leaders elected after $((SECONDS - started)) s; settling 5 s, measuring ${secs} s"
 sleep 5
 cpu_use "$secs" "${pids[@]}"

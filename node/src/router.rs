@@ -104,6 +104,11 @@ impl LiveBounds {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The bounds' version alone (no copy of the range).
+    pub fn version(&self) -> u64 {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).version
+    }
+
     pub fn set(&self, bounds: ShardBounds) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = bounds;
     }

@@ -77,6 +77,7 @@ pub fn node_status(node: &Node) -> pb::NodeStatusReply {
             purged_index: st.purged_index,
             log_entries: st.last_log_index.saturating_sub(st.purged_index),
             replication,
+            asleep: st.asleep,
         });
     }
     let t = node.totals();

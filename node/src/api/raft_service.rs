@@ -153,6 +153,26 @@ impl RaftService {
     }
 }
 
+/// A beat's list as (shard id, term) pairs: as long as each other, ascending.
+fn beat_list(beat: &pb::NodeBeat) -> Result<Vec<(u64, u64)>, Error> {
+    let invalid = |rule: &str| Error::InvalidArgument {
+        field: "node_beat.shard_ids".into(),
+        rule: rule.into(),
+    };
+    if beat.shard_ids.len() != beat.terms.len() {
+        return Err(invalid("must be as many as node_beat.terms"));
+    }
+    if beat.shard_ids.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(invalid("must ascend strictly"));
+    }
+    Ok(beat
+        .shard_ids
+        .iter()
+        .copied()
+        .zip(beat.terms.iter().copied())
+        .collect())
+}
+
 fn receive_error(shard_id: ShardId, from: u64, e: ReceiveError) -> Error {
     match e {
         ReceiveError::Io(e) => Error::internal(e),
@@ -220,6 +240,22 @@ impl RaftApi for RaftService {
             .await
             .map_err(|e| refused(shard_id, from, "transfer_leader", e))?;
         Ok(self.reply(shard_id, payload))
+    }
+
+    async fn beat(
+        &self,
+        request: Request<pb::NodeBeat>,
+    ) -> Result<Response<pb::NodeBeatReply>, Status> {
+        let caller = self.caller(&request, "beat")?;
+        let beat = request.into_inner();
+        let from = beat.from_node_id;
+        caller.check_sender("beat", from).map_err(to_status)?;
+        if self.node.map.get().node(from).is_none() {
+            return Err(to_status(Error::NodeNotFound { node_id: from }));
+        }
+        let list = beat_list(&beat).map_err(to_status)?;
+        self.node.beats.record(from, list);
+        Ok(Response::new(pb::NodeBeatReply {}))
     }
 
     async fn install_snapshot(

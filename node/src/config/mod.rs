@@ -291,6 +291,10 @@ pub struct RaftTuning {
     /// Reads confirm leadership with a quorum round ("read_index") or trust the
     /// leader's lease ("lease"; assumes bounded clock drift).
     pub read_policy: ReadPolicyConfig,
+    /// A shard whose leader saw no client call and no Raft message for this long, with
+    /// every replica up to date, goes quiet: its replicas stop their Raft timers (no
+    /// heartbeats, no election timers) until work or a lost peer wakes them. 0: never.
+    pub quiet_after_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -315,6 +319,7 @@ impl Default for RaftTuning {
             link_bytes_per_s_min: 1 << 20,
             append_timeout_min_ms: 1_000,
             read_policy: ReadPolicyConfig::ReadIndex,
+            quiet_after_ms: 2_000,
         }
     }
 }

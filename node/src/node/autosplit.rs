@@ -67,7 +67,8 @@ impl Node {
             .into_iter()
             .filter(|s| s.id() != META_SHARD_ID && s.is_leader())
             .collect();
-        watches.retain(|id, _| led.iter().any(|s| s.id() == *id));
+        let led_ids: std::collections::HashSet<ShardId> = led.iter().map(|s| s.id()).collect();
+        watches.retain(|id, _| led_ids.contains(id));
         if led.len() + 1 >= self.cluster.split.node_shards_max {
             return false;
         }
@@ -114,7 +115,12 @@ impl Node {
                 (!b.frozen && s.id() != META_SHARD_ID).then_some((b.range.start, s))
             })
             .collect();
-        colds.retain(|id, _| local.iter().any(|s| s.id() == *id && s.is_leader()));
+        let led: std::collections::HashSet<ShardId> = local
+            .iter()
+            .filter(|s| s.is_leader())
+            .map(|s| s.id())
+            .collect();
+        colds.retain(|id, _| led.contains(id));
         let now = Instant::now();
         for left in local
             .iter()

@@ -31,6 +31,7 @@ mod gc;
 mod merge;
 mod meta;
 mod moves;
+mod quiet;
 mod repair;
 mod replicas;
 mod split;
@@ -146,6 +147,8 @@ pub struct Node {
     /// The balancer's latest steps taken here, for the node's status (bounded:
     /// `balance::DECISIONS_MAX`).
     pub balancer_decisions: std::sync::Mutex<std::collections::VecDeque<balance::Decision>>,
+    /// Every peer's latest beat: which shards it leads quietly (`quiet`).
+    pub beats: crate::raft::quiet::Beats,
 }
 
 /// What every shard of a node shares while it starts.
@@ -260,8 +263,10 @@ impl Node {
             moves_running: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             balancer_decisions: std::sync::Mutex::new(std::collections::VecDeque::new()),
             move_step_pause_ms: options.move_step_pause_ms,
+            beats: crate::raft::quiet::Beats::default(),
         });
         node.spawn_map_follower();
+        node.spawn_quiet_loop();
         Ok(node)
     }
 

@@ -142,6 +142,7 @@ impl Node {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(MAP_FOLLOW_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut followed = 0u64;
             for round in 1u64.. {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -149,7 +150,12 @@ impl Node {
                 }
                 node.start_split_children().await;
                 node.reshape_round().await;
-                follow_local_shards(&node.shards, &node.map);
+                if round % PEER_MAP_EVERY_ROUNDS == 0 {
+                    // Now and then in full, whatever the fingerprint says: an update
+                    // the map refused (a split's halves not yet both here) is retried.
+                    followed = 0;
+                }
+                follow_local_shards(&node.shards, &node.map, &mut followed);
                 if round % PEER_MAP_EVERY_ROUNDS == 0 {
                     node.follow_a_peer_map().await;
                 }
@@ -253,13 +259,32 @@ impl Node {
 /// state machine's bounds, its replicas the uniform voters, its `conf_ver` the
 /// membership entry's index (newer wins; a split's parent and child are taken
 /// together, so the map always tiles).
-fn follow_local_shards(shards: &ShardSet, map: &LiveMap) {
+fn follow_local_shards(shards: &ShardSet, map: &LiveMap, last: &mut u64) {
     let local: Vec<Arc<crate::shard::Shard>> = shards
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .values()
         .cloned()
         .collect();
+    // Nothing to do unless some replica's range version or membership changed (or
+    // replicas came or went): with thousands of replicas, rebuilding the layout
+    // every round costs more than all of them idling.
+    let fingerprint = local.iter().fold(local.len() as u64, |h, shard| {
+        let (index, joint) = shard.raft.membership_mark();
+        let parts = [
+            shard.id().0,
+            shard.bounds.version(),
+            index,
+            u64::from(joint),
+        ];
+        parts.iter().fold(h, |h, p| {
+            (h ^ p).wrapping_mul(0x0100_0000_01b3).rotate_left(7)
+        })
+    });
+    if fingerprint == *last {
+        return;
+    }
+    *last = fingerprint;
     let mut descriptors = Vec::with_capacity(local.len());
     for shard in local {
         let st = shard.raft.status();

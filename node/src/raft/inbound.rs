@@ -53,6 +53,7 @@ impl ShardRaft {
     ) -> Result<Vec<u8>, InboundError> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(payload)?;
         guard::append_entries(&rpc, from)?;
+        self.wake();
         let result = self.inner().append_entries(rpc).await;
         encode(&result.map_err(|e| e.to_string()))
     }
@@ -67,6 +68,7 @@ impl ShardRaft {
         let rpc: VoteRequest<TypeConfig> = decode(payload)?;
         let what = if pre { "pre_vote" } else { "vote" };
         guard::vote_request(&rpc, from, self.term(), what)?;
+        self.wake();
         if pre {
             encode(&self.inner().pre_vote(rpc).await.map_err(|e| e.to_string()))
         } else {
@@ -81,6 +83,7 @@ impl ShardRaft {
     ) -> Result<Vec<u8>, InboundError> {
         let rpc: TransferLeaderRequest<TypeConfig> = decode(payload)?;
         guard::transfer_leader(&rpc, from, self.term())?;
+        self.wake();
         let result = self.inner().handle_transfer_leader(rpc).await;
         encode(&result.map_err(|e| e.to_string()))
     }
@@ -106,6 +109,7 @@ impl ShardRaft {
         header: SnapshotHeader,
         file: SnapshotData,
     ) -> Result<Vec<u8>, InboundError> {
+        self.wake();
         let snapshot = Snapshot {
             meta: header.meta,
             snapshot: file,

@@ -147,6 +147,7 @@ impl ShardRaft {
         let guard = Precondition::LastMembershipLogId {
             last_membership_log_id: on.mark,
         };
+        self.wake();
         match self
             .inner
             .change_membership_if(change, false, [guard])

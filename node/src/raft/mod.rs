@@ -8,7 +8,8 @@
 //! - `snapshot_stream`: a snapshot's chunks on the wire, both directions;
 //! - `guard`: validation of everything a peer sends;
 //! - `replica_id`: the member ids of a group (never reused; they name their node);
-//! - `membership`: replica moves' steps (learner, guarded replacement, removal).
+//! - `membership`: replica moves' steps (learner, guarded replacement, removal);
+//! - `quiet`: quiet shards, whose timers stop while nothing happens (hibernation).
 //!
 //! openraft speaks replica ids; everything `ShardRaft` returns speaks node ids (a
 //! replica id names its node), so the rest of the node never sees a replica id.
@@ -17,6 +18,7 @@ pub mod guard;
 pub mod inbound;
 pub mod membership;
 pub mod network;
+pub mod quiet;
 pub mod replica_id;
 pub mod snapshot_stream;
 pub mod types;
@@ -45,6 +47,8 @@ pub struct ShardRaft {
     inner: Inner,
     /// The leader's allocations in its current term: `(term, next seq)`.
     allocated: Arc<std::sync::Mutex<(u64, u64)>>,
+    /// Whether the group's timer runs (`quiet`); every call that is work wakes it.
+    quiet: Arc<quiet::Quiet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +103,8 @@ pub struct RaftStatus {
     pub joint: bool,
     /// On the leader: each replica's matched index (0 when none yet).
     pub matched: Option<BTreeMap<u64, u64>>,
+    /// The replica's timer is stopped (`quiet`).
+    pub asleep: bool,
 }
 
 /// openraft's configuration for one shard, from the cluster config.
@@ -122,6 +128,11 @@ fn shard_config(
         // A restarted leader must win an election again: our state machine does not
         // sync before `apply` returns, which openraft's leader restore would require.
         enable_leader_restore: Some(false),
+        // With quiet shards, every replica starts with its timer stopped: the node's
+        // quiet loop starts the timers of those no beat vouches for, a bounded number
+        // per round, so that a node starting thousands of shards does not tick them
+        // all at once (`quiet`).
+        enable_tick: t.quiet_after_ms == 0,
         ..Default::default()
     };
     config
@@ -162,6 +173,7 @@ impl ShardRaft {
             replica_id,
             inner,
             allocated: Arc::new(std::sync::Mutex::new((0, 0))),
+            quiet: Arc::new(quiet::Quiet::new(cluster.raft.quiet_after_ms > 0)),
         })
     }
 
@@ -204,8 +216,22 @@ impl ShardRaft {
         self.inner.metrics().borrow_watched().current_term
     }
 
+    /// The effective membership's log index and whether it is joint: what changes
+    /// when the voters do (cheap: no sets built).
+    pub fn membership_mark(&self) -> (u64, bool) {
+        let metrics = self.inner.metrics();
+        let m = metrics.borrow_watched();
+        let index = m.membership_config.log_id().map(|l| l.index).unwrap_or(0);
+        (
+            index,
+            m.membership_config.membership().get_joint_config().len() > 1,
+        )
+    }
+
     pub fn status(&self) -> RaftStatus {
-        let m = self.inner.metrics().borrow_watched().clone();
+        // Read in place, not cloned: the node's loops ask every replica often.
+        let metrics = self.inner.metrics();
+        let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
         RaftStatus {
             role: role(m.state),
@@ -225,11 +251,13 @@ impl ShardRaft {
                     .map(|(id, l)| (replica_id::node_of(*id), l.map(|l| l.index).unwrap_or(0)))
                     .collect()
             }),
+            asleep: self.is_asleep(),
         }
     }
 
     /// Appends `request` as one entry and waits until it is applied here.
     pub async fn write(&self, request: ShardRequest) -> Result<(ShardResponse, u64), WriteError> {
+        self.wake();
         match self.inner.client_write(request).await {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -248,6 +276,7 @@ impl ShardRaft {
             ReadPolicyConfig::ReadIndex => openraft::ReadPolicy::ReadIndex,
             ReadPolicyConfig::Lease => openraft::ReadPolicy::LeaseRead,
         };
+        self.wake();
         match self.inner.ensure_linearizable(policy).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
@@ -267,6 +296,7 @@ impl ShardRaft {
         let to = self
             .replica_on(to)
             .ok_or_else(|| format!("node {to} holds no replica of shard {}", self.shard_id))?;
+        self.wake();
         self.inner
             .trigger()
             .transfer_leader(to)
@@ -290,6 +320,7 @@ impl ShardRaft {
         let Some(target) = self.replica_on(target) else {
             return Ok(Err(format!("node {target} holds no replica of this shard")));
         };
+        self.wake();
         match self.inner.trigger().allow_next_revert(&target, true).await {
             Ok(r) => Ok(r.map_err(|e| e.to_string())),
             Err(e) => Err(e.to_string()),

@@ -150,6 +150,34 @@ impl PeerPool {
     }
 }
 
+impl PeerPool {
+    /// Sends this node's beat to `target` at `addr` (`node::quiet`): the quiet shards
+    /// it leads, ascending, each with its term.
+    pub async fn beat(
+        &self,
+        target: NodeId,
+        addr: &str,
+        quiet: &[(u64, u64)],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let channel = self.channel(target, addr)?;
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(self.tuning.message_bytes_max)
+            .max_encoding_message_size(self.tuning.message_bytes_max);
+        let mut request = tonic::Request::new(pb::NodeBeat {
+            from_node_id: self.node_id,
+            shard_ids: quiet.iter().map(|(s, _)| *s).collect(),
+            terms: quiet.iter().map(|(_, t)| *t).collect(),
+        });
+        request.set_timeout(timeout);
+        client
+            .beat(request)
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("node {target}: {}", s.message()))
+    }
+}
+
 /// openraft's network factory for one shard.
 pub struct NetworkFactory {
     pub shard_id: ShardId,

@@ -25,29 +25,40 @@ pub fn spawn_sweeper(
                 _ = tick.tick() => {}
                 _ = shutdown.recv() => return,
             }
-            let led: Vec<Arc<Shard>> = shards
+            // The in-memory hint first: most shards have nothing due, and asking the
+            // Raft state of thousands of replicas each interval is not free.
+            let due_here: Vec<Arc<Shard>> = shards
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .values()
-                .filter(|s| s.is_leader())
+                .filter(|s| may_be_due(s) && s.is_leader())
                 .cloned()
                 .collect();
-            for shard in &led {
-                if due(shard).is_some_and(|t| t <= shard.clock.now_ms()) {
-                    let shard = shard.clone();
-                    tokio::spawn(async move {
-                        let tick = OpGroup {
-                            atomic: false,
-                            ops: Vec::new(),
-                        };
-                        if let Err(e) = shard.propose(tick).await {
-                            tracing::debug!(shard_id = %shard.id(), error = %e, "expiry tick not applied");
-                        }
-                    });
+            for shard in due_here {
+                if due(&shard).is_none_or(|t| t > shard.clock.now_ms()) {
+                    continue;
                 }
+                tokio::spawn(async move {
+                    let tick = OpGroup {
+                        atomic: false,
+                        ops: Vec::new(),
+                    };
+                    if let Err(e) = shard.propose(tick).await {
+                        tracing::debug!(shard_id = %shard.id(), error = %e, "expiry tick not applied");
+                    }
+                });
             }
         }
     });
+}
+
+/// From the hint alone: a timer is due, or the hint does not know.
+fn may_be_due(shard: &Shard) -> bool {
+    match shard.next_timer_ms.load(Ordering::Relaxed) {
+        u64::MAX => false,
+        0 => true,
+        t => t <= shard.clock.now_ms(),
+    }
 }
 
 /// The shard's earliest timer, from the hint or (when unknown) the timer index.

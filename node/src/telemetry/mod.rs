@@ -79,18 +79,30 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(2);
 pub fn spawn_publisher(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
+        let mut published_asleep = std::collections::HashSet::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.recv() => return,
             }
-            publish(&node);
+            publish(&node, &mut published_asleep);
         }
     });
 }
 
-fn publish(node: &Node) {
+/// `published_asleep`: replicas whose gauges were published while asleep. Nothing of
+/// a sleeping replica changes until it wakes, so they are skipped until then.
+fn publish(node: &Node, published_asleep: &mut std::collections::HashSet<crate::router::ShardId>) {
     for shard in node.shards() {
+        let asleep = shard.raft.is_asleep();
+        if asleep && published_asleep.contains(&shard.id()) {
+            continue;
+        }
+        if asleep {
+            published_asleep.insert(shard.id());
+        } else {
+            published_asleep.remove(&shard.id());
+        }
         let st = shard.raft.status();
         let label = shard.id().to_string();
         let g = |name: &'static str, v: u64| {

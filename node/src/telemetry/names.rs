@@ -34,6 +34,7 @@ pub const BALANCER_STEPS_TOTAL: &str = "stockpile_balancer_steps_total";
 pub const REPAIRS_TOTAL: &str = "stockpile_repairs_total";
 pub const AUTH_DENIED_TOTAL: &str = "stockpile_auth_denied_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "stockpile_tls_handshake_failures_total";
+pub const SHARDS_ASLEEP: &str = "stockpile_shards_asleep";
 pub const RAFT_IS_LEADER: &str = "stockpile_raft_is_leader";
 pub const RAFT_TERM: &str = "stockpile_raft_term";
 pub const RAFT_LAST_LOG_INDEX: &str = "stockpile_raft_last_log_index";
@@ -199,6 +200,12 @@ pub const ALL: &[(&str, Kind, &str, &str)] = &[
         Kind::Counter,
         "",
         "Unreachable nodes the meta leader declared dead (automatic repair started)",
+    ),
+    (
+        SHARDS_ASLEEP,
+        Kind::Gauge,
+        "",
+        "Replicas on this node whose Raft timer is stopped (quiet shards)",
     ),
     (
         RAFT_IS_LEADER,

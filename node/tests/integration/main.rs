@@ -19,6 +19,7 @@ mod http;
 mod inventory;
 mod merge;
 mod operability;
+mod quiet;
 mod security;
 mod split;
 mod state_machine_vs_model;

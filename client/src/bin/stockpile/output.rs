@@ -71,7 +71,7 @@ pub fn status_json(s: &pb::ClusterStatusReply) -> serde_json::Value {
                                 "role": sh.role, "leader_id": sh.leader_id, "term": sh.term,
                                 "last_log_index": sh.last_log_index, "commit_index": sh.commit_index,
                                 "applied_index": sh.applied_index, "snapshot_index": sh.snapshot_index,
-                                "purged_index": sh.purged_index, "log_entries": sh.log_entries,
+                                "purged_index": sh.purged_index, "log_entries": sh.log_entries, "asleep": sh.asleep,
                                 "replication": sh.replication.iter().map(|r| json!({"node_id": r.node_id, "matched_index": r.matched_index, "lag": r.lag})).collect::<Vec<_>>(),
                             })
                         })

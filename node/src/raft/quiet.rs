@@ -1,0 +1,414 @@
+//! Quiet shards (hibernation, as TiKV's): a Raft group without traffic stops its
+//! timer on every replica, so it sends no heartbeats and runs no election timer, and
+//! an idle shard costs no CPU. One node-level beat per peer (`node::quiet`) stands in
+//! for every quiet shard's heartbeats.
+//!
+//! - **The leader decides.** After `raft.quiet_after_ms` without a client write or
+//!   read or a Raft message, with every replica holding its whole log applied, it is
+//!   listed in its node's beat (`QUIETING`); one round later its own timer stops
+//!   (`ASLEEP`), so the followers have heard the listing before heartbeats stop.
+//! - **A follower sleeps while a fresh beat vouches for its leader:** a beat that
+//!   lists the shard in the follower's own term (one leader per term, so it comes
+//!   from that leader's node, which is alive).
+//! - **Anything wakes a replica:** a client call on the leader, any Raft message on
+//!   any replica, and on a follower a beat that stops listing the shard or beats that
+//!   stop coming (the leader's node lost). A follower woken that way has not heard
+//!   its leader for long, so it elects at once: failover of a quiet shard takes the
+//!   beat's staleness limit (`election_timeout_min_ms` plus a per-replica jitter).
+//!
+//! Safety never depends on this: votes, terms and logs are Raft's; only when timers
+//! run changes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use openraft::ServerState;
+use openraft::type_config::async_runtime::WatchReceiver;
+
+use super::ShardRaft;
+
+/// The replica's timer runs (the default; every replica starts so).
+pub const AWAKE: u8 = 0;
+/// The leader lists the shard in its beat; its timer still runs for one more round.
+pub const QUIETING: u8 = 1;
+/// The timer is stopped.
+pub const ASLEEP: u8 = 2;
+
+/// Milliseconds since this process first asked: a monotonic clock for activity and
+/// beat ages (never the wall clock, which can jump).
+pub fn now_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let ms = ORIGIN.get_or_init(Instant::now).elapsed().as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// One replica's quiet state.
+#[derive(Debug)]
+pub struct Quiet {
+    state: AtomicU8,
+    /// `now_ms()` of the last client call or Raft message: the leader's idleness.
+    last_active_ms: AtomicU64,
+    /// The last term in which this replica stood because its leader's node was lost
+    /// (once per term: a failed stand leaves it to Raft's own timers).
+    stood_term: AtomicU64,
+    /// While asleep: the term it fell asleep in, with the top bit set if it led. Only
+    /// work or a Raft message changes a term or a role, and either wakes the replica
+    /// first, so a round reads this instead of the Raft metrics.
+    slept_as: AtomicU64,
+}
+
+/// `Quiet::slept_as`'s mark of a leader.
+const LED: u64 = 1 << 63;
+
+impl Quiet {
+    /// A replica as it starts: `asleep` when quiet shards are on (its timer is started
+    /// by the quiet loop or by work).
+    pub fn new(asleep: bool) -> Quiet {
+        Quiet {
+            state: AtomicU8::new(if asleep { ASLEEP } else { AWAKE }),
+            last_active_ms: AtomicU64::new(now_ms()),
+            stood_term: AtomicU64::new(0),
+            slept_as: AtomicU64::new(0),
+        }
+    }
+
+    /// The term this sleeping replica fell asleep in, and whether it led then.
+    fn slept_as(&self) -> (u64, bool) {
+        let v = self.slept_as.load(Ordering::Acquire);
+        (v & !LED, v & LED != 0)
+    }
+
+    /// True the first time it is asked for `term`.
+    pub fn stand_once(&self, term: u64) -> bool {
+        self.stood_term.swap(term, Ordering::AcqRel) != term
+    }
+
+    pub fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    pub fn touch(&self) {
+        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn idle_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_active_ms.load(Ordering::Relaxed))
+    }
+
+    /// Marks the replica awake; true if it was not (its timer must be started).
+    pub fn awake(&self) -> bool {
+        self.state.swap(AWAKE, Ordering::AcqRel) != AWAKE
+    }
+
+    /// Moves `from` → `to` unless something woke the replica meanwhile.
+    pub fn advance(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// Shards a beat lists, ascending by shard id, each with the sender's term.
+pub type QuietList = Arc<Vec<(u64, u64)>>;
+
+/// The latest beat of every peer node, as received.
+#[derive(Default)]
+pub struct Beats {
+    latest: Mutex<HashMap<u64, (u64, QuietList)>>,
+}
+
+/// Every peer's latest beat at one moment, looked up for every replica of a round.
+pub struct FreshBeats {
+    pub now_ms: u64,
+    /// (node, received at, list).
+    beats: Vec<(u64, u64, QuietList)>,
+}
+
+impl Beats {
+    /// Records `from`'s beat. The list must ascend by shard id (checked by the caller).
+    pub fn record(&self, from: u64, list: Vec<(u64, u64)>) {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest.insert(from, (now_ms(), Arc::new(list)));
+    }
+
+    /// The latest beat of every peer heard from since this node started.
+    pub fn now(&self) -> FreshBeats {
+        let now_ms = now_ms();
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let beats = latest
+            .iter()
+            .map(|(node, (at, list))| (*node, *at, list.clone()))
+            .collect();
+        FreshBeats { now_ms, beats }
+    }
+}
+
+impl FreshBeats {
+    /// Whether a beat received at most `fresh_ms` ago lists `shard_id` in `term`.
+    pub fn vouch(&self, shard_id: u64, term: u64, fresh_ms: u64) -> bool {
+        self.beats.iter().any(|(_, at, list)| {
+            self.now_ms.saturating_sub(*at) <= fresh_ms
+                && list
+                    .binary_search_by_key(&shard_id, |(s, _)| *s)
+                    .is_ok_and(|i| list[i].1 == term)
+        })
+    }
+
+    /// `node` beat before and has not for more than `fresh_ms`: it is lost. A node
+    /// never heard from since this one started is not judged.
+    pub fn lost(&self, node: u64, fresh_ms: u64) -> bool {
+        self.beats
+            .iter()
+            .any(|(n, at, _)| *n == node && self.now_ms.saturating_sub(*at) > fresh_ms)
+    }
+}
+
+/// A follower's staleness limit for beats: `min_ms` plus a jitter in
+/// `[0, spread_ms)` fixed per (shard, node), so that the followers of a shard whose
+/// leader's node is lost do not all wake and stand for election at the same moment.
+pub fn staleness_ms(min_ms: u64, spread_ms: u64, shard_id: u64, node_id: u64) -> u64 {
+    // A fixed mix (splitmix64's finalizer): deterministic, spread over the range.
+    let mut x = shard_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ node_id;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    min_ms + x % spread_ms.max(1)
+}
+
+/// What one round needs to know of a replica's Raft state.
+struct Facts {
+    state: ServerState,
+    term: u64,
+    /// The leader's node, as this replica knows it.
+    leader: Option<u64>,
+    /// Every entry is applied here and, on a leader, matched by every replica: no
+    /// replication is owed, so no timer is needed to drive one.
+    settled: bool,
+}
+
+/// What one quiet round made of a replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Round {
+    /// A quiet leader: list the shard in the node's beat with this term.
+    Listed(u64),
+    /// Awake without a leader: standing for election, or waiting for one. The loop
+    /// bounds how many of these it makes (`node::quiet`).
+    Electing,
+    Other,
+}
+
+/// What a round may do beyond sleeping and listing.
+pub struct RoundLimits<'a> {
+    pub quiet_after_ms: u64,
+    /// This replica's staleness limit for beats (`staleness_ms`).
+    pub fresh_ms: u64,
+    /// Timers the round may still start (and elections it may still call).
+    pub wakes: &'a mut u32,
+    /// A follower whose leader's node is lost may stop waiting out the leader's lease
+    /// (only with ReadIndex reads: lease reads rely on it).
+    pub fast_failover: bool,
+}
+
+impl ShardRaft {
+    /// Work arrived (a client call, a Raft message): the replica is awake and counts
+    /// as active from now.
+    pub(crate) fn wake(&self) {
+        self.quiet.touch();
+        self.start_timer();
+    }
+
+    /// The replica's timer is stopped.
+    pub fn is_asleep(&self) -> bool {
+        self.quiet.state() == ASLEEP
+    }
+
+    fn start_timer(&self) {
+        if self.quiet.awake() {
+            self.inner.runtime_config().tick(true);
+        }
+    }
+
+    /// Stops the timer of a replica in `term` (`led`: as its leader), unless it was
+    /// woken meanwhile (then it runs again).
+    fn stop_timer(&self, from: u8, term: u64, led: bool) {
+        self.quiet
+            .slept_as
+            .store(term | if led { LED } else { 0 }, Ordering::Release);
+        if from == ASLEEP || !self.quiet.advance(from, ASLEEP) {
+            return;
+        }
+        self.inner.runtime_config().tick(false);
+        if self.quiet.state() != ASLEEP {
+            self.inner.runtime_config().tick(true);
+        }
+    }
+
+    fn facts(&self) -> Facts {
+        let metrics = self.inner.metrics();
+        let m = metrics.borrow_watched();
+        let last = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+        let single = m.membership_config.membership().get_joint_config().len() == 1;
+        let matched = m.replication.as_ref().is_none_or(|r| {
+            r.values()
+                .all(|l| l.as_ref().map_or(0, |l| l.index) == last)
+        });
+        Facts {
+            state: m.state,
+            term: m.current_term,
+            leader: m.current_leader.map(super::replica_id::node_of),
+            settled: applied == last && single && matched,
+        }
+    }
+
+    /// One round of the node's quiet loop (`node::quiet`) for this replica:
+    /// - a leader idle for `quiet_after_ms` and settled goes quiet (listed, then
+    ///   asleep);
+    /// - any other replica sleeps while `beats` vouch for its leader;
+    /// - a sleeping follower no beat vouches for has its timer started, within the
+    ///   round's budget, and stands for election when it fires;
+    /// - an awake follower whose leader's node is lost stops waiting out that
+    ///   leader's lease and stands at once (`fast_failover`), within the budget.
+    pub fn quiet_round(&self, beats: &FreshBeats, limits: &mut RoundLimits<'_>) -> Round {
+        if self.is_asleep() {
+            // The common case with many idle shards: no need to read the metrics.
+            let (term, led) = self.quiet.slept_as();
+            if led {
+                return Round::Listed(term);
+            }
+            if beats.vouch(self.shard_id.0, term, limits.fresh_ms) {
+                return Round::Other;
+            }
+        }
+        let f = self.facts();
+        match f.state {
+            ServerState::Leader => self.leader_round(&f, beats.now_ms, limits.quiet_after_ms),
+            ServerState::Follower | ServerState::Learner
+                if beats.vouch(self.shard_id.0, f.term, limits.fresh_ms) =>
+            {
+                self.stop_timer(self.quiet.state(), f.term, false);
+                Round::Other
+            }
+            // A learner never stands for election: its leader's messages wake it.
+            ServerState::Learner => Round::Other,
+            _ if self.is_asleep() => {
+                if *limits.wakes == 0 {
+                    return Round::Other;
+                }
+                *limits.wakes -= 1;
+                self.start_timer();
+                Round::Electing
+            }
+            ServerState::Follower if f.leader.is_some() => {
+                let lost = f.leader.is_some_and(|l| beats.lost(l, limits.fresh_ms));
+                if lost
+                    && limits.fast_failover
+                    && *limits.wakes > 0
+                    && self.quiet.stand_once(f.term)
+                {
+                    *limits.wakes -= 1;
+                    self.stand_without_lease();
+                    return Round::Electing;
+                }
+                Round::Other
+            }
+            _ => Round::Electing,
+        }
+    }
+
+    fn leader_round(&self, f: &Facts, now_ms: u64, quiet_after_ms: u64) -> Round {
+        if quiet_after_ms == 0 || !f.settled || self.quiet.idle_ms(now_ms) < quiet_after_ms {
+            self.start_timer();
+            return Round::Other;
+        }
+        match self.quiet.state() {
+            AWAKE => {
+                self.quiet.advance(AWAKE, QUIETING);
+            }
+            QUIETING => self.stop_timer(QUIETING, f.term, true),
+            _ => {}
+        }
+        if self.quiet.state() == AWAKE {
+            Round::Other
+        } else {
+            Round::Listed(f.term)
+        }
+    }
+
+    /// The leader's node is lost: this replica stops honouring the leader's lease (as
+    /// a leadership transfer makes every voter do: the transfer is addressed to the
+    /// lost leader itself, so only the lease changes) and stands for election with a
+    /// pre-vote. The other voters grant once they too find the node lost, or its
+    /// lease runs out: failover takes the later detection, not lease plus timeout.
+    fn stand_without_lease(&self) {
+        let (vote, leader) = {
+            let metrics = self.inner.metrics();
+            let m = metrics.borrow_watched();
+            (m.vote, m.current_leader)
+        };
+        let Some(leader) = leader else { return };
+        let inner = self.inner.clone();
+        let shard_id = self.shard_id;
+        tokio::spawn(async move {
+            let hand_off = openraft::raft::TransferLeaderRequest::new(vote, leader, None);
+            if let Err(e) = inner.handle_transfer_leader(hand_off).await {
+                tracing::debug!(%shard_id, error = %e, "cannot drop the lost leader's lease");
+                return;
+            }
+            tracing::info!(%shard_id, leader, "the leader's node is lost: standing for election");
+            if let Err(e) = inner.trigger().elect(true).await {
+                tracing::debug!(%shard_id, error = %e, "cannot stand for election");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_beat_vouches_only_for_its_listed_shards_in_their_terms_while_fresh() {
+        let beats = Beats::default();
+        beats.record(2, vec![(1, 5), (4, 7), (9, 2)]);
+        let fresh = beats.now();
+        assert!(fresh.vouch(4, 7, 1_000));
+        assert!(!fresh.vouch(4, 8, 1_000), "another term: another leader");
+        assert!(!fresh.vouch(3, 5, 1_000), "not listed");
+        assert!(
+            !fresh.lost(2, 1_000) && !fresh.lost(3, 1_000),
+            "fresh, and never heard"
+        );
+        let later = FreshBeats {
+            now_ms: fresh.now_ms + 5_000,
+            beats: fresh.beats.clone(),
+        };
+        assert!(
+            !later.vouch(4, 7, 1_000),
+            "a stale beat vouches for nothing"
+        );
+        assert!(later.lost(2, 1_000), "a node silent past the limit is lost");
+        assert!(!later.lost(3, 1_000), "a node never heard is not judged");
+    }
+
+    #[test]
+    fn a_woken_replica_cannot_be_put_to_sleep_by_a_round_that_read_it_before() {
+        let q = Quiet::new(false);
+        assert!(q.advance(AWAKE, QUIETING));
+        assert!(q.awake(), "woken from quieting");
+        assert!(!q.advance(QUIETING, ASLEEP), "the round's step is refused");
+        assert_eq!(q.state(), AWAKE);
+        assert!(!q.awake(), "already awake");
+    }
+
+    #[test]
+    fn staleness_stays_within_its_spread_and_differs_between_replicas() {
+        let limits: Vec<u64> = (1..=64).map(|s| staleness_ms(1_000, 500, s, 2)).collect();
+        assert!(limits.iter().all(|l| (1_000..1_500).contains(l)));
+        let distinct: std::collections::BTreeSet<_> = limits.iter().collect();
+        assert!(distinct.len() > 32, "jitter spreads: {distinct:?}");
+        assert_eq!(staleness_ms(7, 0, 3, 3), 7, "no spread, no jitter");
+    }
+}
