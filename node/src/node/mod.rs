@@ -148,7 +148,7 @@ pub struct Node {
     /// `balance::DECISIONS_MAX`).
     pub balancer_decisions: std::sync::Mutex<std::collections::VecDeque<balance::Decision>>,
     /// Every peer's latest beat: which shards it leads quietly (`quiet`).
-    pub beats: crate::raft::quiet::Beats,
+    pub beats: Arc<crate::raft::quiet::Beats>,
 }
 
 /// What every shard of a node shares while it starts.
@@ -263,7 +263,7 @@ impl Node {
             moves_running: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             balancer_decisions: std::sync::Mutex::new(std::collections::VecDeque::new()),
             move_step_pause_ms: options.move_step_pause_ms,
-            beats: crate::raft::quiet::Beats::default(),
+            beats: Arc::new(crate::raft::quiet::Beats::default()),
         });
         node.spawn_map_follower();
         node.spawn_quiet_loop();

@@ -102,20 +102,27 @@ impl Node {
     }
 
     fn send_beats(&self, mine: QuietList, in_flight: &mut InFlight) {
-        // Half the shortest staleness limit: a slow beat is dropped and the next one
-        // sent well before any follower would judge this node lost.
-        let timeout = Duration::from_millis((self.cluster.raft.election_timeout_min_ms / 2).max(1));
+        // The shortest staleness limit: a beat answered late still shows the peer
+        // alive (on a saturated link, answers are slow, not absent); one in flight
+        // per peer keeps a dead peer from piling them up.
+        let timeout = Duration::from_millis(self.cluster.raft.election_timeout_min_ms.max(1));
         let map = self.map.get();
         for peer in map.nodes().filter(|n| n.id != self.id) {
             let busy = in_flight.entry(peer.id).or_default().clone();
             if busy.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            let (pool, list, addr, target) =
-                (self.peers.clone(), mine.clone(), peer.addr.clone(), peer.id);
+            let (pool, beats, list, addr, target) = (
+                self.peers.clone(),
+                self.beats.clone(),
+                mine.clone(),
+                peer.addr.clone(),
+                peer.id,
+            );
             tokio::spawn(async move {
-                if let Err(e) = pool.beat(target, &addr, &list, timeout).await {
-                    tracing::debug!(target, error = %e, "beat not delivered");
+                match pool.beat(target, &addr, &list, timeout).await {
+                    Ok(()) => beats.answered(target),
+                    Err(e) => tracing::debug!(target, error = %e, "beat not delivered"),
                 }
                 busy.store(false, Ordering::Release);
             });

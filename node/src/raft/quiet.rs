@@ -113,10 +113,15 @@ impl Quiet {
 /// Shards a beat lists, ascending by shard id, each with the sender's term.
 pub type QuietList = Arc<Vec<(u64, u64)>>;
 
-/// The latest beat of every peer node, as received.
+/// The latest beat of every peer node, as received, and when each peer last showed
+/// it is alive.
 #[derive(Default)]
 pub struct Beats {
     latest: Mutex<HashMap<u64, (u64, QuietList)>>,
+    /// `now_ms()` a peer last answered this node's beat. A beat *from* a peer can be
+    /// stuck behind megabytes of entries on a slow link while the peer is well: its
+    /// answers to our beats travel on our own connection to it.
+    answered: Mutex<HashMap<u64, u64>>,
 }
 
 /// Every peer's latest beat at one moment, looked up for every replica of a round.
@@ -124,6 +129,8 @@ pub struct FreshBeats {
     pub now_ms: u64,
     /// (node, received at, list).
     beats: Vec<(u64, u64, QuietList)>,
+    /// Node → when it last answered one of our beats.
+    answered: HashMap<u64, u64>,
 }
 
 impl Beats {
@@ -133,15 +140,30 @@ impl Beats {
         latest.insert(from, (now_ms(), Arc::new(list)));
     }
 
+    /// `node` answered a beat of ours just now.
+    pub fn answered(&self, node: u64) {
+        let mut answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        answered.insert(node, now_ms());
+    }
+
     /// The latest beat of every peer heard from since this node started.
     pub fn now(&self) -> FreshBeats {
         let now_ms = now_ms();
+        let answered = self
+            .answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         let beats = latest
             .iter()
             .map(|(node, (at, list))| (*node, *at, list.clone()))
             .collect();
-        FreshBeats { now_ms, beats }
+        FreshBeats {
+            now_ms,
+            beats,
+            answered,
+        }
     }
 }
 
@@ -156,12 +178,15 @@ impl FreshBeats {
         })
     }
 
-    /// `node` beat before and has not for more than `fresh_ms`: it is lost. A node
-    /// never heard from since this one started is not judged.
+    /// `node` beat before, and for more than `fresh_ms` has neither beaten nor
+    /// answered a beat of ours: it is lost. A node never heard from since this one
+    /// started is not judged.
     pub fn lost(&self, node: u64, fresh_ms: u64) -> bool {
+        let silent = |at: u64| self.now_ms.saturating_sub(at) > fresh_ms;
         self.beats
             .iter()
-            .any(|(n, at, _)| *n == node && self.now_ms.saturating_sub(*at) > fresh_ms)
+            .any(|(n, at, _)| *n == node && silent(*at))
+            && self.answered.get(&node).is_none_or(|at| silent(*at))
     }
 }
 
@@ -384,6 +409,7 @@ mod tests {
         let later = FreshBeats {
             now_ms: fresh.now_ms + 5_000,
             beats: fresh.beats.clone(),
+            answered: HashMap::new(),
         };
         assert!(
             !later.vouch(4, 7, 1_000),
@@ -391,6 +417,14 @@ mod tests {
         );
         assert!(later.lost(2, 1_000), "a node silent past the limit is lost");
         assert!(!later.lost(3, 1_000), "a node never heard is not judged");
+        let answering = FreshBeats {
+            answered: HashMap::from([(2, later.now_ms - 10)]),
+            ..later
+        };
+        assert!(
+            !answering.lost(2, 1_000),
+            "a node whose beats are late but that answers ours is not lost"
+        );
     }
 
     #[test]
