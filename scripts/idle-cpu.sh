@@ -5,7 +5,7 @@
 #   scripts/idle-cpu.sh SHARDS [HEARTBEAT_MS] [SECONDS]
 #
 # HEARTBEAT_MS (default 100) sets raft.heartbeat_interval_ms; election timeouts are
-# 10-20x it. Quiet shards are on (raft.quiet_after_ms = 2000; QUIET_AFTER_MS=0 in the
+# 10-20x it. Quiet shards are on (raft.quiet_after_ms = 2000, the default; QUIET_AFTER_MS=0 in the
 # environment turns them off). Prints each node's CPU use as a percentage of one core. Uses ports
 # 7201-7203 and data under ./data/idle-*; stops the nodes at the end.
 set -euo pipefail

@@ -293,8 +293,8 @@ pub struct RaftTuning {
     pub read_policy: ReadPolicyConfig,
     /// A shard whose leader saw no client call and no Raft message for this long, with
     /// every replica up to date, goes quiet: its replicas stop their Raft timers (no
-    /// heartbeats, no election timers) until work or a lost peer wakes them. 0 (the
-    /// default): never; 2000 is what docs/PERFORMANCE.md measured.
+    /// heartbeats, no election timers) until work or a lost peer wakes them. 0: never
+    /// (every shard ticks always).
     pub quiet_after_ms: u64,
 }
 
@@ -320,7 +320,7 @@ impl Default for RaftTuning {
             link_bytes_per_s_min: 1 << 20,
             append_timeout_min_ms: 1_000,
             read_policy: ReadPolicyConfig::ReadIndex,
-            quiet_after_ms: 0,
+            quiet_after_ms: 2_000,
         }
     }
 }

@@ -256,8 +256,22 @@ impl ShardRaft {
     }
 
     /// Appends `request` as one entry and waits until it is applied here.
+    ///
+    /// A leader that slept (quiet shards) sent no heartbeats, so no answers renewed
+    /// its lease, and openraft refuses its writes once the lease ran out: the first
+    /// write after a sleep renews the lease with one read-index round first.
     pub async fn write(&self, request: ShardRequest) -> Result<(ShardResponse, u64), WriteError> {
         self.wake();
+        if let Some(sleeps) = self.quiet.lease_owed() {
+            match self.linearize(ReadPolicyConfig::ReadIndex).await {
+                Ok(()) => self.quiet.lease_renewed(sleeps),
+                // Nothing was proposed: certainly not applied.
+                Err(ReadError::NotLeader { leader }) => {
+                    return Err(WriteError::NotLeader { leader });
+                }
+                Err(_) => return Err(WriteError::NotLeader { leader: None }),
+            }
+        }
         match self.inner.client_write(request).await {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -272,13 +286,21 @@ impl ShardRaft {
     /// Waits until a read of the local state machine is linearizable: leadership
     /// confirmed (read index or lease) and applied up to the read point.
     pub async fn linearize(&self, policy: ReadPolicyConfig) -> Result<(), ReadError> {
-        let policy = match policy {
-            ReadPolicyConfig::ReadIndex => openraft::ReadPolicy::ReadIndex,
-            ReadPolicyConfig::Lease => openraft::ReadPolicy::LeaseRead,
-        };
         self.wake();
+        // A lease that may have run out while the leader slept is renewed by a
+        // read-index round instead (`write`).
+        let owed = self.quiet.lease_owed();
+        let policy = match policy {
+            ReadPolicyConfig::Lease if owed.is_none() => openraft::ReadPolicy::LeaseRead,
+            _ => openraft::ReadPolicy::ReadIndex,
+        };
         match self.inner.ensure_linearizable(policy).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Some(sleeps) = owed {
+                    self.quiet.lease_renewed(sleeps);
+                }
+                Ok(())
+            }
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(ReadError::NotLeader {
                     leader: f.leader_id.map(replica_id::node_of),

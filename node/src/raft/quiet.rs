@@ -57,6 +57,11 @@ pub struct Quiet {
     /// work or a Raft message changes a term or a role, and either wakes the replica
     /// first, so a round reads this instead of the Raft metrics.
     slept_as: AtomicU64,
+    /// How many times this replica fell asleep as a leader, and the count at the last
+    /// lease renewal: a sleeping leader's lease runs out (no heartbeats, no answers),
+    /// so the first write or read after a sleep renews it (`ShardRaft::write`).
+    leader_sleeps: AtomicU64,
+    lease_renewed_at_sleeps: AtomicU64,
 }
 
 /// `Quiet::slept_as`'s mark of a leader.
@@ -71,6 +76,8 @@ impl Quiet {
             last_active_ms: AtomicU64::new(now_ms()),
             stood_term: AtomicU64::new(0),
             slept_as: AtomicU64::new(0),
+            leader_sleeps: AtomicU64::new(0),
+            lease_renewed_at_sleeps: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +85,19 @@ impl Quiet {
     fn slept_as(&self) -> (u64, bool) {
         let v = self.slept_as.load(Ordering::Acquire);
         (v & !LED, v & LED != 0)
+    }
+
+    /// Some(sleeps) if this replica slept as a leader since its lease was last
+    /// renewed.
+    pub fn lease_owed(&self) -> Option<u64> {
+        let sleeps = self.leader_sleeps.load(Ordering::Acquire);
+        (self.lease_renewed_at_sleeps.load(Ordering::Acquire) < sleeps).then_some(sleeps)
+    }
+
+    /// A quorum answered after the `sleeps`-th sleep.
+    pub fn lease_renewed(&self, sleeps: u64) {
+        self.lease_renewed_at_sleeps
+            .fetch_max(sleeps, Ordering::AcqRel);
     }
 
     /// True the first time it is asked for `term`.
@@ -261,7 +281,15 @@ impl ShardRaft {
         self.quiet
             .slept_as
             .store(term | if led { LED } else { 0 }, Ordering::Release);
-        if from == ASLEEP || !self.quiet.advance(from, ASLEEP) {
+        if from == ASLEEP {
+            return;
+        }
+        if led {
+            // Counted before the state changes, so a wake-up that sees ASLEEP also
+            // sees the lease owed (one needless renewal if the advance fails).
+            self.quiet.leader_sleeps.fetch_add(1, Ordering::AcqRel);
+        }
+        if !self.quiet.advance(from, ASLEEP) {
             return;
         }
         self.inner.runtime_config().tick(false);
