@@ -109,6 +109,13 @@ impl LiveBounds {
         self.0.read().unwrap_or_else(|p| p.into_inner()).version
     }
 
+    /// The version and the frozen mark (no copy of the range): what changes when a
+    /// split, a merge or a freeze applies.
+    pub fn mark(&self) -> (u64, bool) {
+        let b = self.0.read().unwrap_or_else(|p| p.into_inner());
+        (b.version, b.frozen)
+    }
+
     pub fn set(&self, bounds: ShardBounds) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = bounds;
     }

@@ -182,10 +182,25 @@ impl Node {
     /// Drops every replica here of a shard its left neighbour has merged, and drives
     /// again every merge of a frozen shard here whose left neighbour this node leads
     /// (a merge that stopped half-way). From the map follower's round; O(n log n) in
-    /// the node's replicas, one RocksDB read per candidate.
-    pub(super) async fn reshape_round(&self) {
-        let local: Vec<(Arc<Shard>, ShardBounds)> = self
-            .shards()
+    /// the node's replicas, one RocksDB read per candidate. Skipped while no replica
+    /// came or went and no range version or frozen mark changed since the round that
+    /// set `last` (the caller resets it now and then: a stopped merge waits on a
+    /// leadership, which the fingerprint does not see).
+    pub(super) async fn reshape_round(&self, last: &mut u64) {
+        let shards = self.shards();
+        let fingerprint = shards.iter().fold(shards.len() as u64, |h, s| {
+            let (version, frozen) = s.bounds.mark();
+            [s.id().0, version, u64::from(frozen)]
+                .iter()
+                .fold(h, |h, p| {
+                    (h ^ p).wrapping_mul(0x0100_0000_01b3).rotate_left(7)
+                })
+        });
+        if fingerprint == *last {
+            return;
+        }
+        *last = fingerprint;
+        let local: Vec<(Arc<Shard>, ShardBounds)> = shards
             .into_iter()
             .map(|s| {
                 let b = s.bounds.get();

@@ -40,6 +40,9 @@ struct LoopState {
     in_flight: InFlight,
     /// Replicas found electing in the last round.
     electing: u32,
+    /// Rounds run, and the beats the last one saw (`FreshBeats::settle`).
+    round: u64,
+    beats_seen: Vec<(u64, QuietList)>,
 }
 
 impl Node {
@@ -78,7 +81,13 @@ impl Node {
             WAKES_PER_ROUND_MAX.min(ELECTING_MAX.saturating_sub(state.electing))
         };
         let fast_failover = r.read_policy == ReadPolicyConfig::ReadIndex;
-        let beats = self.beats.now();
+        let mut beats = self.beats.now();
+        state.round += 1;
+        beats.settle(
+            state.round,
+            &mut state.beats_seen,
+            r.election_timeout_min_ms,
+        );
         let (mut mine, mut asleep, mut electing) = (Vec::new(), 0u64, 0u32);
         for shard in self.shards() {
             let id = shard.id().0;

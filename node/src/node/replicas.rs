@@ -142,19 +142,20 @@ impl Node {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(MAP_FOLLOW_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut followed = 0u64;
+            let (mut followed, mut reshaped) = (0u64, 0u64);
             for round in 1u64.. {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = shutdown.recv() => return,
                 }
-                node.start_split_children().await;
-                node.reshape_round().await;
                 if round % PEER_MAP_EVERY_ROUNDS == 0 {
-                    // Now and then in full, whatever the fingerprint says: an update
-                    // the map refused (a split's halves not yet both here) is retried.
-                    followed = 0;
+                    // Now and then in full, whatever the fingerprints say: an update
+                    // the map refused (a split's halves not yet both here) is retried,
+                    // and a stopped merge whose left shard came to be led here resumes.
+                    (followed, reshaped) = (0, 0);
                 }
+                node.start_split_children().await;
+                node.reshape_round(&mut reshaped).await;
                 follow_local_shards(&node.shards, &node.map, &mut followed);
                 if round % PEER_MAP_EVERY_ROUNDS == 0 {
                     node.follow_a_peer_map().await;
@@ -217,10 +218,14 @@ impl Node {
             Ok(s) => s,
             Err(e) => return tracing::warn!(error = %e, "cannot list stored shards"),
         };
-        for shard_id in stored {
-            if self.local_shard(shard_id).is_ok() {
-                continue;
-            }
+        let missing: Vec<ShardId> = {
+            let running = self.shards.read().unwrap_or_else(|p| p.into_inner());
+            stored
+                .into_iter()
+                .filter(|id| !running.contains_key(id))
+                .collect()
+        };
+        for shard_id in missing {
             if let Err(e) = self.start_split_child(shard_id).await {
                 tracing::warn!(%shard_id, error = %e, "cannot start the child of a split");
             }

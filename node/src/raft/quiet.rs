@@ -62,6 +62,10 @@ pub struct Quiet {
     /// so the first write or read after a sleep renews it (`ShardRaft::write`).
     leader_sleeps: AtomicU64,
     lease_renewed_at_sleeps: AtomicU64,
+    /// The last quiet round in which a beat vouched for this sleeping follower (0:
+    /// none since it last woke). A round whose beats are the previous round's, all
+    /// fresh, vouches again for a follower vouched then without searching the lists.
+    vouched_round: AtomicU64,
 }
 
 /// `Quiet::slept_as`'s mark of a leader.
@@ -78,6 +82,7 @@ impl Quiet {
             slept_as: AtomicU64::new(0),
             leader_sleeps: AtomicU64::new(0),
             lease_renewed_at_sleeps: AtomicU64::new(0),
+            vouched_round: AtomicU64::new(0),
         }
     }
 
@@ -119,7 +124,11 @@ impl Quiet {
 
     /// Marks the replica awake; true if it was not (its timer must be started).
     pub fn awake(&self) -> bool {
-        self.state.swap(AWAKE, Ordering::AcqRel) != AWAKE
+        let was_asleep = self.state.swap(AWAKE, Ordering::AcqRel) != AWAKE;
+        if was_asleep {
+            self.vouched_round.store(0, Ordering::Release);
+        }
+        was_asleep
     }
 
     /// Moves `from` → `to` unless something woke the replica meanwhile.
@@ -147,6 +156,10 @@ pub struct Beats {
 /// Every peer's latest beat at one moment, looked up for every replica of a round.
 pub struct FreshBeats {
     pub now_ms: u64,
+    /// The quiet loop's round number (from 1), and whether every beat lists what it
+    /// listed in the previous round and is fresh for every replica (`settle`).
+    round: u64,
+    unchanged: bool,
     /// (node, received at, list).
     beats: Vec<(u64, u64, QuietList)>,
     /// Node → when it last answered one of our beats.
@@ -181,6 +194,8 @@ impl Beats {
             .collect();
         FreshBeats {
             now_ms,
+            round: 0,
+            unchanged: false,
             beats,
             answered,
         }
@@ -188,6 +203,29 @@ impl Beats {
 }
 
 impl FreshBeats {
+    /// Numbers this round and compares its beats with the previous round's
+    /// (`previous`, replaced by this round's): unchanged when the same peers list the
+    /// same shards in the same terms, each beat at most `fresh_min_ms` old, the
+    /// shortest staleness limit of any replica. Such a round vouches for exactly the
+    /// sleeping followers the previous one vouched for.
+    pub fn settle(&mut self, round: u64, previous: &mut Vec<(u64, QuietList)>, fresh_min_ms: u64) {
+        let mut current: Vec<(u64, QuietList)> =
+            self.beats.iter().map(|(n, _, l)| (*n, l.clone())).collect();
+        current.sort_unstable_by_key(|(n, _)| *n);
+        let all_fresh = self
+            .beats
+            .iter()
+            .all(|(_, at, _)| self.now_ms.saturating_sub(*at) <= fresh_min_ms);
+        let same = current.len() == previous.len()
+            && current
+                .iter()
+                .zip(previous.iter())
+                .all(|((a, la), (b, lb))| a == b && la == lb);
+        self.round = round;
+        self.unchanged = all_fresh && same && round > 1;
+        *previous = current;
+    }
+
     /// Whether a beat received at most `fresh_ms` ago lists `shard_id` in `term`.
     pub fn vouch(&self, shard_id: u64, term: u64, fresh_ms: u64) -> bool {
         self.beats.iter().any(|(_, at, list)| {
@@ -331,7 +369,14 @@ impl ShardRaft {
             if led {
                 return Round::Listed(term);
             }
-            if beats.vouch(self.shard_id.0, term, limits.fresh_ms) {
+            let vouched = &self.quiet.vouched_round;
+            let again =
+                beats.unchanged && vouched.load(Ordering::Acquire) == beats.round.saturating_sub(1);
+            if again || beats.vouch(self.shard_id.0, term, limits.fresh_ms) {
+                // A wake-up racing this store leaves a stamp on an awake replica; it
+                // is never trusted, because only this loop puts a follower back to
+                // sleep, and it stamps the round it does so.
+                vouched.store(beats.round, Ordering::Release);
                 return Round::Other;
             }
         }
@@ -342,6 +387,9 @@ impl ShardRaft {
                 if beats.vouch(self.shard_id.0, f.term, limits.fresh_ms) =>
             {
                 self.stop_timer(self.quiet.state(), f.term, false);
+                self.quiet
+                    .vouched_round
+                    .store(beats.round, Ordering::Release);
                 Round::Other
             }
             // A learner never stands for election: its leader's messages wake it.
@@ -436,6 +484,8 @@ mod tests {
         );
         let later = FreshBeats {
             now_ms: fresh.now_ms + 5_000,
+            round: 0,
+            unchanged: false,
             beats: fresh.beats.clone(),
             answered: HashMap::new(),
         };
@@ -453,6 +503,43 @@ mod tests {
             !answering.lost(2, 1_000),
             "a node whose beats are late but that answers ours is not lost"
         );
+    }
+
+    #[test]
+    fn a_round_is_unchanged_only_with_the_same_fresh_lists_from_the_same_peers() {
+        let beats = Beats::default();
+        let mut seen = Vec::new();
+        beats.record(2, vec![(1, 5), (4, 7)]);
+        beats.record(3, vec![(9, 2)]);
+        let mut first = beats.now();
+        first.settle(1, &mut seen, 1_000);
+        assert!(
+            !first.unchanged,
+            "the first round has nothing to compare with"
+        );
+        let mut same = beats.now();
+        same.settle(2, &mut seen, 1_000);
+        assert!(same.unchanged);
+        beats.record(3, vec![(9, 3)]);
+        let mut new_term = beats.now();
+        new_term.settle(3, &mut seen, 1_000);
+        assert!(!new_term.unchanged, "a listing's term changed");
+        let mut stale = beats.now();
+        stale.now_ms += 2_000;
+        stale.settle(4, &mut seen, 1_000);
+        assert!(!stale.unchanged, "a beat older than the shortest limit");
+        beats.record(4, vec![]);
+        let mut new_peer = beats.now();
+        new_peer.settle(5, &mut seen, 1_000);
+        assert!(!new_peer.unchanged, "a peer came");
+    }
+
+    #[test]
+    fn a_woken_follower_is_not_vouched_for_again_without_a_search() {
+        let q = Quiet::new(true);
+        q.vouched_round.store(7, Ordering::Release);
+        assert!(q.awake());
+        assert_eq!(q.vouched_round.load(Ordering::Acquire), 0);
     }
 
     #[test]
