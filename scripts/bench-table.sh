@@ -10,6 +10,8 @@ secs=${1:-15}
 profile=${STOCKPILE_PROFILE:-release}
 export STOCKPILE_PROFILE=$profile
 cargo build --profile "$profile" --workspace --quiet
+# The shipped config has mutual TLS on; `cluster.sh up` makes these certificates.
+certs=data/certs/local-3node
 rows=(
   "--workload uniform --coalesce off"
   "--workload uniform"
@@ -29,7 +31,8 @@ for args in "${rows[@]}"; do
   rm -rf data/node-1 data/node-2 data/node-3
   scripts/cluster.sh up >/dev/null
   # shellcheck disable=SC2086
-  "target/$profile/stockpile" bench $args --clients 64 --duration "$secs" --json | python3 -c "
+  "target/$profile/stockpile" --ca "$certs/ca.pem" --cert "$certs/client-admin.pem" --key "$certs/client-admin.key" \
+    bench $args --clients 64 --duration "$secs" --json | python3 -c "
 import json, sys
 d = json.load(sys.stdin); l = d['latency_us']; dc = d['drain_check']
 errors = ', '.join(f'{k} {v}' for k, v in d['errors'].items()) or 'none'
