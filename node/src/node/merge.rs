@@ -190,11 +190,7 @@ impl Node {
         let shards = self.shards();
         let fingerprint = shards.iter().fold(shards.len() as u64, |h, s| {
             let (version, frozen) = s.bounds.mark();
-            [s.id().0, version, u64::from(frozen)]
-                .iter()
-                .fold(h, |h, p| {
-                    (h ^ p).wrapping_mul(0x0100_0000_01b3).rotate_left(7)
-                })
+            super::replicas::mix(h, &[s.id().0, version, u64::from(frozen)])
         });
         if fingerprint == *last {
             return;

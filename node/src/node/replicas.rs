@@ -260,6 +260,16 @@ impl Node {
     }
 }
 
+/// Folds `parts` into the running fingerprint `h` (an FNV-style mix): the map
+/// follower's rounds compare fingerprints of every replica's marks to skip work
+/// when nothing changed. Not a checksum: a collision only delays a round until the
+/// next full one.
+pub(super) fn mix(h: u64, parts: &[u64]) -> u64 {
+    parts.iter().fold(h, |h, p| {
+        (h ^ p).wrapping_mul(0x0100_0000_01b3).rotate_left(7)
+    })
+}
+
 /// Takes each local shard's descriptor into `map`: its range and version from its
 /// state machine's bounds, its replicas the uniform voters, its `conf_ver` the
 /// membership entry's index (newer wins; a split's parent and child are taken
@@ -276,15 +286,15 @@ fn follow_local_shards(shards: &ShardSet, map: &LiveMap, last: &mut u64) {
     // every round costs more than all of them idling.
     let fingerprint = local.iter().fold(local.len() as u64, |h, shard| {
         let (index, joint) = shard.raft.membership_mark();
-        let parts = [
-            shard.id().0,
-            shard.bounds.version(),
-            index,
-            u64::from(joint),
-        ];
-        parts.iter().fold(h, |h, p| {
-            (h ^ p).wrapping_mul(0x0100_0000_01b3).rotate_left(7)
-        })
+        mix(
+            h,
+            &[
+                shard.id().0,
+                shard.bounds.version(),
+                index,
+                u64::from(joint),
+            ],
+        )
     });
     if fingerprint == *last {
         return;
