@@ -26,6 +26,16 @@ pub const SYNC_BATCH_MAX: usize = 4_096;
 /// Appends waiting for a sync at most; an append beyond waits for room (backpressure).
 pub const SYNC_QUEUE_MAX: usize = 16_384;
 
+/// One memtable's size, per column family (RocksDB's default is 64 MiB). Every
+/// applied op writes a new version of its stock record, its stored outcome and an
+/// age-index key, and every lookup and insert walks the memtable's skiplist: in a
+/// 64 MiB memtable that walk took ~11% of a loaded node's CPU samples (cache misses
+/// at every level), in an 8 MiB one ~6% (docs/PERFORMANCE.md). Smaller memtables also
+/// bound the memory a write burst pins: 4 families × 2 memtables × 8 MiB at most.
+/// Flushes are more frequent but small: most versions in a flush are overwrites of
+/// the same records.
+const MEMTABLE_BYTES_MAX: usize = 8 << 20;
+
 /// Counters of the write path, read by status and tests (syncs < appends shows
 /// group commit at work).
 #[derive(Debug, Default)]
@@ -46,6 +56,7 @@ pub(super) fn open(path: &Path) -> Result<Arc<DB>, StorageError> {
     let cfs = keys::ALL_CFS.iter().map(|name| {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        cf_opts.set_write_buffer_size(MEMTABLE_BYTES_MAX);
         if *name == keys::CF_SM {
             // Most state machine reads are point lookups, many of them misses (is this
             // request id stored?): bloom filters in the memtable and in every SST file
