@@ -194,6 +194,9 @@ impl Client {
         // Walk the candidates in order, starting over when all were tried.
         let Some(&node_id) = candidates.iter().find(|c| !tries.tried.contains(c)) else {
             tries.tried.clear();
+            if !std::mem::take(&mut tries.answered_in_round) {
+                self.refresh_after_silent_round(tries).await;
+            }
             let wait = backoff(tries.attempt).min(tries.remaining().unwrap_or_default());
             tokio::time::sleep(wait).await;
             tries.attempt += 1;
@@ -217,10 +220,29 @@ impl Client {
         }
     }
 
+    /// No node this map names for the shard answered in a whole round: the map may be
+    /// stale (the shard's replicas moved while calls to its old leader kept
+    /// succeeding, and now that leader is gone too). Asks the cluster before the next
+    /// round. Best effort, bounded by one attempt's time: if no node answers, the
+    /// round's own failures stay the call's error. A round in which some replica
+    /// answered (NOT_LEADER during an election) asks nothing: those nodes know the
+    /// shard and will name its leader.
+    async fn refresh_after_silent_round(&self, tries: &Attempts) {
+        let budget = self
+            .inner
+            .cfg
+            .attempt_timeout
+            .min(tries.remaining().unwrap_or_default());
+        if let Err(e) = self.refresh_map(Instant::now() + budget).await {
+            tracing::debug!(shard_id = tries.shard_id, error = %e, "no map after a silent round");
+        }
+    }
+
     /// Acts on a failed attempt's verdict: returns the error that ends the call, or
     /// Ok to try again.
     async fn act(&self, tries: &mut Attempts, node_id: u64, verdict: Verdict) -> Result<(), Error> {
         let shard_id = tries.shard_id;
+        tries.answered_in_round |= !matches!(verdict, Verdict::NodeFailed { .. });
         match verdict {
             Verdict::Definite(e) => return Err(e),
             Verdict::NodeFailed {
@@ -304,6 +326,9 @@ struct Attempts {
     attempt: u32,
     /// Nodes tried in this round of the candidates.
     tried: Vec<u64>,
+    /// Some node answered in this round (a failure other than an unreachable or
+    /// silent node): a round without any answer refreshes the map.
+    answered_in_round: bool,
 }
 
 impl Attempts {
@@ -316,6 +341,7 @@ impl Attempts {
             last_error: String::from("no attempt made"),
             attempt: 0,
             tried: Vec::new(),
+            answered_in_round: false,
         }
     }
 

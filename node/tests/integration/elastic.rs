@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use stockpile_client::{Client, Error, new_request_id};
+use stockpile_client::{Client, Error, ShardInfo, new_request_id};
 
 use crate::common::{
     Options, SHARDS_WITH_META, TestCluster, eventually, must_get, skus_on_every_shard,
@@ -221,6 +221,13 @@ fn all_on(now: &BTreeMap<u64, Vec<u64>>, expected: &[u64]) -> bool {
     })
 }
 
+/// A shard descriptor's replicas, sorted, are `expected`.
+fn on_nodes(shard: &ShardInfo, expected: &[u64]) -> bool {
+    let mut v = shard.replicas.clone();
+    v.sort_unstable();
+    v == expected
+}
+
 /// A node restarted empty under an id that was removed cannot join: refused, saying why.
 async fn removed_id_is_refused(cluster: &mut TestCluster, id: u64) {
     cluster.wipe(id);
@@ -261,6 +268,10 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
     assert_eq!(first.stock.on_hand, 9);
     let load = Load::start(cluster.client().await, skus.clone());
     load.sells(50).await;
+    let stale_skus = skus_on_every_shard("stale", 1);
+    for sku in &stale_skus {
+        client.set_stock(sku, 10).await.expect("seed");
+    }
 
     // 1. One replica of every shard (the meta shard too) moves from node 3 to node 4
     //    (node 3 leads some: it hands its leadership over first).
@@ -288,6 +299,21 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         "a move already done: {again:?}"
     );
     cluster.adopt(&replicas(&client).await);
+    // A client whose map says every shard is on nodes 1, 2 and 4: by the end all three
+    // are gone, and only a map asked of node 3 finds the shards (below).
+    let stale = cluster.client().await;
+    eventually(Duration::from_secs(20), || async {
+        let map = stale
+            .refresh_map(std::time::Instant::now() + Duration::from_secs(5))
+            .await?;
+        if map.shards.iter().all(|s| on_nodes(s, &[1, 2, 4])) {
+            return Ok(());
+        }
+        Err(Error::Unavailable {
+            message: format!("the nodes' maps lag the moves: {map:?}"),
+        })
+    })
+    .await;
 
     // 2. Drain node 1 while it sells: no replica, no leadership, removed from the
     //    map; stopping it costs nothing.
@@ -346,6 +372,21 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
     assert!(all_on(&now, &[3, 5, 6]), "{now:?}");
     cluster.adopt(&now);
     load.sells(50).await;
+
+    // Every node the stale client's map names for the shards is gone: a round in
+    // which none answers makes it ask the cluster for the map again.
+    let old_map = stale.shard_map();
+    assert!(
+        old_map.shards.iter().all(|s| on_nodes(s, &[1, 2, 4])),
+        "the stale map names only nodes that are gone now: {old_map:?}"
+    );
+    for sku in &stale_skus {
+        let sold = stale
+            .decrement(sku, 1)
+            .await
+            .expect("a stale map refreshed");
+        assert_eq!(sold.stock.on_hand, 9, "{sku}");
+    }
 
     // Shard 1's first replicas (on nodes 1, 2, 3) have all been replaced by now.
     let retried = client
