@@ -214,16 +214,17 @@ async fn state_of(client: &Client, node: u64) -> String {
 
 /// Every shard's voters, sorted, are `expected`.
 fn all_on(now: &BTreeMap<u64, Vec<u64>>, expected: &[u64]) -> bool {
-    now.values().all(|v| {
-        let mut v = v.clone();
-        v.sort_unstable();
-        v == expected
-    })
+    now.values().all(|v| same_nodes(v, expected))
 }
 
 /// A shard descriptor's replicas, sorted, are `expected`.
 fn on_nodes(shard: &ShardInfo, expected: &[u64]) -> bool {
-    let mut v = shard.replicas.clone();
+    same_nodes(&shard.replicas, expected)
+}
+
+/// `nodes`, sorted, are `expected`.
+fn same_nodes(nodes: &[u64], expected: &[u64]) -> bool {
+    let mut v = nodes.to_vec();
     v.sort_unstable();
     v == expected
 }
