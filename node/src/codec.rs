@@ -12,9 +12,11 @@ use serde::de::DeserializeOwned;
 /// History: 1 = first release; 2 = `Confirm`/`Release` carry their routing SKU (checked
 /// against the reservation's items at apply); 3 = `SetStock`/`AdjustStock` carry an
 /// optional `expected_version` and `Rejection::VersionMismatch` exists (conditional
-/// writes, HTTP's If-Match). Data of an older format is refused at
+/// writes, HTTP's If-Match); 4 = the outcome-age index holds one record per entry
+/// (its key: applied ms, origin shard, log index; its value: the request ids) instead
+/// of one empty-valued key per outcome. Data of an older format is refused at
 /// start (`node::check_identity`), never misread.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

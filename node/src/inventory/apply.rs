@@ -55,7 +55,9 @@ pub trait ShardState: Records {
     /// Up to `max` (timer_ms, reservation id) pairs with `timer_ms <= now_ms`, oldest first.
     fn due_timers(&mut self, now_ms: u64, max: usize) -> Result<Vec<(u64, String)>, Self::Error>;
     /// Deletes stored outcomes applied before `applied_before_ms`, then the oldest
-    /// while more than `keep_max` remain; at most `deletes_max` in all.
+    /// while more than `keep_max` remain. The outcomes of one millisecond of the shard
+    /// clock go together (the store files them by entry, not one by one); `deletes_max`
+    /// bounds the work, overrun by at most one millisecond's outcomes.
     fn prune_outcomes(
         &mut self,
         applied_before_ms: u64,

@@ -124,15 +124,20 @@ impl ShardState for MemState {
     ) -> Result<u64, Infallible> {
         let mut deleted = 0u64;
         while (deleted as usize) < deletes_max {
-            let Some(&(at, id)) = self.outcome_ages.iter().next() else {
+            let Some(&(at, _)) = self.outcome_ages.iter().next() else {
                 break;
             };
             if at >= applied_before_ms && self.outcomes.len() as u64 <= keep_max {
                 break;
             }
-            self.outcome_ages.remove(&(at, id));
-            self.outcomes.remove(&id);
-            deleted += 1;
+            // The whole millisecond goes together (ShardState::prune_outcomes).
+            while let Some(&(t, id)) = self.outcome_ages.iter().next()
+                && t == at
+            {
+                self.outcome_ages.remove(&(t, id));
+                self.outcomes.remove(&id);
+                deleted += 1;
+            }
         }
         Ok(deleted)
     }

@@ -61,13 +61,13 @@ impl Model {
         let cutoff = now.saturating_sub(ret.retention_ms);
         self.outcomes.retain(|_, (_, at, _)| *at >= cutoff);
         while self.outcomes.len() as u64 > ret.outcomes_max {
-            let oldest = *self
+            let oldest = self
                 .outcomes
-                .iter()
-                .min_by_key(|(id, (_, at, _))| (*at, **id))
-                .map(|(id, _)| id)
+                .values()
+                .map(|(_, at, _)| *at)
+                .min()
                 .expect("non-empty");
-            self.outcomes.remove(&oldest);
+            self.outcomes.retain(|_, (_, at, _)| *at != oldest);
         }
         let mut out = Vec::new();
         for g in &req.groups {

@@ -241,7 +241,8 @@ pub struct OpGroup {
 pub struct Retention {
     /// Stored outcomes and closed reservations older than this are pruned.
     pub retention_ms: u64,
-    /// At most this many stored outcomes per shard; the oldest go first.
+    /// At most this many stored outcomes per shard; the oldest go first, those of one
+    /// millisecond of the shard clock together.
     pub outcomes_max: u64,
 }
 

@@ -14,7 +14,7 @@
 //! | `sm`         | shard ‖ 0x02 ‖ reservation id | reservation |
 //! | `sm`         | shard ‖ 0x03 ‖ request id | stored outcome |
 //! | `sm`         | shard ‖ 0x04 ‖ timer ms ‖ reservation id | () — timer index (expiry, forget) |
-//! | `sm`         | shard ‖ 0x05 ‖ applied ms ‖ request id | () — outcome age index (pruning) |
+//! | `sm`         | shard ‖ 0x05 ‖ applied ms ‖ origin shard ‖ log index | request ids — outcome age index (pruning) |
 //! | `sm`         | 0 ‖ 0x06 ‖ node id / 0x07 ‖ shard id | cluster map: nodes / moves (meta shard) |
 //! | `sm`         | shard ‖ 0x08 | the shard's bounds after a split (range, version) |
 //! | `sm`         | 0 ‖ 0x09 ‖ shard id | cluster map: a shard born by a split (meta shard) |
@@ -24,7 +24,11 @@
 //! | `node_meta`  | "identity" | the node's id and cluster name |
 //!
 //! The two index families (0x04, 0x05) are additions to DESIGN.md's table: expiry
-//! and pruning must find due items without scanning every record.
+//! and pruning must find due items without scanning every record. The age index has
+//! one record per applied entry that stored outcomes (listing their request ids), not
+//! one per outcome: a decrement's writes fell from three keys to two plus a share of
+//! one, and pruning deletes one index key per entry. The origin shard in its key keeps
+//! the records of two shards apart when a merge carries one's records into the other.
 
 use crate::inventory::RequestId;
 
@@ -254,24 +258,39 @@ pub fn parse_timer_key(shard_id: u64, key: &[u8]) -> Option<(u64, String)> {
     Some((ms, std::str::from_utf8(id).ok()?.to_string()))
 }
 
-pub fn outcome_age_key(shard_id: u64, applied_at_ms: u64, request_id: &RequestId) -> Vec<u8> {
+/// The age-index record of the outcomes that entry `log_index` of shard `origin_shard`
+/// stored at `applied_at_ms`, filed under `shard_id` (the origin, or the shard a merge
+/// carried the record into).
+pub fn outcome_age_key(
+    shard_id: u64,
+    applied_at_ms: u64,
+    origin_shard: u64,
+    log_index: u64,
+) -> Vec<u8> {
     sm_key(
         shard_id,
         SmSpace::OutcomeAge,
-        &[&applied_at_ms.to_be_bytes(), request_id],
+        &[
+            &applied_at_ms.to_be_bytes(),
+            &origin_shard.to_be_bytes(),
+            &log_index.to_be_bytes(),
+        ],
     )
 }
 
-/// (applied ms, request id) of an outcome age key of `shard_id`.
-pub fn parse_outcome_age_key(shard_id: u64, key: &[u8]) -> Option<(u64, RequestId)> {
+/// The first age-index key of `shard_id` at or after `applied_at_ms`.
+pub fn outcome_age_from(shard_id: u64, applied_at_ms: u64) -> Vec<u8> {
+    outcome_age_key(shard_id, applied_at_ms, 0, 0)
+}
+
+/// The applied ms of an outcome age key of `shard_id`.
+pub fn parse_outcome_age_key(shard_id: u64, key: &[u8]) -> Option<u64> {
     let (start, _) = sm_space_range(shard_id, SmSpace::OutcomeAge);
     let rest = key.strip_prefix(&start[..])?;
     if rest.len() != 24 {
         return None;
     }
-    let ms = u64::from_be_bytes(rest[..8].try_into().ok()?);
-    let id: RequestId = rest[8..].try_into().ok()?;
-    Some((ms, id))
+    Some(u64::from_be_bytes(rest[..8].try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -327,13 +346,14 @@ mod tests {
             parse_timer_key(1, &timer_key(1, 77, "res-1")),
             Some((77, "res-1".to_string()))
         );
-        assert!(outcome_age_key(1, 9, &[0xff; 16]) < outcome_age_key(1, 10, &[0; 16]));
+        assert!(outcome_age_key(1, 9, u64::MAX, u64::MAX) < outcome_age_key(1, 10, 0, 0));
+        assert!(outcome_age_from(1, 10) <= outcome_age_key(1, 10, 0, 1));
         assert_eq!(
-            parse_outcome_age_key(1, &outcome_age_key(1, 5, &[7; 16])),
-            Some((5, [7; 16]))
+            parse_outcome_age_key(1, &outcome_age_key(1, 5, 3, 77)),
+            Some(5)
         );
         assert_eq!(
-            parse_outcome_age_key(2, &outcome_age_key(1, 5, &[7; 16])),
+            parse_outcome_age_key(2, &outcome_age_key(1, 5, 3, 77)),
             None
         );
     }

@@ -280,6 +280,7 @@ fn apply_entry(
         EntryPayload::Normal(request) => {
             let (request, moved) = within_bounds(request, bounds);
             let mut response = inventory::apply(overlay, &request)?;
+            overlay.file_outcomes(log_id.index);
             overlay.take_error()?;
             for (i, results) in moved {
                 response.groups.insert(i, results);

@@ -27,6 +27,11 @@ pub(super) struct Overlay<'a> {
     pub hints: &'a mut Hints,
     /// Keys written in this batch: Some(value) or None for deleted.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The request ids whose outcomes the entry being applied stored, all at
+    /// `entry_outcomes_ms` (one entry, one shard clock): filed in one age-index record
+    /// by `file_outcomes` when the entry ends, instead of one index key per outcome.
+    entry_outcomes: Vec<RequestId>,
+    entry_outcomes_ms: u64,
     /// The first failure of an infallible-looking write (an encoding error).
     error: Option<StorageError>,
 }
@@ -48,6 +53,8 @@ impl<'a> Overlay<'a> {
             meta,
             hints,
             pending: BTreeMap::new(),
+            entry_outcomes: Vec::new(),
+            entry_outcomes_ms: 0,
             error: None,
         }
     }
@@ -104,20 +111,43 @@ impl<'a> Overlay<'a> {
         }
         if let Hint::Unknown { from } = self.hints.oldest_outcome {
             let (_, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
-            let start = keys::outcome_age_key(self.shard_id, from, &[0u8; 16]);
+            let start = keys::outcome_age_from(self.shard_id, from);
             self.hints.oldest_outcome = match self.scan_keys(&start, &end, 1)?.first() {
-                Some(k) => Hint::At(
-                    keys::parse_outcome_age_key(self.shard_id, k)
-                        .ok_or_else(|| StorageError::Corrupt("a malformed outcome age key".into()))?
-                        .0,
-                ),
+                Some(k) => Hint::At(self.outcome_age(k)?),
                 None => Hint::Empty,
             };
         }
         Ok(())
     }
 
+    /// Files the outcomes the entry at `log_index` stored (if any) in one age-index
+    /// record. Called when each entry's apply ends.
+    pub fn file_outcomes(&mut self, log_index: u64) {
+        if self.entry_outcomes.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.entry_outcomes);
+        let key = keys::outcome_age_key(
+            self.shard_id,
+            self.entry_outcomes_ms,
+            self.shard_id,
+            log_index,
+        );
+        self.put(key, &ids);
+    }
+
+    /// The applied ms of an age-index key.
+    fn outcome_age(&self, key: &[u8]) -> Result<u64> {
+        keys::parse_outcome_age_key(self.shard_id, key)
+            .ok_or_else(|| StorageError::Corrupt("a malformed outcome age key".into()))
+    }
+
     pub fn put_meta(&mut self) {
+        assert!(
+            self.entry_outcomes.is_empty(),
+            "shard {}: stored outcomes not filed in the age index",
+            self.shard_id
+        );
         let meta = self.meta.clone();
         self.put(keys::sm_meta_key(self.shard_id), &meta);
     }
@@ -189,10 +219,14 @@ impl Records for Overlay<'_> {
 
     fn put_outcome(&mut self, request_id: &RequestId, stored: &StoredOutcome) {
         self.put(keys::outcome_key(self.shard_id, request_id), stored);
-        self.put(
-            keys::outcome_age_key(self.shard_id, stored.applied_at_ms, request_id),
-            &(),
+        if self.entry_outcomes.is_empty() {
+            self.entry_outcomes_ms = stored.applied_at_ms;
+        }
+        assert_eq!(
+            self.entry_outcomes_ms, stored.applied_at_ms,
+            "one entry's outcomes share the shard clock"
         );
+        self.entry_outcomes.push(*request_id);
         self.meta.outcomes_count += 1;
         self.hints.oldest_outcome = self.hints.oldest_outcome.added(stored.applied_at_ms);
     }
@@ -279,34 +313,54 @@ impl ShardState for Overlay<'_> {
         {
             return Ok(0);
         }
-        // Small first: usually only the first key is looked at.
-        let mut chunk_len: usize = 1;
         let Some(from) = self.hints.oldest_outcome.scan_from() else {
             return Ok(0);
         };
         let (_, end) = keys::sm_space_range(self.shard_id, SmSpace::OutcomeAge);
-        let start = keys::outcome_age_key(self.shard_id, from, &[0u8; 16]);
+        let start = keys::outcome_age_from(self.shard_id, from);
+        // Small first: usually only the first record is looked at.
+        let mut chunk_len: usize = 1;
         let mut deleted = 0u64;
+        // The millisecond being forgotten: its outcomes go together (ShardState).
+        let mut forgetting: Option<u64> = None;
         'scan: while (deleted as usize) < deletes_max {
-            let chunk =
-                self.scan_keys(&start, &end, chunk_len.min(deletes_max - deleted as usize))?;
+            let chunk = self.scan_keys(&start, &end, chunk_len)?;
             chunk_len = (chunk_len * 4).min(256);
             if chunk.is_empty() {
                 break;
             }
             for key in chunk {
-                let (at, id) = keys::parse_outcome_age_key(self.shard_id, &key)
-                    .ok_or_else(|| StorageError::Corrupt("a malformed outcome age key".into()))?;
-                if at >= applied_before_ms && self.meta.outcomes_count <= keep_max {
+                let at = self.outcome_age(&key)?;
+                let due = at < applied_before_ms || self.meta.outcomes_count > keep_max;
+                if (forgetting != Some(at) && !due) || deleted as usize >= deletes_max {
                     break 'scan;
                 }
-                self.delete(key);
-                self.delete(keys::outcome_key(self.shard_id, &id));
-                self.meta.outcomes_count -= 1;
+                deleted += self.forget_outcomes(key)?;
+                forgetting = Some(at);
                 self.hints.oldest_outcome = Hint::Unknown { from: at };
-                deleted += 1;
             }
         }
         Ok(deleted)
+    }
+}
+
+impl Overlay<'_> {
+    /// Deletes one age-index record and the outcomes it lists; returns how many.
+    fn forget_outcomes(&mut self, key: Vec<u8>) -> Result<u64> {
+        let ids: Vec<RequestId> = self
+            .get(&key)?
+            .ok_or_else(|| StorageError::Corrupt("an age-index record without a value".into()))?;
+        let forgotten = ids.len() as u64;
+        assert!(
+            forgotten <= self.meta.outcomes_count,
+            "shard {}: the age index lists more outcomes than are stored",
+            self.shard_id
+        );
+        for id in &ids {
+            self.delete(keys::outcome_key(self.shard_id, id));
+        }
+        self.delete(key);
+        self.meta.outcomes_count -= forgotten;
+        Ok(forgotten)
     }
 }
