@@ -14,8 +14,9 @@
 pub mod access;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::admission::Admission;
 use crate::clock::Clock;
@@ -77,6 +78,50 @@ pub struct Security {
     files: Option<(TlsFiles, PathBuf)>,
     loaded: RwLock<Arc<Loaded>>,
     clock: Clock,
+    subjects: SubjectCache,
+}
+
+/// Certificates' subjects (OU, CN) by their DER bytes. A connection presents the same
+/// certificate on every request, and parsing it for each one was ~2% of a loaded
+/// leader's CPU (`x509_parser`, docs/PERFORMANCE.md). A subject depends only on the
+/// bytes, so an entry never goes stale; grants are still looked up per request, so a
+/// reloaded access file applies at once.
+#[derive(Default)]
+struct SubjectCache {
+    by_der: Mutex<HashMap<Box<[u8]>, Subject>>,
+}
+
+/// A certificate subject's OU and CN.
+type Subject = (String, String);
+
+impl SubjectCache {
+    /// Certificates remembered at most: a cluster's nodes and client identities are
+    /// far fewer; a flood of distinct certificates clears the cache instead of
+    /// growing it.
+    const ENTRIES_MAX: usize = 1_024;
+
+    fn get_or_parse(
+        &self,
+        der: &[u8],
+        parse: impl FnOnce(&[u8]) -> Result<Subject, String>,
+    ) -> Result<Subject, String> {
+        let lock = || self.by_der.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = lock().get(der) {
+            return Ok(found.clone());
+        }
+        let parsed = parse(der)?;
+        let mut map = lock();
+        if map.len() >= Self::ENTRIES_MAX {
+            map.clear();
+        }
+        map.insert(der.into(), parsed.clone());
+        Ok(parsed)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_der.lock().map(|m| m.len()).unwrap_or(0)
+    }
 }
 
 fn for_node(template: &str, node_id: u64) -> PathBuf {
@@ -102,6 +147,7 @@ impl Security {
             files,
             loaded: RwLock::new(Arc::new(loaded)),
             clock,
+            subjects: SubjectCache::default(),
         })
     }
 
@@ -172,7 +218,10 @@ impl Security {
     }
 
     fn certificate_caller(&self, der: &[u8]) -> Result<Caller, Error> {
-        let (unit, name) = subject(der).map_err(|reason| Error::Unauthenticated { reason })?;
+        let (unit, name) = self
+            .subjects
+            .get_or_parse(der, subject)
+            .map_err(|reason| Error::Unauthenticated { reason })?;
         if unit == NODE_UNIT
             && let Some(id) = name.strip_prefix("node-").and_then(|n| n.parse().ok())
         {
@@ -223,7 +272,7 @@ fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
 }
 
 /// A certificate's subject OU and CN.
-fn subject(der: &[u8]) -> Result<(String, String), String> {
+fn subject(der: &[u8]) -> Result<Subject, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("unreadable client certificate: {e}"))?;
     let subject = cert.subject();
@@ -373,6 +422,28 @@ pub fn audit_denied(identity: &str, call: &'static str, e: &Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_is_parsed_once_and_the_subject_cache_stays_bounded() {
+        let cache = SubjectCache::default();
+        let parses = std::cell::Cell::new(0);
+        let parse = |der: &[u8]| {
+            parses.set(parses.get() + 1);
+            Ok((CLIENT_UNIT.to_string(), format!("c{}", der.len())))
+        };
+        for _ in 0..3 {
+            let got = cache.get_or_parse(b"abc", parse).unwrap();
+            assert_eq!(got, (CLIENT_UNIT.to_string(), "c3".to_string()));
+        }
+        assert_eq!(parses.get(), 1, "parsed once, then answered from the cache");
+        let refused = cache.get_or_parse(b"bad", |_| Err("unreadable".to_string()));
+        assert_eq!(refused, Err("unreadable".to_string()));
+        assert_eq!(cache.len(), 1, "a refusal is not remembered");
+        for i in 0..SubjectCache::ENTRIES_MAX as u32 {
+            cache.get_or_parse(&i.to_be_bytes(), parse).unwrap();
+        }
+        assert!(cache.len() <= SubjectCache::ENTRIES_MAX);
+    }
 
     fn client(role: Role, prefixes: &[&str]) -> Caller {
         Caller {
