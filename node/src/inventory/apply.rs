@@ -56,8 +56,9 @@ pub trait ShardState: Records {
     fn due_timers(&mut self, now_ms: u64, max: usize) -> Result<Vec<(u64, String)>, Self::Error>;
     /// Deletes stored outcomes applied before `applied_before_ms`, then the oldest
     /// while more than `keep_max` remain. The outcomes of one millisecond of the shard
-    /// clock go together (the store files them by entry, not one by one); `deletes_max`
-    /// bounds the work, overrun by at most one millisecond's outcomes.
+    /// clock go together (the store files them by entry, not one by one). `deletes_max`
+    /// bounds the work: the store may overrun it by one entry's outcomes, and when it
+    /// runs out mid-millisecond the rest goes with the next entry.
     fn prune_outcomes(
         &mut self,
         applied_before_ms: u64,

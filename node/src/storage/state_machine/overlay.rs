@@ -136,6 +136,24 @@ impl<'a> Overlay<'a> {
         self.put(key, &ids);
     }
 
+    /// Deletes one age-index record and the outcomes it lists; returns how many.
+    fn forget_outcomes(&mut self, key: Vec<u8>) -> Result<u64> {
+        let ids: Vec<RequestId> = self
+            .get(&key)?
+            .ok_or_else(|| StorageError::Corrupt("an age-index record without a value".into()))?;
+        let forgotten = ids.len() as u64;
+        for id in &ids {
+            self.delete(keys::outcome_key(self.shard_id, id));
+        }
+        self.delete(key);
+        // Saturating, not asserted: after a split, a prune on one side, a request id
+        // reused there past retention and a merge back, one id can be listed twice
+        // (the merge keeps one outcome). The count only drives the bound; a node must
+        // not stop over it.
+        self.meta.outcomes_count = self.meta.outcomes_count.saturating_sub(forgotten);
+        Ok(forgotten)
+    }
+
     /// The applied ms of an age-index key.
     fn outcome_age(&self, key: &[u8]) -> Result<u64> {
         keys::parse_outcome_age_key(self.shard_id, key)
@@ -341,25 +359,5 @@ impl ShardState for Overlay<'_> {
             }
         }
         Ok(deleted)
-    }
-}
-
-impl Overlay<'_> {
-    /// Deletes one age-index record and the outcomes it lists; returns how many.
-    fn forget_outcomes(&mut self, key: Vec<u8>) -> Result<u64> {
-        let ids: Vec<RequestId> = self
-            .get(&key)?
-            .ok_or_else(|| StorageError::Corrupt("an age-index record without a value".into()))?;
-        let forgotten = ids.len() as u64;
-        for id in &ids {
-            self.delete(keys::outcome_key(self.shard_id, id));
-        }
-        self.delete(key);
-        // Saturating, not asserted: after a split, a prune on one side, a request id
-        // reused there past retention and a merge back, one id can be listed twice
-        // (the merge keeps one outcome). The count only drives the bound; a node must
-        // not stop over it.
-        self.meta.outcomes_count = self.meta.outcomes_count.saturating_sub(forgotten);
-        Ok(forgotten)
     }
 }
