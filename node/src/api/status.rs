@@ -189,6 +189,13 @@ pub fn to_status(e: Error) -> tonic::Status {
     status_of(&e, detail(&e))
 }
 
+/// The leader a NOT_LEADER status from another node names, when it names one: where
+/// a node's own call (a cluster-map change) goes next.
+pub fn leader_hint(status: &tonic::Status) -> Option<u64> {
+    let d = pb::ErrorDetail::decode(status.details()).ok()?;
+    (d.reason() == pb::Reason::NotLeader && d.leader_id != 0).then_some(d.leader_id)
+}
+
 /// The status of a failed mutation: its detail carries the request id.
 pub fn to_status_of_op(e: Error, request_id: &RequestId) -> tonic::Status {
     status_of(&e, detail_of_op(&e, request_id))
@@ -243,6 +250,25 @@ fn http_status_of_code(code: Code) -> u16 {
 mod tests {
     use super::*;
     use crate::router::ShardId;
+
+    #[test]
+    fn a_not_leader_status_names_its_leader_and_others_name_none() {
+        let hinted = to_status(Error::NotLeader {
+            shard_id: ShardId(0),
+            leader: Some((5, "127.0.0.15:7000".into())),
+        });
+        assert_eq!(leader_hint(&hinted), Some(5));
+        let unknown = to_status(Error::NotLeader {
+            shard_id: ShardId(0),
+            leader: None,
+        });
+        assert_eq!(leader_hint(&unknown), None);
+        let other = to_status(Error::ShardNotFound {
+            shard_id: ShardId(0),
+        });
+        assert_eq!(leader_hint(&other), None);
+        assert_eq!(leader_hint(&tonic::Status::unavailable("down")), None);
+    }
 
     #[test]
     fn statuses_carry_a_decodable_detail() {

@@ -53,13 +53,16 @@ pub fn cluster_request_id() -> RequestId {
 
 impl Node {
     /// Applies `command` to the cluster map on the meta shard's leader (this node or
-    /// another), retrying across a leader change with the same request id.
+    /// another), retrying across a leader change with the same request id. A node
+    /// that answers NOT_LEADER naming the leader is tried next: this node's map
+    /// of the meta replicas may lag a move by seconds.
     pub async fn cluster_write(
         &self,
         request_id: RequestId,
         command: ClusterCommand,
     ) -> Result<Applied, Error> {
         let mut last = String::from("no meta replica known");
+        let mut hint: Option<u64> = None;
         for attempt in 0..CLUSTER_WRITE_ATTEMPTS_MAX {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(CLUSTER_WRITE_RETRY_MS)).await;
@@ -74,10 +77,15 @@ impl Node {
                 }
                 _ => {}
             }
-            let target = self.meta_leader_guess(attempt);
+            let target = hint
+                .take()
+                .unwrap_or_else(|| self.meta_leader_guess(attempt));
             match self.cluster_write_on(target, request_id, &command).await {
                 Ok(outcome) => return Ok(outcome),
-                Err(e) => last = format!("node {target}: {e}"),
+                Err(status) => {
+                    hint = crate::api::status::leader_hint(&status).filter(|l| *l != target);
+                    last = format!("node {target}: {}", status.message());
+                }
             }
         }
         Err(Error::ShardUnavailable {
@@ -135,18 +143,14 @@ impl Node {
         target: u64,
         request_id: RequestId,
         command: &ClusterCommand,
-    ) -> Result<Applied, String> {
-        let mut client = self.admin_of(target)?;
+    ) -> Result<Applied, tonic::Status> {
+        let mut client = self.admin_of(target).map_err(tonic::Status::unavailable)?;
         let mut request = tonic::Request::new(pb::ClusterProposeRequest {
             request_id: request_id.to_vec(),
-            command: codec::encode(command).map_err(|e| e.to_string())?,
+            command: codec::encode(command).map_err(|e| tonic::Status::internal(e.to_string()))?,
         });
         request.set_timeout(Duration::from_millis(CLUSTER_CALL_TIMEOUT_MS));
-        let reply = client
-            .cluster_propose(request)
-            .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
+        let reply = client.cluster_propose(request).await?.into_inner();
         Ok(if reply.done {
             Ok(())
         } else {

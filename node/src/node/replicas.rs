@@ -186,10 +186,13 @@ impl Node {
         let Ok(reply) = admin.shard_map(request).await else {
             return;
         };
+        let reply = reply.into_inner();
+        // The meta shard travels beside the data shards: a node without a meta
+        // replica learns where the map's leader may be only this way.
         let descriptors: Vec<ShardDescriptor> = reply
-            .into_inner()
             .shards
             .into_iter()
+            .chain(reply.meta)
             .map(|s| ShardDescriptor {
                 id: ShardId(s.shard_id),
                 range: SkuRange {

@@ -299,6 +299,20 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         again.replicas.contains(&4),
         "a move already done: {again:?}"
     );
+    // Node 3 holds no meta replica now: it learns where the map lives from its peers,
+    // or its cluster-map changes would go to replicas that are gone.
+    for node in 1..=4 {
+        eventually(Duration::from_secs(20), || async {
+            let meta = meta_replicas_at(&cluster, node).await;
+            if meta == [1, 2, 4] {
+                return Ok(());
+            }
+            Err(Error::Unavailable {
+                message: format!("node {node}'s map puts the meta shard on {meta:?}"),
+            })
+        })
+        .await;
+    }
     cluster.adopt(&replicas(&client).await);
     // A client whose map says every shard is on nodes 1, 2 and 4: by the end all three
     // are gone, and only a map asked of node 3 finds the shards (below).
@@ -576,6 +590,19 @@ async fn a_node_unreachable_past_repair_after_is_replaced_automatically() {
     removed_id_is_refused(&mut cluster, 2).await;
 
     load.finish_exact(&cluster, &client).await;
+}
+
+/// The meta shard's replicas as node `node`'s own map has them, sorted.
+async fn meta_replicas_at(cluster: &TestCluster, node: u64) -> Vec<u64> {
+    let channel = cluster.channel(&cluster.addrs[&node]).await;
+    let reply = stockpile_proto::v1::admin_client::AdminClient::new(channel)
+        .shard_map(stockpile_proto::v1::ShardMapRequest {})
+        .await
+        .expect("shard map")
+        .into_inner();
+    let mut replicas = reply.meta.map(|m| m.replicas).unwrap_or_default();
+    replicas.sort_unstable();
+    replicas
 }
 
 /// A replica id no move allocates (counter 99 on `node`).

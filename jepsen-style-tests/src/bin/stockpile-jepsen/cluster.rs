@@ -113,7 +113,10 @@ pub fn write_config(dir: &Path, nodes: u64, plaintext: bool) -> std::io::Result<
             "[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 500\n",
             "election_timeout_max_ms = 1000\nsnapshot_after_entries = 2000\n",
             "logs_kept_after_snapshot = 500\n",
-            "[server]\nsweep_interval_ms = 200\npropose_timeout_ms = 3000\nread_timeout_ms = 2000\n"
+            "[server]\nsweep_interval_ms = 200\npropose_timeout_ms = 3000\nread_timeout_ms = 2000\n",
+            // A node declared dead whose removal did not finish comes back with
+            // replicas its shards no longer name: collected within the checks' wait.
+            "replica_gc_after_ms = 10000\n"
         )
         .to_string()
             + &security,
@@ -427,28 +430,51 @@ impl Net {
 }
 
 /// A client of the cluster once every node answers and every shard has a leader.
+/// On timeout the error names what was still missing when it was last seen.
 pub async fn wait_ready(within: Duration) -> Result<stockpile_client::Client, String> {
     let deadline = Instant::now() + within;
+    let mut missing = String::from("no node answered");
     loop {
         if let Ok(c) = crate::workload::client(0, Duration::from_secs(3)).await
             && let Ok(Ok(s)) =
                 tokio::time::timeout(Duration::from_secs(3), c.cluster_status()).await
         {
-            let ready = s.nodes.iter().all(|v| v.reachable)
-                && s.nodes
-                    .iter()
-                    .filter_map(|v| v.status.as_ref())
-                    .all(|st| st.shards.iter().all(|sh| sh.leader_id != 0));
-            if ready {
+            missing = not_ready(&s);
+            if missing.is_empty() {
                 return Ok(c);
             }
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the cluster did not become ready within {} s",
+                "the cluster did not become ready within {} s ({missing})",
                 within.as_secs()
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// What keeps the cluster from being ready: unreachable nodes and replicas that know
+/// no leader, as "node N unreachable; node N shard S: no leader"; empty when ready.
+fn not_ready(s: &stockpile_client::proto::ClusterStatusReply) -> String {
+    let mut missing = Vec::new();
+    for v in &s.nodes {
+        if !v.reachable {
+            missing.push(format!("node {} unreachable", node_id(v)));
+        }
+        let leaderless = v.status.iter().flat_map(|st| st.shards.iter());
+        for sh in leaderless.filter(|sh| sh.leader_id == 0) {
+            missing.push(format!(
+                "node {} shard {}: no leader ({})",
+                node_id(v),
+                sh.shard_id,
+                sh.role
+            ));
+        }
+    }
+    missing.join("; ")
+}
+
+fn node_id(v: &stockpile_client::proto::NodeView) -> u64 {
+    v.node.as_ref().map_or(0, |n| n.node_id)
 }
