@@ -133,7 +133,7 @@ impl Node {
 
 impl Node {
     /// Starts the map follower: every `MAP_FOLLOW_INTERVAL_MS` it starts the children
-    /// of splits this node's replicas applied, drops replicas of merged shards and
+    /// of splits this node's replicas applied (once an apply recorded one), drops replicas of merged shards and
     /// resumes stopped merges (`reshape_round`), then takes every local shard's
     /// descriptor into the node's map (`follow_local_shards`).
     pub fn spawn_map_follower(self: &Arc<Self>) {
@@ -143,6 +143,7 @@ impl Node {
             let mut tick = tokio::time::interval(Duration::from_millis(MAP_FOLLOW_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut followed, mut reshaped) = (0u64, 0u64);
+            let mut recorded = None;
             for round in 1u64.. {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -151,10 +152,15 @@ impl Node {
                 if round % PEER_MAP_EVERY_ROUNDS == 0 {
                     // Now and then in full, whatever the fingerprints say: an update
                     // the map refused (a split's halves not yet both here) is retried,
-                    // and a stopped merge whose left shard came to be led here resumes.
-                    (followed, reshaped) = (0, 0);
+                    // a stopped merge whose left shard came to be led here resumes,
+                    // and a child whose start failed is started again.
+                    (followed, reshaped, recorded) = (0, 0, None);
                 }
-                node.start_split_children().await;
+                let mark = node.store.replicas_recorded_mark();
+                if recorded != Some(mark) {
+                    recorded = Some(mark);
+                    node.start_split_children().await;
+                }
                 node.reshape_round(&mut reshaped).await;
                 follow_local_shards(&node.shards, &node.map, &mut followed);
                 if round % PEER_MAP_EVERY_ROUNDS == 0 {

@@ -21,6 +21,7 @@ pub mod state_machine;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use db::{LogSyncer, WritePathStats};
 pub use error::StorageError;
@@ -32,6 +33,12 @@ pub use state_machine::{ApplyStats, StateMachineStore};
 #[derive(Clone)]
 pub struct Store {
     db: Arc<rocksdb::DB>,
+    /// Bumped after an apply records a replica for the node to start (a split's
+    /// child, a snapshot's adopted children): the map follower lists the stored
+    /// replicas only when it moved. The listing scans the Raft-state column, whose
+    /// keys every commit rewrites, so a scan each round cost a 10,000-shard node
+    /// more the more it had served.
+    replicas_recorded: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -39,7 +46,19 @@ impl Store {
     pub fn open(path: &Path) -> error::Result<Store> {
         Ok(Store {
             db: db::open(path)?,
+            replicas_recorded: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// An apply wrote replica records (`replicas_recorded`): call after the write.
+    pub(crate) fn replicas_recorded(&self) {
+        self.replicas_recorded.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many applies recorded replicas so far: read before listing them, so a
+    /// record written after the listing moves the mark past it.
+    pub fn replicas_recorded_mark(&self) -> u64 {
+        self.replicas_recorded.load(Ordering::Acquire)
     }
 
     /// Makes every write so far durable (one WAL sync).

@@ -63,7 +63,8 @@ pub struct StateMachineStore {
     bounds: LiveBounds,
     /// Kept in memory only; reset on start and snapshot install.
     hints: Hints,
-    db: Arc<DB>,
+    /// The node's database; also told when an apply records replicas to start.
+    store: Store,
     snapshot_dir: PathBuf,
     /// A copy of the stored meta, kept in step with every applied batch.
     meta: SmMeta,
@@ -112,7 +113,7 @@ impl StateMachineStore {
             shard_id: shard_id.0,
             replica_id,
             bounds: LiveBounds::new(bounds),
-            db: store.db().clone(),
+            store: store.clone(),
             snapshot_dir,
             meta,
             stats,
@@ -307,7 +308,7 @@ impl StateMachineStore {
         if run.is_empty() {
             return Ok(());
         }
-        let db = self.db.clone();
+        let db = self.store.db().clone();
         let cf = cf(&db, CF_SM)?;
         let mut batch = WriteBatch::default();
         let mut meta = self.meta.clone();
@@ -397,12 +398,12 @@ impl StateMachineStore {
                     expected_version: *expected_version,
                     replica_id: self.replica_id,
                 };
-                let d = split::divide(&self.db, &mut batch, &split, &bounds, &meta)?;
+                let d = split::divide(self.store.db(), &mut batch, &split, &bounds, &meta)?;
                 (d.outcome, d.parent_bounds)
             }
             Some(Command::Freeze { expected_version }) => {
                 let r = merge::freeze(
-                    &self.db,
+                    self.store.db(),
                     &mut batch,
                     self.shard_id,
                     *expected_version,
@@ -416,7 +417,7 @@ impl StateMachineStore {
                 expected_version,
             }) => {
                 let r = merge::absorb(
-                    &self.db,
+                    self.store.db(),
                     &mut batch,
                     self.shard_id,
                     source,
@@ -429,11 +430,14 @@ impl StateMachineStore {
             _ => unreachable!("apply_alone is given splits, freezes and merges only"),
         };
         batch.put_cf(
-            cf(&self.db, CF_SM)?,
+            cf(self.store.db(), CF_SM)?,
             super::keys::sm_meta_key(self.shard_id),
             crate::codec::encode(&meta)?,
         );
-        self.db.write(batch)?;
+        self.store.db().write(batch)?;
+        if matches!(alone_of(&entry), Some(Command::Split { .. })) {
+            self.store.replicas_recorded();
+        }
         tracing::info!(
             shard_id = self.shard_id,
             command = ?alone_of(&entry),
@@ -491,7 +495,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             shard_id: self.shard_id,
-            db: self.db.clone(),
+            db: self.store.db().clone(),
             snapshot_dir: self.snapshot_dir.clone(),
         }
     }
@@ -502,7 +506,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: SnapshotData,
     ) -> io::Result<()> {
         let (db, shard_id, dir, meta_c) = (
-            self.db.clone(),
+            self.store.db().clone(),
             self.shard_id,
             self.snapshot_dir.clone(),
             meta.clone(),
@@ -517,11 +521,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tracing::info!(shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         metrics::counter!(names::SNAPSHOT_INSTALLS_TOTAL).increment(1);
         self.meta = sm_meta;
-        if let Some(bounds) = read_bounds(&self.db, self.shard_id)? {
+        if let Some(bounds) = read_bounds(self.store.db(), self.shard_id)? {
             self.bounds.set(bounds);
         }
-        let adopted = split::adopt_children(&self.db, self.shard_id, self.replica_id)?;
+        let adopted = split::adopt_children(self.store.db(), self.shard_id, self.replica_id)?;
         if !adopted.is_empty() {
+            self.store.replicas_recorded();
             tracing::info!(
                 shard_id = self.shard_id,
                 children = ?adopted,
