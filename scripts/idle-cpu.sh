@@ -8,6 +8,10 @@
 # 10-20x it. Quiet shards are on (raft.quiet_after_ms = 2000, the default; QUIET_AFTER_MS=0 in the
 # environment turns them off). Prints each node's CPU use as a percentage of one core. Uses ports
 # 7201-7203 and data under ./data/idle-*; stops the nodes at the end.
+#
+# SERVE_S=N in the environment then serves `stockpile bench --workload uniform` for N
+# seconds, waits SETTLE_S (default 20) for the shards to fall quiet again, and measures
+# the idle CPU once more: idling after traffic, which issue 14 also bounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/cpu-use.sh
@@ -50,3 +54,11 @@ done
 echo "shards=$shards heartbeat=${hb}ms: all leaders elected after $((SECONDS - started)) s; settling 5 s, measuring ${secs} s"
 sleep 5
 cpu_use "$secs" "${pids[@]}"
+if [ -n "${SERVE_S:-}" ]; then
+  echo "serving: stockpile bench --workload uniform --clients 64 --duration $SERVE_S"
+  target/release/stockpile --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 \
+    bench --workload uniform --clients 64 --duration "$SERVE_S" | grep -E 'ops/s|p99|error' || true
+  echo "settling ${SETTLE_S:-20} s, measuring ${secs} s after serving"
+  sleep "${SETTLE_S:-20}"
+  cpu_use "$secs" "${pids[@]}"
+fi

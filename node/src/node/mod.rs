@@ -161,6 +161,8 @@ struct Shared {
     snapshot_dir: PathBuf,
     apply_stats: Arc<ApplyStats>,
     ctx: ShardContext,
+    /// Every replica's wake-ups from sleep, counted for the quiet loop.
+    wakeups: Arc<crate::raft::quiet::Wakeups>,
 }
 
 impl Node {
@@ -229,6 +231,7 @@ impl Node {
                 clock: options.clock,
                 stats: propose_stats.clone(),
             },
+            wakeups: Arc::default(),
         };
         let mut shards = BTreeMap::new();
         for (d, replica) in records {
@@ -453,7 +456,16 @@ async fn start_shard(
         shard_id,
         pool: shared.peers.clone(),
     };
-    let raft = ShardRaft::start(replica, shard_id, &shared.cluster, network, log, sm).await?;
+    let raft = ShardRaft::start(
+        replica,
+        shard_id,
+        &shared.cluster,
+        network,
+        log,
+        sm,
+        shared.wakeups.clone(),
+    )
+    .await?;
     // Exactly one node initializes a fresh shard, and only when it has never stored
     // anything for the shard; restarts never re-initialize, and neither does a replica
     // a move created (its id is not the seeded one: the leader feeds it). The

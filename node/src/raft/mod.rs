@@ -160,6 +160,7 @@ impl ShardRaft {
         network: NetworkFactory,
         log: LogStore,
         sm: StateMachineStore,
+        wakeups: Arc<quiet::Wakeups>,
     ) -> Result<ShardRaft, StartError> {
         let config = shard_config(cluster, shard_id)?;
         let inner = Inner::new(replica_id, config, network, log, sm)
@@ -173,7 +174,7 @@ impl ShardRaft {
             replica_id,
             inner,
             allocated: Arc::new(std::sync::Mutex::new((0, 0))),
-            quiet: Arc::new(quiet::Quiet::new(cluster.raft.quiet_after_ms > 0)),
+            quiet: Arc::new(quiet::Quiet::new(cluster.raft.quiet_after_ms > 0, wakeups)),
         })
     }
 

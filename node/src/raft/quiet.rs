@@ -44,18 +44,33 @@ pub fn now_ms() -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
+/// How many times this node's replicas were woken from sleep (or from quieting): the
+/// quiet loop repeats its last full round's verdicts on sleeping replicas only while
+/// this has not moved (`node::quiet`).
+#[derive(Debug, Default)]
+pub struct Wakeups(AtomicU64);
+
+impl Wakeups {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// One replica's quiet state.
 #[derive(Debug)]
 pub struct Quiet {
     state: AtomicU8,
+    /// The node's count of wake-ups, bumped by `awake`.
+    wakeups: Arc<Wakeups>,
     /// `now_ms()` of the last client call or Raft message: the leader's idleness.
     last_active_ms: AtomicU64,
     /// The last term in which this replica stood because its leader's node was lost
     /// (once per term: a failed stand leaves it to Raft's own timers).
     stood_term: AtomicU64,
-    /// While asleep: the term it fell asleep in, with the top bit set if it led. Only
-    /// work or a Raft message changes a term or a role, and either wakes the replica
-    /// first, so a round reads this instead of the Raft metrics.
+    /// While asleep: the term it fell asleep in, with the top bit set if it led.
+    /// Work or a Raft message wakes the replica before it changes a term or a role,
+    /// so a round reads this instead of the Raft metrics; the one change that can
+    /// slip past (a timer firing as it stops) is caught by `recheck_due`.
     slept_as: AtomicU64,
     /// How many times this replica fell asleep as a leader, and the count at the last
     /// lease renewal: a sleeping leader's lease runs out (no heartbeats, no answers),
@@ -66,7 +81,15 @@ pub struct Quiet {
     /// none since it last woke). A round whose beats are the previous round's, all
     /// fresh, vouches again for a follower vouched then without searching the lists.
     vouched_round: AtomicU64,
+    /// The quiet round that last put this follower to sleep: the round after it reads
+    /// the Raft state again (`recheck_due`).
+    slept_round: AtomicU64,
 }
+
+/// A sleeping replica reads its Raft state at least once in this many quiet rounds
+/// (5 s at a 100 ms heartbeat), whatever the beats say: a bound on how long a sleep
+/// decided on a stale view can last (see `Quiet::recheck_due`).
+pub const RECHECK_EVERY_ROUNDS: u64 = 50;
 
 /// `Quiet::slept_as`'s mark of a leader.
 const LED: u64 = 1 << 63;
@@ -74,16 +97,33 @@ const LED: u64 = 1 << 63;
 impl Quiet {
     /// A replica as it starts: `asleep` when quiet shards are on (its timer is started
     /// by the quiet loop or by work).
-    pub fn new(asleep: bool) -> Quiet {
+    pub fn new(asleep: bool, wakeups: Arc<Wakeups>) -> Quiet {
         Quiet {
             state: AtomicU8::new(if asleep { ASLEEP } else { AWAKE }),
+            wakeups,
             last_active_ms: AtomicU64::new(now_ms()),
             stood_term: AtomicU64::new(0),
             slept_as: AtomicU64::new(0),
             leader_sleeps: AtomicU64::new(0),
             lease_renewed_at_sleeps: AtomicU64::new(0),
             vouched_round: AtomicU64::new(0),
+            slept_round: AtomicU64::new(0),
         }
+    }
+
+    /// Whether this sleeping replica must read its Raft state in `round` instead of
+    /// trusting the term it fell asleep in. The sleep was decided on Raft metrics,
+    /// which lag the core, and an election timer that fired just before the timer
+    /// stopped makes a candidate in a new term that then sleeps: no beat lists that
+    /// term, but the fast path compares with the old one, and a sleeping candidate
+    /// never elects again (seen at 10,000 shards: one replica stuck so for good).
+    /// So the round after a follower falls asleep checks it, and every replica is
+    /// checked once in `RECHECK_EVERY_ROUNDS` rounds, spread by `shard_id`.
+    pub fn recheck_due(&self, round: u64, shard_id: u64) -> bool {
+        round == self.slept_round.load(Ordering::Acquire).saturating_add(1)
+            || round
+                .wrapping_add(shard_id)
+                .is_multiple_of(RECHECK_EVERY_ROUNDS)
     }
 
     /// The term this sleeping replica fell asleep in, and whether it led then.
@@ -127,6 +167,7 @@ impl Quiet {
         let was_asleep = self.state.swap(AWAKE, Ordering::AcqRel) != AWAKE;
         if was_asleep {
             self.vouched_round.store(0, Ordering::Release);
+            self.wakeups.0.fetch_add(1, Ordering::AcqRel);
         }
         was_asleep
     }
@@ -226,6 +267,11 @@ impl FreshBeats {
         *previous = current;
     }
 
+    /// Every beat lists what it listed in the previous round, all fresh (`settle`).
+    pub fn unchanged(&self) -> bool {
+        self.unchanged
+    }
+
     /// Whether a beat received at most `fresh_ms` ago lists `shard_id` in `term`.
     pub fn vouch(&self, shard_id: u64, term: u64, fresh_ms: u64) -> bool {
         self.beats.iter().any(|(_, at, list)| {
@@ -279,6 +325,9 @@ pub enum Round {
     /// Awake without a leader: standing for election, or waiting for one. The loop
     /// bounds how many of these it makes (`node::quiet`).
     Electing,
+    /// Asleep, no beat vouches for it, and the round had no timer left to start: a
+    /// later round starts it.
+    Waiting,
     Other,
 }
 
@@ -363,7 +412,7 @@ impl ShardRaft {
     /// - an awake follower whose leader's node is lost stops waiting out that
     ///   leader's lease and stands at once (`fast_failover`), within the budget.
     pub fn quiet_round(&self, beats: &FreshBeats, limits: &mut RoundLimits<'_>) -> Round {
-        if self.is_asleep() {
+        if self.is_asleep() && !self.quiet.recheck_due(beats.round, self.shard_id.0) {
             // The common case with many idle shards: no need to read the metrics.
             let (term, led) = self.quiet.slept_as();
             if led {
@@ -386,7 +435,11 @@ impl ShardRaft {
             ServerState::Follower | ServerState::Learner
                 if beats.vouch(self.shard_id.0, f.term, limits.fresh_ms) =>
             {
-                self.stop_timer(self.quiet.state(), f.term, false);
+                let from = self.quiet.state();
+                self.stop_timer(from, f.term, false);
+                if from != ASLEEP {
+                    self.quiet.slept_round.store(beats.round, Ordering::Release);
+                }
                 self.quiet
                     .vouched_round
                     .store(beats.round, Ordering::Release);
@@ -396,7 +449,7 @@ impl ShardRaft {
             ServerState::Learner => Round::Other,
             _ if self.is_asleep() => {
                 if *limits.wakes == 0 {
-                    return Round::Other;
+                    return Round::Waiting;
                 }
                 *limits.wakes -= 1;
                 self.start_timer();
@@ -536,20 +589,63 @@ mod tests {
 
     #[test]
     fn a_woken_follower_is_not_vouched_for_again_without_a_search() {
-        let q = Quiet::new(true);
+        let q = Quiet::new(true, Arc::default());
         q.vouched_round.store(7, Ordering::Release);
         assert!(q.awake());
         assert_eq!(q.vouched_round.load(Ordering::Acquire), 0);
     }
 
     #[test]
+    fn only_a_wake_from_sleep_or_quieting_counts_as_a_wakeup() {
+        let wakeups = Arc::new(Wakeups::default());
+        let asleep = Quiet::new(true, wakeups.clone());
+        let awake = Quiet::new(false, wakeups.clone());
+        assert!(!awake.awake(), "already awake");
+        assert_eq!(wakeups.count(), 0);
+        assert!(asleep.awake());
+        assert!(!asleep.awake());
+        assert_eq!(wakeups.count(), 1, "woken once");
+        assert!(awake.advance(AWAKE, QUIETING));
+        assert!(awake.awake());
+        assert_eq!(wakeups.count(), 2, "woken from quieting");
+    }
+
+    #[test]
     fn a_woken_replica_cannot_be_put_to_sleep_by_a_round_that_read_it_before() {
-        let q = Quiet::new(false);
+        let q = Quiet::new(false, Arc::default());
         assert!(q.advance(AWAKE, QUIETING));
         assert!(q.awake(), "woken from quieting");
         assert!(!q.advance(QUIETING, ASLEEP), "the round's step is refused");
         assert_eq!(q.state(), AWAKE);
         assert!(!q.awake(), "already awake");
+    }
+
+    #[test]
+    fn a_sleeping_replica_rereads_its_raft_state_after_falling_asleep_and_periodically() {
+        let q = Quiet::new(true, Arc::default());
+        q.slept_round.store(100, Ordering::Release);
+        let shard_id = 7;
+        assert!(
+            q.recheck_due(101, shard_id),
+            "the round after it fell asleep"
+        );
+        let due: Vec<u64> = (102..102 + 3 * RECHECK_EVERY_ROUNDS)
+            .filter(|r| q.recheck_due(*r, shard_id))
+            .collect();
+        assert_eq!(
+            due.len(),
+            3,
+            "once per {RECHECK_EVERY_ROUNDS} rounds: {due:?}"
+        );
+        assert!(due.windows(2).all(|w| w[1] - w[0] == RECHECK_EVERY_ROUNDS));
+        let others: std::collections::BTreeSet<u64> = (0..RECHECK_EVERY_ROUNDS)
+            .filter_map(|s| (102..102 + RECHECK_EVERY_ROUNDS).find(|r| q.recheck_due(*r, s)))
+            .collect();
+        assert_eq!(
+            others.len() as u64,
+            RECHECK_EVERY_ROUNDS,
+            "replicas of different shards are checked in different rounds"
+        );
     }
 
     #[test]
