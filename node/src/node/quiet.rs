@@ -190,7 +190,9 @@ impl Node {
         };
         let n = quiet::RECHECK_EVERY_ROUNDS;
         let due = (n - state.round % n) % n;
-        let mut wakes = 0;
+        // Calm means nothing electing: the full budget, so that a re-read that finds
+        // a replica to wake (a candidate put to sleep) wakes it now.
+        let mut wakes = WAKES_PER_ROUND_MAX;
         let mut still = true;
         for i in &calm.by_recheck[due as usize] {
             let shard = &calm.replicas[*i];

@@ -448,6 +448,16 @@ impl ShardRaft {
             // A learner never stands for election: its leader's messages wake it.
             ServerState::Learner => Round::Other,
             _ if self.is_asleep() => {
+                // No beat vouches for it in its own term (a candidate put to sleep,
+                // or a follower whose leader stopped listing it): asleep in that term
+                // from now on, so that the rounds that follow find it unvouched too
+                // instead of trusting the term it fell asleep in.
+                let (slept_term, led) = self.quiet.slept_as();
+                if slept_term != f.term || led {
+                    tracing::debug!(shard_id = %self.shard_id, slept_term, led, term = f.term, state = ?f.state, "asleep in a term no beat vouches for: to be woken");
+                    self.quiet.slept_as.store(f.term, Ordering::Release);
+                }
+                self.quiet.vouched_round.store(0, Ordering::Release);
                 if *limits.wakes == 0 {
                     return Round::Waiting;
                 }

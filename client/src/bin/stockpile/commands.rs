@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use stockpile_client::proto as pb;
 use stockpile_client::{Client, Consistency, Error};
 
 use crate::args::{CartCmd, ClusterCmd, Command, ReservationCmd, StockCmd};
@@ -315,27 +316,54 @@ pub async fn cluster_info(client: &Client, cmd: Command, json: bool) -> Result<(
     Ok(())
 }
 
+/// What keeps the cluster from being ready (every node up, every replica knowing a
+/// leader), first `NOT_READY_NAMED_MAX` named, then how many more: a 10,000-shard
+/// start that never became ready was one replica asleep as a candidate.
+fn not_ready(status: &pb::ClusterStatusReply) -> Vec<String> {
+    const NOT_READY_NAMED_MAX: usize = 5;
+    let mut all = Vec::new();
+    for v in &status.nodes {
+        let node = v.node.as_ref().map_or(0, |n| n.node_id);
+        match v.status.as_ref() {
+            Some(st) if v.reachable => {
+                all.extend(st.shards.iter().filter(|sh| sh.leader_id == 0).map(|sh| {
+                    format!(
+                        "node {node} shard {}: no leader known ({}, term {})",
+                        sh.shard_id, sh.role, sh.term
+                    )
+                }))
+            }
+            _ => all.push(format!("node {node} unreachable: {}", v.error)),
+        }
+    }
+    let more = all.len().saturating_sub(NOT_READY_NAMED_MAX);
+    all.truncate(NOT_READY_NAMED_MAX);
+    if more > 0 {
+        all.push(format!("{more} more"));
+    }
+    all
+}
+
 /// `cluster wait|transfer-leader|allow-rebuild`.
 pub async fn cluster_ops(client: &Client, cmd: Command, json: bool) -> Result<(), Error> {
     match cmd {
         Command::Cluster(ClusterCmd::Wait { within }) => {
             let deadline = std::time::Instant::now() + within;
             loop {
-                let ready = match client.cluster_status().await {
-                    Ok(s) => s.nodes.iter().all(|v| {
-                        v.reachable
-                            && v.status
-                                .as_ref()
-                                .is_some_and(|st| st.shards.iter().all(|sh| sh.leader_id != 0))
-                    }),
-                    Err(_) => false,
+                let missing = match client.cluster_status().await {
+                    Ok(s) => not_ready(&s),
+                    Err(e) => vec![format!("no cluster status: {e}")],
                 };
-                if ready {
+                if missing.is_empty() {
                     break;
                 }
                 if std::time::Instant::now() >= deadline {
                     return Err(Error::Unavailable {
-                        message: format!("cluster not ready within {} s", within.as_secs()),
+                        message: format!(
+                            "cluster not ready within {} s: {}",
+                            within.as_secs(),
+                            missing.join("; ")
+                        ),
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -441,4 +469,72 @@ pub async fn rush(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(node_id: u64, reachable: bool, shards: Vec<pb::ShardStatus>) -> pb::NodeView {
+        pb::NodeView {
+            node: Some(pb::NodeInfo {
+                node_id,
+                ..Default::default()
+            }),
+            reachable,
+            error: if reachable { "" } else { "connection refused" }.into(),
+            status: reachable.then(|| pb::NodeStatusReply {
+                shards,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn shard(shard_id: u64, leader_id: u64, role: &str) -> pb::ShardStatus {
+        pb::ShardStatus {
+            shard_id,
+            leader_id,
+            role: role.into(),
+            term: 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cluster_not_ready_names_the_replicas_without_a_leader_and_the_nodes_not_reached() {
+        let ready = pb::ClusterStatusReply {
+            epoch: 1,
+            nodes: vec![view(1, true, vec![shard(1, 2, "follower")])],
+        };
+        assert!(not_ready(&ready).is_empty());
+        let stuck = pb::ClusterStatusReply {
+            epoch: 1,
+            nodes: vec![
+                view(
+                    1,
+                    true,
+                    vec![shard(1, 2, "follower"), shard(7, 0, "candidate")],
+                ),
+                view(3, false, vec![]),
+            ],
+        };
+        assert_eq!(
+            not_ready(&stuck),
+            vec![
+                "node 1 shard 7: no leader known (candidate, term 2)".to_string(),
+                "node 3 unreachable: connection refused".to_string(),
+            ]
+        );
+        let many = pb::ClusterStatusReply {
+            epoch: 1,
+            nodes: vec![view(
+                1,
+                true,
+                (1..=8).map(|s| shard(s, 0, "follower")).collect(),
+            )],
+        };
+        let named = not_ready(&many);
+        assert_eq!(named.len(), 6, "five named, then a count: {named:?}");
+        assert_eq!(named[5], "3 more");
+    }
 }
