@@ -193,12 +193,13 @@ impl Node {
         // Calm means nothing electing: the full budget, so that a re-read that finds
         // a replica to wake (a candidate put to sleep) wakes it now.
         let mut wakes = WAKES_PER_ROUND_MAX;
-        let mut still = true;
+        let (mut still, mut electing) = (true, 0u32);
         for i in &calm.by_recheck[due as usize] {
             let shard = &calm.replicas[*i];
             let verdict = shard
                 .raft
                 .quiet_round(beats, &mut self.round_limits(shard, &mut wakes));
+            electing += u32::from(verdict == Round::Electing);
             let listed = calm
                 .listed
                 .binary_search_by_key(&shard.id().0, |(s, _)| *s)
@@ -210,7 +211,7 @@ impl Node {
                     Round::Electing | Round::Waiting => false,
                 };
         }
-        state.electing = 0;
+        state.electing = electing;
         let listed = calm.listed.clone();
         if !still {
             state.calm = None;

@@ -133,9 +133,9 @@ impl Node {
 
 impl Node {
     /// Starts the map follower: every `MAP_FOLLOW_INTERVAL_MS` it starts the children
-    /// of splits this node's replicas applied (once an apply recorded one), drops replicas of merged shards and
-    /// resumes stopped merges (`reshape_round`), then takes every local shard's
-    /// descriptor into the node's map (`follow_local_shards`).
+    /// of splits this node's replicas applied (once an apply recorded one), drops
+    /// replicas of merged shards and resumes stopped merges (`reshape_round`), then
+    /// takes every local shard's descriptor into the node's map (`follow_local_shards`).
     pub fn spawn_map_follower(self: &Arc<Self>) {
         let node = self.clone();
         let mut shutdown = self.shutdown.subscribe();
