@@ -365,7 +365,10 @@ pub struct ServerTuning {
     pub entry_ops_max: usize,
     /// Requests queued for one shard's proposer at most; beyond, RATE_LIMITED.
     pub shard_queue_max: usize,
-    /// Log entries of one shard proposed and not yet applied at most.
+    /// Log entries of one shard proposed and not yet applied at most. One by default:
+    /// the CPU of an entry (log append and sync on every replica, two AppendEntries
+    /// RPCs, three applies) dwarfs that of an op in it, so on a CPU-bound node fewer,
+    /// larger entries serve more (docs/PERFORMANCE.md, "What was changed", 10).
     pub shard_entries_in_flight_max: usize,
     /// How often a leader checks for due reservation timers.
     pub sweep_interval_ms: u64,
@@ -401,7 +404,7 @@ impl Default for ServerTuning {
             read_timeout_ms: 5_000,
             entry_ops_max: 4_096,
             shard_queue_max: 8_192,
-            shard_entries_in_flight_max: 2,
+            shard_entries_in_flight_max: 1,
             sweep_interval_ms: 500,
             shutdown_grace_ms: 5_000,
             connections_max: 4_096,
