@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 clients=64
 
-if ! command -v etcd >/dev/null || ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
   echo "installing etcd and redis (apt)..." >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends etcd-server etcd-client redis-server redis-tools >/dev/null
 fi

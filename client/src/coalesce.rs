@@ -33,8 +33,8 @@ pub struct CoalesceConfig {
     pub batch_max: usize,
     /// Batch RPCs in flight per shard at most. One by default: mutations that arrive
     /// while a shard's batch is in flight wait and go together in the next, so batches
-    /// grow with load; with four in flight the same load went as four times as many
-    /// smaller RPCs and entries, and CPU-bound nodes served 15–40% fewer ops
+    /// grow with load. With four in flight the same load went as more, smaller RPCs
+    /// and log entries, and CPU-bound nodes served 15–40% fewer ops
     /// (docs/PERFORMANCE.md, "What was changed", 10).
     pub inflight_max: usize,
     /// Bytes of one Batch RPC at most (its protobuf encoding); larger batches are sent
