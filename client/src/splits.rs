@@ -3,13 +3,14 @@
 //! leader changes); both refresh the client's map, so that the next call routes to
 //! the new layout.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::admin_client::AdminClient;
 
-use crate::transport::with_timeout;
+use crate::transport::{Conn, with_timeout};
 use crate::{Client, Error, ShardInfo, Target};
 
 /// How long one split or merge may take in all (id allocation or leadership
@@ -48,32 +49,18 @@ impl Client {
             shard_id,
             at: at.unwrap_or_default().to_string(),
         };
-        let deadline = Instant::now() + Duration::from_millis(SPLIT_DEADLINE_MS);
         let reply = self
-            .call_within(
-                shard_id,
-                Target::Leader,
-                None,
-                deadline,
-                Duration::from_millis(SPLIT_ATTEMPT_MS),
-                |ch, t| {
-                    let r = with_timeout(req.clone(), t);
-                    async move { AdminClient::new(ch).split_shard(r).await }
-                },
-            )
-            .await?
-            .into_inner();
-        let report = SplitReport {
+            .change_layout(shard_id, |ch, t| {
+                let r = with_timeout(req.clone(), t);
+                async move { AdminClient::new(ch).split_shard(r).await }
+            })
+            .await?;
+        Ok(SplitReport {
             parent: info(reply.parent)?,
             child: info(reply.child)?,
-        };
-        // Best effort: a stale map is also corrected by the first SHARD_MOVED.
-        let _ = self.refresh_map(deadline).await;
-        Ok(report)
+        })
     }
-}
 
-impl Client {
     /// Merges `right_shard_id` into its left neighbour `shard_id` (both with their
     /// replicas on the same nodes); returns the grown left shard. Idempotent: a retry
     /// after the merge answers with the merged shard.
@@ -86,6 +73,24 @@ impl Client {
             shard_id,
             right_shard_id,
         };
+        let reply = self
+            .change_layout(shard_id, |ch, t| {
+                let r = with_timeout(req, t);
+                async move { AdminClient::new(ch).merge_shards(r).await }
+            })
+            .await?;
+        info(reply.shard)
+    }
+
+    /// Sends a split or merge (`call`) to `shard_id`'s leader, following leader
+    /// changes within `SPLIT_DEADLINE_MS`, then refreshes the map so that the next
+    /// call routes to the new layout (best effort: a stale map is also corrected by
+    /// the first SHARD_MOVED).
+    async fn change_layout<R, F, Fut>(&self, shard_id: u64, call: F) -> Result<R, Error>
+    where
+        F: Fn(Conn, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
         let deadline = Instant::now() + Duration::from_millis(SPLIT_DEADLINE_MS);
         let reply = self
             .call_within(
@@ -94,16 +99,11 @@ impl Client {
                 None,
                 deadline,
                 Duration::from_millis(SPLIT_ATTEMPT_MS),
-                |ch, t| {
-                    let r = with_timeout(req, t);
-                    async move { AdminClient::new(ch).merge_shards(r).await }
-                },
+                call,
             )
             .await?
             .into_inner();
-        let merged = info(reply.shard)?;
-        // Best effort: a stale map is also corrected by the first SHARD_MOVED.
         let _ = self.refresh_map(deadline).await;
-        Ok(merged)
+        Ok(reply)
     }
 }
