@@ -366,9 +366,10 @@ pub struct ServerTuning {
     /// Requests queued for one shard's proposer at most; beyond, RATE_LIMITED.
     pub shard_queue_max: usize,
     /// Log entries of one shard proposed and not yet applied at most. One by default:
-    /// the CPU of an entry (log append and sync on every replica, two AppendEntries
-    /// RPCs, three applies) dwarfs that of an op in it, so on a CPU-bound node fewer,
-    /// larger entries serve more (docs/PERFORMANCE.md, "What was changed", 10).
+    /// the CPU of an entry (log append and sync on every replica, AppendEntries RPCs
+    /// to each follower, three applies) dwarfs that of an op in it, so on a CPU-bound
+    /// node fewer, larger entries serve more (docs/PERFORMANCE.md, "What was
+    /// changed", 10).
     pub shard_entries_in_flight_max: usize,
     /// How often a leader checks for due reservation timers.
     pub sweep_interval_ms: u64,
