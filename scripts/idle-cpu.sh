@@ -12,6 +12,9 @@
 # SERVE_S=N in the environment then serves `stockpile bench --workload uniform` for N
 # seconds, waits SETTLE_S (default 20) for the shards to fall quiet again, and measures
 # the idle CPU once more: idling after traffic, which issue 14 also bounds.
+#
+# STOCKPILE_PROFILE=NAME runs target/NAME's binaries (as scripts/cluster.sh does; default
+# release): to compare two builds, copy one's binaries to target/NAME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/cpu-use.sh
@@ -36,17 +39,18 @@ rm -rf data/idle-node-*
   printf '[raft]\nheartbeat_interval_ms = %d\nelection_timeout_min_ms = %d\nelection_timeout_max_ms = %d\nquiet_after_ms = %d\n' "$hb" $((hb * 10)) $((hb * 20)) "${QUIET_AFTER_MS:-2000}"
 
 } > "$cfg"
-[ -x target/release/stockpile-node ] || cargo build --release --workspace --quiet
+bin=target/${STOCKPILE_PROFILE:-release}
+[ -x "$bin/stockpile-node" ] || cargo build --release --workspace --quiet
 pids=()
 for n in 1 2 3; do
-  target/release/stockpile-node --config "$cfg" --node-id "$n" >"data/idle-node-$n.log" 2>&1 &
+  "$bin/stockpile-node" --config "$cfg" --node-id "$n" >"data/idle-node-$n.log" 2>&1 &
   pids+=($!)
 done
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
 started=$SECONDS
 # Many shards take a while to start: the map is not served until they have, so the
 # wait itself is retried (for at most 10 minutes).
-until target/release/stockpile --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 \
+until "$bin/stockpile" --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 \
     --timeout 20s cluster wait --within 300s >/dev/null 2>&1; do
   [ $((SECONDS - started)) -lt 600 ] || { echo "no leader for every shard after 600 s" >&2; exit 1; }
   sleep 2
@@ -56,7 +60,7 @@ sleep 5
 cpu_use "$secs" "${pids[@]}"
 if [ -n "${SERVE_S:-}" ]; then
   echo "serving: stockpile bench --workload uniform --clients 64 --duration $SERVE_S"
-  target/release/stockpile --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 \
+  "$bin/stockpile" --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 \
     bench --workload uniform --clients 64 --duration "$SERVE_S" | grep -E 'ops/s|p99|error' || true
   echo "settling ${SETTLE_S:-20} s, measuring ${secs} s after serving"
   sleep "${SETTLE_S:-20}"
