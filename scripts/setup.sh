@@ -5,7 +5,7 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-# libclang-dev: bindgen (RocksDB's Rust bindings); g++/make: RocksDB's C++ build;
+# libclang-dev: bindgen (RocksDB's Rust bindings); g++/make: RocksDB's C++ build and jemalloc's;
 # nftables/iproute2: the Jepsen-style tests' network namespaces and partitions;
 # pkg-config: -sys crates; curl: the HTTP face's tests.
 for p in libclang-dev g++ make pkg-config nftables iproute2 procps util-linux curl; do
