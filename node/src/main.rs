@@ -14,8 +14,9 @@ use stockpile_node::server;
 /// spent ~17% of its samples in glibc's malloc and free (`malloc_consolidate`,
 /// `unlink_chunk`: bins re-sorted under a churn of short-lived buffers), see
 /// docs/PERFORMANCE.md. jemalloc's thread caches and size classes serve that churn
-/// cheaply, and like glibc it maps the large, rarely touched queues every openraft
-/// group reserves lazily (mimalloc did not, and 10,000 shards stalled).
+/// cheaply. It also started, served and idled 10,000 shards with less CPU and RSS
+/// than glibc, where mimalloc had stalled their start (both measured in
+/// docs/PERFORMANCE.md, "What was changed", 11, and "Tried and not kept").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
