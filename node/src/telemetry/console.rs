@@ -147,9 +147,10 @@ pub fn touch_sku(sku: &str) {
 fn drop_colder_half(counts: &mut HashMap<String, u64>) {
     let mut values: Vec<u64> = counts.values().copied().collect();
     let keep = HOT_SKUS_MAX / 2;
-    let Some(excess) = values.len().checked_sub(keep).filter(|e| *e > 0) else {
+    let excess = values.len().saturating_sub(keep);
+    if excess == 0 {
         return;
-    };
+    }
     // `values[excess - 1]` is the excess-th smallest: every count below it goes, and
     // as many equal to it as make up the excess.
     let (below, threshold, _) = values.select_nth_unstable(excess - 1);
