@@ -15,6 +15,9 @@
 # ./data/ (each node's data_dir from the config; logs in data/logs, PIDs in data/pids).
 # With [security] tls on (as shipped), `up` creates the certificates on first use in
 # data/certs/<cluster_name>/; use the CLI as admin with: . data/certs/<name>/env.sh
+#
+# The nodes share this machine, so each gets an equal share of its cores as runtime
+# threads (--worker-threads, at least 1); STOCKPILE_WORKER_THREADS=N overrides it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,13 +73,21 @@ certs() {
   . "$dir/env.sh"
 }
 
+# This machine's cores split among the config's nodes: three nodes on two cores each
+# ran one thread, not two (docs/PERFORMANCE.md, "What was changed", 14).
+worker_threads() {
+  local n
+  n=$(nodes | wc -l)
+  echo "${STOCKPILE_WORKER_THREADS:-$(( $(nproc) / (n > 0 ? n : 1) > 1 ? $(nproc) / (n > 0 ? n : 1) : 1 ))}"
+}
+
 running() { [ -f "$pids/node-$1.pid" ] && kill -0 "$(cat "$pids/node-$1.pid")" 2>/dev/null; }
 
 start_node() {
   local id=$1
   shift
   if running "$id"; then echo "node $id already running (pid $(cat "$pids/node-$id.pid"))"; return; fi
-  nohup "$bin/stockpile-node" --config "$config" --node-id "$id" "$@" >>"$logs/node-$id.log" 2>&1 &
+  nohup "$bin/stockpile-node" --config "$config" --node-id "$id" --worker-threads "$(worker_threads)" "$@" >>"$logs/node-$id.log" 2>&1 &
   echo $! >"$pids/node-$id.pid"
   echo "node $id started (pid $!, log $logs/node-$id.log)"
 }

@@ -62,6 +62,13 @@ struct Args {
     /// test can strike in the middle of one).
     #[arg(long, hide = true, default_value_t = 0)]
     move_step_pause_ms: u64,
+    /// Threads of the node's async runtime (default: one per core, or
+    /// TOKIO_WORKER_THREADS). Nodes that share one machine should split its cores:
+    /// three local nodes on two cores, each with two threads, spent 7% more CPU per
+    /// unbatched decrement (waking and switching threads) and one client waited 10%
+    /// longer than with one thread each (docs/PERFORMANCE.md, "What was changed", 14).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -170,9 +177,18 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = runtime.build().context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&args);
     let config = ClusterConfig::load(&args.config)?;
     let me = config
