@@ -113,6 +113,7 @@ impl Mpsc for LeanMpsc {
     type WeakSender<T: OptionalSend> = WeakSender<T>;
 
     fn channel<T: OptionalSend>(buffer: usize) -> (Sender<T>, Receiver<T>) {
+        let capacity = buffer.clamp(1, Semaphore::MAX_PERMITS);
         let chan = Arc::new(Chan {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -120,7 +121,8 @@ impl Mpsc for LeanMpsc {
                 senders: 1,
                 rx_closed: false,
             }),
-            free_slots: Semaphore::new(buffer.clamp(1, Semaphore::MAX_PERMITS)),
+            free_slots: Semaphore::new(capacity),
+            capacity,
         });
         (Sender(chan.clone()), Receiver(chan))
     }
@@ -132,6 +134,8 @@ struct Chan<T> {
     /// waits, in order, while there is none); a receive gives one back. Closed when
     /// the receiver is dropped, which fails the waiting sends.
     free_slots: Semaphore,
+    /// The bound: queued messages never outnumber it (asserted on every send).
+    capacity: usize,
 }
 
 struct State<T> {
@@ -204,6 +208,10 @@ impl<T: OptionalSend> MpscSender<LeanMpsc, T> for Sender<T> {
                 return Err(SendError(msg));
             }
             state.queue.push_back(msg);
+            assert!(
+                state.queue.len() <= self.0.capacity,
+                "a channel queued more messages than its bound"
+            );
             state.rx_waker.take()
         };
         // The receiver gives the slot back when it takes the message.
