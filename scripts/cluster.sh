@@ -76,9 +76,10 @@ certs() {
 # This machine's cores split among the config's nodes: three nodes on two cores each
 # ran one thread, not two (docs/PERFORMANCE.md, "What was changed", 14).
 worker_threads() {
-  local n
-  n=$(nodes | wc -l)
-  echo "${STOCKPILE_WORKER_THREADS:-$(( $(nproc) / (n > 0 ? n : 1) > 1 ? $(nproc) / (n > 0 ? n : 1) : 1 ))}"
+  local nodes_n share
+  nodes_n=$(nodes | wc -l)
+  share=$(( $(nproc) / (nodes_n > 0 ? nodes_n : 1) ))
+  echo "${STOCKPILE_WORKER_THREADS:-$(( share > 1 ? share : 1 ))}"
 }
 
 running() { [ -f "$pids/node-$1.pid" ] && kill -0 "$(cat "$pids/node-$1.pid")" 2>/dev/null; }
