@@ -20,7 +20,6 @@ pub mod membership;
 pub mod network;
 pub mod quiet;
 pub mod replica_id;
-pub mod runtime;
 pub mod snapshot_stream;
 pub mod types;
 

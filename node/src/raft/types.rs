@@ -1,6 +1,6 @@
 //! openraft's type configuration for Stockpile: one per cluster, shared by every
 //! shard's Raft group. Log entries carry a `ShardRequest`; applying one yields a
-//! `ShardResponse`. The async runtime is tokio with lean channels (`runtime`).
+//! `ShardResponse`.
 
 use crate::inventory::{ShardRequest, ShardResponse};
 
@@ -11,7 +11,6 @@ openraft::declare_raft_types!(
         R = ShardResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
-        AsyncRuntime = crate::raft::runtime::Runtime,
 );
 
 pub type NodeId = u64;
