@@ -20,7 +20,6 @@ use crate::inventory::cluster::ClusterOutcome;
 use crate::inventory::{Command, Op, Outcome};
 use crate::router::{META_SHARD_ID, ShardBounds, ShardId, SkuRange};
 use crate::shard::Shard;
-use crate::storage::node_meta;
 
 /// How long the driver waits for the right shard's leadership to come here, and for
 /// this node's replica of it to apply the freeze.
@@ -256,14 +255,7 @@ impl Node {
     async fn retire_merged(&self, merged: &Arc<Shard>) {
         let shard_id = merged.id();
         let _one = self.replica_changes.lock().await;
-        self.shards
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&shard_id);
-        if let Err(e) = merged.raft.shutdown().await {
-            tracing::warn!(%shard_id, error = %e, "raft shutdown of a merged replica");
-        }
-        match node_meta::delete_shard(&self.store, &self.data_dir.join("snapshots"), shard_id) {
+        match self.retire(merged).await {
             Ok(()) => tracing::info!(%shard_id, "dropped the replica of a merged shard"),
             Err(e) => tracing::warn!(%shard_id, error = %e, "cannot delete a merged replica"),
         }

@@ -23,7 +23,7 @@ use crate::raft::network::{NetworkFactory, PeerPool, PeerTuning};
 use crate::raft::replica_id;
 use crate::router::{LiveMap, META_SHARD_ID, ShardDescriptor, ShardId, ShardMap};
 use crate::security::Security;
-use crate::shard::{ProposeStats, Shard, ShardContext};
+use crate::shard::{ProposeStats, Shard, ShardContext, ShardParts};
 mod autosplit;
 mod balance;
 mod boot;
@@ -43,7 +43,7 @@ pub use split::SplitDone;
 
 use crate::storage::{
     ApplyStats, LogStore, LogSyncer, ShardReader, StateMachineStore, StorageError, Store,
-    WritePathStats,
+    WriteFence, WritePathStats,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +439,7 @@ async fn start_shard(
     let pristine = log
         .is_pristine()
         .map_err(storage(format!("shard {shard_id}: cannot read its log")))?;
+    let fence = WriteFence::default();
     let sm = StateMachineStore::open(
         shard_id,
         replica,
@@ -446,6 +447,7 @@ async fn start_shard(
         &shared.store,
         shared.snapshot_dir.clone(),
         shared.apply_stats.clone(),
+        fence.clone(),
     )
     .map_err(storage(format!(
         "shard {shard_id}: cannot open its state machine"
@@ -490,15 +492,15 @@ async fn start_shard(
         tracing::info!(%shard_id, replicas = ?d.replicas, "initialized fresh shard");
     }
     let reader = ShardReader::new(shard_id, &shared.store);
-    Ok(Shard::start(
-        d,
+    let parts = ShardParts {
+        descriptor: d,
         bounds,
         raft,
         reader,
         next_timer_ms,
-        &shared.ctx,
-        shutdown,
-    ))
+        fence,
+    };
+    Ok(Shard::start(parts, &shared.ctx, shutdown))
 }
 
 /// The replica that initializes a fresh shard: the `(shard id - 1) % replicas`-th in

@@ -12,6 +12,8 @@ use super::{Node, ShardSet, refused, start_shard};
 use crate::error::Error;
 use crate::raft::replica_id;
 use crate::router::{Epoch, LiveMap, ShardDescriptor, ShardId, SkuRange};
+use crate::shard::Shard;
+use crate::storage::StorageError;
 use crate::storage::node_meta;
 
 /// How often the map is brought up to date with the local shards' memberships.
@@ -117,17 +119,32 @@ impl Node {
         if crate::planted::active() == crate::planted::Bug::KeepRemovedReplicas {
             return Ok(true);
         }
+        self.retire(&shard)
+            .await
+            .map_err(|e| refused(shard_id, self.id, step, e.to_string()))?;
+        tracing::info!(%shard_id, replica, "dropped a replica removed from its shard");
+        Ok(true)
+    }
+
+    /// Stops this node's replica `shard` for good and deletes everything it stored:
+    /// out of the node's shards, its Raft group shut down, its write fence closed (an
+    /// apply or snapshot openraft still had under way lands before the delete or not
+    /// at all), then its data. The caller holds `replica_changes`.
+    pub(super) async fn retire(&self, shard: &Arc<Shard>) -> Result<(), StorageError> {
+        let shard_id = shard.id();
         self.shards
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&shard_id);
         if let Err(e) = shard.raft.shutdown().await {
-            tracing::warn!(%shard_id, error = %e, "raft shutdown of a dropped replica");
+            tracing::warn!(%shard_id, error = %e, "raft shutdown of a retired replica");
+        }
+        // Closing waits for a write under way, which may be a whole snapshot install.
+        let fence = shard.fence.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || fence.close()).await {
+            return Err(StorageError::Io(std::io::Error::other(e)));
         }
         node_meta::delete_shard(&self.store, &self.data_dir.join("snapshots"), shard_id)
-            .map_err(|e| refused(shard_id, self.id, step, e.to_string()))?;
-        tracing::info!(%shard_id, replica, "dropped a replica removed from its shard");
-        Ok(true)
     }
 }
 

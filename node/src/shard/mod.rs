@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::inventory::{OpGroup, OpResult};
 use crate::raft::{ReadError, ShardRaft};
 use crate::router::{LiveBounds, LiveMap, ShardDescriptor, ShardId};
-use crate::storage::ShardReader;
+use crate::storage::{ShardReader, WriteFence};
 use proposer::Proposal;
 
 pub struct Shard {
@@ -31,6 +31,9 @@ pub struct Shard {
     pub bounds: LiveBounds,
     pub raft: ShardRaft,
     pub reader: ShardReader,
+    /// The state machine's write permission: closed after the Raft group stops and
+    /// before the replica's data is deleted (`storage::fence` says why).
+    pub fence: WriteFence,
     node_id: u64,
     cluster: Arc<ClusterConfig>,
     /// Where leader hints get their addresses.
@@ -55,7 +58,17 @@ const LOAD_SAMPLE_EVERY: u64 = 8;
 /// Samples kept per shard between two looks of the splitter.
 const LOAD_SAMPLES_MAX: usize = 512;
 
-/// What a shard is started with, besides its descriptor and Raft group.
+/// One replica as `node::start_shard` opened it, for `Shard::start`.
+pub struct ShardParts {
+    pub descriptor: ShardDescriptor,
+    pub bounds: LiveBounds,
+    pub raft: ShardRaft,
+    pub reader: ShardReader,
+    pub next_timer_ms: Arc<AtomicU64>,
+    pub fence: WriteFence,
+}
+
+/// What a shard is started with, besides its own parts.
 pub struct ShardContext {
     pub node_id: u64,
     pub cluster: Arc<ClusterConfig>,
@@ -66,20 +79,25 @@ pub struct ShardContext {
 
 impl Shard {
     pub fn start(
-        descriptor: ShardDescriptor,
-        bounds: LiveBounds,
-        raft: ShardRaft,
-        reader: ShardReader,
-        next_timer_ms: Arc<AtomicU64>,
+        parts: ShardParts,
         ctx: &ShardContext,
         shutdown: &broadcast::Sender<()>,
     ) -> Arc<Shard> {
+        let ShardParts {
+            descriptor,
+            bounds,
+            raft,
+            reader,
+            next_timer_ms,
+            fence,
+        } = parts;
         let (tx, rx) = mpsc::channel(ctx.cluster.server.shard_queue_max);
         let shard = Arc::new(Shard {
             descriptor,
             bounds,
             raft: raft.clone(),
             reader,
+            fence,
             node_id: ctx.node_id,
             cluster: ctx.cluster.clone(),
             map: ctx.map.clone(),

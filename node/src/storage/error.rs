@@ -24,6 +24,9 @@ pub enum StorageError {
     /// Stored bytes that break their layout (a malformed key, a hole in a log).
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A write by a replica of `shard_id` that was stopped to be deleted (`fence`).
+    #[error("shard {shard_id}: this replica was stopped and its data deleted")]
+    Retired { shard_id: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;

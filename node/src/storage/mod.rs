@@ -8,10 +8,12 @@
 //! - `state_machine`: a shard's state machine (openraft's `RaftStateMachine`), split
 //!   into its meta record, the index hints, and the overlay `inventory::apply` runs on;
 //! - `snapshot`: snapshot files (build, install);
+//! - `fence`: a replica's write permission, closed before its data is deleted;
 //! - `reader`: reads of a shard's state for the API; `node_meta`: the node's identity.
 
 pub mod db;
 pub mod error;
+pub mod fence;
 pub mod keys;
 pub mod log_store;
 pub mod node_meta;
@@ -25,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use db::{LogSyncer, WritePathStats};
 pub use error::StorageError;
+pub use fence::WriteFence;
 pub use log_store::LogStore;
 pub use reader::{ClusterMapRecords, ShardReader};
 pub use state_machine::{ApplyStats, StateMachineStore};

@@ -106,7 +106,8 @@ pub fn read_replica_id(store: &Store, shard_id: ShardId) -> Result<Option<u64>> 
 
 /// Deletes everything this node stores for `shard_id` (log, Raft state, state
 /// machine in one synced write; then its snapshot files in `snapshot_dir`): a replica
-/// removed from its group. Call only after the shard's Raft group here has stopped.
+/// removed from its group. Call only after the shard's Raft group here has stopped
+/// and its write fence was closed (`Node::retire`).
 pub fn delete_shard(
     store: &Store,
     snapshot_dir: &std::path::Path,

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
+use super::WriteFence;
 use super::db::cf;
 use super::error::{Result, StorageError};
 use super::keys::{self, CF_SM};
@@ -123,8 +124,14 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes a snapshot of `shard_id`'s state machine, as of one RocksDB snapshot, and
-/// makes it the current one. Returns its meta and the file, open for reading.
-pub fn build(db: &DB, shard_id: u64, dir: &Path) -> Result<(SnapshotMeta, File)> {
+/// makes it the current one unless `fence` was closed meanwhile. Returns its meta and
+/// the file, open for reading.
+pub fn build(
+    db: &DB,
+    shard_id: u64,
+    dir: &Path,
+    fence: &WriteFence,
+) -> Result<(SnapshotMeta, File)> {
     let cf = cf(db, CF_SM)?;
     let snap = db.snapshot();
     let sm_meta: SmMeta = match snap.get_cf(cf, keys::sm_meta_key(shard_id))? {
@@ -168,8 +175,14 @@ pub fn build(db: &DB, shard_id: u64, dir: &Path) -> Result<(SnapshotMeta, File)>
     file.sync_all()?;
     drop(file);
     let current = current_path(dir, shard_id);
-    std::fs::rename(&tmp, &current)?;
-    sync_dir(dir)?;
+    let made_current = fence.write(shard_id, || {
+        std::fs::rename(&tmp, &current)?;
+        Ok(sync_dir(dir)?)
+    });
+    if let Err(e) = made_current {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok((meta, File::open(&current)?))
 }
 
@@ -318,7 +331,7 @@ mod tests {
         let src = store_with(&dir.join("src"), 1, 300);
         let snaps = dir.join("snaps");
         std::fs::create_dir_all(&snaps).unwrap();
-        let (meta, _) = build(src.db(), 1, &snaps).unwrap();
+        let (meta, _) = build(src.db(), 1, &snaps, &WriteFence::default()).unwrap();
         (meta, std::fs::read(current_path(&snaps, 1)).unwrap())
     }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use openraft::entry::RaftEntry;
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log_id;
 use rand::{Rng, SeedableRng};
 use stockpile_node::inventory::{
@@ -14,11 +14,22 @@ use stockpile_node::inventory::{
 };
 use stockpile_node::raft::types::{Entry, TypeConfig};
 use stockpile_node::router::{ShardId, SkuRange};
-use stockpile_node::storage::{ApplyStats, ShardReader, StateMachineStore, Store};
+use stockpile_node::storage::{
+    ApplyStats, ShardReader, StateMachineStore, Store, WriteFence, node_meta,
+};
 
 /// Shard `shard`'s state machine in `store` (created with the whole SKU space; its
 /// stored bounds win once a split or merge wrote them).
 fn open_sm(dir: &tempfile::TempDir, store: &Store, shard: u64) -> StateMachineStore {
+    open_fenced(dir, store, shard, WriteFence::default())
+}
+
+fn open_fenced(
+    dir: &tempfile::TempDir,
+    store: &Store,
+    shard: u64,
+    fence: WriteFence,
+) -> StateMachineStore {
     StateMachineStore::open(
         ShardId(shard),
         1,
@@ -26,6 +37,7 @@ fn open_sm(dir: &tempfile::TempDir, store: &Store, shard: u64) -> StateMachineSt
         store,
         dir.path().join("snap"),
         Arc::new(ApplyStats::default()),
+        fence,
     )
     .expect("sm")
 }
@@ -177,6 +189,57 @@ async fn rocksdb_state_machine_matches_the_in_memory_model() {
 /// before the split SKU and the child exactly the rest (stock, reservations, their
 /// timers; every stored outcome on both); a later entry proposed before the split is
 /// applied only for its groups still in the parent's range.
+/// openraft's state machine worker outlives `Raft::shutdown`: an apply or a snapshot
+/// build it still had queued when a replica was retired runs after the replica's data
+/// was deleted. Behind the closed fence it writes nothing: no record, no applied
+/// index, no snapshot file for a later replica of the shard on this node to inherit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_replicas_late_apply_and_snapshot_write_nothing() {
+    let dir = tempfile::TempDir::new().expect("tmp");
+    let store = Store::open(&dir.path().join("db")).expect("db");
+    let fence = WriteFence::default();
+    let mut sm = open_fenced(&dir, &store, 7, fence.clone());
+    let retention = Retention {
+        retention_ms: 1_000_000,
+        outcomes_max: 1_000,
+    };
+    let set = |index: u64, sku: &str| {
+        let command = Command::SetStock {
+            sku: sku.into(),
+            on_hand: 5,
+            expected_version: None,
+        };
+        let req = one(1_000 + index, retention, index as u8, command);
+        Ok((
+            Entry::new_normal(log_id::<TypeConfig>(1, 1, index), req),
+            None,
+        ))
+    };
+    sm.apply(futures::stream::iter([set(1, "a")]))
+        .await
+        .expect("apply while open");
+    let reader = ShardReader::new(ShardId(7), &store);
+    assert_eq!(reader.digest().expect("digest").applied_index, 1);
+
+    fence.close();
+    node_meta::delete_shard(&store, &dir.path().join("snap"), ShardId(7)).expect("delete");
+    let late = sm.apply(futures::stream::iter([set(2, "b")])).await;
+    assert!(late.is_err(), "a late apply is refused: {late:?}");
+    let build = sm.get_snapshot_builder().await.build_snapshot().await;
+    assert!(build.is_err(), "a late snapshot build is refused");
+
+    let never_used = ShardReader::new(ShardId(8), &store);
+    assert_eq!(
+        reader.digest().expect("digest"),
+        never_used.digest().expect("digest"),
+        "shard 7 holds nothing, as a shard never used"
+    );
+    let snapshots: Vec<_> = std::fs::read_dir(dir.path().join("snap"))
+        .expect("snapshot dir")
+        .collect();
+    assert!(snapshots.is_empty(), "no snapshot file: {snapshots:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_divides_the_state_and_later_entries_stay_on_their_side() {
     const AT: &str = "c";

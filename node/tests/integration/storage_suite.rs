@@ -9,7 +9,7 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use stockpile_node::raft::types::TypeConfig;
 use stockpile_node::router::{ShardId, SkuRange};
 use stockpile_node::storage::{
-    ApplyStats, LogStore, LogSyncer, StateMachineStore, Store, WritePathStats,
+    ApplyStats, LogStore, LogSyncer, StateMachineStore, Store, WriteFence, WritePathStats,
 };
 use tempfile::TempDir;
 
@@ -30,6 +30,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
             &store,
             dir.path().join("snapshots"),
             Arc::new(ApplyStats::default()),
+            WriteFence::default(),
         )
         .expect("state machine");
         Ok((dir, log, sm))

@@ -24,6 +24,7 @@ use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
 use super::Store;
+use super::WriteFence;
 use super::db::cf;
 use super::error::StorageError;
 use super::keys::CF_SM;
@@ -66,6 +67,8 @@ pub struct StateMachineStore {
     /// The node's database; also told when an apply records replicas to start.
     store: Store,
     snapshot_dir: PathBuf,
+    /// Closed before the replica's data is deleted: every write here passes it.
+    fence: WriteFence,
     /// A copy of the stored meta, kept in step with every applied batch.
     meta: SmMeta,
     stats: Arc<ApplyStats>,
@@ -90,7 +93,7 @@ impl StateMachineStore {
     }
 
     /// Opens replica `replica_id` of `shard_id`, created with `range` (its bounds
-    /// once a split changed them).
+    /// once a split changed them), writing only while `fence` is open.
     pub fn open(
         shard_id: ShardId,
         replica_id: u64,
@@ -98,6 +101,7 @@ impl StateMachineStore {
         store: &Store,
         snapshot_dir: PathBuf,
         stats: Arc<ApplyStats>,
+        fence: WriteFence,
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&snapshot_dir)?;
         snapshot::remove_leftovers(&snapshot_dir, shard_id.0)?;
@@ -115,6 +119,7 @@ impl StateMachineStore {
             bounds: LiveBounds::new(bounds),
             store: store.clone(),
             snapshot_dir,
+            fence,
             meta,
             stats,
         })
@@ -349,7 +354,8 @@ impl StateMachineStore {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
-        db.write_opt(batch, &opts)?;
+        self.fence
+            .write(self.shard_id, || Ok(db.write_opt(batch, &opts)?))?;
         self.meta = meta;
         let stats = &self.stats;
         stats.ops_applied.fetch_add(applied, Ordering::Relaxed);
@@ -434,7 +440,8 @@ impl StateMachineStore {
             super::keys::sm_meta_key(self.shard_id),
             crate::codec::encode(&meta)?,
         );
-        self.store.db().write(batch)?;
+        let db = self.store.db();
+        self.fence.write(self.shard_id, || Ok(db.write(batch)?))?;
         if matches!(alone_of(&entry), Some(Command::Split { .. })) {
             self.store.replicas_recorded();
         }
@@ -497,6 +504,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             shard_id: self.shard_id,
             db: self.store.db().clone(),
             snapshot_dir: self.snapshot_dir.clone(),
+            fence: self.fence.clone(),
         }
     }
 
@@ -505,16 +513,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> io::Result<()> {
-        let (db, shard_id, dir, meta_c) = (
+        let (db, shard_id, dir, meta_c, fence) = (
             self.store.db().clone(),
             self.shard_id,
             self.snapshot_dir.clone(),
             meta.clone(),
+            self.fence.clone(),
         );
         let file = snapshot.into_std().await;
         let sm_meta = joined(
             tokio::task::spawn_blocking(move || {
-                snapshot::install(&db, shard_id, &dir, &meta_c, file)
+                fence.write(shard_id, || {
+                    snapshot::install(&db, shard_id, &dir, &meta_c, file)
+                })
             })
             .await,
         )??;
@@ -524,7 +535,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(bounds) = read_bounds(self.store.db(), self.shard_id)? {
             self.bounds.set(bounds);
         }
-        let adopted = split::adopt_children(self.store.db(), self.shard_id, self.replica_id)?;
+        let (db, replica_id) = (self.store.db(), self.replica_id);
+        let adopted = self.fence.write(self.shard_id, || {
+            split::adopt_children(db, self.shard_id, replica_id)
+        })?;
         if !adopted.is_empty() {
             self.store.replicas_recorded();
             tracing::info!(
@@ -554,6 +568,9 @@ pub struct SnapshotBuilder {
     shard_id: u64,
     db: Arc<DB>,
     snapshot_dir: PathBuf,
+    /// The replica's fence: a build that ends after the replica was deleted must not
+    /// leave its file as the shard's current snapshot.
+    fence: WriteFence,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -561,8 +578,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let (db, shard_id, dir) = (self.db.clone(), self.shard_id, self.snapshot_dir.clone());
+        let fence = self.fence.clone();
         let (meta, file) = joined(
-            tokio::task::spawn_blocking(move || snapshot::build(&db, shard_id, &dir)).await,
+            tokio::task::spawn_blocking(move || snapshot::build(&db, shard_id, &dir, &fence)).await,
         )??;
         tracing::info!(shard_id, last_log_id = ?meta.last_log_id, "built snapshot");
         metrics::counter!(names::SNAPSHOT_BUILDS_TOTAL).increment(1);
