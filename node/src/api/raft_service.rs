@@ -56,18 +56,42 @@ impl RaftService {
         }
     }
 
-    /// The local replica of `shard_id`, if `from` is a node of the cluster. Not "a
-    /// member as this replica knows it": a replica a move just created learns the
-    /// membership that names its leader only from the leader's own entries. The
-    /// guard checks that the replica a message speaks for is on the sending node.
-    fn shard(&self, shard_id: ShardId, from: u64) -> Result<Arc<Shard>, Status> {
+    /// The local replica of `shard_id`, if `from` is a node of the cluster and the
+    /// message is addressed to this very replica. Not "a member as this replica knows
+    /// it": a replica a move just created learns the membership that names its leader
+    /// only from the leader's own entries. The guard checks that the replica a message
+    /// speaks for is on the sending node.
+    ///
+    /// The address matters because a node can hold, one after the other, two replicas
+    /// of one shard (moved off and back): the newer one, empty or behind, must not
+    /// grant a vote its predecessor was asked for, which would let a stale candidate
+    /// count it as a member it no longer is (TiKV drops messages for a stale peer id
+    /// the same way).
+    fn shard(
+        &self,
+        shard_id: ShardId,
+        from: u64,
+        to_replica: u64,
+        rpc: &'static str,
+    ) -> Result<Arc<Shard>, Status> {
         let shard = self.node.local_shard(shard_id).map_err(to_status)?;
-        if self.node.map.get().node(from).is_none() {
-            return Err(to_status(Error::RaftMessageRefused {
+        let refuse = |problem: String| {
+            to_status(Error::RaftMessageRefused {
                 shard_id,
                 from_node_id: from,
-                problem: format!("node {from} is not a node of this cluster"),
-            }));
+                problem,
+            })
+        };
+        if self.node.map.get().node(from).is_none() {
+            return Err(refuse(format!("node {from} is not a node of this cluster")));
+        }
+        let held = shard.raft.replica_id();
+        if held != to_replica {
+            metrics::counter!(names::RAFT_MESSAGES_REFUSED_TOTAL, "rpc" => rpc).increment(1);
+            return Err(refuse(format!(
+                "it is addressed to replica {to_replica}, and node {} holds replica {held} of the shard",
+                self.node.id
+            )));
         }
         Ok(shard)
     }
@@ -93,7 +117,7 @@ impl RaftService {
         caller
             .check_sender(rpc, m.from_node_id)
             .map_err(to_status)?;
-        let shard = self.shard(ShardId(m.shard_id), m.from_node_id)?;
+        let shard = self.shard(ShardId(m.shard_id), m.from_node_id, m.to_replica_id, rpc)?;
         Ok((m, shard))
     }
 
@@ -102,6 +126,7 @@ impl RaftService {
             shard_id: shard_id.0,
             from_node_id: self.node.id,
             payload,
+            to_replica_id: 0,
         })
     }
 
@@ -119,7 +144,7 @@ impl RaftService {
         caller
             .check_sender("install_snapshot", from)
             .map_err(to_status)?;
-        let shard = self.shard(shard_id, from)?;
+        let shard = self.shard(shard_id, from, first.to_replica_id, "install_snapshot")?;
         let header = shard
             .raft
             .snapshot_header(from, &first.vote, &first.meta)

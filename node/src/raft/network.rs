@@ -319,6 +319,7 @@ impl ShardPeer {
             shard_id: self.shard_id,
             from_node_id: self.from,
             payload,
+            to_replica_id: self.target,
         });
         request.set_timeout(ttl);
         let mut client = self.client()?;
@@ -424,6 +425,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
             super::snapshot_stream::Outgoing {
                 shard_id,
                 from_node_id: from,
+                to_replica_id: target,
                 chunk_bytes,
                 vote: vote_bytes,
                 meta: meta_bytes,

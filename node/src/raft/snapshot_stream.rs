@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 pub struct Outgoing {
     pub shard_id: u64,
     pub from_node_id: u64,
+    pub to_replica_id: u64,
     pub chunk_bytes: usize,
     pub vote: Vec<u8>,
     pub meta: Vec<u8>,
@@ -29,6 +30,7 @@ where
     let Outgoing {
         shard_id,
         from_node_id,
+        to_replica_id,
         chunk_bytes,
         vote,
         meta,
@@ -60,6 +62,7 @@ where
                 offset,
                 data,
                 done,
+                to_replica_id,
             };
             let next = (!done).then_some((file, offset + filled as u64, None));
             Some((chunk, next))
@@ -150,6 +153,7 @@ mod tests {
         Outgoing {
             shard_id: 3,
             from_node_id: 1,
+            to_replica_id: 2,
             chunk_bytes,
             vote: vec![1],
             meta: vec![2],

@@ -187,7 +187,7 @@ pub const ALL: &[(&str, Kind, &str, &str)] = &[
         RAFT_MESSAGES_REFUSED_TOTAL,
         Kind::Counter,
         "rpc",
-        "Raft messages from peers refused by the guard or undecodable",
+        "Raft messages from peers refused by the guard, undecodable, or addressed to a replica the node does not hold",
     ),
     (
         BALANCER_STEPS_TOTAL,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use stockpile_client::proto as pb;
 use stockpile_client::{Client, Error, ShardInfo, new_request_id};
 
 use crate::common::{
@@ -94,16 +95,7 @@ impl Load {
     async fn finish_exact(self, cluster: &TestCluster, client: &Client) -> (Vec<u64>, Vec<u64>) {
         let skus = self.skus.clone();
         let (acked, unknown) = self.finish().await;
-        cluster.wait_converged(client).await;
-        for (k, sku) in skus.iter().enumerate() {
-            let sold = STOCK - must_get(client, sku).await.expect("record").on_hand;
-            assert!(
-                sold >= acked[k] && sold <= acked[k] + unknown[k],
-                "{sku}: sold {sold}, acknowledged {}, unknown {}",
-                acked[k],
-                unknown[k]
-            );
-        }
+        check_exact(cluster, client, &skus, &acked, &unknown).await;
         (acked, unknown)
     }
 
@@ -112,6 +104,27 @@ impl Load {
         self.task.await.expect("load task");
         let read = |v: &Vec<AtomicU64>| v.iter().map(|a| a.load(Ordering::Relaxed)).collect();
         (read(&self.acked), read(&self.unknown))
+    }
+}
+
+/// Waits until every replica converged, then checks that each SKU sold at least what
+/// was acknowledged and at most that plus the unknown outcomes.
+async fn check_exact(
+    cluster: &TestCluster,
+    client: &Client,
+    skus: &[String],
+    acked: &[u64],
+    unknown: &[u64],
+) {
+    cluster.wait_converged(client).await;
+    for (k, sku) in skus.iter().enumerate() {
+        let sold = STOCK - must_get(client, sku).await.expect("record").on_hand;
+        assert!(
+            sold >= acked[k] && sold <= acked[k] + unknown[k],
+            "{sku}: sold {sold}, acknowledged {}, unknown {}",
+            acked[k],
+            unknown[k]
+        );
     }
 }
 
@@ -423,6 +436,120 @@ async fn replicas_move_drain_and_repair_while_the_store_sells() {
         acked.iter().sum::<u64>(),
         unknown.iter().sum::<u64>()
     );
+}
+
+/// Round trips of `a_replica_moved_off_a_node_and_back_answers_only_for_itself`.
+const ROUND_TRIPS: u64 = 4;
+
+/// Replicas leave a node while the store sells and come back to it, each time as a
+/// new replica with a fresh id. A Raft message addressed to the replica that left is
+/// refused by the one that came back (granting its predecessor's vote would let a
+/// stale candidate count a member that is gone), one addressed to the new replica is
+/// answered, and every replica ends with the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_moved_off_a_node_and_back_answers_only_for_itself() {
+    let mut cluster = TestCluster::start(Options {
+        nodes: 3,
+        ..Options::default()
+    });
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    join(&mut cluster, &client, 4, 1).await;
+    // Three sellers, each on every shard: applies queue up on the replicas that move.
+    let skus = skus_on_every_shard("back", 24);
+    for sku in &skus {
+        client.set_stock(sku, STOCK).await.expect("seed");
+    }
+    let mut loads = Vec::new();
+    for part in skus.chunks(8) {
+        loads.push(Load::start(cluster.client().await, part.to_vec()));
+    }
+    for round in 0..ROUND_TRIPS * 2 {
+        let (from, to) = if round % 2 == 0 { (3, 4) } else { (4, 3) };
+        for shard in 1..=4 {
+            let r = client
+                .move_replica(shard, from, to, false)
+                .await
+                .expect("move");
+            assert!(
+                r.replicas.contains(&to) && !r.replicas.contains(&from),
+                "{r:?}"
+            );
+        }
+        for load in &loads {
+            load.sells(10).await;
+        }
+    }
+    // Node 3's first replica of shard 1 was the seeded one, id 3.
+    let (term, now_on_3) = replica_at(&client, 1, 3).await;
+    assert_ne!(now_on_3, 3, "node 3 holds a new replica");
+    let refused = pre_vote(&cluster, 1, term + 1, 3)
+        .await
+        .expect_err("addressed to a replica that left");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!(
+            "addressed to replica 3, and node 3 holds replica {now_on_3}"
+        )),
+        "{refused:?}"
+    );
+    pre_vote(&cluster, 1, term + 1, now_on_3)
+        .await
+        .expect("a message for the replica there is answered");
+    cluster.adopt(&replicas(&client).await);
+    let mut finished = Vec::new();
+    for load in loads {
+        let skus = load.skus.clone();
+        finished.push((skus, load.finish().await));
+    }
+    for (skus, (acked, unknown)) in finished {
+        check_exact(&cluster, &client, &skus, &acked, &unknown).await;
+    }
+}
+
+/// The term of `shard`'s replica on `node`, and its replica id, from the node's status.
+async fn replica_at(client: &Client, shard: u64, node: u64) -> (u64, u64) {
+    let (st, _) = eventually(Duration::from_secs(20), || client.node_status(node)).await;
+    let s = st
+        .shards
+        .iter()
+        .find(|s| s.shard_id == shard)
+        .unwrap_or_else(|| panic!("node {node} holds shard {shard}: {st:?}"));
+    let id = s
+        .replica_ids
+        .iter()
+        .copied()
+        .find(|id| id & 0xFFFF == node)
+        .unwrap_or_else(|| panic!("node {node}'s replica among the voters: {s:?}"));
+    (s.term, id)
+}
+
+/// A PreVote for shard 1 from node 1's seeded replica, sent to node 3 and addressed to
+/// replica `to_replica`. A PreVote changes nothing on the replica that answers it.
+async fn pre_vote(
+    cluster: &TestCluster,
+    candidate_node: u64,
+    term: u64,
+    to_replica: u64,
+) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+    use stockpile_node::codec;
+    use stockpile_node::raft::types::{TypeConfig, Vote};
+    let vote =
+        openraft::raft::VoteRequest::<TypeConfig>::new(Vote::new(term, candidate_node), None);
+    let message = pb::RaftMessage {
+        shard_id: 1,
+        from_node_id: candidate_node,
+        payload: codec::encode(&vote).expect("encode"),
+        to_replica_id: to_replica,
+    };
+    let channel = cluster
+        .endpoint_as(&cluster.addrs[&3], &format!("node-{candidate_node}"))
+        .connect()
+        .await
+        .expect("connect");
+    pb::raft_client::RaftClient::new(channel)
+        .pre_vote(message)
+        .await
 }
 
 /// Waits until the cluster map (meta shard) records no move and `check` holds for the

@@ -238,13 +238,15 @@ async fn a_vote_with_term_2_pow_64_minus_1_is_refused_and_the_shard_stays_led() 
     let mut vote = openraft::raft::VoteRequest::<TypeConfig>::new(Vote::new(u64::MAX, other), None);
     for transfer in [false, true] {
         vote.leadership_transfer = transfer;
-        let message = pb::RaftMessage {
-            shard_id: 4,
-            from_node_id: other,
-            payload: codec::encode(&vote).expect("encode"),
-        }
-        .encode_to_vec();
-        for addr in cluster.addrs.values() {
+        for (id, addr) in &cluster.addrs {
+            // Addressed to the node's replica of shard 4 (a seeded one: the node id).
+            let message = pb::RaftMessage {
+                shard_id: 4,
+                from_node_id: other,
+                payload: codec::encode(&vote).expect("encode"),
+                to_replica_id: *id,
+            }
+            .encode_to_vec();
             for path in ["/stockpile.v1.Raft/Vote", "/stockpile.v1.Raft/PreVote"] {
                 let status = raw_call(
                     cluster.endpoint_as(addr, &format!("node-{other}")),

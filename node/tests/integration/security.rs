@@ -179,6 +179,7 @@ async fn client_certificates_cannot_speak_raft(cluster: &TestCluster) {
         shard_id: 1,
         from_node_id: 3,
         payload: Vec::new(),
+        to_replica_id: 1,
     };
     let addr = &cluster.addrs[&1];
     for (stem, why) in [
