@@ -252,16 +252,22 @@ async fn removed_id_is_refused(cluster: &mut TestCluster, id: u64) {
     assert!(log.contains("never used again"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_move_drain_and_repair_while_the_store_sells() {
+/// A three-node cluster with every shard led, and node 4, in no other node's config,
+/// registered through node 1; with a client.
+async fn three_nodes_and_node_4_joined() -> (TestCluster, Client) {
     let mut cluster = TestCluster::start(Options {
         nodes: 3,
         ..Options::default()
     });
     let client = cluster.client().await;
     cluster.wait_leaders(&client).await;
-    // Node 4 is in no other node's config: it registers through node 1.
     join(&mut cluster, &client, 4, 1).await;
+    (cluster, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_move_drain_and_repair_while_the_store_sells() {
+    let (mut cluster, client) = three_nodes_and_node_4_joined().await;
     assert!(
         shards_on(&client, 4).await.is_empty(),
         "node 4 starts empty"
@@ -448,13 +454,7 @@ const ROUND_TRIPS: u64 = 4;
 /// answered, and every replica ends with the same state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_moved_off_a_node_and_back_answers_only_for_itself() {
-    let mut cluster = TestCluster::start(Options {
-        nodes: 3,
-        ..Options::default()
-    });
-    let client = cluster.client().await;
-    cluster.wait_leaders(&client).await;
-    join(&mut cluster, &client, 4, 1).await;
+    let (mut cluster, client) = three_nodes_and_node_4_joined().await;
     // Three sellers, each on every shard: applies queue up on the replicas that move.
     let skus = skus_on_every_shard("back", 24);
     for sku in &skus {
