@@ -30,7 +30,7 @@ pub use error::StorageError;
 pub use fence::WriteFence;
 pub use log_store::LogStore;
 pub use reader::{ClusterMapRecords, ShardReader};
-pub use state_machine::{ApplyStats, StateMachineStore};
+pub use state_machine::{ApplyOrder, ApplyStats, StateMachineStore};
 
 /// The node's database (shared by every shard): cheap to clone.
 #[derive(Clone)]

@@ -240,6 +240,56 @@ async fn a_retired_replicas_late_apply_and_snapshot_write_nothing() {
     assert!(snapshots.is_empty(), "no snapshot file: {snapshots:?}");
 }
 
+/// A replica that skipped an entry would stand at its peers' applied index with a
+/// state they do not hold. The state machine refuses to apply past a gap: entry 3
+/// after entry 1 stops it, and nothing of entry 3 is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_after_a_gap_stops_the_state_machine_and_writes_nothing() {
+    let dir = tempfile::TempDir::new().expect("tmp");
+    let store = Store::open(&dir.path().join("db")).expect("db");
+    let mut sm = open_sm(&dir, &store, 7);
+    let retention = Retention {
+        retention_ms: 1_000_000,
+        outcomes_max: 1_000,
+    };
+    let set = |index: u64, sku: &str| {
+        let command = Command::SetStock {
+            sku: sku.into(),
+            on_hand: 5,
+            expected_version: None,
+        };
+        let req = one(1_000 + index, retention, index as u8, command);
+        Ok((
+            Entry::new_normal(log_id::<TypeConfig>(1, 1, index), req),
+            None,
+        ))
+    };
+    sm.apply(futures::stream::iter([set(1, "a")]))
+        .await
+        .expect("apply entry 1");
+    let reader = ShardReader::new(ShardId(7), &store);
+    let before = reader.digest().expect("digest");
+    assert_eq!(before.applied_index, 1);
+
+    let entry_3 = set(3, "c");
+    let gap = tokio::spawn(async move { sm.apply(futures::stream::iter([entry_3])).await }).await;
+    let panic = gap.expect_err("applying entry 3 after entry 1 panics");
+    let message = panic
+        .into_panic()
+        .downcast::<String>()
+        .map(|m| *m)
+        .unwrap_or_default();
+    assert!(
+        message.contains("shard 7: applying") && message.contains("(Contiguous)"),
+        "the panic names the shard and the gap: {message:?}"
+    );
+    assert_eq!(
+        reader.digest().expect("digest"),
+        before,
+        "nothing of entry 3 was written"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_divides_the_state_and_later_entries_stay_on_their_side() {
     const AT: &str = "c";
@@ -451,7 +501,7 @@ async fn a_merge_takes_the_frozen_neighbours_whole_state_back() {
             child_id: 9,
             expected_version: 0,
         };
-        history.push(entry(40, one(10_030, retention, 200, split)));
+        history.push(entry(32, one(10_030, retention, 200, split)));
         parent_sm
             .apply(futures::stream::iter(history))
             .await
@@ -499,7 +549,7 @@ async fn a_merge_takes_the_frozen_neighbours_whole_state_back() {
                         .all(|s| s < "c")
                 });
             on_parent.push(entry(
-                41 + i,
+                33 + i,
                 ShardRequest {
                     groups: low,
                     ..req.clone()
@@ -550,7 +600,7 @@ async fn a_merge_takes_the_frozen_neighbours_whole_state_back() {
         };
         parent_sm
             .apply(futures::stream::iter([entry(
-                71,
+                63,
                 one(10_063, retention, 203, merge(1)),
             )]))
             .await
@@ -590,7 +640,7 @@ async fn a_merge_takes_the_frozen_neighbours_whole_state_back() {
         let before = list(&parent);
         parent_sm
             .apply(futures::stream::iter([entry(
-                72,
+                64,
                 one(10_064, retention, 204, merge(1)),
             )]))
             .await

@@ -9,7 +9,8 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use stockpile_node::raft::types::TypeConfig;
 use stockpile_node::router::{ShardId, SkuRange};
 use stockpile_node::storage::{
-    ApplyStats, LogStore, LogSyncer, StateMachineStore, Store, WriteFence, WritePathStats,
+    ApplyOrder, ApplyStats, LogStore, LogSyncer, StateMachineStore, Store, WriteFence,
+    WritePathStats,
 };
 use tempfile::TempDir;
 
@@ -32,7 +33,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
             Arc::new(ApplyStats::default()),
             WriteFence::default(),
         )
-        .expect("state machine");
+        .expect("state machine")
+        // The suite's fixtures skip indexes; a node's state machine refuses gaps.
+        .with_order(ApplyOrder::Increasing);
         Ok((dir, log, sm))
     }
 }

@@ -75,6 +75,40 @@ pub struct StateMachineStore {
     /// The earliest reservation timer after the last apply, for the leader's expiry
     /// sweep: `u64::MAX` none, 0 unknown (read the index).
     next_timer_ms: Arc<AtomicU64>,
+    /// What an entry's log id must be to apply: `Contiguous` unless a test's fixtures
+    /// skip indexes.
+    order: ApplyOrder,
+}
+
+/// What `apply` requires of each entry's log id, relative to the last one applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyOrder {
+    /// The next index (and a log id no lower): openraft's core applies so. Every
+    /// replica applies the same entries in the same order; one skipped, say a command
+    /// lost between openraft and this state machine, would leave this replica at its
+    /// peers' applied index with a different state, a divergence no check would see.
+    /// A gap stops the node instead (the assert is on in release).
+    Contiguous,
+    /// Any higher log id: openraft's storage conformance suite applies fixtures with
+    /// gaps between their indexes.
+    Increasing,
+}
+
+impl ApplyOrder {
+    /// Asserts that `next` may follow `prev`, the last log id applied. A replica's first
+    /// entry follows whatever it starts from: a fresh group, a snapshot, a split's origin.
+    fn assert_next(self, shard_id: u64, prev: Option<LogId>, next: LogId) {
+        let Some(prev) = prev else { return };
+        let follows = match self {
+            ApplyOrder::Contiguous => next.index == prev.index + 1 && next > prev,
+            ApplyOrder::Increasing => next > prev,
+        };
+        assert!(
+            follows,
+            "shard {shard_id}: applying {next} after {prev}: entries apply in order \
+             ({self:?})"
+        );
+    }
 }
 
 fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, StorageError> {
@@ -122,7 +156,14 @@ impl StateMachineStore {
             fence,
             meta,
             stats,
+            order: ApplyOrder::Contiguous,
         })
+    }
+
+    /// The same store, applying any higher log id (`ApplyOrder::Increasing`): for
+    /// openraft's storage conformance suite only.
+    pub fn with_order(self, order: ApplyOrder) -> Self {
+        StateMachineStore { order, ..self }
     }
 }
 
@@ -256,11 +297,10 @@ fn apply_entry(
     overlay: &mut Overlay<'_>,
     entry: Entry,
     bounds: &ShardBounds,
+    order: ApplyOrder,
 ) -> Result<(ShardResponse, u64, u64), StorageError> {
     let log_id = entry.log_id;
-    if let Some(prev) = overlay.meta.last_applied {
-        assert!(log_id > prev, "applying {log_id} after {prev}");
-    }
+    order.assert_next(overlay.shard_id(), overlay.meta.last_applied, log_id);
     overlay.meta.last_applied = Some(log_id);
     Ok(match entry.payload {
         EntryPayload::Blank => (ShardResponse::default(), 0, 0),
@@ -334,7 +374,7 @@ impl StateMachineStore {
                     normal += 1;
                     assert_commands(self.shard_id, request);
                 }
-                let (response, a, r) = apply_entry(&mut overlay, entry, &bounds)?;
+                let (response, a, r) = apply_entry(&mut overlay, entry, &bounds, self.order)?;
                 (applied, replayed) = (applied + a, replayed + r);
                 if let Some(responder) = responder {
                     replies.push((responder, response));
@@ -380,13 +420,8 @@ impl StateMachineStore {
             crate::router::META_SHARD_ID.0,
             "the meta shard never splits or merges"
         );
-        if let Some(prev) = self.meta.last_applied {
-            assert!(
-                entry.log_id > prev,
-                "applying {} after {prev}",
-                entry.log_id
-            );
-        }
+        self.order
+            .assert_next(self.shard_id, self.meta.last_applied, entry.log_id);
         let mut meta = self.meta.clone();
         meta.last_applied = Some(entry.log_id);
         let mut batch = WriteBatch::default();

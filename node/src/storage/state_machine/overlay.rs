@@ -59,6 +59,10 @@ impl<'a> Overlay<'a> {
         }
     }
 
+    pub fn shard_id(&self) -> u64 {
+        self.shard_id
+    }
+
     pub fn take_error(&mut self) -> Result<()> {
         match self.error.take() {
             Some(e) => Err(e),
