@@ -355,20 +355,12 @@ impl StateMachineStore {
         }
         let db = self.store.db().clone();
         let cf = cf(&db, CF_SM)?;
-        let mut batch = WriteBatch::default();
         let mut meta = self.meta.clone();
         let mut replies = Vec::new();
         let (mut applied, mut replayed, mut normal) = (0u64, 0u64, 0u64);
         let bounds = self.bounds.get();
-        {
-            let mut overlay = Overlay::new(
-                self.shard_id,
-                &db,
-                cf,
-                &mut batch,
-                &mut meta,
-                &mut self.hints,
-            );
+        let batch = {
+            let mut overlay = Overlay::new(self.shard_id, &db, cf, &mut meta, &mut self.hints);
             for (entry, responder) in run {
                 if let EntryPayload::Normal(request) = &entry.payload {
                     normal += 1;
@@ -391,7 +383,8 @@ impl StateMachineStore {
             );
             overlay.put_meta();
             overlay.take_error()?;
-        }
+            overlay.into_batch()
+        };
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         self.fence
