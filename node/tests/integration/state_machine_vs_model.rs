@@ -129,8 +129,15 @@ async fn rocksdb_state_machine_matches_the_in_memory_model() {
         };
         let mut clock: i64 = 10_000;
         let mut index = 1u64;
-        for _ in 0..60 {
-            let n = rng.random_range(1..5);
+        for round in 0..60 {
+            // Odd rounds apply long runs, so that the state machine reads their keys
+            // ahead in one batch (runs of 16 operations and more) and then applies
+            // later operations over earlier ones' writes.
+            let n = if round % 2 == 0 {
+                rng.random_range(1..5)
+            } else {
+                rng.random_range(12..24)
+            };
             let mut entries = Vec::new();
             for _ in 0..n {
                 clock = (clock + rng.random_range(-50..120)).max(0);

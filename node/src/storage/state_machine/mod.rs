@@ -361,6 +361,10 @@ impl StateMachineStore {
         let bounds = self.bounds.get();
         let batch = {
             let mut overlay = Overlay::new(self.shard_id, &db, cf, &mut meta, &mut self.hints);
+            overlay.read_ahead(run.iter().filter_map(|(entry, _)| match &entry.payload {
+                EntryPayload::Normal(request) => Some(request),
+                _ => None,
+            }))?;
             for (entry, responder) in run {
                 if let EntryPayload::Normal(request) = &entry.payload {
                     normal += 1;
