@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use stockpile_node::inventory::{
     self, Command, Item, MemState, Op, OpGroup, Retention, ShardRequest,
 };
-use stockpile_node::raft::types::{Entry, TypeConfig};
+use stockpile_node::raft::types::{Entry, EntryResponder, TypeConfig};
 use stockpile_node::router::{ShardId, SkuRange};
 use stockpile_node::storage::{
     ApplyStats, ShardReader, StateMachineStore, Store, WriteFence, node_meta,
@@ -55,6 +55,24 @@ fn one(now_ms: u64, retention: Retention, request_id: u8, command: Command) -> S
             }],
         }],
     }
+}
+
+/// Entry `index` of term 1: one SetStock of `sku` to 5 under request id `index`.
+fn set_stock(index: u64, sku: &str) -> std::io::Result<EntryResponder> {
+    let retention = Retention {
+        retention_ms: 1_000_000,
+        outcomes_max: 1_000,
+    };
+    let command = Command::SetStock {
+        sku: sku.into(),
+        on_hand: 5,
+        expected_version: None,
+    };
+    let req = one(1_000 + index, retention, index as u8, command);
+    Ok((
+        Entry::new_normal(log_id::<TypeConfig>(1, 1, index), req),
+        None,
+    ))
 }
 
 fn random_request(rng: &mut impl Rng, now_ms: u64, retention: Retention) -> ShardRequest {
@@ -192,10 +210,6 @@ async fn rocksdb_state_machine_matches_the_in_memory_model() {
     }
 }
 
-/// A split applied after a random history leaves the parent exactly the model's state
-/// before the split SKU and the child exactly the rest (stock, reservations, their
-/// timers; every stored outcome on both); a later entry proposed before the split is
-/// applied only for its groups still in the parent's range.
 /// openraft's state machine worker outlives `Raft::shutdown`: an apply or a snapshot
 /// build it still had queued when a replica was retired runs after the replica's data
 /// was deleted. Behind the closed fence it writes nothing: no record, no applied
@@ -206,23 +220,7 @@ async fn a_retired_replicas_late_apply_and_snapshot_write_nothing() {
     let store = Store::open(&dir.path().join("db")).expect("db");
     let fence = WriteFence::default();
     let mut sm = open_fenced(&dir, &store, 7, fence.clone());
-    let retention = Retention {
-        retention_ms: 1_000_000,
-        outcomes_max: 1_000,
-    };
-    let set = |index: u64, sku: &str| {
-        let command = Command::SetStock {
-            sku: sku.into(),
-            on_hand: 5,
-            expected_version: None,
-        };
-        let req = one(1_000 + index, retention, index as u8, command);
-        Ok((
-            Entry::new_normal(log_id::<TypeConfig>(1, 1, index), req),
-            None,
-        ))
-    };
-    sm.apply(futures::stream::iter([set(1, "a")]))
+    sm.apply(futures::stream::iter([set_stock(1, "a")]))
         .await
         .expect("apply while open");
     let reader = ShardReader::new(ShardId(7), &store);
@@ -230,7 +228,7 @@ async fn a_retired_replicas_late_apply_and_snapshot_write_nothing() {
 
     fence.close();
     node_meta::delete_shard(&store, &dir.path().join("snap"), ShardId(7)).expect("delete");
-    let late = sm.apply(futures::stream::iter([set(2, "b")])).await;
+    let late = sm.apply(futures::stream::iter([set_stock(2, "b")])).await;
     assert!(late.is_err(), "a late apply is refused: {late:?}");
     let build = sm.get_snapshot_builder().await.build_snapshot().await;
     assert!(build.is_err(), "a late snapshot build is refused");
@@ -255,30 +253,14 @@ async fn an_entry_after_a_gap_stops_the_state_machine_and_writes_nothing() {
     let dir = tempfile::TempDir::new().expect("tmp");
     let store = Store::open(&dir.path().join("db")).expect("db");
     let mut sm = open_sm(&dir, &store, 7);
-    let retention = Retention {
-        retention_ms: 1_000_000,
-        outcomes_max: 1_000,
-    };
-    let set = |index: u64, sku: &str| {
-        let command = Command::SetStock {
-            sku: sku.into(),
-            on_hand: 5,
-            expected_version: None,
-        };
-        let req = one(1_000 + index, retention, index as u8, command);
-        Ok((
-            Entry::new_normal(log_id::<TypeConfig>(1, 1, index), req),
-            None,
-        ))
-    };
-    sm.apply(futures::stream::iter([set(1, "a")]))
+    sm.apply(futures::stream::iter([set_stock(1, "a")]))
         .await
         .expect("apply entry 1");
     let reader = ShardReader::new(ShardId(7), &store);
     let before = reader.digest().expect("digest");
     assert_eq!(before.applied_index, 1);
 
-    let entry_3 = set(3, "c");
+    let entry_3 = set_stock(3, "c");
     let gap = tokio::spawn(async move { sm.apply(futures::stream::iter([entry_3])).await }).await;
     let panic = gap.expect_err("applying entry 3 after entry 1 panics");
     let message = panic
@@ -297,6 +279,10 @@ async fn an_entry_after_a_gap_stops_the_state_machine_and_writes_nothing() {
     );
 }
 
+/// A split applied after a random history leaves the parent exactly the model's state
+/// before the split SKU and the child exactly the rest (stock, reservations, their
+/// timers; every stored outcome on both); a later entry proposed before the split is
+/// applied only for its groups still in the parent's range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_divides_the_state_and_later_entries_stay_on_their_side() {
     const AT: &str = "c";
