@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use stockpile_proto::v1 as pb;
 
-use crate::{Client, Error, Mutation, MutationOutcome, RequestId, coalesce, new_request_id};
+use crate::{Client, Error, Mutation, MutationOutcome, RequestId, batch_rpc, new_request_id};
 impl Client {
     /// Applies many mutations (new request ids each), grouped by shard into one Batch
     /// RPC per shard (in chunks of the coalescing batch size), all shards at once.
@@ -72,7 +72,7 @@ impl Client {
                     .collect();
                 calls.push(async move {
                     let results =
-                        coalesce::send_batch(self, shard_id, wire, atomic, deadline).await;
+                        batch_rpc::send_batch(self, shard_id, wire, atomic, deadline).await;
                     (part, results)
                 });
             }

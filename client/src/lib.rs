@@ -30,6 +30,7 @@
 mod admin;
 mod balance;
 mod batch;
+mod batch_rpc;
 mod builder;
 mod carts;
 pub mod certs;

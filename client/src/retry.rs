@@ -13,7 +13,7 @@ use crate::classify::{Verdict, classify, decode_detail};
 use crate::transport::Conn;
 use crate::{Client, Error, RequestId, ShardMap, Target};
 /// Backoff between attempts: 10 ms doubling, at most 500 ms, full jitter above half.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let ms = (10u64 << attempt.min(6)).min(500);
     Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
 }
@@ -244,7 +244,7 @@ impl Client {
         let shard_id = tries.shard_id;
         tries.answered_in_round |= !matches!(verdict, Verdict::NodeFailed { .. });
         match verdict {
-            Verdict::Definite(e) => return Err(e),
+            Verdict::Definite(e) => return Err(tries.definite(e)),
             Verdict::NodeFailed {
                 maybe_applied,
                 message,
@@ -364,6 +364,20 @@ impl Attempts {
         }
     }
 
+    /// A definite answer to a later attempt. The store's refusals (insufficient stock,
+    /// not found, ...) are decided where the request id is looked up, so a retry of
+    /// an applied request gets that request's outcome instead and a refusal stands.
+    /// Any other refusal (permission, a batch that now spans two shards, bad input) is
+    /// decided before that lookup and says nothing of an earlier attempt: after one
+    /// that may have been applied, the outcome is unknown.
+    fn definite(&self, e: Error) -> Error {
+        if e.is_refusal() || matches!(e, Error::RequestIdReused { .. }) {
+            e
+        } else {
+            self.unknown_if_sent(e)
+        }
+    }
+
     /// A failure to refresh the map after an attempt that may have been applied leaves
     /// the outcome unknown, not certainly failed.
     fn unknown_if_sent(&self, e: Error) -> Error {
@@ -374,5 +388,32 @@ impl Attempts {
             },
             _ => e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_definite_answer_after_an_attempt_that_may_have_applied_is_kept_only_if_the_store_looked_the_request_up()
+     {
+        let rid = [7u8; 16];
+        let mut tries = Attempts::new(4, Some(rid), Instant::now() + Duration::from_secs(1));
+        let cross = Error::CrossShard {
+            message: "spans 4 and 9".into(),
+            shard_ids: vec![4, 9],
+        };
+        let short = Error::InsufficientStock {
+            sku: "kiwi".into(),
+            available: 0,
+        };
+        assert_eq!(tries.definite(cross.clone()), cross, "nothing sent yet");
+        tries.maybe_applied = true;
+        assert!(
+            matches!(tries.definite(cross), Error::OutcomeUnknown { request_id, .. } if request_id == rid),
+            "a refusal made before the request id was looked up cannot deny an earlier attempt"
+        );
+        assert_eq!(tries.definite(short.clone()), short);
     }
 }

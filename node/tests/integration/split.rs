@@ -380,6 +380,67 @@ async fn a_replica_caught_up_by_a_snapshot_past_a_split_takes_the_child_too() {
 
 /// The first shard whose range starts strictly inside `(after, before)`, in the map a
 /// node serves now (a split's child), with its id.
+/// A client whose map predates a split sends one batch with an operation on each
+/// side of it while different nodes lead the two halves. A node routes each
+/// operation by its own map, so one reply answers one operation and refuses the other
+/// (NOT_LEADER): the client sends the refused one to its own shard's leader and keeps
+/// the answer it has. Both come back applied, each once. (Before, the client resent
+/// the whole batch between the two leaders until its deadline and reported both
+/// UNAVAILABLE, a definite failure, although both had been applied.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_across_a_split_led_by_two_nodes_gets_each_answer_once() {
+    let cluster = TestCluster::start(Options::default());
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    let (low, high) = ("tomato-05", "tomato-30");
+    for sku in [low, high] {
+        client.set_stock(sku, STOCK).await.expect("set stock");
+    }
+    let stale = cluster.client().await;
+    let report = client
+        .split_shard(PARENT, Some(SPLIT_AT))
+        .await
+        .expect("split");
+    let child = report.child.shard_id;
+    let parent_leader = cluster.leader_of(&client, PARENT).await;
+    let other = *cluster
+        .replicas_of(PARENT)
+        .iter()
+        .find(|n| **n != parent_leader)
+        .expect("three replicas");
+    eventually(Duration::from_secs(20), || async {
+        client.transfer_leader(child, other).await?;
+        match cluster.wait_leaders(&client).await[&child] {
+            l if l == other => Ok(()),
+            l => Err(stockpile_client::Error::Internal {
+                message: format!("shard {child} led by {l}, not {other}"),
+            }),
+        }
+    })
+    .await;
+    assert_ne!(cluster.leader_of(&client, PARENT).await, other);
+
+    let decrement = |sku: &str| stockpile_client::Mutation::Decrement {
+        sku: sku.to_string(),
+        quantity: 1,
+    };
+    let results = stale
+        .batch(vec![decrement(low), decrement(high)])
+        .await
+        .expect("batch");
+    for (sku, r) in [low, high].iter().zip(results) {
+        let update = r
+            .unwrap_or_else(|e| panic!("{sku}: {e}"))
+            .stock()
+            .expect("a stock update");
+        assert_eq!(update.stock.on_hand, STOCK - 1, "{sku}");
+    }
+    for sku in [low, high] {
+        let got = must_get(&client, sku).await.expect("record");
+        assert_eq!(got.on_hand, STOCK - 1, "{sku}: applied once");
+    }
+}
+
 async fn child_inside(client: &Client, after: &str, before: &str) -> Option<(u64, String)> {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     let map = client.refresh_map(deadline).await.ok()?;
