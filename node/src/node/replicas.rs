@@ -28,6 +28,15 @@ const PEER_MAP_EVERY_ROUNDS: u64 = 10;
 /// How long a peer's map may take to arrive.
 const PEER_MAP_TIMEOUT_MS: u64 = 2_000;
 
+/// A split child's replica on the node that leads its parent stands for the child's
+/// first election at once instead of after an election timeout (1–2 s with the
+/// default `[raft]`, during which the child's SKUs had no leader), and again every
+/// `CHILD_CAMPAIGN_INTERVAL_MS` until the child has a leader: the other replicas start
+/// the child when their own parents apply the split, a little later, and grant
+/// nothing before. Bounded: the election timeout stays the fallback.
+const CHILD_CAMPAIGN_INTERVAL_MS: u64 = 100;
+const CHILD_CAMPAIGN_TRIES_MAX: u32 = 20;
+
 impl Node {
     /// Starts an empty replica `replica` of `shard_id` here (recorded first, so a
     /// restart starts it again). Idempotent; refused when another replica of the
@@ -274,16 +283,48 @@ impl Node {
             replicas: record.replicas,
             epoch: Epoch::default(),
         };
+        let parent_led_here = self.leads_parent_of(&d.range.start);
         let shard = start_shard(d, replica, &self.shared, &self.shutdown)
             .await
             .map_err(|e| e.to_string())?;
         self.shards
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(shard_id, shard);
-        tracing::info!(%shard_id, replica, "started the child of a split");
+            .insert(shard_id, shard.clone());
+        tracing::info!(%shard_id, replica, parent_led_here, "started the child of a split");
+        if parent_led_here {
+            campaign_for_child(shard);
+        }
         Ok(())
     }
+
+    /// Whether this node leads the shard that a split narrowed to end where a child
+    /// starting at `child_start` begins: the child's parent.
+    fn leads_parent_of(&self, child_start: &str) -> bool {
+        !child_start.is_empty()
+            && self
+                .shards
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|s| s.is_leader() && s.bounds.get().range.end == child_start)
+    }
+}
+
+/// Stands for `child`'s first election until it has a leader
+/// (`CHILD_CAMPAIGN_INTERVAL_MS`, at most `CHILD_CAMPAIGN_TRIES_MAX` tries).
+fn campaign_for_child(child: Arc<Shard>) {
+    tokio::spawn(async move {
+        for _ in 0..CHILD_CAMPAIGN_TRIES_MAX {
+            if child.leader_id().is_some() {
+                return;
+            }
+            if let Err(e) = child.raft.campaign().await {
+                return tracing::debug!(shard_id = %child.id(), error = %e, "cannot stand for election");
+            }
+            tokio::time::sleep(Duration::from_millis(CHILD_CAMPAIGN_INTERVAL_MS)).await;
+        }
+    });
 }
 
 /// Folds `parts` into the running fingerprint `h` (an FNV-style mix): the map

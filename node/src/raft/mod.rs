@@ -314,6 +314,17 @@ impl ShardRaft {
         }
     }
 
+    /// Stands for election now, with a pre-vote first: the term grows only if a
+    /// quorum would grant the vote, so a group that has a leader is left alone.
+    pub async fn campaign(&self) -> Result<(), String> {
+        self.wake();
+        self.inner
+            .trigger()
+            .elect(true)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Asks the group to hand leadership to the voter on node `to` (returns once asked).
     pub async fn transfer_leader(&self, to: u64) -> Result<(), String> {
         let to = self

@@ -380,6 +380,42 @@ async fn a_replica_caught_up_by_a_snapshot_past_a_split_takes_the_child_too() {
 
 /// The first shard whose range starts strictly inside `(after, before)`, in the map a
 /// node serves now (a split's child), with its id.
+/// The child of a split is first led by the node that leads its parent: that node's
+/// replica of the child stands for election as soon as it starts, instead of every
+/// replica waiting out an election timeout (during which the child's SKUs have no
+/// leader). Without it the first leader is whichever replica's timer fires first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_child_is_first_led_where_its_parent_is() {
+    let cluster = TestCluster::start(Options::default());
+    let client = cluster.client().await;
+    cluster.wait_leaders(&client).await;
+    // Each split divides the previous child: [t, tomato-10), [tomato-10, tomato-20), ...
+    let mut parent = PARENT;
+    for (i, at) in ["tomato-10", "tomato-20", "tomato-30"]
+        .into_iter()
+        .enumerate()
+    {
+        let parent_leader = cluster.leader_of(&client, parent).await;
+        let report = client.split_shard(parent, Some(at)).await.expect("split");
+        let child = report.child.shard_id;
+        let (first, _) = eventually(Duration::from_secs(20), || async {
+            let leaders = cluster.wait_leaders(&client).await;
+            leaders
+                .get(&child)
+                .copied()
+                .ok_or_else(|| stockpile_client::Error::Internal {
+                    message: format!("shard {child} has no leader yet"),
+                })
+        })
+        .await;
+        assert_eq!(
+            first, parent_leader,
+            "split {i}: shard {child} first led by node {first}, its parent {parent} by node {parent_leader}"
+        );
+        parent = child;
+    }
+}
+
 /// A client whose map predates a split sends one batch with an operation on each
 /// side of it while different nodes lead the two halves. A node routes each
 /// operation by its own map, so one reply answers one operation and refuses the other
