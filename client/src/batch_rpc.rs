@@ -82,7 +82,7 @@ pub(crate) async fn send_batch(
     for round in 0..RESEND_ROUNDS_MAX {
         let sends = groups.into_iter().map(|(shard, ops)| async move {
             let (idxs, wire): (Vec<usize>, Vec<WireOp>) = ops.into_iter().unzip();
-            let answers = send_parts(client, shard, wire.clone(), atomic, deadline).await;
+            let answers = send_parts(client, shard, &wire, atomic, deadline).await;
             idxs.into_iter().zip(wire).zip(answers).collect::<Vec<_>>()
         });
         let mut again = Vec::new();
@@ -212,12 +212,12 @@ fn split_by_bytes(ops: &[WireOp], bytes_max: usize) -> Vec<usize> {
 async fn send_parts(
     client: &Client,
     shard_id: u64,
-    ops: Vec<WireOp>,
+    ops: &[WireOp],
     atomic: bool,
     deadline: Instant,
 ) -> Vec<Answer> {
     let bytes_max = client.inner.cfg.coalesce.batch_bytes_max;
-    let ends = split_by_bytes(&ops, bytes_max);
+    let ends = split_by_bytes(ops, bytes_max);
     if ends.len() == 1 {
         return send_one_batch(client, shard_id, ops, atomic, deadline).await;
     }
@@ -229,17 +229,10 @@ async fn send_parts(
         };
         return ops.iter().map(|_| Answer::Done(Err(e.clone()))).collect();
     }
-    let mut parts = Vec::with_capacity(ends.len());
-    let mut rest = ops;
-    let mut start = 0;
-    for end in ends {
-        let tail = rest.split_off(end - start);
-        parts.push(std::mem::replace(&mut rest, tail));
-        start = end;
-    }
-    let sends = parts
-        .into_iter()
-        .map(|part| send_one_batch(client, shard_id, part, false, deadline));
+    let starts = std::iter::once(0).chain(ends.iter().copied());
+    let sends = starts
+        .zip(ends.iter().copied())
+        .map(|(start, end)| send_one_batch(client, shard_id, &ops[start..end], false, deadline));
     futures::future::join_all(sends)
         .await
         .into_iter()
@@ -268,7 +261,7 @@ fn refused_whole(reply: &pb::BatchReply) -> Option<&pb::ErrorDetail> {
 async fn send_one_batch(
     client: &Client,
     shard_id: u64,
-    ops: Vec<WireOp>,
+    ops: &[WireOp],
     atomic: bool,
     deadline: Instant,
 ) -> Vec<Answer> {
@@ -317,7 +310,7 @@ async fn send_one_batch(
             .into_iter()
             .zip(ops)
             .enumerate()
-            .map(|(i, (r, (rid, _)))| answer(r, i, rid, retried))
+            .map(|(i, (r, (rid, _)))| answer(r, i, *rid, retried))
             .collect(),
         Ok(reply) => {
             let e = Error::Internal {
