@@ -35,6 +35,10 @@ const PEER_MAP_TIMEOUT_MS: u64 = 2_000;
 /// the child when their own parents apply the split, a little later, and grant
 /// nothing before. Bounded: the election timeout stays the fallback.
 const CHILD_CAMPAIGN_INTERVAL_MS: u64 = 100;
+
+/// How long a started child may take to load its membership before the map
+/// follower's round goes on without it (it is then taken in a later round).
+const CHILD_MEMBERSHIP_WAIT_MS: u64 = 200;
 const CHILD_CAMPAIGN_TRIES_MAX: u32 = 20;
 
 impl Node {
@@ -173,6 +177,7 @@ impl Node {
             for round in 1u64.. {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    _ = node.store.replicas_recorded_wait() => {}
                     _ = shutdown.recv() => return,
                 }
                 if round % PEER_MAP_EVERY_ROUNDS == 0 {
@@ -293,8 +298,13 @@ impl Node {
             .insert(shard_id, shard.clone());
         tracing::info!(%shard_id, replica, parent_led_here, "started the child of a split");
         if parent_led_here {
-            campaign_for_child(shard);
+            campaign_for_child(shard.clone());
         }
+        // Its voters loaded, the child is taken into the map in this round, with its
+        // parent's narrowed range: until then the map sends the child's SKUs to the
+        // parent, which refuses them (SHARD_MOVED).
+        let loaded = Duration::from_millis(CHILD_MEMBERSHIP_WAIT_MS);
+        crate::raft::wait_until(loaded, || !shard.raft.status().voters.is_empty()).await;
         Ok(())
     }
 
@@ -352,16 +362,8 @@ fn follow_local_shards(shards: &ShardSet, map: &LiveMap, last: &mut u64) {
     // replicas came or went): with thousands of replicas, rebuilding the layout
     // every round costs more than all of them idling.
     let fingerprint = local.iter().fold(local.len() as u64, |h, shard| {
-        let (index, joint) = shard.raft.membership_mark();
-        mix(
-            h,
-            &[
-                shard.id().0,
-                shard.bounds.version(),
-                index,
-                u64::from(joint),
-            ],
-        )
+        let h = mix(h, &[shard.id().0, shard.bounds.version()]);
+        mix(h, &shard.raft.membership_mark())
     });
     if fingerprint == *last {
         return;

@@ -217,16 +217,19 @@ impl ShardRaft {
         self.inner.metrics().borrow_watched().current_term
     }
 
-    /// The effective membership's log index and whether it is joint: what changes
-    /// when the voters do (cheap: no sets built).
-    pub fn membership_mark(&self) -> (u64, bool) {
+    /// The effective membership's log index, whether it is joint, and how many voters
+    /// it has: what changes when the voters do (cheap: no sets built). The count
+    /// tells a replica whose membership is not yet loaded (a split's child just
+    /// started: index 0, no voters) from the same replica a moment later (index 0,
+    /// its voters).
+    pub fn membership_mark(&self) -> [u64; 3] {
         let metrics = self.inner.metrics();
         let m = metrics.borrow_watched();
         let index = m.membership_config.log_id().map(|l| l.index).unwrap_or(0);
-        (
-            index,
-            m.membership_config.membership().get_joint_config().len() > 1,
-        )
+        let membership = m.membership_config.membership();
+        let joint = membership.get_joint_config().len() > 1;
+        let voters = membership.voter_ids().count();
+        [index, u64::from(joint), voters as u64]
     }
 
     pub fn status(&self) -> RaftStatus {

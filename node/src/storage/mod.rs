@@ -42,6 +42,10 @@ pub struct Store {
     /// keys every commit rewrites, so a scan each round cost a 10,000-shard node
     /// more the more it had served.
     replicas_recorded: Arc<AtomicU64>,
+    /// Woken with `replicas_recorded`: the map follower starts a split's child at
+    /// once instead of on its next round (up to `MAP_FOLLOW_INTERVAL_MS` later),
+    /// while the parent already refuses the child's SKUs.
+    replicas_recorded_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -50,12 +54,20 @@ impl Store {
         Ok(Store {
             db: db::open(path)?,
             replicas_recorded: Arc::new(AtomicU64::new(0)),
+            replicas_recorded_wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     /// An apply wrote replica records (`replicas_recorded`): call after the write.
     pub(crate) fn replicas_recorded(&self) {
         self.replicas_recorded.fetch_add(1, Ordering::AcqRel);
+        self.replicas_recorded_wake.notify_one();
+    }
+
+    /// Returns once an apply recorded replicas since the last return (at once if
+    /// one did meanwhile: the wake-up is kept until taken).
+    pub async fn replicas_recorded_wait(&self) {
+        self.replicas_recorded_wake.notified().await
     }
 
     /// How many applies recorded replicas so far: read before listing them, so a
