@@ -19,14 +19,9 @@ use std::time::Instant;
 use prost::Message;
 use stockpile_proto::v1 as pb;
 
+use crate::retry::REGROUP_ROUNDS_MAX;
 use crate::transport::with_timeout;
 use crate::{Client, Error, RequestId, Target};
-
-/// Rounds of re-sending at most for the operations of one batch that were refused
-/// for their shard: each round refreshes the map first, so one round follows a split
-/// or a leader change; more than a few means the cluster is changing faster than a
-/// call lasts, and the deadline ends it anyway.
-const RESEND_ROUNDS_MAX: u32 = 8;
 
 /// An operation as sent: its request id and wire form.
 pub(crate) type WireOp = (RequestId, pb::operation::Op);
@@ -65,7 +60,7 @@ fn route_sku(op: &pb::operation::Op) -> &str {
 
 /// Sends `ops` (routed to `shard_id` by the caller's map) and returns one result per
 /// op, in order. Operations refused for their shard while others were answered are
-/// sent again, grouped by a refreshed map, until answered, `RESEND_ROUNDS_MAX`
+/// sent again, grouped by a refreshed map, until answered, `REGROUP_ROUNDS_MAX`
 /// rounds or `deadline`.
 pub(crate) async fn send_batch(
     client: &Client,
@@ -79,7 +74,7 @@ pub(crate) async fn send_batch(
     let mut unsure = vec![false; n];
     let mut groups: BTreeMap<u64, Vec<(usize, WireOp)>> = BTreeMap::new();
     groups.insert(shard_id, ops.into_iter().enumerate().collect());
-    for round in 0..RESEND_ROUNDS_MAX {
+    for round in 0..REGROUP_ROUNDS_MAX {
         let sends = groups.into_iter().map(|(shard, ops)| async move {
             let (idxs, wire): (Vec<usize>, Vec<WireOp>) = ops.into_iter().unzip();
             let answers = send_parts(client, shard, &wire, atomic, deadline).await;
@@ -103,7 +98,7 @@ pub(crate) async fn send_batch(
         if again.is_empty() {
             break;
         }
-        let last_round = round + 1 == RESEND_ROUNDS_MAX || Instant::now() >= deadline;
+        let last_round = round + 1 == REGROUP_ROUNDS_MAX || Instant::now() >= deadline;
         if last_round {
             for (i, (rid, _)) in again {
                 results[i] = Some(Err(give_up(rid, unsure[i], &last_message)));

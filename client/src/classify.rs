@@ -59,6 +59,9 @@ pub enum Verdict {
     },
     /// Not the leader: go to `hint` if there is one.
     NotLeader {
+        /// The shard the node does not lead (0 when it did not say): another than the
+        /// call's when the node's map places some of the call's SKUs elsewhere.
+        shard_id: u64,
         /// The leader the node knows of.
         hint: Option<u64>,
         /// What happened, for humans.
@@ -102,6 +105,7 @@ pub fn classify(status: &tonic::Status, request_id: Option<RequestId>) -> Verdic
     let message = d.message.clone();
     match d.reason() {
         pb::Reason::NotLeader => Verdict::NotLeader {
+            shard_id: d.shard_id,
             hint: (d.leader_id != 0).then_some(d.leader_id),
             message,
         },
@@ -178,11 +182,16 @@ mod tests {
     fn leader_hints_are_followed_and_stale_maps_refreshed() {
         let d = pb::ErrorDetail {
             leader_id: 3,
+            shard_id: 9,
             ..detail(pb::Reason::NotLeader)
         };
         assert!(matches!(
             classify(&status(tonic::Code::Unavailable, d), None),
-            Verdict::NotLeader { hint: Some(3), .. }
+            Verdict::NotLeader {
+                shard_id: 9,
+                hint: Some(3),
+                ..
+            }
         ));
         assert!(matches!(
             classify(

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use stockpile_proto::v1 as pb;
 
+use crate::retry::REGROUP_ROUNDS_MAX;
 use crate::transport::{inventory, with_timeout};
 use crate::{Client, Consistency, Error, Read, Reservation, Stock, Target};
 
@@ -58,59 +59,54 @@ impl Client {
     }
 
     /// Reads the stock of `skus` (in the order given). SKUs of different shards are
-    /// read from their shards concurrently.
+    /// read from their shards concurrently. SKUs a node places in another shard than
+    /// this client's map did (a split it had not seen) are grouped again by the
+    /// refreshed map and read from their own shards (`REGROUP_ROUNDS_MAX` rounds).
     pub async fn get(&self, skus: &[&str], consistency: Consistency) -> Result<Vec<Read>, Error> {
-        let mut by_shard: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-        for (i, sku) in skus.iter().enumerate() {
-            by_shard.entry(self.shard_for(sku)?).or_default().push(i);
-        }
         let deadline = self.deadline();
-        let calls = by_shard.into_iter().map(|(shard_id, idxs)| {
-            let req = pb::GetRequest {
-                skus: idxs.iter().map(|&i| skus[i].to_string()).collect(),
-                consistency: consistency.to_pb(),
-            };
-            async move {
-                let reply = self
-                    .call(
-                        shard_id,
-                        Target::of(consistency),
-                        None,
-                        deadline,
-                        |ch, t| {
-                            let r = with_timeout(req.clone(), t);
-                            async move { inventory(ch).get(r).await }
-                        },
-                    )
-                    .await?;
-                Ok::<_, Error>((idxs, reply.into_inner()))
-            }
-        });
         let mut out: Vec<Option<Read>> = vec![None; skus.len()];
-        for result in futures::future::join_all(calls).await {
-            let (idxs, reply) = result?;
-            let info = |shard_id: u64| {
-                reply
-                    .shards
-                    .iter()
-                    .find(|s| s.shard_id == shard_id)
-                    .map(|s| (s.node_id, s.applied_index))
-                    .unwrap_or((0, 0))
-            };
-            for (i, r) in idxs.into_iter().zip(reply.results.iter()) {
-                let (node_id, applied_index) = info(r.shard_id);
-                out[i] = Some(Read {
-                    sku: r.sku.clone(),
-                    stock: if r.found {
-                        r.record.clone().map(Stock::from)
-                    } else {
-                        None
-                    },
-                    shard_id: r.shard_id,
-                    node_id,
-                    applied_index,
-                });
+        let mut left: Vec<usize> = (0..skus.len()).collect();
+        for _ in 0..REGROUP_ROUNDS_MAX {
+            let mut by_shard: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            for i in std::mem::take(&mut left) {
+                by_shard
+                    .entry(self.shard_for(skus[i])?)
+                    .or_default()
+                    .push(i);
             }
+            let calls = by_shard.into_iter().map(|(shard_id, idxs)| async move {
+                let group: Vec<&str> = idxs.iter().map(|&i| skus[i]).collect();
+                let req = pb::GetRequest {
+                    skus: group.iter().map(|s| s.to_string()).collect(),
+                    consistency: consistency.to_pb(),
+                };
+                let target = Target::of(consistency);
+                let reply = self
+                    .call_for_skus(shard_id, &group, target, deadline, |ch, t| {
+                        let r = with_timeout(req.clone(), t);
+                        async move { inventory(ch).get(r).await }
+                    })
+                    .await?;
+                Ok::<_, Error>((idxs, reply.map(|r| r.into_inner())))
+            });
+            for result in futures::future::join_all(calls).await {
+                match result? {
+                    (idxs, Some(reply)) => fill_reads(&mut out, &idxs, &reply),
+                    (idxs, None) => left.extend(idxs),
+                }
+            }
+            if left.is_empty() {
+                break;
+            }
+        }
+        if !left.is_empty() {
+            return Err(Error::Unavailable {
+                message: format!(
+                    "the shard map kept changing: {} of {} SKUs unread after {REGROUP_ROUNDS_MAX} rounds",
+                    left.len(),
+                    skus.len()
+                ),
+            });
         }
         out.into_iter()
             .map(|r| {
@@ -179,5 +175,31 @@ impl Client {
             shard_id = reply.next_shard_id;
         }
         Ok(out)
+    }
+}
+
+/// Fills `out` at `idxs` (the SKUs of one Get, in order) from its reply.
+fn fill_reads(out: &mut [Option<Read>], idxs: &[usize], reply: &pb::GetReply) {
+    let info = |shard_id: u64| {
+        reply
+            .shards
+            .iter()
+            .find(|s| s.shard_id == shard_id)
+            .map(|s| (s.node_id, s.applied_index))
+            .unwrap_or((0, 0))
+    };
+    for (&i, r) in idxs.iter().zip(reply.results.iter()) {
+        let (node_id, applied_index) = info(r.shard_id);
+        out[i] = Some(Read {
+            sku: r.sku.clone(),
+            stock: if r.found {
+                r.record.clone().map(Stock::from)
+            } else {
+                None
+            },
+            shard_id: r.shard_id,
+            node_id,
+            applied_index,
+        });
     }
 }

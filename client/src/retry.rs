@@ -12,6 +12,12 @@ use stockpile_proto::v1::admin_client::AdminClient;
 use crate::classify::{Verdict, classify, decode_detail};
 use crate::transport::Conn;
 use crate::{Client, Error, RequestId, ShardMap, Target};
+/// Rounds at most in which a request's SKUs refused for their shard (a split, two
+/// leaders) are grouped again by a refreshed map and sent again (`batch_rpc`, `get`):
+/// one round follows a split or a leader change; more than a few means the cluster
+/// is changing faster than a call lasts, and the deadline ends it anyway.
+pub(crate) const REGROUP_ROUNDS_MAX: u32 = 8;
+
 /// Backoff between attempts: 10 ms doubling, at most 500 ms, full jitter above half.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let ms = (10u64 << attempt.min(6)).min(500);
@@ -146,7 +152,54 @@ impl Client {
         F: Fn(Conn, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let mut tries = Attempts::new(shard_id, request_id, deadline);
+        let tries = Attempts::new(shard_id, request_id, deadline);
+        self.attempts(tries, target, attempt_timeout, &[], call)
+            .await?
+            .ok_or_else(|| Error::Internal {
+                message: "a call bound to no SKU was regrouped".into(),
+            })
+    }
+
+    /// `call` for a request naming `skus`, each in `shard_id` by this client's map.
+    /// None, without another attempt, once the map (refreshed on a node's word: a
+    /// shard it does not list, SHARD_MOVED) places any of them in another shard: the
+    /// caller groups them again. A node routes a request by its own map, so a request
+    /// shaped by a stale one can be refused by every node, each leading only part
+    /// of it, until the deadline.
+    pub(crate) async fn call_for_skus<T, F, Fut>(
+        &self,
+        shard_id: u64,
+        skus: &[&str],
+        target: Target,
+        deadline: Instant,
+        call: F,
+    ) -> Result<Option<T>, Error>
+    where
+        F: Fn(Conn, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let tries = Attempts::new(shard_id, None, deadline);
+        let attempt_timeout = self.inner.cfg.attempt_timeout;
+        self.attempts(tries, target, attempt_timeout, skus, call)
+            .await
+    }
+
+    /// The attempts of one call, until an answer, a definite failure, the deadline,
+    /// or (None) the map placing one of `skus` outside the call's shard.
+    async fn attempts<T, F, Fut>(
+        &self,
+        mut tries: Attempts,
+        target: Target,
+        attempt_timeout: Duration,
+        skus: &[&str],
+        call: F,
+    ) -> Result<Option<T>, Error>
+    where
+        F: Fn(Conn, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let shard_id = tries.shard_id;
+        let request_id = tries.request_id;
         loop {
             let remaining = tries.remaining().ok_or_else(|| tries.give_up())?;
             let Some((node_id, addr)) = self.next_candidate(&mut tries, target).await? else {
@@ -161,7 +214,7 @@ impl Client {
                     if target == Target::Leader {
                         r.leaders.insert(shard_id, node_id);
                     }
-                    return Ok(v);
+                    return Ok(Some(v));
                 }
                 Ok(Err(status)) => classify(&status, request_id),
                 Err(_) => Verdict::NodeFailed {
@@ -170,7 +223,20 @@ impl Client {
                 },
             };
             self.act(&mut tries, node_id, verdict).await?;
+            if self.routes_elsewhere(shard_id, skus) {
+                return Ok(None);
+            }
         }
+    }
+
+    /// Whether this client's map places any of `skus` outside `shard_id`.
+    fn routes_elsewhere(&self, shard_id: u64, skus: &[&str]) -> bool {
+        if skus.is_empty() {
+            return false;
+        }
+        let r = self.routing();
+        skus.iter()
+            .any(|sku| r.map.shard_for(sku).is_some_and(|s| s.shard_id != shard_id))
     }
 
     /// The next node to try, or None after waiting (every candidate tried this round)
@@ -253,11 +319,28 @@ impl Client {
                 tries.last_error = format!("node {node_id}: {message}");
                 self.routing().node_failed(node_id);
             }
-            Verdict::NotLeader { hint, message } => {
+            Verdict::NotLeader {
+                shard_id: refused,
+                hint,
+                message,
+            } => {
                 tries.last_error = format!("node {node_id}: {message}");
                 let unknown = hint
                     .is_some_and(|h| h != node_id && !self.routing().map.nodes.contains_key(&h));
-                if unknown {
+                // A node whose map places some of this call's SKUs in a shard this
+                // client's map lacks (a split it has not seen): the map is stale. The
+                // hint is still followed below (that leader may hold every SKU of a
+                // one-SKU call); a call bound to its SKUs learns from the refreshed
+                // map that they must be grouped again (`call_for_skus`).
+                let unseen = refused != 0
+                    && refused != shard_id
+                    && !self
+                        .routing()
+                        .map
+                        .shards
+                        .iter()
+                        .any(|s| s.shard_id == refused);
+                if unknown || unseen {
                     // The leader is a node this map does not know (it joined since).
                     self.refresh_map(tries.deadline)
                         .await

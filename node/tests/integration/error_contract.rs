@@ -136,7 +136,8 @@ fn expected(e: &Error, rid: [u8; 16]) -> Verdict {
                 state: stockpile_client::ReservationState::Confirmed,
             })
         }
-        Error::NotLeader { leader, .. } => Verdict::NotLeader {
+        Error::NotLeader { shard_id, leader } => Verdict::NotLeader {
+            shard_id: shard_id.0,
             hint: leader.map(|(id, _)| id),
             message: msg,
         },

@@ -18,6 +18,8 @@ const STOCK: u64 = 1_000_000;
 /// Shard 4 of the test layout covers ["t", ""): every SKU here lives in it.
 const PARENT: u64 = 4;
 const SPLIT_AT: &str = "tomato-20";
+/// The request deadline of a client whose map predates a split (`split_led_by_two_nodes`).
+const STALE_DEADLINE_S: u64 = 3;
 
 fn skus() -> Vec<String> {
     (0..40).map(|i| format!("tomato-{i:02}")).collect()
@@ -472,6 +474,33 @@ async fn a_split_child_is_in_its_leaders_map_at_once() {
 /// UNAVAILABLE, a definite failure, although both had been applied.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_across_a_split_led_by_two_nodes_gets_each_answer_once() {
+    let (_cluster, client, stale, [low, high]) = split_led_by_two_nodes().await;
+    let decrement = |sku: &str| stockpile_client::Mutation::Decrement {
+        sku: sku.to_string(),
+        quantity: 1,
+    };
+    let results = stale
+        .batch(vec![decrement(low), decrement(high)])
+        .await
+        .expect("batch");
+    for (sku, r) in [low, high].iter().zip(results) {
+        let update = r
+            .unwrap_or_else(|e| panic!("{sku}: {e}"))
+            .stock()
+            .expect("a stock update");
+        assert_eq!(update.stock.on_hand, STOCK - 1, "{sku}");
+    }
+    for sku in [low, high] {
+        let got = must_get(&client, sku).await.expect("record");
+        assert_eq!(got.on_hand, STOCK - 1, "{sku}: applied once");
+    }
+}
+
+/// A cluster whose shard `PARENT` holds `tomato-05` and `tomato-30` (`STOCK` each),
+/// then split between them at `SPLIT_AT` with the child led by another node than
+/// its parent; a client up to date, and one whose map predates the split, with
+/// `STALE_DEADLINE_S` per request: a stale map must cost a round, not a deadline.
+async fn split_led_by_two_nodes() -> (TestCluster, Client, Client, [&'static str; 2]) {
     let cluster = TestCluster::start(Options::default());
     let client = cluster.client().await;
     cluster.wait_leaders(&client).await;
@@ -479,7 +508,13 @@ async fn a_batch_across_a_split_led_by_two_nodes_gets_each_answer_once() {
     for sku in [low, high] {
         client.set_stock(sku, STOCK).await.expect("set stock");
     }
-    let stale = cluster.client().await;
+    let stale = cluster
+        .client_with(
+            cluster
+                .builder()
+                .request_timeout(Duration::from_secs(STALE_DEADLINE_S)),
+        )
+        .await;
     let report = client
         .split_shard(PARENT, Some(SPLIT_AT))
         .await
@@ -502,25 +537,26 @@ async fn a_batch_across_a_split_led_by_two_nodes_gets_each_answer_once() {
     })
     .await;
     assert_ne!(cluster.leader_of(&client, PARENT).await, other);
+    (cluster, client, stale, [low, high])
+}
 
-    let decrement = |sku: &str| stockpile_client::Mutation::Decrement {
-        sku: sku.to_string(),
-        quantity: 1,
-    };
-    let results = stale
-        .batch(vec![decrement(low), decrement(high)])
+/// The same split, read: a client whose map predates it asks one node for both SKUs
+/// in one linearizable Get. That node leads one half only and refuses the read
+/// (NOT_LEADER for the other half): the client refreshes its map, reads each half
+/// from its own shard's leader and returns both. (Before, it followed the hint with
+/// the whole read, the other leader refused it for the other half, and so on: 4.2 s
+/// before it got through, past this client's deadline.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_get_across_a_split_led_by_two_nodes_reads_both() {
+    let (_cluster, _client, stale, skus) = split_led_by_two_nodes().await;
+    let reads = stale
+        .get(&skus, Consistency::Linearizable)
         .await
-        .expect("batch");
-    for (sku, r) in [low, high].iter().zip(results) {
-        let update = r
-            .unwrap_or_else(|e| panic!("{sku}: {e}"))
-            .stock()
-            .expect("a stock update");
-        assert_eq!(update.stock.on_hand, STOCK - 1, "{sku}");
-    }
-    for sku in [low, high] {
-        let got = must_get(&client, sku).await.expect("record");
-        assert_eq!(got.on_hand, STOCK - 1, "{sku}: applied once");
+        .expect("get");
+    for (sku, read) in skus.iter().zip(reads) {
+        assert_eq!(read.sku, *sku);
+        let on_hand = read.stock.map(|s| s.on_hand);
+        assert_eq!(on_hand, Some(STOCK), "{sku}");
     }
 }
 
