@@ -12,6 +12,7 @@ use stockpile_proto::v1::admin_client::AdminClient;
 use crate::classify::{Verdict, classify, decode_detail};
 use crate::transport::Conn;
 use crate::{Client, Error, RequestId, ShardMap, Target};
+
 /// Rounds at most in which a request's SKUs refused for their shard (a split, two
 /// leaders) are grouped again by a refreshed map and sent again (`batch_rpc`, `get`):
 /// one round follows a split or a leader change; more than a few means the cluster

@@ -35,11 +35,11 @@ const PEER_MAP_TIMEOUT_MS: u64 = 2_000;
 /// the child when their own parents apply the split, a little later, and grant
 /// nothing before. Bounded: the election timeout stays the fallback.
 const CHILD_CAMPAIGN_INTERVAL_MS: u64 = 100;
+const CHILD_CAMPAIGN_TRIES_MAX: u32 = 20;
 
 /// How long a started child may take to load its membership before the map
 /// follower's round goes on without it (it is then taken in a later round).
 const CHILD_MEMBERSHIP_WAIT_MS: u64 = 200;
-const CHILD_CAMPAIGN_TRIES_MAX: u32 = 20;
 
 impl Node {
     /// Starts an empty replica `replica` of `shard_id` here (recorded first, so a
