@@ -2,10 +2,11 @@
 //! across shards, with page tokens) and GetReservation, linearizable or stale.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use stockpile_proto::v1 as pb;
 
-use crate::retry::REGROUP_ROUNDS_MAX;
+use crate::retry::{REGROUP_ROUNDS_MAX, backoff};
 use crate::transport::{inventory, with_timeout};
 use crate::{Client, Consistency, Error, Read, Reservation, Stock, Target};
 
@@ -61,12 +62,20 @@ impl Client {
     /// Reads the stock of `skus` (in the order given). SKUs of different shards are
     /// read from their shards concurrently. SKUs a node places in another shard than
     /// this client's map did (a split it had not seen) are grouped again by the
-    /// refreshed map and read from their own shards (`REGROUP_ROUNDS_MAX` rounds).
+    /// refreshed map and read from their own shards, after a backoff. The last of
+    /// `REGROUP_ROUNDS_MAX` rounds retries its groups as they are until the deadline:
+    /// while a merge is under way nodes' maps differ, and a map refreshed from one and
+    /// then another can move a SKU back and forth between rounds.
     pub async fn get(&self, skus: &[&str], consistency: Consistency) -> Result<Vec<Read>, Error> {
         let deadline = self.deadline();
         let mut out: Vec<Option<Read>> = vec![None; skus.len()];
         let mut left: Vec<usize> = (0..skus.len()).collect();
-        for _ in 0..REGROUP_ROUNDS_MAX {
+        for round in 0..REGROUP_ROUNDS_MAX {
+            if round > 0 {
+                let wait = backoff(round).min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(wait).await;
+            }
+            let last_round = round + 1 == REGROUP_ROUNDS_MAX;
             let mut by_shard: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
             for i in std::mem::take(&mut left) {
                 by_shard
@@ -81,8 +90,9 @@ impl Client {
                     consistency: consistency.to_pb(),
                 };
                 let target = Target::of(consistency);
+                let bound: &[&str] = if last_round { &[] } else { &group };
                 let reply = self
-                    .call_for_skus(shard_id, &group, target, deadline, |ch, t| {
+                    .call_for_skus(shard_id, bound, target, deadline, |ch, t| {
                         let r = with_timeout(req.clone(), t);
                         async move { inventory(ch).get(r).await }
                     })

@@ -161,8 +161,8 @@ impl Client {
             })
     }
 
-    /// `call` for a request naming `skus`, each in `shard_id` by this client's map.
-    /// None, without another attempt, once the map (refreshed on a node's word: a
+    /// `call` for a request naming `skus`, each in `shard_id` by this client's map
+    /// (none: `call` itself, never None). None, without another attempt, once the map (refreshed on a node's word: a
     /// shard it does not list, SHARD_MOVED) places any of them in another shard: the
     /// caller groups them again. A node routes a request by its own map, so a request
     /// shaped by a stale one can be refused by every node, each leading only part
