@@ -8,7 +8,7 @@ use stockpile_proto::v1 as pb;
 use stockpile_proto::v1::admin_client::AdminClient;
 
 use crate::transport::{inventory, with_timeout};
-use crate::{Client, Consistency, Error, NodeInfo, Read, ShardDigest, Stock, Target};
+use crate::{Client, Consistency, Error, NodeInfo, Read, ShardDigest, Target};
 impl Client {
     /// Every node's status, gathered by one node.
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusReply, Error> {
@@ -97,29 +97,7 @@ impl Client {
                 inventory(ch).get(with_timeout(req, t)).await
             })
             .await?;
-        Ok(reply
-            .results
-            .iter()
-            .map(|r| {
-                let (node_id, applied_index) = reply
-                    .shards
-                    .iter()
-                    .find(|s| s.shard_id == r.shard_id)
-                    .map(|s| (s.node_id, s.applied_index))
-                    .unwrap_or((0, 0));
-                Read {
-                    sku: r.sku.clone(),
-                    stock: if r.found {
-                        r.record.clone().map(Stock::from)
-                    } else {
-                        None
-                    },
-                    shard_id: r.shard_id,
-                    node_id,
-                    applied_index,
-                }
-            })
-            .collect())
+        Ok(crate::reads::reads_of(&reply).collect())
     }
 
     /// Repair: asks every node to let the shards it leads rebuild `node_id` from

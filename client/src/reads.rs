@@ -190,17 +190,22 @@ impl Client {
 
 /// Fills `out` at `idxs` (the SKUs of one Get, in order) from its reply.
 fn fill_reads(out: &mut [Option<Read>], idxs: &[usize], reply: &pb::GetReply) {
-    let info = |shard_id: u64| {
-        reply
+    for (&i, read) in idxs.iter().zip(reads_of(reply)) {
+        out[i] = Some(read);
+    }
+}
+
+/// A Get reply's results, in order, each with the node and applied index its shard
+/// was read at.
+pub(crate) fn reads_of(reply: &pb::GetReply) -> impl Iterator<Item = Read> + '_ {
+    reply.results.iter().map(|r| {
+        let (node_id, applied_index) = reply
             .shards
             .iter()
-            .find(|s| s.shard_id == shard_id)
+            .find(|s| s.shard_id == r.shard_id)
             .map(|s| (s.node_id, s.applied_index))
-            .unwrap_or((0, 0))
-    };
-    for (&i, r) in idxs.iter().zip(reply.results.iter()) {
-        let (node_id, applied_index) = info(r.shard_id);
-        out[i] = Some(Read {
+            .unwrap_or((0, 0));
+        Read {
             sku: r.sku.clone(),
             stock: if r.found {
                 r.record.clone().map(Stock::from)
@@ -210,6 +215,6 @@ fn fill_reads(out: &mut [Option<Read>], idxs: &[usize], reply: &pb::GetReply) {
             shard_id: r.shard_id,
             node_id,
             applied_index,
-        });
-    }
+        }
+    })
 }
