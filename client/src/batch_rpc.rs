@@ -9,6 +9,11 @@
 //! the whole batch to one node could never satisfy two leaders, and would end every
 //! operation, applied or not, as UNAVAILABLE at the deadline.
 //!
+//! Regrouping goes on until the deadline (at most `REGROUP_ROUNDS_CAP` rounds): while
+//! a merge or a split is under way nodes' maps differ, and a map refreshed from one
+//! and then another can move an operation back and forth for longer than a few quick
+//! rounds; giving up then would fail operations the deadline still had time for.
+//!
 //! An operation given up on is `OutcomeUnknown` whenever any attempt may have
 //! applied it, `Unavailable` only when none can have.
 
@@ -19,13 +24,18 @@ use std::time::Instant;
 use prost::Message;
 use stockpile_proto::v1 as pb;
 
-use crate::retry::REGROUP_ROUNDS_MAX;
 use crate::transport::with_timeout;
 use crate::{Client, Error, RequestId, Target};
 
 /// An operation as sent: its request id and wire form.
 pub(crate) type WireOp = (RequestId, pb::operation::Op);
 type OpResult = Result<pb::operation_result::Result, Error>;
+
+/// Regroup rounds at most in one `send_batch`. The deadline ends them first: backoff
+/// grows to at least 250 ms per round after the sixth, so 64 rounds outlast any
+/// deadline below ~14 s (the default is 10 s); the cap bounds the loop whatever the
+/// deadline.
+const REGROUP_ROUNDS_CAP: u32 = 64;
 
 /// One operation's answer from one Batch RPC. Unboxed although `Done` is the larger
 /// variant by far: nearly every answer is `Done`, moved once into the caller's results,
@@ -60,8 +70,8 @@ fn route_sku(op: &pb::operation::Op) -> &str {
 
 /// Sends `ops` (routed to `shard_id` by the caller's map) and returns one result per
 /// op, in order. Operations refused for their shard while others were answered are
-/// sent again, grouped by a refreshed map, until answered, `REGROUP_ROUNDS_MAX`
-/// rounds or `deadline`.
+/// sent again, grouped by a refreshed map, until answered, `deadline` or
+/// `REGROUP_ROUNDS_CAP` rounds.
 pub(crate) async fn send_batch(
     client: &Client,
     shard_id: u64,
@@ -74,7 +84,7 @@ pub(crate) async fn send_batch(
     let mut unsure = vec![false; n];
     let mut groups: BTreeMap<u64, Vec<(usize, WireOp)>> = BTreeMap::new();
     groups.insert(shard_id, ops.into_iter().enumerate().collect());
-    for round in 0..REGROUP_ROUNDS_MAX {
+    for round in 0..REGROUP_ROUNDS_CAP {
         let sends = groups.into_iter().map(|(shard, ops)| async move {
             let (idxs, wire): (Vec<usize>, Vec<WireOp>) = ops.into_iter().unzip();
             let answers = send_parts(client, shard, &wire, atomic, deadline).await;
@@ -98,7 +108,7 @@ pub(crate) async fn send_batch(
         if again.is_empty() {
             break;
         }
-        let last_round = round + 1 == REGROUP_ROUNDS_MAX || Instant::now() >= deadline;
+        let last_round = round + 1 == REGROUP_ROUNDS_CAP || Instant::now() >= deadline;
         if last_round {
             for (i, (rid, _)) in again {
                 results[i] = Some(Err(give_up(rid, unsure[i], &last_message)));

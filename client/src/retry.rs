@@ -13,10 +13,11 @@ use crate::classify::{Verdict, classify, decode_detail};
 use crate::transport::Conn;
 use crate::{Client, Error, RequestId, ShardMap, Target};
 
-/// Rounds at most in which a request's SKUs refused for their shard (a split, two
-/// leaders) are grouped again by a refreshed map and sent again (`batch_rpc`, `get`):
-/// one round follows a split or a leader change; more than a few means the cluster
-/// is changing faster than a call lasts, and the deadline ends it anyway.
+/// Rounds at most in which a Get's SKUs refused for their shard (a split, two
+/// leaders) are grouped again by a refreshed map and read again before its last
+/// round: one round follows a split or a leader change; more than a few means the
+/// cluster is changing faster than a call lasts. (A batch regroups until its
+/// deadline instead: `batch_rpc`.)
 pub(crate) const REGROUP_ROUNDS_MAX: u32 = 8;
 
 /// Backoff between attempts: 10 ms doubling, at most 500 ms, full jitter above half.
