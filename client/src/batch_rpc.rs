@@ -1,6 +1,6 @@
 //! Batch RPCs: how a list of mutations reaches the store and how each gets its answer.
 //!
-//! Both the coalescer and explicit batches send through `send_batch`. A batch goes to
+//! Both the coalescer and explicit batches send through `send_batch_each`. A batch goes to
 //! the leader of the shard the client's map names; the node routes every operation by
 //! its own map, so after a split (or while two shards' leaders differ) one reply can
 //! answer some operations and refuse others for their shard (`SHARD_MOVED`,
@@ -13,6 +13,9 @@
 //! a merge or a split is under way nodes' maps differ, and a map refreshed from one
 //! and then another can move an operation back and forth for longer than a few quick
 //! rounds; giving up then would fail operations the deadline still had time for.
+//! Meanwhile the operations already answered are not held back: each answer goes to
+//! its caller as soon as it is known, and the coalescer frees the shard's in-flight
+//! slot after the first round.
 //!
 //! An operation given up on is `OutcomeUnknown` whenever any attempt may have
 //! applied it, `Unavailable` only when none can have.
@@ -69,9 +72,7 @@ fn route_sku(op: &pb::operation::Op) -> &str {
 }
 
 /// Sends `ops` (routed to `shard_id` by the caller's map) and returns one result per
-/// op, in order. Operations refused for their shard while others were answered are
-/// sent again, grouped by a refreshed map, until answered, `deadline` or
-/// `REGROUP_ROUNDS_CAP` rounds.
+/// op, in order: `send_batch_each` collected.
 pub(crate) async fn send_batch(
     client: &Client,
     shard_id: u64,
@@ -79,8 +80,40 @@ pub(crate) async fn send_batch(
     atomic: bool,
     deadline: Instant,
 ) -> Vec<OpResult> {
+    let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
+    let each = |i: usize, r: OpResult| results[i] = Some(r);
+    send_batch_each(client, shard_id, ops, atomic, deadline, each, || ()).await;
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Error::Internal {
+                    message: "an operation left without an answer".into(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// Sends `ops` (routed to `shard_id` by the caller's map) and hands each op's result
+/// to `each` (its index, its result) as soon as it is known, exactly once per op.
+/// `first_round_done` runs once the first round's answers are handed over: what
+/// follows concerns only operations refused for their shard, sent again, grouped by a
+/// refreshed map, until answered, `deadline` or `REGROUP_ROUNDS_CAP` rounds. (The
+/// coalescer frees its shard's in-flight slot there: those operations now go to
+/// other shards, and a long regrouping must not hold back the shard's next batch.)
+pub(crate) async fn send_batch_each(
+    client: &Client,
+    shard_id: u64,
+    ops: Vec<WireOp>,
+    atomic: bool,
+    deadline: Instant,
+    each: impl FnMut(usize, OpResult),
+    first_round_done: impl FnOnce(),
+) {
     let n = ops.len();
-    let mut results: Vec<Option<OpResult>> = vec![None; n];
+    let mut sink = Sink::new(n, each);
+    let mut first_round_done = Some(first_round_done);
     let mut unsure = vec![false; n];
     let mut groups: BTreeMap<u64, Vec<(usize, WireOp)>> = BTreeMap::new();
     groups.insert(shard_id, ops.into_iter().enumerate().collect());
@@ -94,7 +127,7 @@ pub(crate) async fn send_batch(
         let mut last_message = String::new();
         for ((i, op), answer) in futures::future::join_all(sends).await.into_iter().flatten() {
             match answer {
-                Answer::Done(r) => results[i] = Some(r),
+                Answer::Done(r) => sink.put(i, r),
                 Answer::Again {
                     maybe_applied,
                     message,
@@ -105,28 +138,58 @@ pub(crate) async fn send_batch(
                 }
             }
         }
+        if let Some(done) = first_round_done.take() {
+            done();
+        }
         if again.is_empty() {
             break;
         }
         let last_round = round + 1 == REGROUP_ROUNDS_CAP || Instant::now() >= deadline;
         if last_round {
             for (i, (rid, _)) in again {
-                results[i] = Some(Err(give_up(rid, unsure[i], &last_message)));
+                sink.put(i, Err(give_up(rid, unsure[i], &last_message)));
             }
             break;
         }
-        groups = regroup(client, again, round, deadline, &unsure, &mut results).await;
+        groups = regroup(client, again, round, deadline, &unsure, &mut sink).await;
     }
-    results
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(Error::Internal {
-                    message: "an operation left without an answer".into(),
-                })
-            })
-        })
-        .collect()
+    sink.finish();
+}
+
+/// Each operation's result handed to the caller once (asserted: a second answer for
+/// one operation is a bug here, never a store's doing).
+struct Sink<F: FnMut(usize, OpResult)> {
+    each: F,
+    answered: Vec<bool>,
+}
+
+impl<F: FnMut(usize, OpResult)> Sink<F> {
+    fn new(n: usize, each: F) -> Self {
+        Sink {
+            each,
+            answered: vec![false; n],
+        }
+    }
+
+    fn put(&mut self, i: usize, r: OpResult) {
+        assert!(!self.answered[i], "operation {i} of a batch answered twice");
+        self.answered[i] = true;
+        (self.each)(i, r);
+    }
+
+    /// Every operation not answered yet gets an internal error: none is left waiting.
+    fn finish(mut self) {
+        for i in 0..self.answered.len() {
+            if !self.answered[i] {
+                self.put(
+                    i,
+                    Err(Error::Internal {
+                        message: "an operation left without an answer".into(),
+                    }),
+                );
+            }
+        }
+    }
 }
 
 /// The error of an operation given up on: unknown if an attempt may have applied it.
@@ -151,7 +214,7 @@ async fn regroup(
     round: u32,
     deadline: Instant,
     unsure: &[bool],
-    results: &mut [Option<OpResult>],
+    sink: &mut Sink<impl FnMut(usize, OpResult)>,
 ) -> BTreeMap<u64, Vec<(usize, WireOp)>> {
     if let Err(e) = client.refresh_map(deadline).await {
         tracing::debug!(error = %e, "no fresh map for operations refused for their shard");
@@ -162,7 +225,7 @@ async fn regroup(
     for (i, op) in again {
         match client.shard_for(route_sku(&op.1)) {
             Ok(shard) => groups.entry(shard).or_default().push((i, op)),
-            Err(e) => results[i] = Some(Err(give_up(op.0, unsure[i], &e.to_string()))),
+            Err(e) => sink.put(i, Err(give_up(op.0, unsure[i], &e.to_string()))),
         }
     }
     groups
@@ -425,6 +488,43 @@ mod tests {
         assert!(
             request.encoded_len() <= 3 * one,
             "op_bytes bounds the real size"
+        );
+    }
+
+    #[test]
+    fn every_operation_of_a_batch_gets_exactly_one_answer() {
+        let mut got: Vec<(usize, bool)> = Vec::new();
+        let mut sink = Sink::new(3, |i, r: OpResult| got.push((i, r.is_ok())));
+        sink.put(
+            1,
+            Ok(pb::operation_result::Result::Stock(
+                pb::StockReply::default(),
+            )),
+        );
+        sink.finish();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![(0, false), (1, true), (2, false)],
+            "the answered one keeps its answer, the others get an error, none is left waiting"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "answered twice")]
+    fn an_operation_answered_twice_is_a_bug() {
+        let mut sink = Sink::new(1, |_, _| ());
+        sink.put(
+            0,
+            Err(Error::Internal {
+                message: "a".into(),
+            }),
+        );
+        sink.put(
+            0,
+            Err(Error::Internal {
+                message: "b".into(),
+            }),
         );
     }
 

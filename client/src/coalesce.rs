@@ -132,20 +132,26 @@ async fn run(inner: Weak<Inner>, shard_id: u64, mut rx: mpsc::Receiver<Pending>)
         let Some(inner) = inner.upgrade() else { return };
         let client = Client { inner };
         tokio::spawn(async move {
-            let _permit = permit;
             let deadline = batch
                 .iter()
                 .map(|p| p.deadline)
                 .min()
                 .unwrap_or_else(Instant::now);
-            let (wire, replies): (Vec<_>, Vec<_>) = batch
+            let (wire, mut replies): (Vec<_>, Vec<_>) = batch
                 .into_iter()
-                .map(|p| ((p.request_id, p.op), p.reply))
+                .map(|p| ((p.request_id, p.op), Some(p.reply)))
                 .unzip();
-            let results = batch_rpc::send_batch(&client, shard_id, wire, false, deadline).await;
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
-            }
+            // Each caller gets its answer as soon as it is known; the shard's slot is
+            // free once the first round is answered (operations sent again after a
+            // split or a merge go to other shards).
+            let each = |i: usize, result| {
+                if let Some(reply) = replies.get_mut(i).and_then(Option::take) {
+                    let _ = reply.send(result);
+                }
+            };
+            let free_slot = move || drop(permit);
+            batch_rpc::send_batch_each(&client, shard_id, wire, false, deadline, each, free_slot)
+                .await;
         });
     }
 }
