@@ -11,7 +11,8 @@
 #   scripts/shard-memory.sh [SHARDS] [ROUNDS] [SECONDS]
 #
 # Defaults: 1,000 shards, 5 rounds of 40 s. HEARTBEAT_MS=N in the environment sets
-# raft.heartbeat_interval_ms (default 100; election timeouts 10-20x it). Uses ports 7401-7403 and data under
+# raft.heartbeat_interval_ms (default 100; election timeouts 10-20x it), QUIET_AFTER_MS=N
+# raft.quiet_after_ms (default 2000; 0 turns quiet shards off). Uses ports 7401-7403 and data under
 # ./data/shard-memory-*; stops the nodes at the end. STOCKPILE_PROFILE=NAME runs
 # target/NAME's binaries, as scripts/cluster.sh does.
 set -euo pipefail
@@ -24,9 +25,9 @@ mkdir -p data
 rm -rf data/shard-memory-node-*
 # The bench's SKU names (`stockpile bench`'s `sku()`: a letter, the prefix, a number),
 # sorted and cut into SHARDS equal runs.
-python3 - "$shards" "${HEARTBEAT_MS:-100}" >"$cfg" <<'EOF'
+python3 - "$shards" "${HEARTBEAT_MS:-100}" "${QUIET_AFTER_MS:-2000}" >"$cfg" <<'EOF'
 import sys
-n, hb = int(sys.argv[1]), int(sys.argv[2])
+n, hb, quiet = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 skus = sorted(f"{chr(97 + i % 26)}bench-{i:06}" for i in range(10_000))
 print('cluster_name = "shard-memory"')
 for k in (1, 2, 3):
@@ -34,7 +35,7 @@ for k in (1, 2, 3):
 bounds = [""] + [skus[j * len(skus) // n] for j in range(1, n)] + [""]
 for j in range(n):
     print(f'[[shards]]\nid = {j + 1}\nstart = "{bounds[j]}"\nend = "{bounds[j + 1]}"\nreplicas = [1, 2, 3]')
-print(f'[raft]\nheartbeat_interval_ms = {hb}\nelection_timeout_min_ms = {hb * 10}\nelection_timeout_max_ms = {hb * 20}')
+print(f'[raft]\nheartbeat_interval_ms = {hb}\nelection_timeout_min_ms = {hb * 10}\nelection_timeout_max_ms = {hb * 20}\nquiet_after_ms = {quiet}')
 EOF
 bin=target/${STOCKPILE_PROFILE:-release}
 [ -x "$bin/stockpile-node" ] || cargo build --release --workspace --quiet
