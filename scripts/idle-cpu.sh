@@ -19,6 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/cpu-use.sh
 source scripts/cpu-use.sh
+# shellcheck source=scripts/local-nodes.sh
+source scripts/local-nodes.sh
 shards=${1:?usage: $0 SHARDS [HEARTBEAT_MS] [SECONDS]}
 hb=${2:-100}
 secs=${3:-30}
@@ -39,22 +41,8 @@ rm -rf data/idle-node-*
   printf '[raft]\nheartbeat_interval_ms = %d\nelection_timeout_min_ms = %d\nelection_timeout_max_ms = %d\nquiet_after_ms = %d\n' "$hb" $((hb * 10)) $((hb * 20)) "${QUIET_AFTER_MS:-2000}"
 
 } > "$cfg"
-bin=target/${STOCKPILE_PROFILE:-release}
-[ -x "$bin/stockpile-node" ] || cargo build --release --workspace --quiet
-pids=()
-for n in 1 2 3; do
-  "$bin/stockpile-node" --config "$cfg" --node-id "$n" >"data/idle-node-$n.log" 2>&1 &
-  pids+=($!)
-done
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
-started=$SECONDS
-# Many shards take a while to start: the map is not served until they have, so the
-# wait itself is retried (for at most 10 minutes).
-until "$bin/stockpile" --endpoints 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203 \
-    --timeout 20s cluster wait --within 300s >/dev/null 2>&1; do
-  [ $((SECONDS - started)) -lt 600 ] || { echo "no leader for every shard after 600 s" >&2; exit 1; }
-  sleep 2
-done
+start_nodes "$cfg" data/idle-node
+wait_leaders 127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203
 echo "shards=$shards heartbeat=${hb}ms: all leaders elected after $((SECONDS - started)) s; settling 5 s, measuring ${secs} s"
 sleep 5
 cpu_use "$secs" "${pids[@]}"

@@ -17,6 +17,8 @@
 # target/NAME's binaries, as scripts/cluster.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/local-nodes.sh
+source scripts/local-nodes.sh
 shards=${1:-1000}
 rounds=${2:-5}
 secs=${3:-40}
@@ -37,20 +39,9 @@ for j in range(n):
     print(f'[[shards]]\nid = {j + 1}\nstart = "{bounds[j]}"\nend = "{bounds[j + 1]}"\nreplicas = [1, 2, 3]')
 print(f'[raft]\nheartbeat_interval_ms = {hb}\nelection_timeout_min_ms = {hb * 10}\nelection_timeout_max_ms = {hb * 20}\nquiet_after_ms = {quiet}')
 EOF
-bin=target/${STOCKPILE_PROFILE:-release}
-[ -x "$bin/stockpile-node" ] || cargo build --release --workspace --quiet
-pids=()
-for n in 1 2 3; do
-  "$bin/stockpile-node" --config "$cfg" --node-id "$n" >"data/shard-memory-node-$n.log" 2>&1 &
-  pids+=($!)
-done
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+start_nodes "$cfg" data/shard-memory-node
 eps=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
-started=$SECONDS
-until "$bin/stockpile" --endpoints "$eps" --timeout 20s cluster wait --within 300s >/dev/null 2>&1; do
-  [ $((SECONDS - started)) -lt 600 ] || { echo "no leader for every shard after 600 s" >&2; exit 1; }
-  sleep 2
-done
+wait_leaders "$eps"
 
 # One line: each node's RSS, and glibc's bytes in use (malloc_stats() through gdb
 # prints them to the node's stderr, its log) when gdb is here.

@@ -85,13 +85,7 @@ pub(crate) async fn send_batch(
     send_batch_each(client, shard_id, ops, atomic, deadline, each, || ()).await;
     results
         .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(Error::Internal {
-                    message: "an operation left without an answer".into(),
-                })
-            })
-        })
+        .map(|r| r.unwrap_or_else(|| Err(unanswered())))
         .collect()
 }
 
@@ -156,6 +150,13 @@ pub(crate) async fn send_batch_each(
     sink.finish();
 }
 
+/// The error of an operation no round answered (a bug here, never a store's doing).
+fn unanswered() -> Error {
+    Error::Internal {
+        message: "an operation left without an answer".into(),
+    }
+}
+
 /// Each operation's result handed to the caller once (asserted: a second answer for
 /// one operation is a bug here, never a store's doing).
 struct Sink<F: FnMut(usize, OpResult)> {
@@ -181,12 +182,7 @@ impl<F: FnMut(usize, OpResult)> Sink<F> {
     fn finish(mut self) {
         for i in 0..self.answered.len() {
             if !self.answered[i] {
-                self.put(
-                    i,
-                    Err(Error::Internal {
-                        message: "an operation left without an answer".into(),
-                    }),
-                );
+                self.put(i, Err(unanswered()));
             }
         }
     }
