@@ -348,16 +348,12 @@ impl Client {
                         .await
                         .map_err(|e| tries.unknown_if_sent(e))?;
                 }
-                let mut r = self.routing();
-                match hint.filter(|h| *h != node_id && r.map.nodes.contains_key(h)) {
-                    Some(leader) => {
-                        r.leaders.insert(shard_id, leader);
-                        // Follow the hint at once, even if tried in this round.
-                        tries.tried.retain(|n| *n != leader);
-                    }
-                    None => {
-                        r.leaders.remove(&shard_id);
-                    }
+                let leader = self
+                    .routing()
+                    .learn_leader(shard_id, refused, node_id, hint);
+                if let Some(leader) = leader {
+                    // Follow the hint at once, even if tried in this round.
+                    tries.tried.retain(|n| *n != leader);
                 }
             }
             Verdict::Unavailable {

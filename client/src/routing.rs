@@ -172,6 +172,36 @@ pub(crate) struct Routing {
 pub(crate) const RESERVATIONS_REMEMBERED_MAX: usize = 100_000;
 
 impl Routing {
+    /// Records what a NOT_LEADER answer from `node_id` said: `hint` leads `refused`,
+    /// the shard the node refused (0: it did not say, so the call's own `call_shard`).
+    /// A node whose map places the call's SKUs in another shard names that shard's
+    /// leader, which says nothing about who leads `call_shard`: the hint goes under
+    /// the shard it is about, when the map knows it. Returns the hinted leader when
+    /// it is another node this map knows (the call follows it at once).
+    pub fn learn_leader(
+        &mut self,
+        call_shard: u64,
+        refused: u64,
+        node_id: u64,
+        hint: Option<u64>,
+    ) -> Option<u64> {
+        let about = if refused != 0 && self.map.shard(refused).is_some() {
+            refused
+        } else {
+            call_shard
+        };
+        let leader = hint.filter(|h| *h != node_id && self.map.nodes.contains_key(h));
+        match leader {
+            Some(l) => {
+                self.leaders.insert(about, l);
+            }
+            None => {
+                self.leaders.remove(&about);
+            }
+        }
+        leader
+    }
+
     pub fn node_failed(&mut self, node_id: u64) {
         let h = self.health.entry(node_id).or_insert(Health {
             failures: 0,
@@ -326,6 +356,34 @@ mod tests {
             !r.candidates(1, None, false).contains(&4),
             "only as the leader"
         );
+    }
+
+    #[test]
+    fn a_leader_hint_about_another_shard_is_recorded_under_that_shard() {
+        let mut r = Routing {
+            map: map(),
+            ..Default::default()
+        };
+        r.leaders.insert(1, 1);
+        assert_eq!(r.learn_leader(1, 2, 1, Some(3)), Some(3));
+        assert_eq!(r.leaders.get(&2), Some(&3), "the refused shard's leader");
+        assert_eq!(
+            r.leaders.get(&1),
+            Some(&1),
+            "the call's shard keeps its own"
+        );
+        assert_eq!(r.learn_leader(1, 0, 1, Some(2)), Some(2), "no shard named");
+        assert_eq!(r.leaders.get(&1), Some(&2));
+        assert_eq!(
+            r.learn_leader(1, 7, 2, Some(3)),
+            Some(3),
+            "a shard not in the map"
+        );
+        assert_eq!(r.leaders.get(&1), Some(&3));
+        assert_eq!(r.learn_leader(1, 1, 3, Some(3)), None, "itself: no hint");
+        assert_eq!(r.leaders.get(&1), None);
+        assert_eq!(r.learn_leader(2, 2, 1, Some(9)), None, "an unknown node");
+        assert_eq!(r.leaders.get(&2), None);
     }
 
     #[test]
