@@ -555,6 +555,10 @@ replicas = [2, 1]
             "raft.election_timeout_min_ms",
         );
         must_fail_with(
+            &format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 210\n"),
+            "raft.election_timeout_min_ms: must exceed 220 ms",
+        );
+        must_fail_with(
             &GOOD.replace("cluster_name = \"t\"", ""),
             "missing field `cluster_name`",
         );

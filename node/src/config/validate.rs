@@ -207,10 +207,20 @@ fn raft(c: &ClusterConfig, file: &str) -> Result<(), ConfigError> {
         problem,
     };
     let r = &c.raft;
-    if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms * 2 {
+    // The longest a follower may wait for a heartbeat: one suppressed after an
+    // AppendEntries (`raft::shard_config`) comes up to two intervals and one of
+    // openraft's ticks (heartbeat × 13/64) after the last; openraft refuses a shorter
+    // election timeout, so it is refused here, naming the field, before any shard starts.
+    let hb = r.heartbeat_interval_ms;
+    let beat_gap_ms = hb
+        .saturating_mul(2)
+        .saturating_add((hb.saturating_mul(13) / 64).max(1));
+    if hb == 0 || r.election_timeout_min_ms <= beat_gap_ms {
         return Err(bad(
             "raft.election_timeout_min_ms".into(),
-            "must exceed twice raft.heartbeat_interval_ms (and the heartbeat must be > 0)".into(),
+            format!(
+                "must exceed {beat_gap_ms} ms, twice raft.heartbeat_interval_ms plus a Raft tick (heartbeat × 13/64), and the heartbeat must be > 0"
+            ),
         ));
     }
     if r.election_timeout_max_ms <= r.election_timeout_min_ms {

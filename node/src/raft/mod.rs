@@ -116,6 +116,12 @@ fn shard_config(
     let config = openraft::Config {
         cluster_name: format!("{}-shard-{shard_id}", cluster.cluster_name),
         heartbeat_interval: t.heartbeat_interval_ms,
+        // No heartbeat to a follower that acknowledged an AppendEntries sent within
+        // the last interval: under writes the entries prove what a heartbeat would,
+        // and every awake shard's heartbeats otherwise cost as much as its traffic
+        // (docs/PERFORMANCE.md). openraft refuses a config where a suppressed beat
+        // could come later than `election_timeout_min` (checked at start).
+        heartbeat_min_interval: Some(t.heartbeat_interval_ms),
         election_timeout_min: t.election_timeout_min_ms,
         election_timeout_max: t.election_timeout_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries),
