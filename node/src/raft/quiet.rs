@@ -84,6 +84,11 @@ pub struct Quiet {
     /// The quiet round that last put this follower to sleep: the round after it reads
     /// the Raft state again (`recheck_due`).
     slept_round: AtomicU64,
+    /// How many times this replica woke. Nothing of a sleeping replica changes until
+    /// it wakes, so whoever reads its state only when that changes (the gauges'
+    /// publisher) compares this count: a wake and a sleep between two of its reads
+    /// leave the replica asleep again, but not unchanged.
+    woken: AtomicU64,
 }
 
 /// A sleeping replica reads its Raft state at least once in this many quiet rounds
@@ -108,7 +113,12 @@ impl Quiet {
             lease_renewed_at_sleeps: AtomicU64::new(0),
             vouched_round: AtomicU64::new(0),
             slept_round: AtomicU64::new(0),
+            woken: AtomicU64::new(0),
         }
+    }
+
+    pub fn woken(&self) -> u64 {
+        self.woken.load(Ordering::Acquire)
     }
 
     /// Whether this sleeping replica must read its Raft state in `round` instead of
@@ -168,6 +178,7 @@ impl Quiet {
         if was_asleep {
             self.vouched_round.store(0, Ordering::Release);
             self.wakeups.0.fetch_add(1, Ordering::AcqRel);
+            self.woken.fetch_add(1, Ordering::AcqRel);
         }
         was_asleep
     }
@@ -354,6 +365,11 @@ impl ShardRaft {
     /// The replica's timer is stopped.
     pub fn is_asleep(&self) -> bool {
         self.quiet.state() == ASLEEP
+    }
+
+    /// How many times the replica woke (`Quiet::woken`).
+    pub fn woken(&self) -> u64 {
+        self.quiet.woken()
     }
 
     fn start_timer(&self) {
@@ -618,6 +634,12 @@ mod tests {
         assert!(awake.advance(AWAKE, QUIETING));
         assert!(awake.awake());
         assert_eq!(wakeups.count(), 2, "woken from quieting");
+        assert_eq!(asleep.woken(), 1, "the replica's own count");
+        assert_eq!(awake.woken(), 1);
+        assert!(asleep.advance(AWAKE, ASLEEP));
+        assert_eq!(asleep.woken(), 1, "falling asleep changes nothing");
+        assert!(asleep.awake());
+        assert_eq!(asleep.woken(), 2, "a sleep and a wake since: not unchanged");
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(2);
 pub fn spawn_publisher(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
-        let mut published_asleep = std::collections::HashSet::new();
+        let mut published_asleep = std::collections::HashMap::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -90,16 +90,23 @@ pub fn spawn_publisher(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
     });
 }
 
-/// `published_asleep`: replicas whose gauges were published while asleep. Nothing of
-/// a sleeping replica changes until it wakes, so they are skipped until then.
-fn publish(node: &Node, published_asleep: &mut std::collections::HashSet<crate::router::ShardId>) {
+/// `published_asleep`: replicas whose gauges were published while asleep, with their
+/// count of wake-ups then. Nothing of a sleeping replica changes until it wakes, so
+/// one is skipped while that count stays: a replica that woke, served and fell asleep
+/// again between two publications (quicker than `PUBLISH_INTERVAL`) is published again.
+fn publish(
+    node: &Node,
+    published_asleep: &mut std::collections::HashMap<crate::router::ShardId, u64>,
+) {
     for shard in node.shards() {
+        // The count first: a wake-up after it makes the next publication differ.
+        let woken = shard.raft.woken();
         let asleep = shard.raft.is_asleep();
-        if asleep && published_asleep.contains(&shard.id()) {
+        if asleep && published_asleep.get(&shard.id()) == Some(&woken) {
             continue;
         }
         if asleep {
-            published_asleep.insert(shard.id());
+            published_asleep.insert(shard.id(), woken);
         } else {
             published_asleep.remove(&shard.id());
         }
