@@ -5,7 +5,7 @@
 #   scripts/idle-cpu.sh SHARDS [HEARTBEAT_MS] [SECONDS]
 #
 # HEARTBEAT_MS (default 100) sets raft.heartbeat_interval_ms; election timeouts are
-# 10-20x it. Quiet shards are on (raft.quiet_after_ms = 2000, the default; QUIET_AFTER_MS=0 in the
+# 10-20x it. Quiet shards are on (raft.quiet_after_ms = 500, the default; QUIET_AFTER_MS=0 in the
 # environment turns them off). Prints each node's CPU use as a percentage of one core. Uses ports
 # 7201-7203 and data under ./data/idle-*; stops the nodes at the end.
 #
@@ -38,7 +38,7 @@ rm -rf data/idle-node-*
     printf '[[shards]]\nid = %d\nstart = "%s"\nend = "%s"\nreplicas = [1, 2, 3]\n' "$i" "$prev" "$end"
     prev=$end
   done
-  printf '[raft]\nheartbeat_interval_ms = %d\nelection_timeout_min_ms = %d\nelection_timeout_max_ms = %d\nquiet_after_ms = %d\n' "$hb" $((hb * 10)) $((hb * 20)) "${QUIET_AFTER_MS:-2000}"
+  printf '[raft]\nheartbeat_interval_ms = %d\nelection_timeout_min_ms = %d\nelection_timeout_max_ms = %d\nquiet_after_ms = %d\n' "$hb" $((hb * 10)) $((hb * 20)) "${QUIET_AFTER_MS:-500}"
 
 } > "$cfg"
 start_nodes "$cfg" data/idle-node

@@ -12,7 +12,7 @@
 #
 # Defaults: 1,000 shards, 5 rounds of 40 s. HEARTBEAT_MS=N in the environment sets
 # raft.heartbeat_interval_ms (default 100; election timeouts 10-20x it), QUIET_AFTER_MS=N
-# raft.quiet_after_ms (default 2000; 0 turns quiet shards off). Uses ports 7401-7403 and data under
+# raft.quiet_after_ms (default 500; 0 turns quiet shards off). Uses ports 7401-7403 and data under
 # ./data/shard-memory-*; stops the nodes at the end. STOCKPILE_PROFILE=NAME runs
 # target/NAME's binaries, as scripts/cluster.sh does.
 set -euo pipefail
@@ -27,7 +27,7 @@ mkdir -p data
 rm -rf data/shard-memory-node-*
 # The bench's SKU names (`stockpile bench`'s `sku()`: a letter, the prefix, a number),
 # sorted and cut into SHARDS equal runs.
-python3 - "$shards" "${HEARTBEAT_MS:-100}" "${QUIET_AFTER_MS:-2000}" >"$cfg" <<'EOF'
+python3 - "$shards" "${HEARTBEAT_MS:-100}" "${QUIET_AFTER_MS:-500}" >"$cfg" <<'EOF'
 import sys
 n, hb, quiet = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 skus = sorted(f"{chr(97 + i % 26)}bench-{i:06}" for i in range(10_000))
