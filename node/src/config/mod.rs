@@ -323,7 +323,7 @@ impl Default for RaftTuning {
             // Half a second: five heartbeats at the default interval. A shard written
             // to less often sleeps between writes, which costs less than heartbeating
             // it awake: 1,000 shards all served did ~1,090 ops/s at 500 ms against
-            // ~576 at 2 s (docs/PERFORMANCE.md, "Quiet shards").
+            // ~576 at 2 s (docs/PERFORMANCE.md, "What was changed", 20).
             quiet_after_ms: 500,
         }
     }
