@@ -90,25 +90,24 @@ pub fn spawn_publisher(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
     });
 }
 
-/// `published_asleep`: replicas whose gauges were published while asleep, with their
-/// count of wake-ups then. Nothing of a sleeping replica changes until it wakes, so
-/// one is skipped while that count stays: a replica that woke, served and fell asleep
-/// again between two publications (quicker than `PUBLISH_INTERVAL`) is published again.
+/// `published_asleep`: the replicas found asleep by the last publication, with their
+/// count of wake-ups then (rebuilt each time, so replicas that left are forgotten).
+/// Nothing of a sleeping replica changes until it wakes, so one is skipped while that
+/// count stays: a replica that woke, served and fell asleep again between two
+/// publications (quicker than `PUBLISH_INTERVAL`) is published again.
 fn publish(
     node: &Node,
     published_asleep: &mut std::collections::HashMap<crate::router::ShardId, u64>,
 ) {
+    let previous = std::mem::take(published_asleep);
     for shard in node.shards() {
         // The count first: a wake-up after it makes the next publication differ.
         let woken = shard.raft.woken();
-        let asleep = shard.raft.is_asleep();
-        if asleep && published_asleep.get(&shard.id()) == Some(&woken) {
-            continue;
-        }
-        if asleep {
+        if shard.raft.is_asleep() {
             published_asleep.insert(shard.id(), woken);
-        } else {
-            published_asleep.remove(&shard.id());
+            if previous.get(&shard.id()) == Some(&woken) {
+                continue;
+            }
         }
         let st = shard.raft.status();
         let label = shard.id().to_string();
