@@ -312,6 +312,14 @@ mod tests {
         }
     }
 
+    /// Routing over `map`, with no leaders or failures known yet.
+    fn routing(map: ShardMap) -> Routing {
+        Routing {
+            map,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn routes_skus_to_ranges() {
         let m = map();
@@ -346,10 +354,7 @@ mod tests {
                 zone: "b".into(),
             },
         );
-        let mut r = Routing {
-            map: m,
-            ..Default::default()
-        };
+        let mut r = routing(m);
         r.leaders.insert(1, 4);
         assert_eq!(r.candidates(1, None, true)[0], 4);
         assert!(
@@ -360,10 +365,7 @@ mod tests {
 
     #[test]
     fn a_leader_hint_about_another_shard_is_recorded_under_that_shard() {
-        let mut r = Routing {
-            map: map(),
-            ..Default::default()
-        };
+        let mut r = routing(map());
         r.leaders.insert(1, 1);
         assert_eq!(r.learn_leader(1, 2, 1, Some(3)), Some(3));
         assert_eq!(r.leaders.get(&2), Some(&3), "the refused shard's leader");
@@ -388,10 +390,7 @@ mod tests {
 
     #[test]
     fn prefers_leader_then_region_and_skips_failed_nodes() {
-        let mut r = Routing {
-            map: map(),
-            ..Default::default()
-        };
+        let mut r = routing(map());
         r.leaders.insert(1, 2);
         assert_eq!(r.candidates(1, Some("eu"), true)[0], 2, "the leader first");
         let c = r.candidates(1, Some("eu"), false);
