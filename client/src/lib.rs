@@ -36,6 +36,7 @@ mod carts;
 pub mod certs;
 pub mod classify;
 mod coalesce;
+pub mod cork;
 mod error;
 mod moves;
 mod mutation;

@@ -81,7 +81,9 @@ impl Client {
         if let Some(tls) = &self.inner.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
         }
-        let conn = InterceptedService::new(endpoint.connect_lazy(), self.inner.headers.clone());
+        let dialer = crate::cork::Dialer::new(self.inner.cfg.connect_timeout, None);
+        let channel = endpoint.connect_with_connector_lazy(dialer);
+        let conn = InterceptedService::new(channel, self.inner.headers.clone());
         channels.insert(addr.to_string(), conn.clone());
         Ok(conn)
     }

@@ -23,6 +23,8 @@ use crate::api::raft_service::RaftService;
 use crate::api::status::to_status;
 use crate::error::Error;
 use crate::node::Node;
+use futures::StreamExt;
+use stockpile_client::cork::Corked;
 
 /// Largest Inventory reply sent: a reply may be a few times its request (a Batch of
 /// reservations returns every item's record), and requests are bounded by
@@ -132,12 +134,14 @@ pub async fn serve(
         .add_routes(routes.into());
     let max = tuning.connections_max;
     if node.security.tls_on() {
-        let incoming = crate::connections::tls_incoming(listener, max, node.security.clone());
+        let incoming = crate::connections::tls_incoming(listener, max, node.security.clone())
+            .map(|conn| conn.map(Corked::new));
         router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
     } else {
-        let incoming = crate::connections::incoming(listener, max);
+        let incoming =
+            crate::connections::incoming(listener, max).map(|conn| conn.map(Corked::new));
         router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;

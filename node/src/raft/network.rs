@@ -146,7 +146,11 @@ impl PeerPool {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        Ok(endpoint.connect_lazy())
+        let dialer = stockpile_client::cork::Dialer::new(
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            self.source_ip,
+        );
+        Ok(endpoint.connect_with_connector_lazy(dialer))
     }
 }
 
