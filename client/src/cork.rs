@@ -100,13 +100,13 @@ impl<T: AsyncWrite + Unpin> Corked<T> {
         Poll::Ready(Ok(()))
     }
 
-    /// Room for more held bytes, sending what is held when full.
     /// Whether this connection sent so recently that more replies are likely on the way.
     fn busy(&self) -> bool {
         self.last_sent
             .is_some_and(|t| t.elapsed() < Duration::from_micros(BUSY_WITHIN_US))
     }
 
+    /// Room for more held bytes, sending what is held when full.
     fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.held.len() >= HELD_BYTES_MAX {
             ready!(self.poll_send(cx))?;
