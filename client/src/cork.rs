@@ -198,9 +198,7 @@ impl<T: Connected> Connected for Corked<T> {
 }
 
 /// A tonic connector whose TCP connections are corked: `Endpoint::connect_with_connector_lazy`
-/// with it behaves as `connect_lazy` (TLS, when the endpoint has it, goes on top). The
-/// TCP settings are this connector's: the endpoint's `tcp_nodelay` and `local_address`
-/// apply only to tonic's own connector; its `connect_timeout` applies to this one too.
+/// with it behaves as `connect_lazy` (TLS, when the endpoint has it, goes on top).
 #[derive(Clone, Debug)]
 pub struct Dialer {
     http: HttpConnector,
@@ -209,10 +207,11 @@ pub struct Dialer {
 impl Dialer {
     /// TCP_NODELAY on, as on every Stockpile connection; `local_address` binds the
     /// source address (a node dials its peers from its own address).
-    pub fn new(local_address: Option<std::net::IpAddr>) -> Self {
+    pub fn new(connect_timeout: Duration, local_address: Option<std::net::IpAddr>) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
         http.set_local_address(local_address);
         Dialer { http }
     }

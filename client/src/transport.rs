@@ -75,12 +75,14 @@ impl Client {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(bad)?
             .connect_timeout(self.inner.cfg.connect_timeout)
+            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         if let Some(tls) = &self.inner.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
         }
-        let channel = endpoint.connect_with_connector_lazy(crate::cork::Dialer::new(None));
+        let dialer = crate::cork::Dialer::new(self.inner.cfg.connect_timeout, None);
+        let channel = endpoint.connect_with_connector_lazy(dialer);
         let conn = InterceptedService::new(channel, self.inner.headers.clone());
         channels.insert(addr.to_string(), conn.clone());
         Ok(conn)

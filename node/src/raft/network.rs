@@ -142,9 +142,14 @@ impl PeerPool {
         }
         let endpoint = endpoint
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .local_address(self.source_ip)
+            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let dialer = stockpile_client::cork::Dialer::new(self.source_ip);
+        let dialer = stockpile_client::cork::Dialer::new(
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            self.source_ip,
+        );
         Ok(endpoint.connect_with_connector_lazy(dialer))
     }
 }
